@@ -1,0 +1,266 @@
+package supervise
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+)
+
+// Defaults for the optional fields of a [Process].
+const (
+	DefaultStopSignal   = "SIGTERM"
+	DefaultDrainTimeout = 30 * time.Second
+	DefaultStopTimeout  = 10 * time.Second
+)
+
+// Process describes one supervised child process: what to run, and how to
+// stop it when Caddy exits.
+type Process struct {
+	// Name identifies the process in logs (logger `supervise.<name>`) and
+	// must be unique within the app. Default: the base name of the
+	// command's first element (`puma` for `["bundle", ...]` is NOT guessed:
+	// it is `bundle`).
+	Name string `json:"name,omitempty"`
+
+	// Command is the program and its arguments. Required. The program is
+	// looked up in the PATH of the child's environment (Caddy's PATH unless
+	// `env` sets PATH) unless it contains a slash; a relative path with a
+	// slash is relative to `dir`. No shell is involved: use
+	// `["sh", "-c", "..."]` for shell syntax.
+	Command []string `json:"command,omitempty"`
+
+	// Dir is the working directory of the child. Default: Caddy's working
+	// directory. It must exist when the config is loaded.
+	Dir string `json:"dir,omitempty"`
+
+	// Env holds variables added to the child's environment, which is
+	// otherwise Caddy's own environment. A variable set here replaces
+	// Caddy's variable of the same name. Caddy's own environment is never
+	// changed. Default: none added.
+	Env map[string]string `json:"env,omitempty"`
+
+	// StopSignal is sent to the child's process group once Caddy's HTTP
+	// servers have drained (or `drain_timeout` has passed). Names with or
+	// without the SIG prefix, in any case, are accepted: `SIGTERM`, `TERM`,
+	// `sigint`, `QUIT`, `USR1`... Default: `SIGTERM`.
+	StopSignal string `json:"stop_signal,omitempty"`
+
+	// DrainTimeout bounds how long the child is kept running, after Caddy
+	// began to exit, while Caddy's HTTP servers finish their in-flight
+	// requests. The stop signal is sent as soon as the http app has stopped,
+	// or when this much time has passed since the exit began, whichever
+	// comes first. It is a duration string with a unit (`30s`, `1m`).
+	// Default: `30s`.
+	DrainTimeout Duration `json:"drain_timeout,omitempty"`
+
+	// StopTimeout is how long the child may take to exit after the stop
+	// signal before its whole process group is killed with SIGKILL. It is a
+	// duration string with a unit. Default: `10s`.
+	StopTimeout Duration `json:"stop_timeout,omitempty"`
+
+	// resolved at provision time
+	path   string   // absolute path of Command[0]
+	env    []string // the child's complete environment
+	signal syscall.Signal
+}
+
+// provision checks the definition, fills in defaults and resolves the
+// program's path. It never starts anything. Errors name the option and the
+// value at fault.
+func (p *Process) provision(index int) error {
+	where := fmt.Sprintf("process %d", index)
+	if p.Name != "" {
+		where = fmt.Sprintf("process %q", p.Name)
+	}
+	if len(p.Command) == 0 || p.Command[0] == "" {
+		return fmt.Errorf("%s: command: must name a program", where)
+	}
+	if p.Name == "" {
+		p.Name = filepath.Base(p.Command[0])
+	}
+	if strings.ContainsAny(p.Name, " \t\r\n/") {
+		return fmt.Errorf("%s: name %q: must not contain white space or '/'", where, p.Name)
+	}
+	if p.Dir != "" {
+		fi, err := os.Stat(p.Dir)
+		if err != nil {
+			return fmt.Errorf("%s: dir %q: %v", where, p.Dir, err)
+		}
+		if !fi.IsDir() {
+			return fmt.Errorf("%s: dir %q: not a directory", where, p.Dir)
+		}
+	}
+	for k := range p.Env {
+		if k == "" || strings.ContainsAny(k, "=\x00") {
+			return fmt.Errorf("%s: env %q: not a valid variable name", where, k)
+		}
+	}
+	if p.StopSignal == "" {
+		p.StopSignal = DefaultStopSignal
+	}
+	sig, err := parseSignal(p.StopSignal)
+	if err != nil {
+		return fmt.Errorf("%s: stop_signal %q: %v", where, p.StopSignal, err)
+	}
+	p.signal = sig
+	if p.DrainTimeout < 0 {
+		return fmt.Errorf("%s: drain_timeout %q: must be positive", where, p.DrainTimeout)
+	}
+	if p.DrainTimeout == 0 {
+		p.DrainTimeout = Duration(DefaultDrainTimeout)
+	}
+	if p.StopTimeout < 0 {
+		return fmt.Errorf("%s: stop_timeout %q: must be positive", where, p.StopTimeout)
+	}
+	if p.StopTimeout == 0 {
+		p.StopTimeout = Duration(DefaultStopTimeout)
+	}
+	p.env = mergeEnv(os.Environ(), p.Env)
+	p.path, err = lookPath(p.Command[0], p.Dir, envValue(p.env, "PATH"))
+	if err != nil {
+		return fmt.Errorf("%s: command %q: %v", where, p.Command[0], err)
+	}
+	return nil
+}
+
+// mergeEnv returns base with the variables of extra set, replacing any of the
+// same name. base is not modified.
+func mergeEnv(base []string, extra map[string]string) []string {
+	env := make([]string, 0, len(base)+len(extra))
+	for _, kv := range base {
+		k, _, _ := strings.Cut(kv, "=")
+		if _, replaced := extra[k]; !replaced {
+			env = append(env, kv)
+		}
+	}
+	for k, v := range extra {
+		env = append(env, k+"="+v)
+	}
+	return env
+}
+
+func envValue(env []string, key string) string {
+	for i := len(env) - 1; i >= 0; i-- {
+		if k, v, ok := strings.Cut(env[i], "="); ok && k == key {
+			return v
+		}
+	}
+	return ""
+}
+
+// lookPath finds the executable the child will run, the way a shell would
+// with the child's PATH, so that a typo is a config error and not a crash at
+// start. A name with a slash is taken relative to dir.
+func lookPath(name, dir, pathEnv string) (string, error) {
+	if strings.ContainsRune(name, '/') || strings.ContainsRune(name, filepath.Separator) {
+		p := name
+		if !filepath.IsAbs(p) {
+			base := dir
+			if base == "" {
+				base, _ = os.Getwd()
+			}
+			p = filepath.Join(base, p)
+		}
+		if err := checkExecutable(p); err != nil {
+			return "", err
+		}
+		return p, nil
+	}
+	for _, d := range filepath.SplitList(pathEnv) {
+		if d == "" {
+			d = "."
+		}
+		p := filepath.Join(d, name)
+		if !filepath.IsAbs(p) && dir != "" {
+			p = filepath.Join(dir, p)
+		}
+		if checkExecutable(p) == nil {
+			if !filepath.IsAbs(p) {
+				if abs, err := filepath.Abs(p); err == nil {
+					p = abs
+				}
+			}
+			return p, nil
+		}
+	}
+	return "", fmt.Errorf("executable file not found in PATH %q", pathEnv)
+}
+
+// Duration is a length of time written as a string with a unit: "30s",
+// "1m30s", "500ms", "1d". Unlike caddy.Duration, a bare JSON number (which
+// caddy.Duration reads as nanoseconds, a classic mistake) is an error, and
+// it is written back as a string.
+type Duration time.Duration
+
+// UnmarshalJSON implements json.Unmarshaler.
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("%s: must be a string with a unit, such as \"30s\"", bytes.TrimSpace(b))
+	}
+	v, err := parseDuration(s)
+	if err != nil {
+		return err
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// MarshalJSON implements json.Marshaler.
+func (d Duration) MarshalJSON() ([]byte, error) {
+	return json.Marshal(d.String())
+}
+
+func (d Duration) String() string { return time.Duration(d).String() }
+
+// parseDuration parses a duration that needs a unit and must be positive.
+func parseDuration(s string) (time.Duration, error) {
+	v, err := caddy.ParseDuration(s)
+	if err != nil {
+		return 0, fmt.Errorf("%q: %v", s, err)
+	}
+	if v <= 0 {
+		return 0, fmt.Errorf("%q: must be positive", s)
+	}
+	return v, nil
+}
+
+// UnmarshalJSON decodes a process strictly (unknown fields are errors, as in
+// the rest of Caddy's config) and names the field of any bad value.
+func (p *Process) UnmarshalJSON(b []byte) error {
+	type plain Process // same fields, without this method
+	var aux struct {
+		*plain
+		DrainTimeout json.RawMessage `json:"drain_timeout,omitempty"`
+		StopTimeout  json.RawMessage `json:"stop_timeout,omitempty"`
+	}
+	aux.plain = (*plain)(p)
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&aux); err != nil {
+		return fmt.Errorf("process: %v", err)
+	}
+	for _, f := range []struct {
+		name string
+		raw  json.RawMessage
+		dst  *Duration
+	}{
+		{"drain_timeout", aux.DrainTimeout, &p.DrainTimeout},
+		{"stop_timeout", aux.StopTimeout, &p.StopTimeout},
+	} {
+		if f.raw == nil {
+			continue
+		}
+		if err := f.dst.UnmarshalJSON(f.raw); err != nil {
+			return fmt.Errorf("process: %s %v", f.name, err)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,154 @@
+// Command upstream is a small app server that behaves like Puma, gunicorn or
+// a Node server on SIGTERM: it closes its listener at once, finishes the
+// requests in flight, and exits. The demo runs it under `supervise`, and the
+// tests use its extra flags to observe what a supervised app sees.
+//
+//	GET /            200 "hello from upstream pid N"
+//	GET /sleep?d=1s  200 after the given time (&report: tell the test it arrived)
+//	GET /hang        never answers (until the process ends)
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"log"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"sync"
+	"syscall"
+	"time"
+)
+
+func main() {
+	addr := flag.String("listen", "", "address to listen on (default 127.0.0.1:$PORT, else 127.0.0.1:3000)")
+	linger := flag.Duration("linger", 0, "extra time to take after the last request before exiting, as a slow app server would")
+	ignoreTerm := flag.Bool("ignore-term", false, "ignore SIGTERM and SIGINT (a misbehaving app)")
+	events := flag.String("events", "", "test hook: TCP address to report events to, one JSON object a line")
+	probe := flag.String("probe", "", "test hook: on a stop signal, report whether this TCP address still accepts connections")
+	flag.Parse()
+	if *addr == "" {
+		port := os.Getenv("PORT")
+		if port == "" {
+			port = "3000"
+		}
+		*addr = "127.0.0.1:" + port
+	}
+
+	rep := newReporter(*events)
+	sigs := make(chan os.Signal, 1)
+	if *ignoreTerm {
+		signal.Ignore(syscall.SIGTERM, syscall.SIGINT)
+	} else {
+		signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGQUIT)
+	}
+
+	ln, err := net.Listen("tcp", *addr)
+	if err != nil {
+		log.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "hello from upstream pid %d\n", os.Getpid())
+	})
+	mux.HandleFunc("/sleep", func(w http.ResponseWriter, r *http.Request) {
+		d, _ := time.ParseDuration(r.URL.Query().Get("d"))
+		if r.URL.Query().Has("report") {
+			rep.send(map[string]any{"ev": "request", "path": r.URL.Path})
+		}
+		time.Sleep(d)
+		fmt.Fprintf(w, "slept %s\n", d)
+	})
+	mux.HandleFunc("/hang", func(w http.ResponseWriter, r *http.Request) {
+		rep.send(map[string]any{"ev": "request", "path": r.URL.Path})
+		select {}
+	})
+	inflight := &requests{}
+	inflight.cond = sync.NewCond(&inflight.mu)
+	srv := &http.Server{Handler: inflight.track(mux)}
+	go func() { _ = srv.Serve(ln) }()
+	log.Printf("upstream pid %d listening on %s", os.Getpid(), ln.Addr())
+	rep.send(map[string]any{"ev": "ready", "pid": os.Getpid(), "pgid": syscall.Getpgrp(), "ppid": os.Getppid()})
+
+	sig := <-sigs
+	ev := map[string]any{"ev": "signal", "sig": sig.String(), "t": time.Now().UnixNano()}
+	if *probe != "" {
+		c, err := net.DialTimeout("tcp", *probe, time.Second)
+		ev["probe_accepted"] = err == nil
+		if c != nil {
+			c.Close()
+		}
+	}
+	rep.send(ev)
+	log.Printf("upstream got %s: closing the listener, finishing requests", sig)
+	// Close the listener, let the requests in flight finish, linger, exit.
+	// (http.Server.Shutdown alone would also wait up to 5 s for connections
+	// on which no request has arrived yet, which app servers do not do.)
+	go func() { _ = srv.Shutdown(context.Background()) }()
+	inflight.wait()
+	time.Sleep(*linger)
+	rep.send(map[string]any{"ev": "exit"})
+}
+
+// requests counts the requests in flight.
+type requests struct {
+	mu   sync.Mutex
+	cond *sync.Cond
+	n    int
+}
+
+func (rs *requests) track(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rs.mu.Lock()
+		rs.n++
+		rs.mu.Unlock()
+		defer func() {
+			rs.mu.Lock()
+			rs.n--
+			rs.cond.Broadcast()
+			rs.mu.Unlock()
+		}()
+		h.ServeHTTP(w, r)
+	})
+}
+
+// wait returns once no request is in flight.
+func (rs *requests) wait() {
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	for rs.n > 0 {
+		rs.cond.Wait()
+	}
+}
+
+// reporter writes events to the test that started us. When this process
+// dies, the kernel closes the connection: the test sees that as EOF.
+type reporter struct {
+	mu sync.Mutex
+	c  net.Conn
+}
+
+func newReporter(addr string) *reporter {
+	r := &reporter{}
+	if addr != "" {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			log.Fatal(err)
+		}
+		r.c = c
+	}
+	return r
+}
+
+func (r *reporter) send(v map[string]any) {
+	if r.c == nil {
+		return
+	}
+	b, _ := json.Marshal(v)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	_, _ = r.c.Write(append(b, '\n'))
+}

@@ -1,0 +1,424 @@
+package supervise
+
+// Test harness: a real Caddy binary (this repository's cmd/caddy) run as a
+// subprocess, the example upstream as the supervised app, and an event sink
+// through which the upstream tells the test what it sees. Nothing here waits
+// by sleeping: every wait is for an event (a log line, an event from the
+// upstream, EOF when a process dies, a process exit) with a deadline.
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+var (
+	caddyBin    string // built from ./cmd/caddy
+	upstreamBin string // built from ./examples/upstream
+	raceEnabled bool   // set by race_test.go
+)
+
+// testRunEnv marks every process this test run starts (they inherit it), so
+// that TestMain can find any left behind.
+const testRunEnv = "SUPERVISE_TEST_RUN"
+
+func TestMain(m *testing.M) {
+	os.Exit(runTests(m))
+}
+
+func runTests(m *testing.M) int {
+	dir, err := os.MkdirTemp("", "supervise-test-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	defer os.RemoveAll(dir)
+
+	caddyBin = filepath.Join(dir, "caddy")
+	upstreamBin = filepath.Join(dir, "upstream")
+	args := []string{"build", "-o", caddyBin}
+	if raceEnabled {
+		args = append(args, "-race") // reuses the packages the test binary was built from
+	}
+	for _, b := range []struct{ args []string }{
+		{append(args, "./cmd/caddy")},
+		{[]string{"build", "-o", upstreamBin, "./examples/upstream"}},
+	} {
+		cmd := exec.Command("go", b.args...)
+		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+		if err := cmd.Run(); err != nil {
+			fmt.Fprintf(os.Stderr, "go %s: %v\n", strings.Join(b.args, " "), err)
+			return 2
+		}
+	}
+
+	runID := strconv.Itoa(os.Getpid())
+	os.Setenv(testRunEnv, runID)
+	code := m.Run()
+	if left := markedProcesses(runID); len(left) > 0 {
+		fmt.Fprintf(os.Stderr, "FAIL: processes left behind by the tests:\n%s\n", strings.Join(left, "\n"))
+		for _, l := range left {
+			pid, _ := strconv.Atoi(strings.Fields(l)[0])
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+		code = 1
+	}
+	return code
+}
+
+// markedProcesses lists live (non-zombie) processes other than this one that
+// carry this run's marker in their environment.
+func markedProcesses(runID string) []string {
+	var out []string
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		env, err := os.ReadFile(filepath.Join("/proc", e.Name(), "environ"))
+		if err != nil || !bytes.Contains(env, []byte(testRunEnv+"="+runID+"\x00")) {
+			continue
+		}
+		stat, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if i := bytes.LastIndexByte(stat, ')'); i > 0 && len(stat) > i+2 && stat[i+2] == 'Z' {
+			continue
+		}
+		cmdline, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		out = append(out, fmt.Sprintf("%d %s", pid, bytes.ReplaceAll(cmdline, []byte{0}, []byte{' '})))
+	}
+	return out
+}
+
+// freePort returns a loopback TCP port that was free a moment ago.
+func freePort(t testing.TB) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// ---- events from supervised upstreams ----
+
+type event struct {
+	Ev            string `json:"ev"`
+	PID           int    `json:"pid"`
+	PGID          int    `json:"pgid"`
+	Sig           string `json:"sig"`
+	T             int64  `json:"t"`
+	ProbeAccepted bool   `json:"probe_accepted"`
+	Path          string `json:"path"`
+}
+
+func (e event) time() time.Time { return time.Unix(0, e.T) }
+
+// sink accepts the event connections of upstreams started with -events.
+type sink struct {
+	ln    net.Listener
+	peers chan *peer
+}
+
+// peer is one upstream process's event stream; EOF means it died.
+type peer struct {
+	events chan event
+	eof    chan struct{}
+	pid    int
+}
+
+func newSink(t testing.TB) *sink {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &sink{ln: ln, peers: make(chan *peer, 16)}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			p := &peer{events: make(chan event, 64), eof: make(chan struct{})}
+			go func() {
+				defer close(p.eof)
+				defer c.Close()
+				dec := json.NewDecoder(c)
+				for {
+					var e event
+					if err := dec.Decode(&e); err != nil {
+						return
+					}
+					p.events <- e
+				}
+			}()
+			s.peers <- p
+		}
+	}()
+	return s
+}
+
+func (s *sink) addr() string { return s.ln.Addr().String() }
+
+// next returns the next upstream to connect, once it reported "ready".
+func (s *sink) next(t testing.TB, timeout time.Duration) *peer {
+	t.Helper()
+	select {
+	case p := <-s.peers:
+		e := p.next(t, timeout)
+		if e.Ev != "ready" {
+			t.Fatalf("first event of an upstream: %+v, want ready", e)
+		}
+		p.pid = e.PID
+		return p
+	case <-time.After(timeout):
+		t.Fatalf("no upstream connected within %s", timeout)
+	}
+	return nil
+}
+
+func (p *peer) next(t testing.TB, timeout time.Duration) event {
+	t.Helper()
+	select {
+	case e := <-p.events:
+		return e
+	case <-p.eof:
+		select {
+		case e := <-p.events:
+			return e
+		default:
+		}
+		t.Fatalf("upstream %d died while an event was awaited", p.pid)
+	case <-time.After(timeout):
+		t.Fatalf("upstream %d: no event within %s", p.pid, timeout)
+	}
+	return event{}
+}
+
+// expect returns the next event, which must be of kind ev.
+func (p *peer) expect(t testing.TB, ev string, timeout time.Duration) event {
+	t.Helper()
+	e := p.next(t, timeout)
+	if e.Ev != ev {
+		t.Fatalf("upstream %d: got event %+v, want %q", p.pid, e, ev)
+	}
+	return e
+}
+
+// dead waits until the upstream's process is gone (the kernel closed its
+// event connection) and returns when that was seen.
+func (p *peer) dead(t testing.TB, timeout time.Duration) time.Time {
+	t.Helper()
+	select {
+	case <-p.eof:
+		return time.Now()
+	case <-time.After(timeout):
+		t.Fatalf("upstream %d still alive after %s", p.pid, timeout)
+	}
+	return time.Time{}
+}
+
+// ---- a Caddy binary in a subprocess ----
+
+type caddyProc struct {
+	t      testing.TB
+	cmd    *exec.Cmd
+	admin  string
+	logs   *logBuf
+	done   chan struct{}
+	exited time.Time
+}
+
+// startCaddy runs `caddy run` with the JSON config cfg and returns once
+// Caddy serves it.
+func startCaddy(t testing.TB, cfg any) *caddyProc {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "caddy.json")
+	writeJSON(t, path, cfg)
+	return startCaddyFile(t, path, "")
+}
+
+func writeJSON(t testing.TB, path string, v any) {
+	t.Helper()
+	raw, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, raw, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func startCaddyFile(t testing.TB, path, adapter string) *caddyProc {
+	t.Helper()
+	args := []string{"run", "--config", path}
+	if adapter != "" {
+		args = append(args, "--adapter", adapter)
+	}
+	c := &caddyProc{t: t, cmd: exec.Command(caddyBin, args...), logs: newLogBuf(), done: make(chan struct{})}
+	// GORACE: a race-enabled binary otherwise sleeps a second at exit
+	c.cmd.Env = append(os.Environ(), "GORACE=atexit_sleep_ms=0", "HOME="+t.TempDir(), "XDG_DATA_HOME="+t.TempDir(), "XDG_CONFIG_HOME="+t.TempDir())
+	stderr, err := c.cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.cmd.Stdout = c.logs
+	if err := c.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		_, _ = io.Copy(c.logs, stderr)
+		_ = c.cmd.Wait()
+		c.exited = time.Now()
+		close(c.done)
+	}()
+	t.Cleanup(func() {
+		select {
+		case <-c.done:
+		default:
+			_ = c.cmd.Process.Kill()
+			<-c.done
+		}
+		if t.Failed() {
+			t.Logf("caddy log:\n%s", c.logs.String())
+		}
+	})
+	c.waitLog("serving initial configuration", 20*time.Second)
+	return c
+}
+
+func (c *caddyProc) signal(sig syscall.Signal) time.Time {
+	now := time.Now()
+	if err := c.cmd.Process.Signal(sig); err != nil {
+		c.t.Fatal(err)
+	}
+	return now
+}
+
+// wait waits for Caddy to exit and returns its exit code.
+func (c *caddyProc) wait(timeout time.Duration) int {
+	c.t.Helper()
+	select {
+	case <-c.done:
+		return c.cmd.ProcessState.ExitCode()
+	case <-time.After(timeout):
+		c.t.Fatalf("caddy did not exit within %s", timeout)
+	}
+	return 0
+}
+
+// waitLog waits for a log line containing s and returns it.
+func (c *caddyProc) waitLog(s string, timeout time.Duration) string {
+	c.t.Helper()
+	line, ok := c.logs.waitFor(s, timeout, c.done)
+	if !ok {
+		c.t.Fatalf("caddy did not log %q within %s", s, timeout)
+	}
+	return line
+}
+
+// logBuf collects lines and lets tests wait for one.
+type logBuf struct {
+	mu      sync.Mutex
+	buf     bytes.Buffer
+	changed chan struct{}
+}
+
+func newLogBuf() *logBuf { return &logBuf{changed: make(chan struct{})} }
+
+func (l *logBuf) Write(b []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.buf.Write(b)
+	close(l.changed)
+	l.changed = make(chan struct{})
+	return len(b), nil
+}
+
+func (l *logBuf) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.String()
+}
+
+// lines returns the complete lines containing s.
+func (l *logBuf) lines(s string) []string {
+	var out []string
+	sc := bufio.NewScanner(strings.NewReader(l.String()))
+	sc.Buffer(nil, 1<<20)
+	for sc.Scan() {
+		if strings.Contains(sc.Text(), s) {
+			out = append(out, sc.Text())
+		}
+	}
+	return out
+}
+
+func (l *logBuf) waitFor(s string, timeout time.Duration, done <-chan struct{}) (string, bool) {
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	for {
+		l.mu.Lock()
+		changed := l.changed
+		l.mu.Unlock()
+		if found := l.lines(s); len(found) > 0 {
+			return found[0], true
+		}
+		select {
+		case <-changed:
+		case <-done:
+			if found := l.lines(s); len(found) > 0 {
+				return found[0], true
+			}
+			return "", false
+		case <-deadline.C:
+			return "", false
+		}
+	}
+}
+
+// ---- configs ----
+
+// testConfig is a Caddy JSON config: an admin endpoint on its own port, an
+// HTTP server on httpPort proxying to upstreamPort (none if httpPort is 0),
+// and the given supervised processes.
+func testConfig(t testing.TB, httpPort, upstreamPort int, procs ...map[string]any) map[string]any {
+	t.Helper()
+	apps := map[string]any{"supervise": map[string]any{"processes": procs}}
+	if httpPort != 0 {
+		apps["http"] = map[string]any{"servers": map[string]any{"srv": map[string]any{
+			"listen": []string{fmt.Sprintf("127.0.0.1:%d", httpPort)},
+			"routes": []any{map[string]any{"handle": []any{map[string]any{
+				"handler":   "reverse_proxy",
+				"upstreams": []any{map[string]any{"dial": fmt.Sprintf("127.0.0.1:%d", upstreamPort)}},
+			}}}},
+		}}}
+	}
+	return map[string]any{
+		"admin":   map[string]any{"listen": fmt.Sprintf("127.0.0.1:%d", freePort(t))},
+		"logging": map[string]any{"logs": map[string]any{"default": map[string]any{"level": "DEBUG"}}},
+		"apps":    apps,
+	}
+}
+
+// upstreamProc is a supervised process definition running the example
+// upstream on port, reporting to s.
+func upstreamProc(s *sink, name string, port int, extra ...string) map[string]any {
+	cmd := append([]string{upstreamBin, "-listen", fmt.Sprintf("127.0.0.1:%d", port), "-events", s.addr()}, extra...)
+	return map[string]any{"name": name, "command": cmd}
+}

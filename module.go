@@ -1,0 +1,176 @@
+// Package supervise is a Caddy app that starts and supervises the app server
+// behind Caddy, and on shutdown lets Caddy's HTTP servers drain before it
+// signals that app server.
+package supervise
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyevents"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+)
+
+func init() {
+	caddy.RegisterModule(new(App))
+}
+
+// App is the `supervise` app: it starts the configured processes when Caddy
+// starts, keeps a process running across config reloads while its
+// definition is unchanged, and when Caddy's process exits, stops each
+// process only after Caddy's HTTP servers have drained (bounded by the
+// process's drain_timeout). Caddy's process exits only after every child is
+// gone.
+type App struct {
+	// Processes to start and supervise. Each runs in a process group of its
+	// own. Default: none.
+	Processes []*Process `json:"processes,omitempty"`
+
+	ctx    caddy.Context
+	logger *zap.Logger
+	procs  []*proc
+
+	hasHTTP    bool          // the config has HTTP servers to drain on exit
+	exitOnce   sync.Once     // starts the exit sequence once
+	drained    chan struct{} // closed when the exit's drain is over
+	drainOnce  sync.Once     // closes drained once
+	drainedWhy string        // why the drain is over; read after <-drained
+}
+
+// CaddyModule returns the Caddy module information.
+func (*App) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "supervise",
+		New: func() caddy.Module { return new(App) },
+	}
+}
+
+// Provision checks and completes the configuration. It starts nothing:
+// `caddy validate` runs it too.
+func (a *App) Provision(ctx caddy.Context) error {
+	a.ctx = ctx
+	a.logger = ctx.Logger()
+	a.drained = make(chan struct{})
+	names := make(map[string]int, len(a.Processes))
+	for i, p := range a.Processes {
+		if p == nil {
+			return fmt.Errorf("process %d: null", i)
+		}
+		if err := p.provision(i); err != nil {
+			return err
+		}
+		if j, dup := names[p.Name]; dup {
+			return fmt.Errorf("process %d: name %q: already used by process %d; give each process a distinct name", i, p.Name, j)
+		}
+		names[p.Name] = i
+	}
+
+	// The "stopping" event is emitted before any app's Stop: it tells us when
+	// the exit began, even when the http app is stopped (and blocks) first.
+	events, err := ctx.App("events")
+	if err != nil {
+		return fmt.Errorf("loading events app: %v", err)
+	}
+	return events.(*caddyevents.App).On("stopping", stoppingHandler{a})
+}
+
+// Start starts every process, or keeps running the one a previous config
+// started if its definition is unchanged.
+func (a *App) Start() error {
+	for _, def := range a.Processes {
+		p, err := acquire(a, def)
+		if err != nil {
+			a.releaseAll()
+			return err
+		}
+		a.procs = append(a.procs, p)
+	}
+	a.hookHTTPStop()
+	onExitOnce.Do(func() { caddy.OnExit(waitForChildren) })
+	return nil
+}
+
+// Stop stops the processes this config no longer needs, on a reload or when
+// the config is unloaded. When Caddy's process is exiting it does not block:
+// the exit sequence (see exitSequence) runs in the background so that the
+// http app, which Caddy may stop after this app, can drain; Caddy waits for
+// the children at the very end of its exit.
+func (a *App) Stop() error {
+	if caddy.Exiting() {
+		a.logger.Debug("supervise app stopping: processes stay up until the drain is over")
+		a.beginExit(time.Now())
+		return nil
+	}
+	a.releaseAll()
+	return nil
+}
+
+// Cleanup releases nothing: processes are stopped by Stop, or by the exit
+// sequence, and must stay alive while Caddy's servers drain.
+func (a *App) Cleanup() error { return nil }
+
+// releaseAll gives up this config's claim on its processes and stops, in
+// parallel, those no other config uses.
+func (a *App) releaseAll() {
+	var wg sync.WaitGroup
+	for _, p := range a.procs {
+		if release(a, p) {
+			wg.Go(func() { p.stop("no longer in the config") })
+		}
+	}
+	wg.Wait()
+	a.procs = nil
+}
+
+// hookHTTPStop arranges for the exit's drain to end when the http app has
+// stopped: its servers' stop hooks run after every server finished shutting
+// down (when exiting). Without an http app or servers there is nothing to
+// drain.
+func (a *App) hookHTTPStop() {
+	httpApp, err := a.ctx.AppIfConfigured("http")
+	if err != nil {
+		return
+	}
+	servers := httpApp.(*caddyhttp.App).Servers
+	if len(servers) == 0 {
+		return
+	}
+	names := make([]string, 0, len(servers))
+	for name := range servers {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	// The hooks of all servers run once, after all servers stopped: one is enough.
+	servers[names[0]].RegisterOnStop(func(context.Context) error {
+		if caddy.Exiting() {
+			a.endDrain("http app stopped")
+		}
+		return nil
+	})
+	a.hasHTTP = true
+}
+
+// stoppingHandler receives Caddy's "stopping" event.
+type stoppingHandler struct{ a *App }
+
+func (h stoppingHandler) Handle(context.Context, caddy.Event) error {
+	if caddy.Exiting() {
+		h.a.beginExit(time.Now())
+	}
+	return nil
+}
+
+var onExitOnce sync.Once
+
+// Interface guards
+var (
+	_ caddy.App           = (*App)(nil)
+	_ caddy.Provisioner   = (*App)(nil)
+	_ caddy.CleanerUpper  = (*App)(nil)
+	_ caddyevents.Handler = stoppingHandler{}
+)

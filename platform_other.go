@@ -1,0 +1,73 @@
+//go:build !unix
+
+package supervise
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+)
+
+// Windows has no process groups to signal and no POSIX signals to send to
+// another process: the stop "signal" is validated like on Unix and then
+// carried out as TerminateProcess, of the direct child only.
+
+var signalNames = map[string]syscall.Signal{
+	"SIGHUP": syscall.SIGHUP, "SIGINT": syscall.SIGINT, "SIGQUIT": syscall.SIGQUIT,
+	"SIGKILL": syscall.SIGKILL, "SIGTERM": syscall.SIGTERM, "SIGABRT": syscall.SIGABRT,
+	"SIGALRM": syscall.SIGALRM, "SIGPIPE": syscall.SIGPIPE,
+}
+
+func parseSignal(name string) (syscall.Signal, error) {
+	if n, err := strconv.Atoi(name); err == nil {
+		for _, s := range signalNames {
+			if int(s) == n {
+				return s, nil
+			}
+		}
+		return 0, fmt.Errorf("no such signal number")
+	}
+	upper := strings.ToUpper(name)
+	if !strings.HasPrefix(upper, "SIG") {
+		upper = "SIG" + upper
+	}
+	if s, ok := signalNames[upper]; ok {
+		return s, nil
+	}
+	return 0, fmt.Errorf("unknown signal; use a name such as SIGTERM or SIGINT")
+}
+
+// processes maps a "group" (the child's PID) to the child, the only member
+// we can reach on this platform.
+func signalGroup(pgid int, sig syscall.Signal) error {
+	proc, err := os.FindProcess(pgid)
+	if err != nil {
+		return err
+	}
+	return proc.Kill()
+}
+
+func groupAlive(pgid int) bool { return false }
+
+func exitStatus(ps *os.ProcessState) (int, string) {
+	return ps.ExitCode(), "exit code " + strconv.Itoa(ps.ExitCode())
+}
+
+func (p *proc) command() *exec.Cmd {
+	return p.newCommand(p.def.path, p.def.Command)
+}
+
+// checkExecutable reports why path cannot be executed, if it cannot.
+func checkExecutable(path string) error {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return err
+	}
+	if fi.IsDir() {
+		return fmt.Errorf("%s is a directory", path)
+	}
+	return nil
+}

@@ -1,0 +1,75 @@
+package supervise
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// beginExit starts the exit sequence, once. began is when Caddy's exit
+// began: the "stopping" event, or this app's Stop if that came first.
+func (a *App) beginExit(began time.Time) {
+	a.exitOnce.Do(func() {
+		if !a.hasHTTP {
+			a.endDrain("no HTTP servers to drain")
+		}
+		go a.exitSequence(began)
+	})
+}
+
+// endDrain marks the exit's drain as over, once.
+func (a *App) endDrain(why string) {
+	a.drainOnce.Do(func() {
+		a.drainedWhy = why
+		close(a.drained)
+	})
+}
+
+// exitSequence is the whole shutdown of the supervised processes when
+// Caddy's process exits (SIGTERM, the first SIGINT, `caddy stop`). For each
+// process, in parallel, so that the slowest one sets the total time:
+//
+//  1. Keep it running while Caddy's HTTP servers stop accepting and finish
+//     their in-flight requests (shutdown_delay and grace_period included):
+//     until the http app has stopped, or until drain_timeout has passed since
+//     the exit began, whichever comes first.
+//  2. Send stop_signal to its process group.
+//  3. Wait up to stop_timeout for it to exit; then SIGKILL the group.
+//
+// Meanwhile Caddy goes on stopping its apps; at the very end of its exit,
+// waitForChildren holds the process until every group is gone.
+func (a *App) exitSequence(began time.Time) {
+	var wg sync.WaitGroup
+	for _, p := range a.procs {
+		wg.Go(func() {
+			drainTimeout := time.Duration(p.def.DrainTimeout)
+			timer := time.NewTimer(time.Until(began.Add(drainTimeout)))
+			defer timer.Stop()
+			select {
+			case <-a.drained:
+				p.log().Info("drain over", zap.String("why", a.drainedWhy),
+					zap.Duration("since_exit_began", time.Since(began)))
+			case <-timer.C:
+				p.log().Warn("drain_timeout passed before Caddy's HTTP servers finished draining",
+					zap.Duration("drain_timeout", drainTimeout))
+			case <-p.exited:
+			}
+			p.stop("Caddy is exiting")
+		})
+	}
+	wg.Wait()
+}
+
+// waitForChildren runs as a process-exit callback of Caddy, after every app
+// has stopped and every module was cleaned up, just before Caddy's process
+// exits. Caddy's servers have drained by then, so any process still running
+// is stopped now; it returns when every process group is gone.
+func waitForChildren(context.Context) {
+	var wg sync.WaitGroup
+	for _, p := range allProcs() {
+		wg.Go(func() { p.stop("Caddy is exiting") })
+	}
+	wg.Wait()
+}
