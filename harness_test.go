@@ -135,9 +135,10 @@ type sink struct {
 
 // peer is one upstream process's event stream; EOF means it died.
 type peer struct {
-	events chan event
-	eof    chan struct{}
-	pid    int
+	events  chan event
+	eof     chan struct{}
+	pid     int
+	readyAt time.Time
 }
 
 func newSink(t testing.TB) *sink {
@@ -184,7 +185,7 @@ func (s *sink) next(t testing.TB, timeout time.Duration) *peer {
 		if e.Ev != "ready" {
 			t.Fatalf("first event of an upstream: %+v, want ready", e)
 		}
-		p.pid = e.PID
+		p.pid, p.readyAt = e.PID, e.time()
 		return p
 	case <-time.After(timeout):
 		t.Fatalf("no upstream connected within %s", timeout)
@@ -253,18 +254,26 @@ func startCaddy(t testing.TB, cfg any) *caddyProc {
 	return startCaddyFile(t, path, "")
 }
 
+// startCaddyFile runs `caddy run` with a config file and extra environment
+// variables.
+
 func writeJSON(t testing.TB, path string, v any) {
 	t.Helper()
-	raw, err := json.Marshal(v)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(path, raw, 0o600); err != nil {
+	var buf bytes.Buffer
+	writeJSONTo(t, &buf, v)
+	if err := os.WriteFile(path, buf.Bytes(), 0o600); err != nil {
 		t.Fatal(err)
 	}
 }
 
-func startCaddyFile(t testing.TB, path, adapter string) *caddyProc {
+func writeJSONTo(t testing.TB, w io.Writer, v any) {
+	t.Helper()
+	if err := json.NewEncoder(w).Encode(v); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func startCaddyFile(t testing.TB, path, adapter string, env ...string) *caddyProc {
 	t.Helper()
 	args := []string{"run", "--config", path}
 	if adapter != "" {
@@ -273,6 +282,7 @@ func startCaddyFile(t testing.TB, path, adapter string) *caddyProc {
 	c := &caddyProc{t: t, cmd: exec.Command(caddyBin, args...), logs: newLogBuf(), done: make(chan struct{})}
 	// GORACE: a race-enabled binary otherwise sleeps a second at exit
 	c.cmd.Env = append(os.Environ(), "GORACE=atexit_sleep_ms=0", "HOME="+t.TempDir(), "XDG_DATA_HOME="+t.TempDir(), "XDG_CONFIG_HOME="+t.TempDir())
+	c.cmd.Env = append(c.cmd.Env, env...)
 	stderr, err := c.cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)

@@ -56,6 +56,9 @@ func main() {
 	})
 	mux.HandleFunc("/sleep", func(w http.ResponseWriter, r *http.Request) {
 		d, _ := time.ParseDuration(r.URL.Query().Get("d"))
+		if d >= time.Second {
+			log.Printf("upstream: %s: sleeping %s", r.URL, d)
+		}
 		if r.URL.Query().Has("report") {
 			rep.send(map[string]any{"ev": "request", "path": r.URL.Path})
 		}
@@ -71,7 +74,7 @@ func main() {
 	srv := &http.Server{Handler: inflight.track(mux)}
 	go func() { _ = srv.Serve(ln) }()
 	log.Printf("upstream pid %d listening on %s", os.Getpid(), ln.Addr())
-	rep.send(map[string]any{"ev": "ready", "pid": os.Getpid(), "pgid": syscall.Getpgrp(), "ppid": os.Getppid()})
+	rep.send(map[string]any{"ev": "ready", "pid": os.Getpid(), "pgid": syscall.Getpgrp(), "ppid": os.Getppid(), "t": time.Now().UnixNano()})
 
 	sig := <-sigs
 	ev := map[string]any{"ev": "signal", "sig": sig.String(), "t": time.Now().UnixNano()}
@@ -90,7 +93,7 @@ func main() {
 	go func() { _ = srv.Shutdown(context.Background()) }()
 	inflight.wait()
 	time.Sleep(*linger)
-	rep.send(map[string]any{"ev": "exit"})
+	rep.send(map[string]any{"ev": "exit", "t": time.Now().UnixNano()})
 }
 
 // requests counts the requests in flight.

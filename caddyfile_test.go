@@ -1,0 +1,98 @@
+package supervise
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	_ "github.com/caddyserver/caddy/v2/modules/standard"
+)
+
+// adapt runs the Caddyfile adapter, as `caddy adapt` does, and returns the
+// supervise app's JSON.
+func adapt(t *testing.T, src string) (string, error) {
+	t.Helper()
+	out, _, err := caddyfile.Adapter{ServerType: httpcaddyfile.ServerType{}}.Adapt([]byte(src), nil)
+	if err != nil {
+		return "", err
+	}
+	var cfg struct {
+		Apps map[string]json.RawMessage `json:"apps"`
+	}
+	if err := json.Unmarshal(out, &cfg); err != nil {
+		t.Fatal(err)
+	}
+	return string(cfg.Apps["supervise"]), nil
+}
+
+func TestCaddyfileAdapt(t *testing.T) {
+	for _, tc := range []struct{ name, src, want string }{
+		{
+			name: "every option",
+			src: `{
+	supervise bundle exec puma -p 3000 {
+		name web
+		dir /app
+		env RAILS_ENV production
+		stop_signal SIGTERM
+		drain_timeout 30s
+		stop_timeout 10s
+	}
+}`,
+			want: `{"processes":[{"name":"web","command":["bundle","exec","puma","-p","3000"],"dir":"/app","env":{"RAILS_ENV":"production"},"stop_signal":"SIGTERM","drain_timeout":"30s","stop_timeout":"10s"}]}`,
+		},
+		{
+			name: "no block; repeated option; durations normalised",
+			src: `{
+	supervise node server.js
+	supervise sh -c "bin/worker --queue default" {
+		env A 1
+		env B "two words"
+		stop_signal int
+		drain_timeout 1m30s
+		stop_timeout 1500ms
+	}
+}`,
+			want: `{"processes":[{"command":["node","server.js"]},{"command":["sh","-c","bin/worker --queue default"],"env":{"A":"1","B":"two words"},"stop_signal":"int","drain_timeout":"1m30s","stop_timeout":"1.5s"}]}`,
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := adapt(t, tc.src+"\n:8080 {\n\trespond ok\n}\n")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got != tc.want {
+				t.Errorf("adapted to\n%s\nwant\n%s", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestCaddyfileErrors(t *testing.T) {
+	for _, tc := range []struct{ name, src, want string }{
+		{"no command", "supervise", "a command is required"},
+		{"no command, block", "supervise {\n\tname x\n}", "a command is required"},
+		{"unknown subdirective", "supervise app {\n\tuser nobody\n}", `unknown subdirective "user"`},
+		{"bad signal", "supervise app {\n\tstop_signal SIGFOO\n}", `stop_signal "SIGFOO": unknown signal`},
+		{"unitless duration", "supervise app {\n\tdrain_timeout 30\n}", `drain_timeout "30": `},
+		{"zero duration", "supervise app {\n\tstop_timeout 0s\n}", `stop_timeout "0s": must be positive`},
+		{"negative duration", "supervise app {\n\tstop_timeout -1s\n}", `stop_timeout "-1s": must be positive`},
+		{"missing value", "supervise app {\n\tname\n}", "name: takes 1 value(s), got 0"},
+		{"extra value", "supervise app {\n\tdir /a /b\n}", "dir: takes 1 value(s), got 2"},
+		{"env needs two", "supervise app {\n\tenv A\n}", "env: takes 2 value(s), got 1"},
+		{"set twice", "supervise app {\n\tname a\n\tname b\n}", "name: set twice"},
+		{"env key twice", "supervise app {\n\tenv A 1\n\tenv A 2\n}", "env A: set twice"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := adapt(t, "{\n"+tc.src+"\n}\n")
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error %v, want one containing %q", err, tc.want)
+			}
+			if !strings.Contains(err.Error(), "Caddyfile:") {
+				t.Errorf("error %v does not say where", err)
+			}
+		})
+	}
+}
