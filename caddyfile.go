@@ -3,6 +3,10 @@ package supervise
 import (
 	"encoding/json"
 	"fmt"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
 
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -17,16 +21,21 @@ func init() {
 // repeated, one process each:
 //
 //	supervise <command> [<args...>] {
-//		name          <name>
-//		dir           <path>
-//		env           <key> <value>
-//		stop_signal   <signal>
-//		drain_timeout <duration>
-//		stop_timeout  <duration>
+//		name           <name>
+//		dir            <path>
+//		env            <key> <value>
+//		stop_signal    <signal>
+//		drain_timeout  <duration>
+//		stop_timeout   <duration>
+//		restart        never|on_failure|always
+//		max_restarts   <count>
+//		restart_window <duration>
+//		on_end         stop_caddy|keep_running
 //	}
 //
 // The block is optional. Values are checked here, so that `caddy adapt`
-// reports a bad one with its file and line.
+// reports a bad one with its file and line; Provision checks them again,
+// with the rules that need the whole process (and for JSON configs).
 func parseCaddyfile(d *caddyfile.Dispenser, existing any) (any, error) {
 	app := new(App)
 	if prev, ok := existing.(httpcaddyfile.App); ok {
@@ -42,53 +51,21 @@ func parseCaddyfile(d *caddyfile.Dispenser, existing any) (any, error) {
 	}
 	seen := make(map[string]bool)
 	for n := d.Nesting(); d.NextBlock(n); {
-		opt := d.Val()
-		if seen[opt] && opt != "env" {
-			return nil, d.Errf("supervise: %s: set twice", opt)
+		name := d.Val()
+		opt, known := subdirectives[name]
+		if !known {
+			return nil, d.Errf("supervise: unknown subdirective %q (known: %s)", name, strings.Join(subdirectiveNames(), ", "))
 		}
-		seen[opt] = true
+		if seen[name] && !opt.repeatable {
+			return nil, d.Errf("supervise: %s: set twice", name)
+		}
+		seen[name] = true
 		args := d.RemainingArgs()
-		want := 1
-		if opt == "env" {
-			want = 2
+		if len(args) != opt.args {
+			return nil, d.Errf("supervise: %s: takes %d value(s), got %d: %q", name, opt.args, len(args), args)
 		}
-		switch opt {
-		case "name", "dir", "env", "stop_signal", "drain_timeout", "stop_timeout":
-		default:
-			return nil, d.Errf("supervise: unknown subdirective %q (known: name, dir, env, stop_signal, drain_timeout, stop_timeout)", opt)
-		}
-		if len(args) != want {
-			return nil, d.Errf("supervise: %s: takes %d value(s), got %d: %q", opt, want, len(args), args)
-		}
-		v := args[0]
-		switch opt {
-		case "name":
-			p.Name = v
-		case "dir":
-			p.Dir = v
-		case "env":
-			if p.Env == nil {
-				p.Env = make(map[string]string)
-			}
-			if _, dup := p.Env[v]; dup {
-				return nil, d.Errf("supervise: env %s: set twice", v)
-			}
-			p.Env[v] = args[1]
-		case "stop_signal":
-			if _, err := parseSignal(v); err != nil {
-				return nil, d.Errf("supervise: stop_signal %q: %v", v, err)
-			}
-			p.StopSignal = v
-		case "drain_timeout", "stop_timeout":
-			dur, err := parseDuration(v)
-			if err != nil {
-				return nil, d.Errf("supervise: %s %v", opt, err)
-			}
-			if opt == "drain_timeout" {
-				p.DrainTimeout = Duration(dur)
-			} else {
-				p.StopTimeout = Duration(dur)
-			}
+		if err := opt.set(p, args); err != nil {
+			return nil, d.Errf("supervise: %s %v", name, err)
 		}
 	}
 	app.Processes = append(app.Processes, p)
@@ -98,4 +75,78 @@ func parseCaddyfile(d *caddyfile.Dispenser, existing any) (any, error) {
 		return nil, fmt.Errorf("supervise: encoding: %s", warnings[0].Message)
 	}
 	return httpcaddyfile.App{Name: "supervise", Value: raw}, nil
+}
+
+// subdirective is one option of the `supervise` block: how many values it
+// takes, and how it sets them. An error from set is reported after the
+// option's name, so it starts with the bad value.
+type subdirective struct {
+	args       int
+	repeatable bool
+	set        func(p *Process, args []string) error
+}
+
+var subdirectives = map[string]subdirective{
+	"name": {args: 1, set: func(p *Process, a []string) error { p.Name = a[0]; return nil }},
+	"dir":  {args: 1, set: func(p *Process, a []string) error { p.Dir = a[0]; return nil }},
+	"env": {args: 2, repeatable: true, set: func(p *Process, a []string) error {
+		if _, dup := p.Env[a[0]]; dup {
+			return fmt.Errorf("%s: set twice", a[0])
+		}
+		if p.Env == nil {
+			p.Env = make(map[string]string)
+		}
+		p.Env[a[0]] = a[1]
+		return nil
+	}},
+	"stop_signal": {args: 1, set: func(p *Process, a []string) error {
+		if _, err := parseSignal(a[0]); err != nil {
+			return fmt.Errorf("%q: %v", a[0], err)
+		}
+		p.StopSignal = a[0]
+		return nil
+	}},
+	"drain_timeout":  {args: 1, set: durationSetter(func(p *Process) *Duration { return &p.DrainTimeout })},
+	"stop_timeout":   {args: 1, set: durationSetter(func(p *Process) *Duration { return &p.StopTimeout })},
+	"restart_window": {args: 1, set: durationSetter(func(p *Process) *Duration { return &p.RestartWindow })},
+	"restart":        {args: 1, set: oneOf(func(p *Process) *string { return &p.Restart }, RestartNever, RestartOnFailure, RestartAlways)},
+	"on_end":         {args: 1, set: oneOf(func(p *Process) *string { return &p.OnEnd }, OnEndStopCaddy, OnEndKeepRunning)},
+	"max_restarts": {args: 1, set: func(p *Process, a []string) error {
+		n, err := strconv.Atoi(a[0])
+		if err != nil || n <= 0 {
+			return fmt.Errorf("%q: must be a whole number above 0", a[0])
+		}
+		p.MaxRestarts = n
+		return nil
+	}},
+}
+
+func subdirectiveNames() []string {
+	names := make([]string, 0, len(subdirectives))
+	for name := range subdirectives {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	return names
+}
+
+func durationSetter(field func(*Process) *Duration) func(*Process, []string) error {
+	return func(p *Process, a []string) error {
+		v, err := parseDuration(a[0])
+		if err != nil {
+			return err
+		}
+		*field(p) = Duration(v)
+		return nil
+	}
+}
+
+func oneOf(field func(*Process) *string, values ...string) func(*Process, []string) error {
+	return func(p *Process, a []string) error {
+		if !slices.Contains(values, a[0]) {
+			return fmt.Errorf("%q: must be one of %s", a[0], strings.Join(values, ", "))
+		}
+		*field(p) = a[0]
+		return nil
+	}
 }

@@ -57,6 +57,18 @@ func TestCaddyfileAdapt(t *testing.T) {
 }`,
 			want: `{"processes":[{"command":["node","server.js"]},{"command":["sh","-c","bin/worker --queue default"],"env":{"A":"1","B":"two words"},"stop_signal":"int","drain_timeout":"1m30s","stop_timeout":"1.5s"}]}`,
 		},
+		{
+			name: "restarts",
+			src: `{
+	supervise bin/worker {
+		restart on_failure
+		max_restarts 5
+		restart_window 2m
+		on_end keep_running
+	}
+}`,
+			want: `{"processes":[{"command":["bin/worker"],"restart":"on_failure","max_restarts":5,"restart_window":"2m0s","on_end":"keep_running"}]}`,
+		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got, err := adapt(t, tc.src+"\n:8080 {\n\trespond ok\n}\n")
@@ -74,7 +86,7 @@ func TestCaddyfileErrors(t *testing.T) {
 	for _, tc := range []struct{ name, src, want string }{
 		{"no command", "supervise", "a command is required"},
 		{"no command, block", "supervise {\n\tname x\n}", "a command is required"},
-		{"unknown subdirective", "supervise app {\n\tuser nobody\n}", `unknown subdirective "user"`},
+		{"unknown subdirective", "supervise app {\n\tuser nobody\n}", `unknown subdirective "user" (known: dir, drain_timeout, env`},
 		{"bad signal", "supervise app {\n\tstop_signal SIGFOO\n}", `stop_signal "SIGFOO": unknown signal`},
 		{"unitless duration", "supervise app {\n\tdrain_timeout 30\n}", `drain_timeout "30": `},
 		{"zero duration", "supervise app {\n\tstop_timeout 0s\n}", `stop_timeout "0s": must be positive`},
@@ -84,6 +96,10 @@ func TestCaddyfileErrors(t *testing.T) {
 		{"env needs two", "supervise app {\n\tenv A\n}", "env: takes 2 value(s), got 1"},
 		{"set twice", "supervise app {\n\tname a\n\tname b\n}", "name: set twice"},
 		{"env key twice", "supervise app {\n\tenv A 1\n\tenv A 2\n}", "env A: set twice"},
+		{"bad restart", "supervise app {\n\trestart sometimes\n}", `restart "sometimes": must be one of never, on_failure, always`},
+		{"bad on_end", "supervise app {\n\ton_end exit\n}", `on_end "exit": must be one of stop_caddy, keep_running`},
+		{"bad max_restarts", "supervise app {\n\tmax_restarts 0\n}", `max_restarts "0": must be a whole number above 0`},
+		{"bad restart_window", "supervise app {\n\trestart_window 5\n}", `restart_window "5": `},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := adapt(t, "{\n"+tc.src+"\n}\n")

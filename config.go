@@ -18,6 +18,28 @@ const (
 	DefaultStopSignal   = "SIGTERM"
 	DefaultDrainTimeout = 30 * time.Second
 	DefaultStopTimeout  = 10 * time.Second
+
+	DefaultRestart       = RestartNever
+	DefaultRestartWindow = time.Minute
+	DefaultOnEnd         = OnEndStopCaddy
+
+	// Restart back-off: the first restart waits restartFirstDelay, each
+	// further one twice as long as the one before, up to restartMaxDelay; a
+	// process that stayed up for restartResetAfter starts over at the first
+	// delay.
+	restartFirstDelay = 250 * time.Millisecond
+	restartMaxDelay   = 30 * time.Second
+	restartResetAfter = 10 * time.Second
+)
+
+// Values of Process.Restart and Process.OnEnd.
+const (
+	RestartNever     = "never"
+	RestartOnFailure = "on_failure"
+	RestartAlways    = "always"
+
+	OnEndStopCaddy   = "stop_caddy"
+	OnEndKeepRunning = "keep_running"
 )
 
 // Process describes one supervised child process: what to run, and how to
@@ -64,6 +86,34 @@ type Process struct {
 	// signal before its whole process group is killed with SIGKILL. It is a
 	// duration string with a unit. Default: `10s`.
 	StopTimeout Duration `json:"stop_timeout,omitempty"`
+
+	// Restart says whether the process is started again when it exits on
+	// its own: `never`; `on_failure`, when it exits with a non-zero status or
+	// is killed by a signal; or `always`. Restarts back off: 250ms before
+	// the first, doubling each time up to 30s, back to 250ms once the process
+	// has stayed up for 10s. A stop that Caddy asks for (reload, shutdown)
+	// never causes a restart. Default: `never`.
+	Restart string `json:"restart,omitempty"`
+
+	// MaxRestarts, if set, limits how many restarts may happen within
+	// `restart_window`: when the process exits and that many restarts have
+	// already happened in the window, it has ended for good. Needs `restart`
+	// `on_failure` or `always`. Default: 0, no limit.
+	MaxRestarts int `json:"max_restarts,omitempty"`
+
+	// RestartWindow is the window of `max_restarts`; it may only be set with
+	// `max_restarts`. Default: `1m`.
+	RestartWindow Duration `json:"restart_window,omitempty"`
+
+	// OnEnd says what Caddy does when the process has ended for good (it
+	// exited and will not be restarted): `stop_caddy` shuts Caddy down
+	// gracefully (the other processes are stopped after the drain, as on
+	// SIGTERM) and Caddy's process exits with the process's exit status (its
+	// exit code, or 128+N if signal N killed it), which is what a container
+	// runtime expects from its main process; `keep_running` logs the end
+	// and Caddy keeps running (a one-shot task, an optional worker).
+	// Default: `stop_caddy`.
+	OnEnd string `json:"on_end,omitempty"`
 
 	// resolved at provision time
 	path   string   // absolute path of Command[0]
@@ -121,6 +171,35 @@ func (p *Process) provision(index int) error {
 	}
 	if p.StopTimeout == 0 {
 		p.StopTimeout = Duration(DefaultStopTimeout)
+	}
+	switch p.Restart {
+	case "":
+		p.Restart = DefaultRestart
+	case RestartNever, RestartOnFailure, RestartAlways:
+	default:
+		return fmt.Errorf("%s: restart %q: must be never, on_failure or always", where, p.Restart)
+	}
+	if p.MaxRestarts < 0 {
+		return fmt.Errorf("%s: max_restarts %d: must be positive", where, p.MaxRestarts)
+	}
+	if p.MaxRestarts > 0 && p.Restart == RestartNever {
+		return fmt.Errorf("%s: max_restarts %d: needs restart on_failure or always (restart is never)", where, p.MaxRestarts)
+	}
+	if p.RestartWindow != 0 && p.MaxRestarts == 0 {
+		return fmt.Errorf("%s: restart_window %q: only means something with max_restarts", where, p.RestartWindow)
+	}
+	if p.RestartWindow < 0 {
+		return fmt.Errorf("%s: restart_window %q: must be positive", where, p.RestartWindow)
+	}
+	if p.RestartWindow == 0 && p.MaxRestarts > 0 {
+		p.RestartWindow = Duration(DefaultRestartWindow)
+	}
+	switch p.OnEnd {
+	case "":
+		p.OnEnd = DefaultOnEnd
+	case OnEndStopCaddy, OnEndKeepRunning:
+	default:
+		return fmt.Errorf("%s: on_end %q: must be stop_caddy or keep_running", where, p.OnEnd)
 	}
 	p.env = mergeEnv(os.Environ(), p.Env)
 	p.path, err = lookPath(p.Command[0], p.Dir, envValue(p.env, "PATH"))
@@ -238,8 +317,9 @@ func (p *Process) UnmarshalJSON(b []byte) error {
 	type plain Process // same fields, without this method
 	var aux struct {
 		*plain
-		DrainTimeout json.RawMessage `json:"drain_timeout,omitempty"`
-		StopTimeout  json.RawMessage `json:"stop_timeout,omitempty"`
+		DrainTimeout  json.RawMessage `json:"drain_timeout,omitempty"`
+		StopTimeout   json.RawMessage `json:"stop_timeout,omitempty"`
+		RestartWindow json.RawMessage `json:"restart_window,omitempty"`
 	}
 	aux.plain = (*plain)(p)
 	dec := json.NewDecoder(bytes.NewReader(b))
@@ -254,6 +334,7 @@ func (p *Process) UnmarshalJSON(b []byte) error {
 	}{
 		{"drain_timeout", aux.DrainTimeout, &p.DrainTimeout},
 		{"stop_timeout", aux.StopTimeout, &p.StopTimeout},
+		{"restart_window", aux.RestartWindow, &p.RestartWindow},
 	} {
 		if f.raw == nil {
 			continue

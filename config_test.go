@@ -54,6 +54,12 @@ func TestJSONErrors(t *testing.T) {
 		{"negative duration", `{"processes":[{"command":["sleep"],"drain_timeout":"-5s"}]}`, `drain_timeout "-5s": must be positive`},
 		{"duplicate names", `{"processes":[{"command":["sleep"]},{"command":["/bin/sleep"]}]}`, `process 1: name "sleep": already used by process 0`},
 		{"bad name", `{"processes":[{"name":"a b","command":["sleep"]}]}`, `name "a b": must not contain`},
+		{"bad restart", `{"processes":[{"command":["sleep"],"restart":"sometimes"}]}`, `restart "sometimes": must be never, on_failure or always`},
+		{"max_restarts without restart", `{"processes":[{"command":["sleep"],"max_restarts":3}]}`, `max_restarts 3: needs restart on_failure or always`},
+		{"negative max_restarts", `{"processes":[{"command":["sleep"],"restart":"always","max_restarts":-1}]}`, `max_restarts -1: must be positive`},
+		{"restart_window alone", `{"processes":[{"command":["sleep"],"restart":"always","restart_window":"1m"}]}`, `restart_window "1m0s": only means something with max_restarts`},
+		{"bad restart_window", `{"processes":[{"command":["sleep"],"restart":"always","max_restarts":3,"restart_window":"1"}]}`, `restart_window "1": `},
+		{"bad on_end", `{"processes":[{"command":["sleep"],"on_end":"exit"}]}`, `on_end "exit": must be stop_caddy or keep_running`},
 		{"bad env name", `{"processes":[{"command":["sleep"],"env":{"A=B":"x"}}]}`, `env "A=B": not a valid variable name`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -74,8 +80,9 @@ func TestDefaults(t *testing.T) {
 	if err := p.provision(0); err != nil {
 		t.Fatal(err)
 	}
-	if p.Name != "sleep" || p.StopSignal != "SIGTERM" || p.DrainTimeout.String() != "30s" || p.StopTimeout.String() != "10s" {
-		t.Errorf("defaults: name %q, stop_signal %q, drain_timeout %s, stop_timeout %s", p.Name, p.StopSignal, p.DrainTimeout, p.StopTimeout)
+	if p.Name != "sleep" || p.StopSignal != "SIGTERM" || p.DrainTimeout.String() != "30s" || p.StopTimeout.String() != "10s" ||
+		p.Restart != "never" || p.MaxRestarts != 0 || p.RestartWindow != 0 || p.OnEnd != "stop_caddy" {
+		t.Errorf("defaults: %+v", p)
 	}
 	for _, sig := range []string{"SIGTERM", "TERM", "term", "sigint", "QUIT", "USR1", "HUP", "WINCH", "15"} {
 		if _, err := parseSignal(sig); err != nil {

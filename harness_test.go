@@ -118,7 +118,6 @@ func freePort(t testing.TB) int {
 type event struct {
 	Ev            string `json:"ev"`
 	PID           int    `json:"pid"`
-	PGID          int    `json:"pgid"`
 	Sig           string `json:"sig"`
 	T             int64  `json:"t"`
 	ProbeAccepted bool   `json:"probe_accepted"`

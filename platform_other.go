@@ -3,6 +3,7 @@
 package supervise
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -56,8 +57,8 @@ func exitStatus(ps *os.ProcessState) (int, string) {
 	return ps.ExitCode(), "exit code " + strconv.Itoa(ps.ExitCode())
 }
 
-func (p *proc) command() *exec.Cmd {
-	return p.newCommand(p.def.path, p.def.Command)
+func (p *proc) command(def *Process) *exec.Cmd {
+	return newCommand(def, def.path, def.Command)
 }
 
 // checkExecutable reports why path cannot be executed, if it cannot.
@@ -70,4 +71,15 @@ func checkExecutable(path string) error {
 		return fmt.Errorf("%s is a directory", path)
 	}
 	return nil
+}
+
+// requestExit makes Caddy exit. Windows gives no way to start Caddy's own
+// graceful exit from inside: the processes are stopped (without a drain)
+// and the process exits.
+func requestExit() {
+	go func() {
+		waitForChildren(context.Background())
+		_, code, _ := endedStatus()
+		os.Exit(code)
+	}()
 }

@@ -66,9 +66,9 @@ func exitStatus(ps *os.ProcessState) (int, string) {
 // Caddy and then execs the program. It gets its own process group, so that
 // signals reach wrappers' children and a terminal's Ctrl-C does not reach
 // it before the drain.
-func (p *proc) command() *exec.Cmd {
-	args := append([]string{shimArg0, p.def.path}, p.def.Command...)
-	cmd := p.newCommand(shimPath(), args, shimEnv+"="+strconv.Itoa(os.Getpid()))
+func (p *proc) command(def *Process) *exec.Cmd {
+	args := append([]string{shimArg0, def.path}, def.Command...)
+	cmd := newCommand(def, shimPath(), args, shimEnv+"="+strconv.Itoa(os.Getpid()))
 	cmd.SysProcAttr = sysProcAttr()
 	return cmd
 }
@@ -86,4 +86,9 @@ func checkExecutable(path string) error {
 		return fmt.Errorf("%s is not executable", path)
 	}
 	return nil
+}
+
+// requestExit makes Caddy exit gracefully, exactly as on SIGTERM.
+func requestExit() {
+	_ = syscall.Kill(os.Getpid(), syscall.SIGTERM)
 }

@@ -2,9 +2,11 @@ package supervise
 
 import (
 	"context"
+	"os"
 	"sync"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 )
 
@@ -44,7 +46,8 @@ func (a *App) exitSequence(began time.Time) {
 	var wg sync.WaitGroup
 	for _, p := range a.procs {
 		wg.Go(func() {
-			drainTimeout := time.Duration(p.def.DrainTimeout)
+			def, _ := p.current()
+			drainTimeout := time.Duration(def.DrainTimeout)
 			timer := time.NewTimer(time.Until(began.Add(drainTimeout)))
 			defer timer.Stop()
 			select {
@@ -72,4 +75,45 @@ func waitForChildren(context.Context) {
 		wg.Go(func() { p.stop("Caddy is exiting") })
 	}
 	wg.Wait()
+
+	if name, code, set := endedStatus(); set && code != 0 {
+		caddy.Log().Error("shutdown complete; exiting with the status of the process that ended",
+			zap.String("process", name), zap.Int("exit_code", code))
+		os.Exit(code)
+	}
+}
+
+// endedFirst is the first process that ended for good with on_end
+// stop_caddy: its status becomes Caddy's exit status.
+var endedFirst struct {
+	sync.Mutex
+	name string
+	code int
+	set  bool
+}
+
+func endedStatus() (name string, code int, set bool) {
+	endedFirst.Lock()
+	defer endedFirst.Unlock()
+	return endedFirst.name, endedFirst.code, endedFirst.set
+}
+
+// processEnded is called when a process has ended for good: it exited and
+// will not be restarted. Unless its on_end is keep_running, Caddy shuts down
+// gracefully, as on SIGTERM, and exits with the process's status.
+func processEnded(def *Process, logger *zap.Logger, code int) {
+	if def.OnEnd == OnEndKeepRunning {
+		logger.Warn("process ended; Caddy keeps running (on_end keep_running)", zap.Int("exit_status", code))
+		return
+	}
+	endedFirst.Lock()
+	if !endedFirst.set {
+		endedFirst.name, endedFirst.code, endedFirst.set = def.Name, code, true
+	}
+	endedFirst.Unlock()
+	if caddy.Exiting() {
+		return
+	}
+	logger.Error("process ended; shutting Caddy down (on_end stop_caddy)", zap.Int("exit_status", code))
+	requestExit()
 }

@@ -15,23 +15,27 @@ import (
 	"go.uber.org/zap"
 )
 
-// proc is one running (or finished) child process and its process group.
-// Exactly one goroutine starts and waits for it, on a locked OS thread, so
-// that the parent-death signal stays armed for as long as the child lives.
+// proc is one supervised process: the child that runs now, and the ones
+// that replace it when it restarts. Exactly one goroutine starts and waits
+// for its children, on a locked OS thread, so that the parent-death signal
+// stays armed for as long as a child lives.
 type proc struct {
-	def *Process
-	key string // identity of the definition across config reloads
+	name string
+	key  string // identity across config reloads: what the child is started from
 
-	exited chan struct{} // closed once the child (the group leader) is reaped
-	done   chan struct{} // closed once the whole group is gone after exited
+	exited chan struct{} // closed once no child runs and none will: the run loop ended
+	done   chan struct{} // closed once stop has seen the whole process group gone
+	stopCh chan struct{} // closed by stop: no more restarts
 	stopMu sync.Mutex    // serialises stop sequences
 
 	mu       sync.Mutex
+	def      *Process // current definition; settings other than the key follow reloads
 	logger   *zap.Logger
 	owners   []*App // configs that use this process, oldest first
-	pid      int
-	state    *os.ProcessState
-	stopping bool // Caddy asked it to stop: its exit is expected
+	pid      int    // PID and process group of the current or last child
+	running  bool   // a child runs now
+	stopping bool   // Caddy asked it to stop: its exit is expected
+	restarts []time.Time
 }
 
 // registry holds the processes of the whole Caddy process by name, so that
@@ -41,24 +45,30 @@ var registry = struct {
 	procs map[string]*proc
 }{procs: make(map[string]*proc)}
 
-// definitionKey is what must be equal for a reload to keep a child running.
-func definitionKey(def *Process) string {
-	b, _ := json.Marshal(def)
+// spawnKey is what must be equal for a reload to keep a child running: what
+// the child was started from. Other settings (timeouts, stop signal,
+// restart policy) apply to the running child from the reload on.
+func spawnKey(def *Process) string {
+	b, _ := json.Marshal(struct {
+		Command []string
+		Dir     string
+		Env     map[string]string
+	}{def.Command, def.Dir, def.Env})
 	return string(b)
 }
 
 // acquire returns the running process for def on behalf of app a: the one a
-// previous config started if its definition is unchanged, otherwise a new
-// one, after gracefully stopping a differing one of the same name so that the
-// new one can bind the same port.
+// previous config started if it was started from the same definition,
+// otherwise a new one, after gracefully stopping a differing one of the same
+// name so that the new one can bind the same port.
 func acquire(a *App, def *Process) (*proc, error) {
-	key := definitionKey(def)
+	key := spawnKey(def)
 	logger := a.logger.Named(def.Name)
 
 	registry.Lock()
 	old := registry.procs[def.Name]
 	if old != nil && old.key == key && !old.finished() {
-		old.adopt(a, logger)
+		old.adopt(a, def, logger)
 		registry.Unlock()
 		logger.Info("process kept running across config change", zap.Int("pid", old.getPID()))
 		return old, nil
@@ -67,18 +77,20 @@ func acquire(a *App, def *Process) (*proc, error) {
 
 	if old != nil && !old.finished() {
 		began := time.Now()
-		old.stop("definition changed")
+		old.stop("its definition changed")
 		logger.Info("previous process stopped; starting the new definition",
 			zap.Int("old_pid", old.getPID()), zap.Duration("stop_took", time.Since(began)))
 	}
 
 	p := &proc{
-		def:    def,
+		name:   def.Name,
 		key:    key,
+		def:    def,
 		logger: logger,
 		owners: []*App{a},
 		exited: make(chan struct{}),
 		done:   make(chan struct{}),
+		stopCh: make(chan struct{}),
 	}
 	if err := p.start(); err != nil {
 		return nil, err
@@ -98,11 +110,15 @@ func release(a *App, p *proc) (last bool) {
 	defer p.mu.Unlock()
 	p.owners = slices.DeleteFunc(p.owners, func(o *App) bool { return o == a })
 	if len(p.owners) > 0 {
-		p.logger = p.owners[len(p.owners)-1].logger.Named(p.def.Name)
+		owner := p.owners[len(p.owners)-1]
+		p.logger = owner.logger.Named(p.name)
+		if i := slices.IndexFunc(owner.Processes, func(d *Process) bool { return d.Name == p.name }); i >= 0 {
+			p.def = owner.Processes[i]
+		}
 		return false
 	}
-	if registry.procs[p.def.Name] == p {
-		delete(registry.procs, p.def.Name)
+	if registry.procs[p.name] == p {
+		delete(registry.procs, p.name)
 	}
 	return true
 }
@@ -118,17 +134,23 @@ func allProcs() []*proc {
 	return ps
 }
 
-func (p *proc) adopt(a *App, logger *zap.Logger) {
+func (p *proc) adopt(a *App, def *Process, logger *zap.Logger) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.owners = append(p.owners, a)
-	p.logger = logger
+	p.def, p.logger = def, logger
+}
+
+// current returns the definition and logger in force.
+func (p *proc) current() (*Process, *zap.Logger) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.def, p.logger
 }
 
 func (p *proc) log() *zap.Logger {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.logger
+	_, logger := p.current()
+	return logger
 }
 
 func (p *proc) getPID() int {
@@ -146,59 +168,120 @@ func (p *proc) finished() bool {
 	}
 }
 
-// start spawns the child and returns once it runs (or failed to start).
+// start starts the run loop and returns once the first child runs (or
+// failed to start).
 func (p *proc) start() error {
 	started := make(chan error, 1)
 	go p.run(started)
 	return <-started
 }
 
-// run starts the child and waits for it on one locked OS thread: the
-// parent-death signal is tied to the thread that forked, so the thread must
-// live exactly as long as the child. The goroutine never unlocks the thread;
-// when it returns, Go ends the thread.
+// run starts the child, waits for it, and restarts it as its restart policy
+// says, until Caddy stops it or it ends for good. It runs on one locked OS
+// thread: the parent-death signal is tied to the thread that forked, so the
+// thread must live as long as the children. The goroutine never unlocks the
+// thread; when it returns, Go ends the thread.
 func (p *proc) run(started chan<- error) {
 	runtime.LockOSThread()
+	defer close(p.exited)
+	var delay time.Duration // the last restart back-off
+	for n := 0; ; n++ {
+		def, logger := p.current()
+		cmd := p.command(def)
+		p.mu.Lock()
+		if p.stopping {
+			p.mu.Unlock()
+			return
+		}
+		err := cmd.Start()
+		if err == nil {
+			p.pid, p.running = cmd.Process.Pid, true
+		}
+		p.mu.Unlock()
+		if n == 0 {
+			if err != nil {
+				close(p.done)
+				started <- fmt.Errorf("starting process %q (%s): %v", def.Name, def.path, err)
+				return
+			}
+			started <- nil
+		}
 
-	cmd := p.command()
-	if err := cmd.Start(); err != nil {
-		close(p.exited)
-		close(p.done)
-		started <- fmt.Errorf("starting process %q (%s): %v", p.def.Name, p.def.path, err)
-		return
+		var code int
+		var upFor time.Duration
+		if err != nil {
+			code = 127
+			logger.Error("restarting process failed", zap.Error(err))
+		} else {
+			logger.Info("process started", zap.Int("pid", cmd.Process.Pid), zap.Strings("command", def.Command), zap.Int("restarts", n))
+			began := time.Now()
+			_ = cmd.Wait() // the only Wait; the status is in cmd.ProcessState
+			upFor = time.Since(began)
+			var how string
+			code, how = exitStatus(cmd.ProcessState)
+			fields := []zap.Field{zap.Int("pid", cmd.Process.Pid), zap.Int("exit_status", code), zap.String("exit", how), zap.Duration("up_for", upFor)}
+			p.mu.Lock()
+			p.running = false
+			expected := p.stopping
+			def, logger = p.def, p.logger
+			p.mu.Unlock()
+			if expected {
+				logger.Info("process exited", fields...)
+				return
+			}
+			logger.Error("process exited unexpectedly", fields...)
+			// What is left of its group is orphaned, and may hold its port.
+			stopLeftovers(cmd.Process.Pid, def, logger)
+		}
+
+		wait, why := p.nextRestart(def, code, upFor, &delay)
+		if why != "" {
+			logger.Error("process ended for good", zap.String("why", why), zap.Int("exit_status", code))
+			go processEnded(def, logger, code)
+			return
+		}
+		logger.Info("restarting process", zap.Duration("after", wait), zap.Int("restarts", n+1))
+		timer := time.NewTimer(wait)
+		select {
+		case <-timer.C:
+		case <-p.stopCh:
+			timer.Stop()
+			return
+		}
 	}
-	p.mu.Lock()
-	p.pid = cmd.Process.Pid
-	logger := p.logger
-	p.mu.Unlock()
-	logger.Info("process started", zap.Int("pid", cmd.Process.Pid), zap.Strings("command", p.def.Command))
-	started <- nil
-
-	_ = cmd.Wait() // the only Wait; the status is in cmd.ProcessState
-
-	p.mu.Lock()
-	p.state = cmd.ProcessState
-	expected := p.stopping
-	logger = p.logger
-	p.mu.Unlock()
-	close(p.exited)
-
-	code, how := exitStatus(cmd.ProcessState)
-	fields := []zap.Field{zap.Int("pid", cmd.Process.Pid), zap.Int("exit_status", code), zap.String("exit", how)}
-	if expected {
-		logger.Info("process exited", fields...)
-		return
-	}
-	logger.Error("process exited unexpectedly", fields...)
-	// Its children, if any, are orphans now: stop them like at shutdown.
-	go p.stop("process exited unexpectedly")
 }
 
-// stop ends the process group: the stop signal, up to stop_timeout for the
-// child to exit, then SIGKILL to the group. Group members that outlive the
-// child get the rest of stop_timeout, then SIGKILL too. It returns when the
-// group is gone. Concurrent and repeated calls are safe; all return when the
-// group is gone.
+// nextRestart applies the restart policy to an exit: it returns how long to
+// wait before the restart, or why there is none.
+func (p *proc) nextRestart(def *Process, code int, upFor time.Duration, delay *time.Duration) (time.Duration, string) {
+	switch {
+	case def.Restart == RestartNever:
+		return 0, "restart is never"
+	case def.Restart == RestartOnFailure && code == 0:
+		return 0, "exited successfully and restart is on_failure"
+	}
+	if upFor >= restartResetAfter || *delay == 0 {
+		*delay = restartFirstDelay
+	} else {
+		*delay = min(2**delay, restartMaxDelay)
+	}
+	if def.MaxRestarts > 0 {
+		now := time.Now()
+		window := time.Duration(def.RestartWindow)
+		p.restarts = slices.DeleteFunc(p.restarts, func(t time.Time) bool { return now.Sub(t) > window })
+		if len(p.restarts) >= def.MaxRestarts {
+			return 0, fmt.Sprintf("restarted %d times within restart_window %s (max_restarts)", len(p.restarts), window)
+		}
+		p.restarts = append(p.restarts, now.Add(*delay))
+	}
+	return *delay, ""
+}
+
+// stop ends the process: no more restarts; the stop signal to the current
+// child's process group, up to stop_timeout for it to exit, then SIGKILL to
+// the group. Group members that outlive the child get the rest of
+// stop_timeout, then SIGKILL too. It returns when the group is gone.
+// Concurrent and repeated calls are safe; all return when the group is gone.
 func (p *proc) stop(reason string) {
 	p.stopMu.Lock()
 	defer p.stopMu.Unlock()
@@ -209,38 +292,52 @@ func (p *proc) stop(reason string) {
 	}
 
 	p.mu.Lock()
-	p.stopping = true
-	pgid, logger := p.pid, p.logger
+	if !p.stopping {
+		p.stopping = true
+		close(p.stopCh)
+	}
+	pgid, running, def, logger := p.pid, p.running, p.def, p.logger
 	p.mu.Unlock()
 
-	timeout := time.Duration(p.def.StopTimeout)
+	timeout := time.Duration(def.StopTimeout)
 	deadline := time.Now().Add(timeout)
-	if !p.finished() || groupAlive(pgid) {
+	if running {
 		logger.Info("stopping process", zap.Int("pid", pgid), zap.String("reason", reason),
-			zap.String("signal", p.def.StopSignal), zap.Duration("stop_timeout", timeout))
-		if err := signalGroup(pgid, p.def.signal); err != nil && !errors.Is(err, syscall.ESRCH) {
+			zap.String("signal", def.StopSignal), zap.Duration("stop_timeout", timeout))
+		if err := signalGroup(pgid, def.signal); err != nil && !errors.Is(err, syscall.ESRCH) {
 			logger.Warn("sending stop signal", zap.Int("pid", pgid), zap.Error(err))
 		}
-		timer := time.NewTimer(timeout)
-		select {
-		case <-p.exited:
-			timer.Stop()
-		case <-timer.C:
-			logger.Warn("process did not exit within stop_timeout; killing its process group",
-				zap.Int("pid", pgid), zap.Duration("stop_timeout", timeout))
-			_ = signalGroup(pgid, syscall.SIGKILL)
-			<-p.exited
-		}
 	}
-	if groupAlive(pgid) {
-		logger.Info("waiting for the rest of the process group", zap.Int("pgid", pgid))
-		if !waitGroupGone(pgid, deadline) {
-			logger.Warn("process group outlived stop_timeout; killing it", zap.Int("pgid", pgid))
-			_ = signalGroup(pgid, syscall.SIGKILL)
-			waitGroupGone(pgid, time.Now().Add(time.Second))
-		}
+	timer := time.NewTimer(timeout)
+	select {
+	case <-p.exited:
+		timer.Stop()
+	case <-timer.C:
+		logger.Warn("process did not exit within stop_timeout; killing its process group",
+			zap.Int("pid", pgid), zap.Duration("stop_timeout", timeout))
+		_ = signalGroup(pgid, syscall.SIGKILL)
+		<-p.exited
+	}
+	if groupAlive(pgid) && !waitGroupGone(pgid, deadline) {
+		logger.Warn("process group outlived stop_timeout; killing it", zap.Int("pgid", pgid))
+		_ = signalGroup(pgid, syscall.SIGKILL)
+		waitGroupGone(pgid, time.Now().Add(time.Second))
 	}
 	close(p.done)
+}
+
+// stopLeftovers ends what is left of a process group whose leader exited:
+// the stop signal, the stop_timeout, SIGKILL.
+func stopLeftovers(pgid int, def *Process, logger *zap.Logger) {
+	if !groupAlive(pgid) {
+		return
+	}
+	logger.Warn("stopping the rest of the exited process's group", zap.Int("pgid", pgid))
+	_ = signalGroup(pgid, def.signal)
+	if !waitGroupGone(pgid, time.Now().Add(time.Duration(def.StopTimeout))) {
+		_ = signalGroup(pgid, syscall.SIGKILL)
+		waitGroupGone(pgid, time.Now().Add(time.Second))
+	}
 }
 
 // waitGroupGone waits until no process is left in the group or the deadline
@@ -259,12 +356,12 @@ func waitGroupGone(pgid int, deadline time.Time) bool {
 
 // newCommand returns the exec.Cmd every platform starts from: stdin from
 // /dev/null, Caddy's stdout and stderr, the merged environment.
-func (p *proc) newCommand(path string, args []string, extraEnv ...string) *exec.Cmd {
+func newCommand(def *Process, path string, args []string, extraEnv ...string) *exec.Cmd {
 	return &exec.Cmd{
 		Path:   path,
 		Args:   args,
-		Dir:    p.def.Dir,
-		Env:    append(slices.Clip(p.def.env), extraEnv...),
+		Dir:    def.Dir,
+		Env:    append(slices.Clip(def.env), extraEnv...),
 		Stdin:  nil, // os/exec opens the null device
 		Stdout: os.Stdout,
 		Stderr: os.Stderr,

@@ -74,7 +74,7 @@ func main() {
 	srv := &http.Server{Handler: inflight.track(mux)}
 	go func() { _ = srv.Serve(ln) }()
 	log.Printf("upstream pid %d listening on %s", os.Getpid(), ln.Addr())
-	rep.send(map[string]any{"ev": "ready", "pid": os.Getpid(), "pgid": syscall.Getpgrp(), "ppid": os.Getppid(), "t": time.Now().UnixNano()})
+	rep.send(map[string]any{"ev": "ready", "pid": os.Getpid(), "ppid": os.Getppid(), "t": time.Now().UnixNano()})
 
 	sig := <-sigs
 	ev := map[string]any{"ev": "signal", "sig": sig.String(), "t": time.Now().UnixNano()}
