@@ -122,6 +122,7 @@ type event struct {
 	T             int64  `json:"t"`
 	ProbeAccepted bool   `json:"probe_accepted"`
 	Path          string `json:"path"`
+	Addr          string `json:"addr"`
 }
 
 func (e event) time() time.Time { return time.Unix(0, e.T) }
@@ -137,6 +138,7 @@ type peer struct {
 	events  chan event
 	eof     chan struct{}
 	pid     int
+	addr    string
 	readyAt time.Time
 }
 
@@ -184,7 +186,7 @@ func (s *sink) next(t testing.TB, timeout time.Duration) *peer {
 		if e.Ev != "ready" {
 			t.Fatalf("first event of an upstream: %+v, want ready", e)
 		}
-		p.pid, p.readyAt = e.PID, e.time()
+		p.pid, p.addr, p.readyAt = e.PID, e.Addr, e.time()
 		return p
 	case <-time.After(timeout):
 		t.Fatalf("no upstream connected within %s", timeout)

@@ -23,8 +23,3 @@ func shimPath() string {
 func sysProcAttr() *syscall.SysProcAttr {
 	return &syscall.SysProcAttr{Setpgid: true}
 }
-
-// shimPrepare runs in the shim just before it execs the program. The Go
-// runtime of the shim already handles SIGPIPE, so the program gets it back at
-// its default; nothing else is done here.
-func shimPrepare(parentPID int) {}

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/caddy-supervise/supervise/internal/shim"
 	"golang.org/x/sys/unix"
 )
 
@@ -62,13 +63,13 @@ func exitStatus(ps *os.ProcessState) (int, string) {
 }
 
 // command builds the child's exec.Cmd. The child is started through this
-// binary (see shim.go), which resets signal dispositions inherited from
+// binary (see internal/shim), which resets signal dispositions inherited from
 // Caddy and then execs the program. It gets its own process group, so that
 // signals reach wrappers' children and a terminal's Ctrl-C does not reach
 // it before the drain.
 func (p *proc) command(def *Process) *exec.Cmd {
-	args := append([]string{shimArg0, def.path}, def.Command...)
-	cmd := newCommand(def, shimPath(), args, shimEnv+"="+strconv.Itoa(os.Getpid()))
+	args := append([]string{shim.Arg0, def.path}, def.Command...)
+	cmd := newCommand(def, shimPath(), args, shim.Env+"="+strconv.Itoa(os.Getpid()))
 	cmd.SysProcAttr = sysProcAttr()
 	return cmd
 }

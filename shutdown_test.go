@@ -328,7 +328,7 @@ func TestNoFailedRequestsDuringShutdown(t *testing.T) {
 				l := startLoad(fmt.Sprintf("http://127.0.0.1:%d/sleep?d=50ms", httpPort), 16)
 				l.waitOK(t, 100, 10*time.Second)
 				began := time.Now()
-				l.closing.Store(true)
+				l.churn.Store(true)
 				switch how {
 				case "SIGTERM":
 					c.signal(syscall.SIGTERM)
@@ -375,7 +375,10 @@ type load struct {
 	wg      sync.WaitGroup
 	mu      sync.Mutex
 	stats   loadStats
-	closing atomic.Bool // the test began to stop Caddy
+	// churn: the test began to stop or reload Caddy, whose listening socket
+	// closes (with a reload, Caddy opens a new SO_REUSEPORT socket and closes
+	// the old one). Connections the kernel had queued on it are reset.
+	churn atomic.Bool
 }
 
 func (l *load) count(f func(*loadStats)) {
@@ -416,12 +419,12 @@ func startLoad(url string, clients int) *load {
 				case err != nil && errors.Is(err, syscall.ECONNREFUSED):
 					l.count(func(st *loadStats) { st.refused++ })
 					return // the listener is closed: this client is done
-				case err != nil && l.closing.Load() && (isDialError(err) || !reused && !answered):
-					// Once Caddy began to close its listener: a failed dial,
-					// or a new connection reset before any answer (the kernel
-					// completed the handshake into the listen backlog, and
-					// closing the listening socket reset it). Caddy never
-					// saw the request; the test's check of Caddy's log makes
+				case err != nil && l.churn.Load() && (isDialError(err) || !reused && !answered):
+					// Once Caddy began to close its listening socket: a failed
+					// dial, or a new connection reset before any answer (the
+					// kernel completed the handshake into the socket's accept
+					// queue, and closing the socket reset it). Caddy never
+					// saw the request; the tests' check of Caddy's log makes
 					// sure of that.
 					l.count(func(st *loadStats) { st.unaccepted++ })
 					continue

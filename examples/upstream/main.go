@@ -6,6 +6,7 @@
 //	GET /            200 "hello from upstream pid N"
 //	GET /sleep?d=1s  200 after the given time (&report: tell the test it arrived)
 //	GET /hang        never answers (until the process ends)
+//	GET /exit?code=N exits at once with status N, like a crash
 package main
 
 import (
@@ -18,6 +19,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -71,10 +73,15 @@ func main() {
 	})
 	inflight := &requests{}
 	inflight.cond = sync.NewCond(&inflight.mu)
+	mux.HandleFunc("/exit", func(w http.ResponseWriter, r *http.Request) {
+		code, _ := strconv.Atoi(r.URL.Query().Get("code"))
+		log.Printf("upstream: exiting with status %d as asked", code)
+		os.Exit(code) // test hook: a crash
+	})
 	srv := &http.Server{Handler: inflight.track(mux)}
 	go func() { _ = srv.Serve(ln) }()
 	log.Printf("upstream pid %d listening on %s", os.Getpid(), ln.Addr())
-	rep.send(map[string]any{"ev": "ready", "pid": os.Getpid(), "ppid": os.Getppid(), "t": time.Now().UnixNano()})
+	rep.send(map[string]any{"ev": "ready", "pid": os.Getpid(), "ppid": os.Getppid(), "addr": ln.Addr().String(), "t": time.Now().UnixNano()})
 
 	sig := <-sigs
 	ev := map[string]any{"ev": "signal", "sig": sig.String(), "t": time.Now().UnixNano()}

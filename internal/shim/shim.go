@@ -1,0 +1,42 @@
+//go:build unix
+
+// Package shim is the first code a supervised child runs. The supervise app
+// starts each child as Caddy's own binary with Env set; this package's init
+// sees it, restores what a process supervisor must hand a program and Go's
+// os/exec cannot (default signal dispositions; the parent-death signal
+// after a capability-bearing exec), and replaces itself with the program.
+//
+// It imports nothing but the standard library, so that Go's initialization
+// order (packages sorted by import path, each after its imports) runs this
+// init before Caddy's and its modules' package initializers: the child
+// pays for the Go runtime and the standard library's init only, not for all
+// of Caddy's.
+package shim
+
+import (
+	"os"
+	"strconv"
+	"syscall"
+)
+
+// Env marks a shim invocation; its value is the PID of the Caddy process
+// that started it. Arg0 is the shim's argv[0]; then come the program's path
+// and its argv.
+const (
+	Env  = "CADDY_SUPERVISE_EXEC"
+	Arg0 = "caddy-supervise-exec"
+)
+
+func init() {
+	v, ok := os.LookupEnv(Env)
+	if !ok || len(os.Args) < 3 || os.Args[0] != Arg0 {
+		return
+	}
+	parent, _ := strconv.Atoi(v)
+	_ = os.Unsetenv(Env)
+	path, argv := os.Args[1], os.Args[2:]
+	prepare(parent)
+	err := syscall.Exec(path, argv, os.Environ())
+	os.Stderr.WriteString("supervise: exec " + path + ": " + err.Error() + "\n")
+	os.Exit(127)
+}
