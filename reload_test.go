@@ -2,6 +2,7 @@ package supervise
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -46,8 +47,23 @@ func TestReload(t *testing.T) {
 	c.waitLog("process kept running across config change", 5*time.Second)
 	assertGet(t, fmt.Sprintf("http://127.0.0.1:%d/", httpPort), fmt.Sprintf("pid %d", up.pid))
 
-	// changed definition: the old one is gone before the new one starts
+	// a config that fails to load changes nothing
 	procs := cfg["apps"].(map[string]any)["supervise"].(map[string]any)["processes"].([]map[string]any)
+	procs[0]["stop_signal"] = "SIGNOPE"
+	raw, _ := json.Marshal(cfg)
+	resp, err := http.Post("http://"+cfg["admin"].(map[string]any)["listen"].(string)+"/load", "application/json", bytes.NewReader(raw))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode == 200 || !bytes.Contains(body, []byte(`stop_signal \"SIGNOPE\"`)) {
+		t.Fatalf("loading a bad config: %s %s", resp.Status, body)
+	}
+	delete(procs[0], "stop_signal")
+	assertGet(t, fmt.Sprintf("http://127.0.0.1:%d/", httpPort), fmt.Sprintf("pid %d", up.pid))
+
+	// changed definition: the old one is gone before the new one starts
 	procs[0]["command"] = append(procs[0]["command"].([]string), "-linger", "200ms")
 	c.load(t, cfg)
 	up.expect(t, "signal", 10*time.Second)

@@ -369,12 +369,12 @@ type loadStats struct {
 // load runs clients that send requests in a loop until the server refuses
 // connections (it has closed its listener) or stop is called.
 type load struct {
-	ok      atomic.Int64
-	okTick  chan struct{}
-	cancel  context.CancelFunc
-	wg      sync.WaitGroup
-	mu      sync.Mutex
-	stats   loadStats
+	ok     atomic.Int64
+	okTick chan struct{}
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	mu     sync.Mutex
+	stats  loadStats
 	// churn: the test began to stop or reload Caddy, whose listening socket
 	// closes (with a reload, Caddy opens a new SO_REUSEPORT socket and closes
 	// the old one). Connections the kernel had queued on it are reset.
