@@ -27,6 +27,7 @@ func init() {
 //		stop_signal    <signal>
 //		drain_timeout  <duration>
 //		stop_timeout   <duration>
+//		output         log|inherit|discard
 //		restart        never|on_failure|always
 //		max_restarts   <count>
 //		restart_window <duration>
@@ -110,6 +111,7 @@ var subdirectives = map[string]subdirective{
 	"stop_timeout":   {args: 1, set: durationSetter(func(p *Process) *Duration { return &p.StopTimeout })},
 	"restart_window": {args: 1, set: durationSetter(func(p *Process) *Duration { return &p.RestartWindow })},
 	"restart":        {args: 1, set: oneOf(func(p *Process) *string { return &p.Restart }, RestartNever, RestartOnFailure, RestartAlways)},
+	"output":         {args: 1, set: oneOf(func(p *Process) *string { return &p.Output }, OutputLog, OutputInherit, OutputDiscard)},
 	"on_end":         {args: 1, set: oneOf(func(p *Process) *string { return &p.OnEnd }, OnEndStopCaddy, OnEndKeepRunning)},
 	"max_restarts": {args: 1, set: func(p *Process, a []string) error {
 		n, err := strconv.Atoi(a[0])

@@ -87,6 +87,15 @@ type Process struct {
 	// duration string with a unit. Default: `10s`.
 	StopTimeout Duration `json:"stop_timeout,omitempty"`
 
+	// Output says where the child's stdout and stderr go. `log`: each line
+	// becomes one entry, at INFO level, of Caddy's logger `supervise.<name>`
+	// with the field `stream` (`stdout` or `stderr`), so Caddy's logging
+	// configuration (writers, formats, include/exclude) applies to it; a line
+	// longer than 64 KiB is split into entries of 64 KiB, all but the last
+	// with the field `partial: true`. `inherit`: written as they are to
+	// Caddy's own stdout and stderr. `discard`: thrown away. Default: `log`.
+	Output string `json:"output,omitempty"`
+
 	// Restart says whether the process is started again when it exits on
 	// its own: `never`; `on_failure`, when it exits with a non-zero status or
 	// is killed by a signal; or `always`. Restarts back off: 250ms before
@@ -193,6 +202,13 @@ func (p *Process) provision(index int) error {
 	}
 	if p.RestartWindow == 0 && p.MaxRestarts > 0 {
 		p.RestartWindow = Duration(DefaultRestartWindow)
+	}
+	switch p.Output {
+	case "":
+		p.Output = OutputLog
+	case OutputLog, OutputInherit, OutputDiscard:
+	default:
+		return fmt.Errorf("%s: output %q: must be log, inherit or discard", where, p.Output)
 	}
 	switch p.OnEnd {
 	case "":

@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
 	"os/exec"
 	"runtime"
 	"slices"
@@ -188,12 +187,19 @@ func (p *proc) run(started chan<- error) {
 	for n := 0; ; n++ {
 		def, logger := p.current()
 		cmd := p.command(def)
+		out, err := p.attachOutput(cmd, def)
 		p.mu.Lock()
 		if p.stopping {
 			p.mu.Unlock()
+			if out != nil {
+				out.started() // nothing will start: let the streams end
+			}
 			return
 		}
-		err := cmd.Start()
+		if err == nil {
+			err = cmd.Start()
+			out.started()
+		}
 		if err == nil {
 			p.pid, p.running = cmd.Process.Pid, true
 		}
@@ -217,6 +223,12 @@ func (p *proc) run(started chan<- error) {
 			began := time.Now()
 			_ = cmd.Wait() // the only Wait; the status is in cmd.ProcessState
 			upFor = time.Since(began)
+			if !groupAlive(cmd.Process.Pid) {
+				// Nothing of the group holds the output pipes any more: log
+				// the last lines before saying it exited. (A process that
+				// left the group could hold them: don't wait for long.)
+				out.wait(time.Second)
+			}
 			var how string
 			code, how = exitStatus(cmd.ProcessState)
 			fields := []zap.Field{zap.Int("pid", cmd.Process.Pid), zap.Int("exit_status", code), zap.String("exit", how), zap.Duration("up_for", upFor)}
@@ -355,15 +367,13 @@ func waitGroupGone(pgid int, deadline time.Time) bool {
 }
 
 // newCommand returns the exec.Cmd every platform starts from: stdin from
-// /dev/null, Caddy's stdout and stderr, the merged environment.
+// /dev/null, the merged environment. Output is attached by attachOutput.
 func newCommand(def *Process, path string, args []string, extraEnv ...string) *exec.Cmd {
 	return &exec.Cmd{
-		Path:   path,
-		Args:   args,
-		Dir:    def.Dir,
-		Env:    append(slices.Clip(def.env), extraEnv...),
-		Stdin:  nil, // os/exec opens the null device
-		Stdout: os.Stdout,
-		Stderr: os.Stderr,
+		Path:  path,
+		Args:  args,
+		Dir:   def.Dir,
+		Env:   append(slices.Clip(def.env), extraEnv...),
+		Stdin: nil, // os/exec opens the null device
 	}
 }
