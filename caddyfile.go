@@ -24,6 +24,9 @@ func init() {
 //		name           <name>
 //		dir            <path>
 //		env            <key> <value>
+//		env_file       <path>
+//		user           <name|uid>
+//		group          <name|gid>
 //		stop_signal    <signal>
 //		drain_timeout  <duration>
 //		stop_timeout   <duration>
@@ -88,8 +91,11 @@ type subdirective struct {
 }
 
 var subdirectives = map[string]subdirective{
-	"name": {args: 1, set: func(p *Process, a []string) error { p.Name = a[0]; return nil }},
-	"dir":  {args: 1, set: func(p *Process, a []string) error { p.Dir = a[0]; return nil }},
+	"name":     {args: 1, set: stringSetter(func(p *Process) *string { return &p.Name })},
+	"dir":      {args: 1, set: stringSetter(func(p *Process) *string { return &p.Dir })},
+	"env_file": {args: 1, set: stringSetter(func(p *Process) *string { return &p.EnvFile })},
+	"user":     {args: 1, set: stringSetter(func(p *Process) *string { return &p.User })},
+	"group":    {args: 1, set: stringSetter(func(p *Process) *string { return &p.Group })},
 	"env": {args: 2, repeatable: true, set: func(p *Process, a []string) error {
 		if _, dup := p.Env[a[0]]; dup {
 			return fmt.Errorf("%s: set twice", a[0])
@@ -130,6 +136,13 @@ func subdirectiveNames() []string {
 	}
 	sort.Strings(names)
 	return names
+}
+
+func stringSetter(field func(*Process) *string) func(*Process, []string) error {
+	return func(p *Process, a []string) error {
+		*field(p) = a[0]
+		return nil
+	}
 }
 
 func durationSetter(field func(*Process) *Duration) func(*Process, []string) error {

@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -55,7 +57,10 @@ type Process struct {
 	// looked up in the PATH of the child's environment (Caddy's PATH unless
 	// `env` sets PATH) unless it contains a slash; a relative path with a
 	// slash is relative to `dir`. No shell is involved: use
-	// `["sh", "-c", "..."]` for shell syntax.
+	// `["sh", "-c", "..."]` for shell syntax. `{env.NAME}` in the command,
+	// its arguments, `dir`, `env_file` and `env` values is replaced with
+	// Caddy's environment variable NAME when the config loads; it is an error
+	// if NAME is unset, except in `env` values, where it becomes empty.
 	Command []string `json:"command,omitempty"`
 
 	// Dir is the working directory of the child. Default: Caddy's working
@@ -67,6 +72,25 @@ type Process struct {
 	// Caddy's variable of the same name. Caddy's own environment is never
 	// changed. Default: none added.
 	Env map[string]string `json:"env,omitempty"`
+
+	// EnvFile is a dotenv file (KEY=VALUE lines; the README gives the exact
+	// rules) whose variables are added to the child's environment. It is
+	// read when the config loads, so a reload reads it again (and a changed
+	// value restarts the process). Variables in `env` win over the file's.
+	// Default: none.
+	EnvFile string `json:"env_file,omitempty"`
+
+	// User runs the child as this user, by name or numeric UID: its UID, its
+	// primary group (unless `group` is set) and its supplementary groups, with
+	// HOME, USER and LOGNAME set to the user's (unless `env` or `env_file`
+	// set them). A UID without an entry in the user database needs `group`.
+	// Caddy must be able to switch users (run as root, or with CAP_SETUID
+	// and CAP_SETGID), or starting fails. Default: Caddy's user.
+	User string `json:"user,omitempty"`
+
+	// Group runs the child with this primary group, by name or numeric GID.
+	// Default: the primary group of `user`, or Caddy's group.
+	Group string `json:"group,omitempty"`
 
 	// StopSignal is sent to the child's process group once Caddy's HTTP
 	// servers have drained (or `drain_timeout` has passed). Names with or
@@ -125,8 +149,12 @@ type Process struct {
 	OnEnd string `json:"on_end,omitempty"`
 
 	// resolved at provision time
-	path   string   // absolute path of Command[0]
-	env    []string // the child's complete environment
+	args   []string          // Command with {env.*} expanded
+	dir    string            // Dir with {env.*} expanded
+	vars   map[string]string // env_file and env, expanded: what the child gets on top of Caddy's
+	id     *identity         // user and group, if set
+	path   string            // absolute path of args[0]
+	env    []string          // the child's complete environment
 	signal syscall.Signal
 }
 
@@ -141,25 +169,14 @@ func (p *Process) provision(index int) error {
 	if len(p.Command) == 0 || p.Command[0] == "" {
 		return fmt.Errorf("%s: command: must name a program", where)
 	}
+	if err := p.resolveSpawn(); err != nil {
+		return fmt.Errorf("%s: %v", where, err)
+	}
 	if p.Name == "" {
-		p.Name = filepath.Base(p.Command[0])
+		p.Name = filepath.Base(p.args[0])
 	}
 	if strings.ContainsAny(p.Name, " \t\r\n/") {
 		return fmt.Errorf("%s: name %q: must not contain white space or '/'", where, p.Name)
-	}
-	if p.Dir != "" {
-		fi, err := os.Stat(p.Dir)
-		if err != nil {
-			return fmt.Errorf("%s: dir %q: %v", where, p.Dir, err)
-		}
-		if !fi.IsDir() {
-			return fmt.Errorf("%s: dir %q: not a directory", where, p.Dir)
-		}
-	}
-	for k := range p.Env {
-		if k == "" || strings.ContainsAny(k, "=\x00") {
-			return fmt.Errorf("%s: env %q: not a valid variable name", where, k)
-		}
 	}
 	if p.StopSignal == "" {
 		p.StopSignal = DefaultStopSignal
@@ -217,17 +234,102 @@ func (p *Process) provision(index int) error {
 	default:
 		return fmt.Errorf("%s: on_end %q: must be stop_caddy or keep_running", where, p.OnEnd)
 	}
-	p.env = mergeEnv(os.Environ(), p.Env)
-	p.path, err = lookPath(p.Command[0], p.Dir, envValue(p.env, "PATH"))
+	return nil
+}
+
+// resolveSpawn works out what the child is started from: the expanded
+// command, directory and environment, the identity, the program's path.
+// Errors name the option and the value.
+func (p *Process) resolveSpawn() error {
+	var err error
+	p.args = make([]string, len(p.Command))
+	for i, a := range p.Command {
+		if p.args[i], err = expandEnv(a, false); err != nil {
+			return fmt.Errorf("command %q: %v", a, err)
+		}
+	}
+	if p.args[0] == "" {
+		return fmt.Errorf("command %q: the program's name is empty", p.Command[0])
+	}
+	if p.dir, err = expandEnv(p.Dir, false); err != nil {
+		return fmt.Errorf("dir %q: %v", p.Dir, err)
+	}
+	if p.dir != "" {
+		fi, err := os.Stat(p.dir)
+		if err != nil {
+			return fmt.Errorf("dir %q: %v", p.Dir, err)
+		}
+		if !fi.IsDir() {
+			return fmt.Errorf("dir %q: not a directory", p.Dir)
+		}
+	}
+
+	p.vars = make(map[string]string)
+	if p.EnvFile != "" {
+		path, err := expandEnv(p.EnvFile, false)
+		if err != nil {
+			return fmt.Errorf("env_file %q: %v", p.EnvFile, err)
+		}
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return fmt.Errorf("env_file %q: %v", p.EnvFile, err)
+		}
+		fileVars, err := parseEnvFile(string(data))
+		if err != nil {
+			return fmt.Errorf("env_file %q: %v", p.EnvFile, err)
+		}
+		maps.Copy(p.vars, fileVars)
+	}
+	for k, v := range p.Env {
+		if k == "" || strings.ContainsAny(k, "=\x00") {
+			return fmt.Errorf("env %q: not a valid variable name", k)
+		}
+		if p.vars[k], err = expandEnv(v, true); err != nil {
+			return fmt.Errorf("env %s %q: %v", k, v, err)
+		}
+	}
+
+	if p.User != "" || p.Group != "" {
+		if p.id, err = lookupIdentity(p.User, p.Group); err != nil {
+			return err
+		}
+	}
+	p.env = mergeEnv(os.Environ(), p.identityVars(), p.vars)
+	p.path, err = lookPath(p.args[0], p.dir, envValue(p.env, "PATH"))
 	if err != nil {
-		return fmt.Errorf("%s: command %q: %v", where, p.Command[0], err)
+		return fmt.Errorf("command %q: %v", p.Command[0], err)
 	}
 	return nil
 }
 
-// mergeEnv returns base with the variables of extra set, replacing any of the
-// same name. base is not modified.
-func mergeEnv(base []string, extra map[string]string) []string {
+// identityName says whom the child runs as, for messages.
+func (p *Process) identityName() string {
+	var parts []string
+	if p.User != "" {
+		parts = append(parts, "user "+p.User)
+	}
+	if p.Group != "" {
+		parts = append(parts, "group "+p.Group)
+	}
+	return strings.Join(parts, ", ")
+}
+
+// identityVars are HOME, USER and LOGNAME of the user the child runs as.
+func (p *Process) identityVars() map[string]string {
+	if p.id == nil || p.User == "" {
+		return nil
+	}
+	return map[string]string{"HOME": p.id.home, "USER": p.id.name, "LOGNAME": p.id.name}
+}
+
+// mergeEnv returns base with the variables of each layer set in turn, a
+// later layer replacing an earlier one's variable of the same name. base is
+// not modified.
+func mergeEnv(base []string, layers ...map[string]string) []string {
+	extra := make(map[string]string)
+	for _, l := range layers {
+		maps.Copy(extra, l)
+	}
 	env := make([]string, 0, len(base)+len(extra))
 	for _, kv := range base {
 		k, _, _ := strings.Cut(kv, "=")
@@ -235,8 +337,8 @@ func mergeEnv(base []string, extra map[string]string) []string {
 			env = append(env, kv)
 		}
 	}
-	for k, v := range extra {
-		env = append(env, k+"="+v)
+	for _, k := range slices.Sorted(maps.Keys(extra)) {
+		env = append(env, k+"="+extra[k])
 	}
 	return env
 }

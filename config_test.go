@@ -2,6 +2,7 @@ package supervise
 
 import (
 	"encoding/json"
+	"maps"
 	"os"
 	"path/filepath"
 	"strings"
@@ -34,9 +35,20 @@ func TestJSONErrors(t *testing.T) {
 	if err := os.WriteFile(file, nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
+	badEnv := filepath.Join(dir, "bad.env")
+	if err := os.WriteFile(badEnv, []byte("A=1\noops\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct{ name, app, want string }{
 		{"unknown app field", `{"procs":[]}`, `unknown field "procs"`},
-		{"unknown process field", `{"processes":[{"command":["sleep"],"user":"nobody"}]}`, `unknown field "user"`},
+		{"unknown process field", `{"processes":[{"command":["sleep"],"usr":"nobody"}]}`, `unknown field "usr"`},
+		{"unset variable in command", `{"processes":[{"command":["sleep","{env.SUPERVISE_UNSET_X}"]}]}`, `command "{env.SUPERVISE_UNSET_X}": {env.SUPERVISE_UNSET_X}: environment variable SUPERVISE_UNSET_X is not set`},
+		{"unset variable in dir", `{"processes":[{"command":["sleep"],"dir":"{env.SUPERVISE_UNSET_X}/x"}]}`, `dir "{env.SUPERVISE_UNSET_X}/x": {env.SUPERVISE_UNSET_X}: environment variable SUPERVISE_UNSET_X is not set`},
+		{"missing env_file", `{"processes":[{"command":["sleep"],"env_file":"/no/such.env"}]}`, `env_file "/no/such.env": open /no/such.env: no such file or directory`},
+		{"bad env_file", `{"processes":[{"command":["sleep"],"env_file":"` + badEnv + `"}]}`, `env_file "` + badEnv + `": line 2: want KEY=VALUE, got "oops"`},
+		{"unknown user", `{"processes":[{"command":["sleep"],"user":"no-such-user-xyz"}]}`, `user "no-such-user-xyz": user: unknown user no-such-user-xyz`},
+		{"bare uid without group", `{"processes":[{"command":["sleep"],"user":"54321"}]}`, `user "54321": no such user in the user database; with a bare UID, set group too`},
+		{"unknown group", `{"processes":[{"command":["sleep"],"group":"no-such-group-xyz"}]}`, `group "no-such-group-xyz": group: unknown group no-such-group-xyz`},
 		{"null process", `{"processes":[null]}`, "process 0: null"},
 		{"empty command", `{"processes":[{"name":"web","command":[]}]}`, `process "web": command: must name a program`},
 		{"empty program", `{"processes":[{"command":[""]}]}`, `process 0: command: must name a program`},
@@ -88,5 +100,79 @@ func TestDefaults(t *testing.T) {
 		if _, err := parseSignal(sig); err != nil {
 			t.Errorf("signal %q: %v", sig, err)
 		}
+	}
+}
+
+func TestEnvFile(t *testing.T) {
+	for _, tc := range []struct {
+		name, src string
+		want      map[string]string
+		err       string
+	}{
+		{"plain", "A=1\nB = two words \n", map[string]string{"A": "1", "B": "two words"}, ""},
+		{"comments and blanks", "# c\n\n  # c2\nA=1 # note\nB=x#y\n", map[string]string{"A": "1", "B": "x#y"}, ""},
+		{"export", "export A=1\n", map[string]string{"A": "1"}, ""},
+		{"empty", "A=\nB=''\n", map[string]string{"A": "", "B": ""}, ""},
+		{"single quotes literal", `A='a \n $B # not a comment'` + "\n", map[string]string{"A": `a \n $B # not a comment`}, ""},
+		{"double quote escapes", `A="x\ty\n\"q\" \\ \$ \z"` + " # c\n", map[string]string{"A": "x\ty\n\"q\" \\ $ \\z"}, ""},
+		{"multi-line", "KEY=\"-----BEGIN\nabc\n-----END\"\nB=2\n", map[string]string{"KEY": "-----BEGIN\nabc\n-----END", "B": "2"}, ""},
+		{"no expansion", "A=$HOME ${HOME}\n", map[string]string{"A": "$HOME ${HOME}"}, ""},
+		{"later wins", "A=1\nA=2\n", map[string]string{"A": "2"}, ""},
+		{"crlf", "A=1\r\nB=2\r\n", map[string]string{"A": "1", "B": "2"}, ""},
+		{"no equals", "A=1\nnope\n", nil, `line 2: want KEY=VALUE, got "nope"`},
+		{"bad key", "1A=x\n", nil, `line 1: "1A" is not a variable name`},
+		{"unclosed", "A=\"abc\nB=2\n", nil, `line 1: the " quote of A is never closed`},
+		{"junk after quote", "A='x' y\n", nil, `line 1: unexpected "y" after the closing quote`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := parseEnvFile(tc.src)
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("error %v, want %q", err, tc.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !maps.Equal(got, tc.want) {
+				t.Errorf("got %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
+
+// {env.X} is expanded in command, dir, env_file and env; env and env_file
+// add to Caddy's environment, env winning; other braces stay as written.
+func TestResolveSpawn(t *testing.T) {
+	dir := t.TempDir()
+	t.Setenv("SUPERVISE_T_DIR", dir)
+	t.Setenv("SUPERVISE_T_ARG", "hello")
+	envFile := filepath.Join(dir, "app.env")
+	if err := os.WriteFile(envFile, []byte("FROM_FILE=file\nBOTH=file\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p := &Process{
+		Command: []string{"sh", "-c", "echo ${HOME} {env.SUPERVISE_T_ARG} {json}"},
+		Dir:     "{env.SUPERVISE_T_DIR}",
+		EnvFile: "{env.SUPERVISE_T_DIR}/app.env",
+		Env:     map[string]string{"BOTH": "env", "OPTIONAL": "x{env.SUPERVISE_UNSET_Y}y"},
+	}
+	if err := p.provision(0); err != nil {
+		t.Fatal(err)
+	}
+	if want := "echo ${HOME} hello {json}"; p.args[2] != want {
+		t.Errorf("args[2] %q, want %q", p.args[2], want)
+	}
+	if p.dir != dir {
+		t.Errorf("dir %q", p.dir)
+	}
+	for k, want := range map[string]string{"FROM_FILE": "file", "BOTH": "env", "OPTIONAL": "xy", "PATH": os.Getenv("PATH")} {
+		if got := envValue(p.env, k); got != want {
+			t.Errorf("%s=%q, want %q", k, got, want)
+		}
+	}
+	if p.Command[2] != "echo ${HOME} {env.SUPERVISE_T_ARG} {json}" {
+		t.Error("the configured command was changed")
 	}
 }

@@ -40,6 +40,9 @@ func TestMain(m *testing.M) {
 
 func runTests(m *testing.M) int {
 	dir, err := os.MkdirTemp("", "supervise-test-")
+	if err == nil {
+		err = os.Chmod(dir, 0o755) // other users run the binaries too (TestRunAsUser)
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 2

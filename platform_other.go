@@ -58,7 +58,7 @@ func exitStatus(ps *os.ProcessState) (int, string) {
 }
 
 func (p *proc) command(def *Process) *exec.Cmd {
-	return newCommand(def, def.path, def.Command)
+	return newCommand(def, def.path, def.args)
 }
 
 // checkExecutable reports why path cannot be executed, if it cannot.
@@ -83,3 +83,15 @@ func requestExit() {
 		os.Exit(code)
 	}()
 }
+
+// identity is not supported on this platform.
+type identity struct{ name, home string }
+
+func lookupIdentity(user, group string) (*identity, error) {
+	if user != "" {
+		return nil, fmt.Errorf("user %q: running a process as another user is not supported on Windows", user)
+	}
+	return nil, fmt.Errorf("group %q: running a process as another group is not supported on Windows", group)
+}
+
+func startError(def *Process, err error) error { return err }

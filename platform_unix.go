@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"os/user"
 	"strconv"
 	"strings"
 	"syscall"
@@ -68,9 +69,12 @@ func exitStatus(ps *os.ProcessState) (int, string) {
 // signals reach wrappers' children and a terminal's Ctrl-C does not reach
 // it before the drain.
 func (p *proc) command(def *Process) *exec.Cmd {
-	args := append([]string{shim.Arg0, def.path}, def.Command...)
+	args := append([]string{shim.Arg0, def.path}, def.args...)
 	cmd := newCommand(def, shimPath(), args, shim.Env+"="+strconv.Itoa(os.Getpid()))
 	cmd.SysProcAttr = sysProcAttr()
+	if def.id != nil {
+		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: def.id.uid, Gid: def.id.gid, Groups: def.id.groups}
+	}
 	return cmd
 }
 
@@ -92,4 +96,85 @@ func checkExecutable(path string) error {
 // requestExit makes Caddy exit gracefully, exactly as on SIGTERM.
 func requestExit() {
 	_ = syscall.Kill(os.Getpid(), syscall.SIGTERM)
+}
+
+// identity is the user and groups a child runs as.
+type identity struct {
+	uid, gid   uint32
+	groups     []uint32
+	name, home string
+}
+
+// lookupIdentity resolves `user` and `group` (names or numbers) in the user
+// and group databases.
+func lookupIdentity(userSpec, groupSpec string) (*identity, error) {
+	id := &identity{uid: uint32(os.Getuid()), gid: uint32(os.Getgid())}
+	if userSpec != "" {
+		u, err := lookupUser(userSpec)
+		switch {
+		case err == nil:
+			uid, _ := strconv.ParseUint(u.Uid, 10, 32)
+			gid, _ := strconv.ParseUint(u.Gid, 10, 32)
+			id.uid, id.gid, id.name, id.home = uint32(uid), uint32(gid), u.Username, u.HomeDir
+			gids, err := u.GroupIds()
+			if err != nil {
+				return nil, fmt.Errorf("user %q: listing its groups: %v", userSpec, err)
+			}
+			for _, g := range gids {
+				if n, err := strconv.ParseUint(g, 10, 32); err == nil {
+					id.groups = append(id.groups, uint32(n))
+				}
+			}
+		case isNumber(userSpec) && groupSpec != "":
+			uid, _ := strconv.ParseUint(userSpec, 10, 32)
+			id.uid, id.name, id.home = uint32(uid), userSpec, "/"
+		case isNumber(userSpec):
+			return nil, fmt.Errorf("user %q: no such user in the user database; with a bare UID, set group too", userSpec)
+		default:
+			return nil, fmt.Errorf("user %q: %v", userSpec, err)
+		}
+	}
+	if groupSpec != "" {
+		g, err := user.LookupGroup(groupSpec)
+		if err != nil && isNumber(groupSpec) {
+			g, err = user.LookupGroupId(groupSpec)
+			if err != nil { // a bare GID is fine
+				g, err = &user.Group{Gid: groupSpec}, nil
+			}
+		}
+		if err != nil {
+			return nil, fmt.Errorf("group %q: %v", groupSpec, err)
+		}
+		gid, _ := strconv.ParseUint(g.Gid, 10, 32)
+		id.gid = uint32(gid)
+	}
+	if len(id.groups) == 0 {
+		id.groups = []uint32{id.gid} // never keep Caddy's supplementary groups
+	}
+	return id, nil
+}
+
+func lookupUser(spec string) (*user.User, error) {
+	if isNumber(spec) {
+		if u, err := user.LookupId(spec); err == nil {
+			return u, nil
+		}
+	}
+	return user.Lookup(spec)
+}
+
+func isNumber(s string) bool {
+	_, err := strconv.ParseUint(s, 10, 32)
+	return err == nil
+}
+
+// startError explains a failure to start the process.
+func startError(def *Process, err error) error {
+	if def.id != nil && errors.Is(err, syscall.EPERM) {
+		return fmt.Errorf("%v: Caddy (uid %d) cannot switch to %s: it must run as root or with CAP_SETUID and CAP_SETGID", err, os.Geteuid(), def.identityName())
+	}
+	if def.id != nil && errors.Is(err, syscall.EACCES) {
+		return fmt.Errorf("%v: the child starts through Caddy's own binary (%s), which %s must be able to execute, and dir must be accessible to it", err, shimPath(), def.identityName())
+	}
+	return err
 }

@@ -45,14 +45,16 @@ var registry = struct {
 }{procs: make(map[string]*proc)}
 
 // spawnKey is what must be equal for a reload to keep a child running: what
-// the child was started from. Other settings (timeouts, stop signal,
+// the child was started from (after expanding placeholders and reading
+// env_file), and as whom. Other settings (timeouts, stop signal,
 // restart policy) apply to the running child from the reload on.
 func spawnKey(def *Process) string {
 	b, _ := json.Marshal(struct {
-		Command []string
-		Dir     string
-		Env     map[string]string
-	}{def.Command, def.Dir, def.Env})
+		Args     []string
+		Dir      string
+		Vars     map[string]string
+		Identity string
+	}{def.args, def.dir, def.vars, fmt.Sprintf("%+v", def.id)})
 	return string(b)
 }
 
@@ -207,7 +209,7 @@ func (p *proc) run(started chan<- error) {
 		if n == 0 {
 			if err != nil {
 				close(p.done)
-				started <- fmt.Errorf("starting process %q (%s): %v", def.Name, def.path, err)
+				started <- fmt.Errorf("starting process %q (%s): %v", def.Name, def.path, startError(def, err))
 				return
 			}
 			started <- nil
@@ -217,9 +219,9 @@ func (p *proc) run(started chan<- error) {
 		var upFor time.Duration
 		if err != nil {
 			code = 127
-			logger.Error("restarting process failed", zap.Error(err))
+			logger.Error("restarting process failed", zap.Error(startError(def, err)))
 		} else {
-			logger.Info("process started", zap.Int("pid", cmd.Process.Pid), zap.Strings("command", def.Command), zap.Int("restarts", n))
+			logger.Info("process started", zap.Int("pid", cmd.Process.Pid), zap.Strings("command", def.args), zap.Int("restarts", n))
 			began := time.Now()
 			_ = cmd.Wait() // the only Wait; the status is in cmd.ProcessState
 			upFor = time.Since(began)
@@ -372,7 +374,7 @@ func newCommand(def *Process, path string, args []string, extraEnv ...string) *e
 	return &exec.Cmd{
 		Path:  path,
 		Args:  args,
-		Dir:   def.Dir,
+		Dir:   def.dir,
 		Env:   append(slices.Clip(def.env), extraEnv...),
 		Stdin: nil, // os/exec opens the null device
 	}
