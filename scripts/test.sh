@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The test suite: what the README's test command and CI (.ci/run) run.
+# Needs only Go: the tests build the Caddy binary and the example upstream
+# they run. Then each fuzz target runs briefly (FUZZTIME, default 10s).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+go test -race -count=1 ./...
+for target in FuzzCaddyfile FuzzProcessJSON FuzzEnvFile; do
+	go test -run '^$' -fuzz "^${target}\$" -fuzztime "${FUZZTIME:-10s}" .
+done
