@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+
+	"go.uber.org/zap"
 )
 
 // Windows has no process groups to signal and no POSIX signals to send to
@@ -95,3 +97,7 @@ func lookupIdentity(user, group string) (*identity, error) {
 }
 
 func startError(def *Process, err error) error { return err }
+
+// There is no keeper on this platform (no process groups).
+func keepGroup(pgid int, logger *zap.Logger) {}
+func releaseGroup(pgid int)                  {}

@@ -204,6 +204,7 @@ func (p *proc) run(started chan<- error) {
 		}
 		if err == nil {
 			p.pid, p.running = cmd.Process.Pid, true
+			keepGroup(cmd.Process.Pid, logger)
 		}
 		p.mu.Unlock()
 		if n == 0 {
@@ -226,6 +227,7 @@ func (p *proc) run(started chan<- error) {
 			_ = cmd.Wait() // the only Wait; the status is in cmd.ProcessState
 			upFor = time.Since(began)
 			if !groupAlive(cmd.Process.Pid) {
+				releaseGroup(cmd.Process.Pid)
 				// Nothing of the group holds the output pipes any more: log
 				// the last lines before saying it exited. (A process that
 				// left the group could hold them: don't wait for long.)
@@ -337,6 +339,7 @@ func (p *proc) stop(reason string) {
 		_ = signalGroup(pgid, syscall.SIGKILL)
 		waitGroupGone(pgid, time.Now().Add(time.Second))
 	}
+	releaseGroup(pgid)
 	close(p.done)
 }
 
@@ -352,6 +355,7 @@ func stopLeftovers(pgid int, def *Process, logger *zap.Logger) {
 		_ = signalGroup(pgid, syscall.SIGKILL)
 		waitGroupGone(pgid, time.Now().Add(time.Second))
 	}
+	releaseGroup(pgid)
 }
 
 // waitGroupGone waits until no process is left in the group or the deadline

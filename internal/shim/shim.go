@@ -1,6 +1,7 @@
 //go:build unix
 
-// Package shim is the first code a supervised child runs. The supervise app
+// Package shim is the first code a supervised child runs, and the keeper
+// (see KeeperArg0). The supervise app
 // starts each child as Caddy's own binary with Env set; this package's init
 // sees it, restores what a process supervisor must hand a program and Go's
 // os/exec cannot (default signal dispositions; the parent-death signal
@@ -29,7 +30,13 @@ const (
 
 func init() {
 	v, ok := os.LookupEnv(Env)
-	if !ok || len(os.Args) < 3 || os.Args[0] != Arg0 {
+	if !ok || len(os.Args) < 1 {
+		return
+	}
+	if os.Args[0] == KeeperArg0 {
+		runKeeper()
+	}
+	if len(os.Args) < 3 || os.Args[0] != Arg0 {
 		return
 	}
 	parent, _ := strconv.Atoi(v)
