@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -109,6 +110,10 @@ func TestCrashLoopIsCheap(t *testing.T) {
 	cpu0, wall0 := cpuTime(t, c.cmd.Process.Pid), time.Now()
 	c.waitLogCount(`"msg":"process started"`, 6, 15*time.Second) // back-off reaches 4s
 	cpu, wall := cpuTime(t, c.cmd.Process.Pid)-cpu0, time.Since(wall0)
+	// no zombies accumulate: at most the child that is exiting right now
+	if z := zombieChildren(t, c.cmd.Process.Pid); len(z) > 1 {
+		t.Errorf("zombie children of caddy: %v", z)
+	}
 	t.Logf("crash loop: %s CPU (Caddy and its children) in %s", cpu, wall)
 	if cpu > wall/10 {
 		t.Errorf("crash loop used %s CPU in %s, more than 10%% of a core", cpu, wall)
@@ -262,4 +267,52 @@ func cpuTime(t *testing.T, pid int) time.Duration {
 		ticks += n
 	}
 	return time.Duration(ticks) * 10 * time.Millisecond // USER_HZ is 100 on Linux
+}
+
+// zombieChildren lists the zombie processes whose parent is pid.
+func zombieChildren(t *testing.T, pid int) []int {
+	t.Helper()
+	var out []int
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		n, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", n))
+		if err == nil && ppid(stat) == pid && isZombie(n) {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// As PID 1 (here: of a new PID namespace), Caddy warns that nothing reaps
+// orphans and points to an init.
+func TestWarnsAsPID1(t *testing.T) {
+	requireRoot(t)
+	if _, err := exec.LookPath("unshare"); err != nil {
+		t.Skip("no unshare")
+	}
+	dir := t.TempDir()
+	path := filepath.Join(dir, "caddy.json")
+	writeJSON(t, path, testConfig(t, 0, 0, map[string]any{"name": "app", "command": []string{"sleep", "60"}}))
+	c := &caddyProc{t: t, logs: newLogBuf(), done: make(chan struct{})}
+	c.cmd = exec.Command("unshare", "--pid", "--fork", "--kill-child", caddyBin, "run", "--config", path)
+	c.cmd.Env = append(os.Environ(), "GORACE=atexit_sleep_ms=0", "HOME="+dir, "XDG_DATA_HOME="+dir, "XDG_CONFIG_HOME="+dir)
+	c.cmd.Stdout, c.cmd.Stderr = c.logs, c.logs
+	if err := c.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = c.cmd.Wait(); close(c.done) }()
+	t.Cleanup(func() {
+		// SIGKILL of unshare: --kill-child kills Caddy, the namespace's PID 1,
+		// and with it every process of the namespace
+		_ = c.cmd.Process.Kill()
+		<-c.done
+	})
+	c.waitLog("Caddy runs as PID 1 without an init", 10*time.Second)
+	if !strings.Contains(c.waitLog("Caddy runs as PID 1", time.Second), "tini") {
+		t.Error("the warning does not point to tini")
+	}
 }

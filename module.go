@@ -6,6 +6,7 @@ package supervise
 import (
 	"context"
 	"fmt"
+	"os"
 	"sort"
 	"sync"
 	"time"
@@ -91,7 +92,15 @@ func (a *App) Start() error {
 		a.procs = append(a.procs, p)
 	}
 	a.hookHTTPStop()
-	onExitOnce.Do(func() { caddy.OnExit(waitForChildren) })
+	onExitOnce.Do(func() {
+		caddy.OnExit(waitForChildren)
+		if os.Getpid() == 1 {
+			a.logger.Warn("Caddy runs as PID 1 without an init: processes orphaned inside the container " +
+				"(a supervised app's own children whose parent died) become zombies that nobody reaps, " +
+				"and the kernel ignores signals PID 1 has no handler for. Run Caddy under an init: " +
+				"`docker run --init`, `init: true` in Compose, or tini as the ENTRYPOINT (tini -- caddy run ...)")
+		}
+	})
 	return nil
 }
 
