@@ -1,12 +1,21 @@
 package supervise
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 )
 
 // The demo's Caddyfile, run as examples/demo/run.sh runs it (on other
@@ -41,5 +50,118 @@ func TestDemoCaddyfile(t *testing.T) {
 	}
 	if code := c.wait(15 * time.Second); code != 0 {
 		t.Errorf("caddy exit code %d, want 0", code)
+	}
+}
+
+// Each example Caddyfile adapts to exactly its JSON twin.
+func TestExampleCaddyfilesMatchJSON(t *testing.T) {
+	for _, dir := range []string{"rails", "node"} {
+		t.Run(dir, func(t *testing.T) {
+			src, err := os.ReadFile(filepath.Join("examples", dir, "Caddyfile"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			adapted, _, err := caddyfile.Adapter{ServerType: httpcaddyfile.ServerType{}}.Adapt(src, map[string]any{"filename": "Caddyfile"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			want, err := os.ReadFile(filepath.Join("examples", dir, "caddy.json"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !jsonEqual(t, adapted, want) {
+				t.Errorf("examples/%s/Caddyfile adapts to\n%s\nnot to caddy.json (regenerate it with caddy adapt --pretty)", dir, adapted)
+			}
+		})
+	}
+}
+
+// budget is the longest drain_timeout + stop_timeout of a Caddyfile's
+// processes: how long a stop can take.
+func budget(t *testing.T, caddyfileSrc []byte) (time.Duration, map[string]json.RawMessage) {
+	t.Helper()
+	adapted, _, err := caddyfile.Adapter{ServerType: httpcaddyfile.ServerType{}}.Adapt(caddyfileSrc, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cfg struct {
+		Apps map[string]json.RawMessage `json:"apps"`
+	}
+	if err := json.Unmarshal(adapted, &cfg); err != nil {
+		t.Fatal(err)
+	}
+	var app App
+	if err := json.Unmarshal(cfg.Apps["supervise"], &app); err != nil {
+		t.Fatal(err)
+	}
+	var worst time.Duration
+	for _, p := range app.Processes {
+		worst = max(worst, time.Duration(p.DrainTimeout)+time.Duration(p.StopTimeout))
+	}
+	return worst, cfg.Apps
+}
+
+// The deployment examples give the orchestrator enough time for the stop,
+// and avoid the settings that defeat drain-first.
+func TestExampleDeploymentBudgets(t *testing.T) {
+	read := func(path string) string {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
+	}
+	seconds := func(src, pattern string) time.Duration {
+		m := regexp.MustCompile(pattern).FindStringSubmatch(src)
+		if m == nil {
+			t.Fatalf("no match for %s", pattern)
+		}
+		n, _ := strconv.Atoi(m[1])
+		return time.Duration(n) * time.Second
+	}
+	rails, _ := budget(t, []byte(read("examples/rails/Caddyfile")))
+
+	docker := read("examples/docker/Dockerfile")
+	if d := seconds(docker, `--stop-timeout (\d+)`); d < rails {
+		t.Errorf("Dockerfile: --stop-timeout %s < the Caddyfile's drain + stop %s", d, rails)
+	}
+	for _, want := range []string{"STOPSIGNAL SIGTERM", `ENTRYPOINT ["tini", "--"]`, "COPY examples/rails/Caddyfile",
+		"xcaddy build v2.11.9 --output /usr/local/bin/caddy \\\n\t--with github.com/caddy-supervise/supervise@v0.0.0-00010101000000-000000000000=./"} {
+		if !strings.Contains(docker, want) {
+			t.Errorf("Dockerfile lacks %q", want)
+		}
+	}
+
+	unit := read("examples/systemd/caddy.service")
+	if !strings.Contains(unit, "\nKillMode=mixed\n") {
+		t.Error("systemd unit: KillMode=mixed missing")
+	}
+	if d := seconds(unit, `\nTimeoutStopSec=(\d+)s\n`); d < rails {
+		t.Errorf("systemd unit: TimeoutStopSec %s < drain + stop %s", d, rails)
+	}
+
+	k8s := read("examples/kubernetes/deployment.yaml")
+	var cf []string
+	in := false
+	for _, l := range strings.Split(k8s, "\n") {
+		switch {
+		case strings.HasSuffix(l, "Caddyfile: |"):
+			in = true
+		case in && strings.HasPrefix(l, "    "):
+			cf = append(cf, l[4:])
+		case in:
+			in = false
+		}
+	}
+	k8sBudget, apps := budget(t, []byte(strings.Join(cf, "\n")))
+	if d := seconds(k8s, `terminationGracePeriodSeconds: (\d+)`); d < k8sBudget {
+		t.Errorf("kubernetes: terminationGracePeriodSeconds %s < drain + stop %s", d, k8sBudget)
+	}
+	var httpApp struct {
+		ShutdownDelay int64 `json:"shutdown_delay"`
+	}
+	_ = json.Unmarshal(apps["http"], &httpApp)
+	if httpApp.ShutdownDelay == 0 || time.Duration(httpApp.ShutdownDelay) >= k8sBudget {
+		t.Errorf("kubernetes: shutdown_delay %s must be set and shorter than the drain", time.Duration(httpApp.ShutdownDelay))
 	}
 }
