@@ -186,7 +186,7 @@ func TestProcessesStopInParallel(t *testing.T) {
 
 // forceLoad posts cfg to /load even if it is unchanged, as
 // `caddy reload --force` does.
-func (c *caddyProc) forceLoad(t *testing.T, cfg map[string]any) {
+func (c *caddyProc) forceLoad(t testing.TB, cfg map[string]any) {
 	t.Helper()
 	raw, _ := json.Marshal(cfg)
 	admin := cfg["admin"].(map[string]any)["listen"].(string)
@@ -238,7 +238,7 @@ func assertAdminUp(t *testing.T, c *caddyProc) {
 }
 
 // logTimes returns the "ts" of each JSON log line.
-func logTimes(t *testing.T, lines []string) []time.Time {
+func logTimes(t testing.TB, lines []string) []time.Time {
 	t.Helper()
 	var out []time.Time
 	for _, l := range lines {

@@ -441,7 +441,7 @@ func startLoad(url string, clients int) *load {
 }
 
 // waitOK waits until n requests succeeded.
-func (l *load) waitOK(t *testing.T, n int64, timeout time.Duration) {
+func (l *load) waitOK(t testing.TB, n int64, timeout time.Duration) {
 	t.Helper()
 	deadline := time.After(timeout)
 	for l.ok.Load() < n {

@@ -1,0 +1,238 @@
+package supervise
+
+// Benchmarks against a real Caddy binary; scripts/bench.sh runs them (with
+// a Caddy built without the race detector) and prints their figures. Each
+// does a fixed number of runs per b.N; run them with -benchtime 1x.
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// BenchmarkShutdownUnderLoad: 20 shutdowns (SIGTERM) under load through an
+// upstream that closes its listener at the signal; reports failed requests
+// over all runs and the median overhead: from the upstream's last act (its
+// exit) to Caddy's exit, and from the end of the drain to the signal.
+func BenchmarkShutdownUnderLoad(b *testing.B) {
+	const runs = 20
+	for b.Loop() {
+		var failed, ok int
+		var exitOverhead, signalLatency []time.Duration
+		for range runs {
+			s := newSink(b)
+			httpPort, upPort := freePort(b), freePort(b)
+			c := startCaddy(b, testConfig(b, httpPort, upPort, upstreamProc(s, "web", upPort)))
+			up := s.next(b, 10*time.Second)
+			l := startLoad(fmt.Sprintf("http://127.0.0.1:%d/sleep?d=20ms", httpPort), 16)
+			l.waitOK(b, 200, 10*time.Second)
+			l.churn.Store(true)
+			c.signal(syscall.SIGTERM)
+			sig := up.expect(b, "signal", 10*time.Second)
+			exit := up.expect(b, "exit", 10*time.Second)
+			c.wait(10 * time.Second)
+			st := l.stop()
+			failed += len(st.failures) + len(c.logs.lines(`"http.log.error"`))
+			ok += st.ok
+			exitOverhead = append(exitOverhead, c.exited.Sub(exit.time()))
+			if ts := logTimes(b, c.logs.lines(`"msg":"drain over"`)); len(ts) == 1 {
+				signalLatency = append(signalLatency, sig.time().Sub(ts[0]))
+			}
+		}
+		b.ReportMetric(float64(failed), "failed-requests")
+		b.ReportMetric(float64(ok), "ok-requests")
+		b.ReportMetric(ms(median(exitOverhead)), "ms-exit-overhead-median")
+		b.ReportMetric(ms(slices.Max(exitOverhead)), "ms-exit-overhead-max")
+		b.ReportMetric(ms(median(signalLatency)), "ms-drain-to-signal-median")
+	}
+}
+
+// BenchmarkProxyThroughput: requests per second through Caddy to the same
+// upstream, with the upstream supervised by this module and without (the
+// test starts it), same config otherwise; reports both and their ratio.
+func BenchmarkProxyThroughput(b *testing.B) {
+	const rounds, each = 3, 5 * time.Second
+	for b.Loop() {
+		var with, without float64
+		for range rounds { // alternate, to share out the machine's drift
+			with += proxyRate(b, true, each)
+			without += proxyRate(b, false, each)
+		}
+		b.ReportMetric(with/rounds, "req/s-supervised")
+		b.ReportMetric(without/rounds, "req/s-plain")
+		b.ReportMetric(with/without, "ratio")
+	}
+}
+
+func proxyRate(b *testing.B, supervised bool, d time.Duration) float64 {
+	s := newSink(b)
+	httpPort, upPort := freePort(b), freePort(b)
+	var cfg map[string]any
+	if supervised {
+		cfg = testConfig(b, httpPort, upPort, upstreamProc(s, "web", upPort))
+	} else {
+		up := exec.Command(upstreamBin, "-listen", fmt.Sprintf("127.0.0.1:%d", upPort), "-events", s.addr())
+		if err := up.Start(); err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { _ = up.Process.Kill(); _ = up.Wait() })
+		cfg = testConfig(b, httpPort, upPort)
+		delete(cfg["apps"].(map[string]any), "supervise")
+	}
+	cfg["logging"] = map[string]any{"logs": map[string]any{"default": map[string]any{"level": "INFO"}}} // no per-request debug lines
+	c := startCaddy(b, cfg)
+	s.next(b, 10*time.Second)
+	l := startLoad(fmt.Sprintf("http://127.0.0.1:%d/", httpPort), 32)
+	l.waitOK(b, 1000, 10*time.Second)
+	n0, t0 := l.ok.Load(), time.Now()
+	time.Sleep(d) // the measuring window
+	rate := float64(l.ok.Load()-n0) / time.Since(t0).Seconds()
+	l.stop()
+	c.signal(syscall.SIGTERM)
+	c.wait(15 * time.Second)
+	return rate
+}
+
+// BenchmarkRespawn: a process that crashes at once is restarted after the
+// first back-off (250 ms); reports the time from its exit to the new start
+// beyond that back-off, the median of 10 runs.
+func BenchmarkRespawn(b *testing.B) {
+	for b.Loop() {
+		var lat []time.Duration
+		for range 10 {
+			proc := map[string]any{"name": "crasher", "command": []string{"sh", "-c", "exit 1"}, "restart": "always"}
+			c := startCaddy(b, testConfig(b, 0, 0, proc))
+			c.waitLogCount(`"msg":"process started"`, 2, 10*time.Second)
+			exited := logTimes(b, c.logs.lines("process exited unexpectedly"))[0]
+			started := logTimes(b, c.logs.lines(`"msg":"process started"`))[1]
+			lat = append(lat, started.Sub(exited)-restartFirstDelay)
+			c.signal(syscall.SIGTERM)
+			c.wait(10 * time.Second)
+		}
+		b.ReportMetric(ms(median(lat)), "ms-respawn-beyond-backoff-median")
+	}
+}
+
+// BenchmarkRSSPerProcess: Caddy's resident memory with 20 supervised
+// processes against none, per process; and the keeper's private memory
+// (once per Caddy; the rest of its resident set is Caddy's binary, shared
+// with Caddy through the page cache).
+func BenchmarkRSSPerProcess(b *testing.B) {
+	const n = 20
+	for b.Loop() {
+		rss := func(procs int) (caddy, keeper int) {
+			var ps []map[string]any
+			for i := range procs {
+				ps = append(ps, map[string]any{"name": fmt.Sprint("p", i), "command": []string{"sleep", "60"}})
+			}
+			c := startCaddy(b, testConfig(b, 0, 0, ps...))
+			if procs > 0 {
+				c.waitLogCount(`"msg":"process started"`, procs, 10*time.Second)
+			}
+			caddy = rssKiB(b, c.cmd.Process.Pid)
+			for _, pid := range childrenOf(c.cmd.Process.Pid) {
+				if cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); strings.HasPrefix(string(cmd), "caddy-supervise-keeper") {
+					keeper = privateKiB(b, pid)
+				}
+			}
+			c.signal(syscall.SIGTERM)
+			c.wait(10 * time.Second)
+			return caddy, keeper
+		}
+		base, _ := rss(0)
+		full, keeper := rss(n)
+		b.ReportMetric(float64(full-base)/n, "KiB-per-process")
+		b.ReportMetric(float64(keeper), "KiB-keeper-private")
+	}
+}
+
+// BenchmarkReloadsUnderLoad: 100 forced reloads under load; reports failed
+// requests, new connections reset by Caddy's listener swap, and restarts.
+func BenchmarkReloadsUnderLoad(b *testing.B) {
+	for b.Loop() {
+		s := newSink(b)
+		httpPort, upPort := freePort(b), freePort(b)
+		cfg := testConfig(b, httpPort, upPort, upstreamProc(s, "web", upPort))
+		cfg["logging"] = map[string]any{"logs": map[string]any{"default": map[string]any{"level": "INFO"}}}
+		c := startCaddy(b, cfg)
+		s.next(b, 10*time.Second)
+		l := startLoad(fmt.Sprintf("http://127.0.0.1:%d/sleep?d=10ms", httpPort), 8)
+		l.waitOK(b, 100, 10*time.Second)
+		l.churn.Store(true)
+		for i := range 100 {
+			c.forceLoad(b, cfg)
+			c.waitLogCount("process kept running across config change", i+1, 10*time.Second)
+		}
+		st := l.stop()
+		b.ReportMetric(float64(len(st.failures)+st.refused), "failed-requests")
+		b.ReportMetric(float64(st.unaccepted), "reset-by-listener-swap")
+		b.ReportMetric(float64(st.ok), "ok-requests")
+		b.ReportMetric(float64(len(c.logs.lines(`"msg":"process started"`))-1), "restarts")
+		c.signal(syscall.SIGTERM)
+		c.wait(10 * time.Second)
+	}
+}
+
+func median(ds []time.Duration) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+func rssKiB(b *testing.B, pid int) int {
+	st, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, l := range strings.Split(string(st), "\n") {
+		if v, ok := strings.CutPrefix(l, "VmRSS:"); ok {
+			n, _ := strconv.Atoi(strings.Fields(v)[0])
+			return n
+		}
+	}
+	return 0
+}
+
+// privateKiB is the memory only this process uses (smaps_rollup).
+func privateKiB(b *testing.B, pid int) int {
+	st, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	total := 0
+	for _, l := range strings.Split(string(st), "\n") {
+		for _, k := range []string{"Private_Clean:", "Private_Dirty:"} {
+			if v, ok := strings.CutPrefix(l, k); ok {
+				n, _ := strconv.Atoi(strings.Fields(v)[0])
+				total += n
+			}
+		}
+	}
+	return total
+}
+
+func childrenOf(pid int) []int {
+	var out []int
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		n, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", n)); err == nil && ppid(stat) == pid {
+			out = append(out, n)
+		}
+	}
+	return out
+}
