@@ -2,8 +2,8 @@ package supervise
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
-	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -158,8 +158,8 @@ func durationSetter(field func(*Process) *Duration) func(*Process, []string) err
 
 func oneOf(field func(*Process) *string, values ...string) func(*Process, []string) error {
 	return func(p *Process, a []string) error {
-		if !slices.Contains(values, a[0]) {
-			return fmt.Errorf("%q: must be one of %s", a[0], strings.Join(values, ", "))
+		if err := checkOneOf("", a[0], values); err != nil {
+			return errors.New(strings.TrimPrefix(err.Error(), " "))
 		}
 		*field(p) = a[0]
 		return nil

@@ -198,12 +198,8 @@ func (p *Process) provision(index int) error {
 	if p.StopTimeout == 0 {
 		p.StopTimeout = Duration(DefaultStopTimeout)
 	}
-	switch p.Restart {
-	case "":
-		p.Restart = DefaultRestart
-	case RestartNever, RestartOnFailure, RestartAlways:
-	default:
-		return fmt.Errorf("%s: restart %q: must be never, on_failure or always", where, p.Restart)
+	if err := choose("restart", &p.Restart, DefaultRestart, RestartNever, RestartOnFailure, RestartAlways); err != nil {
+		return fmt.Errorf("%s: %v", where, err)
 	}
 	if p.MaxRestarts < 0 {
 		return fmt.Errorf("%s: max_restarts %d: must be positive", where, p.MaxRestarts)
@@ -220,19 +216,11 @@ func (p *Process) provision(index int) error {
 	if p.RestartWindow == 0 && p.MaxRestarts > 0 {
 		p.RestartWindow = Duration(DefaultRestartWindow)
 	}
-	switch p.Output {
-	case "":
-		p.Output = OutputLog
-	case OutputLog, OutputInherit, OutputDiscard:
-	default:
-		return fmt.Errorf("%s: output %q: must be log, inherit or discard", where, p.Output)
+	if err := choose("output", &p.Output, OutputLog, OutputLog, OutputInherit, OutputDiscard); err != nil {
+		return fmt.Errorf("%s: %v", where, err)
 	}
-	switch p.OnEnd {
-	case "":
-		p.OnEnd = DefaultOnEnd
-	case OnEndStopCaddy, OnEndKeepRunning:
-	default:
-		return fmt.Errorf("%s: on_end %q: must be stop_caddy or keep_running", where, p.OnEnd)
+	if err := choose("on_end", &p.OnEnd, DefaultOnEnd, OnEndStopCaddy, OnEndKeepRunning); err != nil {
+		return fmt.Errorf("%s: %v", where, err)
 	}
 	return nil
 }
@@ -320,6 +308,37 @@ func (p *Process) identityVars() map[string]string {
 		return nil
 	}
 	return map[string]string{"HOME": p.id.home, "USER": p.id.name, "LOGNAME": p.id.name}
+}
+
+// choose sets an unset option to its default and checks that it is one of
+// the allowed values.
+func choose(option string, v *string, def string, allowed ...string) error {
+	if *v == "" {
+		*v = def
+	}
+	return checkOneOf(option, *v, allowed)
+}
+
+func checkOneOf(option, v string, allowed []string) error {
+	if !slices.Contains(allowed, v) {
+		return fmt.Errorf("%s %q: must be one of %s", option, v, strings.Join(allowed, ", "))
+	}
+	return nil
+}
+
+// checkExecutable reports why path cannot be executed, if it cannot.
+func checkExecutable(path string) error {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return err
+	}
+	if fi.IsDir() {
+		return fmt.Errorf("%s is a directory", path)
+	}
+	if !executableMode(fi.Mode()) {
+		return fmt.Errorf("%s is not executable", path)
+	}
+	return nil
 }
 
 // mergeEnv returns base with the variables of each layer set in turn, a

@@ -66,12 +66,12 @@ func TestJSONErrors(t *testing.T) {
 		{"negative duration", `{"processes":[{"command":["sleep"],"drain_timeout":"-5s"}]}`, `drain_timeout "-5s": must be positive`},
 		{"duplicate names", `{"processes":[{"command":["sleep"]},{"command":["/bin/sleep"]}]}`, `process 1: name "sleep": already used by process 0`},
 		{"bad name", `{"processes":[{"name":"a b","command":["sleep"]}]}`, `name "a b": must not contain`},
-		{"bad restart", `{"processes":[{"command":["sleep"],"restart":"sometimes"}]}`, `restart "sometimes": must be never, on_failure or always`},
+		{"bad restart", `{"processes":[{"command":["sleep"],"restart":"sometimes"}]}`, `restart "sometimes": must be one of never, on_failure, always`},
 		{"max_restarts without restart", `{"processes":[{"command":["sleep"],"max_restarts":3}]}`, `max_restarts 3: needs restart on_failure or always`},
 		{"negative max_restarts", `{"processes":[{"command":["sleep"],"restart":"always","max_restarts":-1}]}`, `max_restarts -1: must be positive`},
 		{"restart_window alone", `{"processes":[{"command":["sleep"],"restart":"always","restart_window":"1m"}]}`, `restart_window "1m0s": only means something with max_restarts`},
 		{"bad restart_window", `{"processes":[{"command":["sleep"],"restart":"always","max_restarts":3,"restart_window":"1"}]}`, `restart_window "1": `},
-		{"bad on_end", `{"processes":[{"command":["sleep"],"on_end":"exit"}]}`, `on_end "exit": must be stop_caddy or keep_running`},
+		{"bad on_end", `{"processes":[{"command":["sleep"],"on_end":"exit"}]}`, `on_end "exit": must be one of stop_caddy, keep_running`},
 		{"bad env name", `{"processes":[{"command":["sleep"],"env":{"A=B":"x"}}]}`, `env "A=B": not a valid variable name`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

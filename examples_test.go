@@ -1,3 +1,7 @@
+// Tests against a real Caddy binary and real processes: Linux only.
+
+//go:build linux
+
 package supervise
 
 import (

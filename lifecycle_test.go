@@ -1,3 +1,7 @@
+// Tests against a real Caddy binary and real processes: Linux only.
+
+//go:build linux
+
 package supervise
 
 import (
@@ -7,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -271,20 +276,7 @@ func cpuTime(t *testing.T, pid int) time.Duration {
 
 // zombieChildren lists the zombie processes whose parent is pid.
 func zombieChildren(t *testing.T, pid int) []int {
-	t.Helper()
-	var out []int
-	entries, _ := os.ReadDir("/proc")
-	for _, e := range entries {
-		n, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", n))
-		if err == nil && ppid(stat) == pid && isZombie(n) {
-			out = append(out, n)
-		}
-	}
-	return out
+	return slices.DeleteFunc(childrenOf(pid), func(n int) bool { return !isZombie(n) })
 }
 
 // As PID 1 (here: of a new PID namespace), Caddy warns that nothing reaps

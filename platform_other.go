@@ -63,18 +63,6 @@ func (p *proc) command(def *Process) *exec.Cmd {
 	return newCommand(def, def.path, def.args)
 }
 
-// checkExecutable reports why path cannot be executed, if it cannot.
-func checkExecutable(path string) error {
-	fi, err := os.Stat(path)
-	if err != nil {
-		return err
-	}
-	if fi.IsDir() {
-		return fmt.Errorf("%s is a directory", path)
-	}
-	return nil
-}
-
 // requestExit makes Caddy exit. Windows gives no way to start Caddy's own
 // graceful exit from inside: the processes are stopped (without a drain)
 // and the process exits.
@@ -101,3 +89,7 @@ func startError(def *Process, err error) error { return err }
 // There is no keeper on this platform (no process groups).
 func keepGroup(pgid int, logger *zap.Logger) {}
 func releaseGroup(pgid int)                  {}
+
+// executableMode reports whether a file with this mode can be executed:
+// Windows has no execute bit.
+func executableMode(m os.FileMode) bool { return true }

@@ -78,21 +78,6 @@ func (p *proc) command(def *Process) *exec.Cmd {
 	return cmd
 }
 
-// checkExecutable reports why path cannot be executed, if it cannot.
-func checkExecutable(path string) error {
-	fi, err := os.Stat(path)
-	if err != nil {
-		return err
-	}
-	if fi.IsDir() {
-		return fmt.Errorf("%s is a directory", path)
-	}
-	if fi.Mode()&0o111 == 0 {
-		return fmt.Errorf("%s is not executable", path)
-	}
-	return nil
-}
-
 // requestExit makes Caddy exit gracefully, exactly as on SIGTERM.
 func requestExit() {
 	_ = syscall.Kill(os.Getpid(), syscall.SIGTERM)
@@ -178,3 +163,6 @@ func startError(def *Process, err error) error {
 	}
 	return err
 }
+
+// executableMode reports whether a file with this mode can be executed.
+func executableMode(m os.FileMode) bool { return m&0o111 != 0 }
