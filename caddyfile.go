@@ -35,6 +35,9 @@ func init() {
 //		max_restarts   <count>
 //		restart_window <duration>
 //		on_end         stop_caddy|keep_running
+//		port           auto|<number>
+//		ready          tcp [<host:port>] | http [<url>]
+//		ready_timeout  <duration>
 //	}
 //
 // The block is optional. Values are checked here, so that `caddy adapt`
@@ -65,7 +68,7 @@ func parseCaddyfile(d *caddyfile.Dispenser, existing any) (any, error) {
 		}
 		seen[name] = true
 		args := d.RemainingArgs()
-		if len(args) != opt.args {
+		if opt.args >= 0 && len(args) != opt.args {
 			return nil, d.Errf("supervise: %s: takes %d value(s), got %d: %q", name, opt.args, len(args), args)
 		}
 		if err := opt.set(p, args); err != nil {
@@ -82,7 +85,7 @@ func parseCaddyfile(d *caddyfile.Dispenser, existing any) (any, error) {
 }
 
 // subdirective is one option of the `supervise` block: how many values it
-// takes, and how it sets them. An error from set is reported after the
+// takes (-1: set checks), and how it sets them. An error from set is reported after the
 // option's name, so it starts with the bad value.
 type subdirective struct {
 	args       int
@@ -119,6 +122,23 @@ var subdirectives = map[string]subdirective{
 	"restart":        {args: 1, set: oneOf(func(p *Process) *string { return &p.Restart }, RestartNever, RestartOnFailure, RestartAlways)},
 	"output":         {args: 1, set: oneOf(func(p *Process) *string { return &p.Output }, OutputLog, OutputInherit, OutputDiscard)},
 	"on_end":         {args: 1, set: oneOf(func(p *Process) *string { return &p.OnEnd }, OnEndStopCaddy, OnEndKeepRunning)},
+	"port":           {args: 1, set: stringSetter(func(p *Process) *string { return &p.Port })},
+	"ready_timeout":  {args: 1, set: durationSetter(func(p *Process) *Duration { return &p.ReadyTimeout })},
+	"ready": {args: -1, set: func(p *Process, a []string) error {
+		if len(a) < 1 || len(a) > 2 || (a[0] != "tcp" && a[0] != "http") {
+			return fmt.Errorf("%q: want tcp [HOST:PORT] or http [URL]", a)
+		}
+		addr := ""
+		if len(a) == 2 {
+			addr = a[1]
+		}
+		if a[0] == "tcp" {
+			p.Ready = &ReadyProbe{TCP: &addr}
+		} else {
+			p.Ready = &ReadyProbe{HTTP: &addr}
+		}
+		return nil
+	}},
 	"max_restarts": {args: 1, set: func(p *Process, a []string) error {
 		n, err := strconv.Atoi(a[0])
 		if err != nil || n <= 0 {

@@ -69,6 +69,21 @@ func TestCaddyfileAdapt(t *testing.T) {
 }`,
 			want: `{"processes":[{"command":["bin/worker"],"restart":"on_failure","max_restarts":5,"restart_window":"2m0s","on_end":"keep_running"}]}`,
 		},
+		{
+			name: "readiness and port",
+			src: `{
+	supervise bin/server --port {supervise.port} {
+		name web
+		port auto
+		ready http
+		ready_timeout 30s
+	}
+	supervise bin/api {
+		ready tcp 127.0.0.1:4000
+	}
+}`,
+			want: `{"processes":[{"name":"web","command":["bin/server","--port","{supervise.port}"],"port":"auto","ready":{"http":""},"ready_timeout":"30s"},{"command":["bin/api"],"ready":{"tcp":"127.0.0.1:4000"}}]}`,
+		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got, err := adapt(t, tc.src+"\n:8080 {\n\trespond ok\n}\n")
@@ -96,6 +111,7 @@ func TestCaddyfileErrors(t *testing.T) {
 		{"env needs two", "supervise app {\n\tenv A\n}", "env: takes 2 value(s), got 1"},
 		{"set twice", "supervise app {\n\tname a\n\tname b\n}", "name: set twice"},
 		{"env key twice", "supervise app {\n\tenv A 1\n\tenv A 2\n}", "env A: set twice"},
+		{"bad ready", "supervise app {\n\tready udp\n}", `ready ["udp"]: want tcp [HOST:PORT] or http [URL]`},
 		{"bad restart", "supervise app {\n\trestart sometimes\n}", `restart "sometimes": must be one of never, on_failure, always`},
 		{"bad on_end", "supervise app {\n\ton_end exit\n}", `on_end "exit": must be one of stop_caddy, keep_running`},
 		{"bad max_restarts", "supervise app {\n\tmax_restarts 0\n}", `max_restarts "0": must be a whole number above 0`},
@@ -110,5 +126,20 @@ func TestCaddyfileErrors(t *testing.T) {
 				t.Errorf("error %v does not say where", err)
 			}
 		})
+	}
+}
+
+// `dynamic supervise <name>` in a reverse_proxy block.
+func TestCaddyfileDynamicUpstream(t *testing.T) {
+	out, _, err := caddyfile.Adapter{ServerType: httpcaddyfile.ServerType{}}.Adapt([]byte(":8080 {\n\treverse_proxy {\n\t\tdynamic supervise web\n\t\tlb_try_duration 30s\n\t}\n}\n"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(out), `"dynamic_upstreams":{"name":"web","source":"supervise"}`) {
+		t.Errorf("adapted to %s", out)
+	}
+	_, _, err = caddyfile.Adapter{ServerType: httpcaddyfile.ServerType{}}.Adapt([]byte(":8080 {\n\treverse_proxy {\n\t\tdynamic supervise\n\t}\n}\n"), nil)
+	if err == nil || !strings.Contains(err.Error(), "the name of a supervised process is required") {
+		t.Errorf("error %v", err)
 	}
 }

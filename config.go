@@ -92,6 +92,27 @@ type Process struct {
 	// Default: the primary group of `user`, or Caddy's group.
 	Group string `json:"group,omitempty"`
 
+	// Port is the TCP port the process serves on: a number, or `auto` for a
+	// free loopback port picked when the process is first started (kept
+	// across restarts and reloads). The process gets it as the environment
+	// variable PORT and as the placeholder `{supervise.port}` in its command;
+	// the dynamic upstream `supervise` points at 127.0.0.1:<port>. Default:
+	// none (the dynamic upstream then uses the readiness probe's address).
+	Port string `json:"port,omitempty"`
+
+	// Ready is the readiness probe: `{"tcp": "HOST:PORT"}` (a connection
+	// succeeds) or `{"http": "URL"}` (a GET answers 2xx or 3xx); with `port`,
+	// the address or URL may be empty and means the process's port. Until it
+	// succeeds the process is "starting" and the dynamic upstream offers no
+	// address. Default: none; the process counts as ready once started.
+	Ready *ReadyProbe `json:"ready,omitempty"`
+
+	// ReadyTimeout is how long the probe may fail after a start: then the
+	// process is stopped as failed (stop signal, stop_timeout, SIGKILL) and
+	// its restart policy applies, as to a crash. Only with `ready`.
+	// Default: `60s`.
+	ReadyTimeout Duration `json:"ready_timeout,omitempty"`
+
 	// StopSignal is sent to the child's process group once Caddy's HTTP
 	// servers have drained (or `drain_timeout` has passed). Names with or
 	// without the SIG prefix, in any case, are accepted: `SIGTERM`, `TERM`,
@@ -197,6 +218,12 @@ func (p *Process) provision(index int) error {
 	}
 	if p.StopTimeout == 0 {
 		p.StopTimeout = Duration(DefaultStopTimeout)
+	}
+	if err := p.provisionReady(); err != nil {
+		return fmt.Errorf("%s: %v", where, err)
+	}
+	if _, set := p.vars["PORT"]; set && p.Port != "" {
+		return fmt.Errorf("%s: port %q: PORT is also set by env or env_file; set one of them", where, p.Port)
 	}
 	if err := choose("restart", &p.Restart, DefaultRestart, RestartNever, RestartOnFailure, RestartAlways); err != nil {
 		return fmt.Errorf("%s: %v", where, err)
@@ -457,6 +484,7 @@ func (p *Process) UnmarshalJSON(b []byte) error {
 		DrainTimeout  json.RawMessage `json:"drain_timeout,omitempty"`
 		StopTimeout   json.RawMessage `json:"stop_timeout,omitempty"`
 		RestartWindow json.RawMessage `json:"restart_window,omitempty"`
+		ReadyTimeout  json.RawMessage `json:"ready_timeout,omitempty"`
 	}
 	aux.plain = (*plain)(p)
 	dec := json.NewDecoder(bytes.NewReader(b))
@@ -472,6 +500,7 @@ func (p *Process) UnmarshalJSON(b []byte) error {
 		{"drain_timeout", aux.DrainTimeout, &p.DrainTimeout},
 		{"stop_timeout", aux.StopTimeout, &p.StopTimeout},
 		{"restart_window", aux.RestartWindow, &p.RestartWindow},
+		{"ready_timeout", aux.ReadyTimeout, &p.ReadyTimeout},
 	} {
 		if f.raw == nil {
 			continue

@@ -72,6 +72,13 @@ func TestJSONErrors(t *testing.T) {
 		{"restart_window alone", `{"processes":[{"command":["sleep"],"restart":"always","restart_window":"1m"}]}`, `restart_window "1m0s": only means something with max_restarts`},
 		{"bad restart_window", `{"processes":[{"command":["sleep"],"restart":"always","max_restarts":3,"restart_window":"1"}]}`, `restart_window "1": `},
 		{"bad on_end", `{"processes":[{"command":["sleep"],"on_end":"exit"}]}`, `on_end "exit": must be one of stop_caddy, keep_running`},
+		{"bad port", `{"processes":[{"command":["sleep"],"port":"http"}]}`, `port "http": must be auto or a port number`},
+		{"port and PORT", `{"processes":[{"command":["sleep"],"port":"auto","env":{"PORT":"1"}}]}`, `PORT is also set by env or env_file`},
+		{"ready both", `{"processes":[{"command":["sleep"],"ready":{"tcp":"a:1","http":"http://a/"}}]}`, `ready: set exactly one of tcp and http`},
+		{"ready neither", `{"processes":[{"command":["sleep"],"ready":{}}]}`, `ready: set exactly one of tcp and http`},
+		{"ready without address", `{"processes":[{"command":["sleep"],"ready":{"tcp":""}}]}`, `ready: an address is needed without port`},
+		{"ready bad url", `{"processes":[{"command":["sleep"],"ready":{"http":"localhost:3000/up"}}]}`, `ready http "localhost:3000/up": must be an http:// or https:// URL`},
+		{"ready_timeout alone", `{"processes":[{"command":["sleep"],"ready_timeout":"5s"}]}`, `ready_timeout "5s": only means something with ready`},
 		{"bad env name", `{"processes":[{"command":["sleep"],"env":{"A=B":"x"}}]}`, `env "A=B": not a valid variable name`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

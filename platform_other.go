@@ -59,8 +59,8 @@ func exitStatus(ps *os.ProcessState) (int, string) {
 	return ps.ExitCode(), "exit code " + strconv.Itoa(ps.ExitCode())
 }
 
-func (p *proc) command(def *Process) *exec.Cmd {
-	return newCommand(def, def.path, def.args)
+func (p *proc) command(def *Process, port int) *exec.Cmd {
+	return newCommand(def, def.path, def.argsFor(port), port)
 }
 
 // requestExit makes Caddy exit. Windows gives no way to start Caddy's own

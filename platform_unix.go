@@ -68,9 +68,9 @@ func exitStatus(ps *os.ProcessState) (int, string) {
 // Caddy and then execs the program. It gets its own process group, so that
 // signals reach wrappers' children and a terminal's Ctrl-C does not reach
 // it before the drain.
-func (p *proc) command(def *Process) *exec.Cmd {
-	args := append([]string{shim.Arg0, def.path}, def.args...)
-	cmd := newCommand(def, shimPath(), args, shim.Env+"="+strconv.Itoa(os.Getpid()))
+func (p *proc) command(def *Process, port int) *exec.Cmd {
+	args := append([]string{shim.Arg0, def.path}, def.argsFor(port)...)
+	cmd := newCommand(def, shimPath(), args, port, shim.Env+"="+strconv.Itoa(os.Getpid()))
 	cmd.SysProcAttr = sysProcAttr()
 	if def.id != nil {
 		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: def.id.uid, Gid: def.id.gid, Groups: def.id.groups}

@@ -1,12 +1,14 @@
 package supervise
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"os/exec"
 	"runtime"
 	"slices"
+	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -33,6 +35,8 @@ type proc struct {
 	owners   []*App // configs that use this process, oldest first
 	pid      int    // PID and process group of the current or last child
 	running  bool   // a child runs now
+	port     int    // the process's port (`port`), 0 if none
+	state    string // starting, ready, stopping, exited
 	stopping bool   // Caddy asked it to stop: its exit is expected
 	restarts []time.Time
 }
@@ -54,7 +58,8 @@ func spawnKey(def *Process) string {
 		Dir      string
 		Vars     map[string]string
 		Identity string
-	}{def.args, def.dir, def.vars, fmt.Sprintf("%+v", def.id)})
+		Port     string
+	}{def.args, def.dir, def.vars, fmt.Sprintf("%+v", def.id), def.Port})
 	return string(b)
 }
 
@@ -83,7 +88,12 @@ func acquire(a *App, def *Process) (*proc, error) {
 			zap.Int("old_pid", old.getPID()), zap.Duration("stop_took", time.Since(began)))
 	}
 
+	port, err := def.fixedPort()
+	if err != nil {
+		return nil, fmt.Errorf("process %q: port auto: %v", def.Name, err)
+	}
 	p := &proc{
+		port:   port,
 		name:   def.Name,
 		key:    key,
 		def:    def,
@@ -142,6 +152,30 @@ func (p *proc) adopt(a *App, def *Process, logger *zap.Logger) {
 	p.def, p.logger = def, logger
 }
 
+// setState records and logs a change of state of the child pid.
+func (p *proc) setState(state string, pid int) {
+	p.mu.Lock()
+	if p.pid != pid || p.state == state {
+		p.mu.Unlock()
+		return
+	}
+	from := p.state
+	p.state = state
+	logger := p.logger
+	p.mu.Unlock()
+	logger.Info("process state", zap.String("from", from), zap.String("to", state), zap.Int("pid", pid))
+}
+
+// readyAddress is where the process serves while it is ready, else "".
+func (p *proc) readyAddress() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.state != stateReady {
+		return ""
+	}
+	return p.def.address(p.port)
+}
+
 // current returns the definition and logger in force.
 func (p *proc) current() (*Process, *zap.Logger) {
 	p.mu.Lock()
@@ -188,7 +222,7 @@ func (p *proc) run(started chan<- error) {
 	var delay time.Duration // the last restart back-off
 	for n := 0; ; n++ {
 		def, logger := p.current()
-		cmd := p.command(def)
+		cmd := p.command(def, p.port)
 		out, err := p.attachOutput(cmd, def)
 		p.mu.Lock()
 		if p.stopping {
@@ -222,9 +256,18 @@ func (p *proc) run(started chan<- error) {
 			code = 127
 			logger.Error("restarting process failed", zap.Error(startError(def, err)))
 		} else {
-			logger.Info("process started", zap.Int("pid", cmd.Process.Pid), zap.Strings("command", def.args), zap.Int("restarts", n))
+			logger.Info("process started", zap.Int("pid", cmd.Process.Pid), zap.Strings("command", def.argsFor(p.port)), zap.Int("restarts", n))
+			probeCtx, probeDone := context.WithCancel(context.Background())
+			if def.Ready != nil {
+				p.setState(stateStarting, cmd.Process.Pid)
+				go p.probeReady(probeCtx, def, cmd.Process.Pid, p.port, logger)
+			} else {
+				p.setState(stateReady, cmd.Process.Pid)
+			}
 			began := time.Now()
 			_ = cmd.Wait() // the only Wait; the status is in cmd.ProcessState
+			probeDone()
+			p.setState(stateExited, cmd.Process.Pid)
 			upFor = time.Since(began)
 			if !groupAlive(cmd.Process.Pid) {
 				releaseGroup(cmd.Process.Pid)
@@ -314,6 +357,9 @@ func (p *proc) stop(reason string) {
 	}
 	pgid, running, def, logger := p.pid, p.running, p.def, p.logger
 	p.mu.Unlock()
+	if running {
+		p.setState(stateStopping, pgid)
+	}
 
 	timeout := time.Duration(def.StopTimeout)
 	deadline := time.Now().Add(timeout)
@@ -374,7 +420,10 @@ func waitGroupGone(pgid int, deadline time.Time) bool {
 
 // newCommand returns the exec.Cmd every platform starts from: stdin from
 // /dev/null, the merged environment. Output is attached by attachOutput.
-func newCommand(def *Process, path string, args []string, extraEnv ...string) *exec.Cmd {
+func newCommand(def *Process, path string, args []string, port int, extraEnv ...string) *exec.Cmd {
+	if port != 0 {
+		extraEnv = append(extraEnv, "PORT="+strconv.Itoa(port))
+	}
 	return &exec.Cmd{
 		Path:  path,
 		Args:  args,

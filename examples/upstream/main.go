@@ -30,6 +30,8 @@ func main() {
 	linger := flag.Duration("linger", 0, "extra time to take after the last request before exiting, as a slow app server would")
 	ignoreTerm := flag.Bool("ignore-term", false, "ignore SIGTERM and SIGINT (a misbehaving app)")
 	events := flag.String("events", "", "test hook: TCP address to report events to, one JSON object a line")
+	delay := flag.Duration("delay", 0, "wait this long before listening, like an app server that boots slowly")
+	warmup := flag.Duration("warmup", 0, "answer 503 for this long after listening, like an app that accepts connections before it is ready")
 	probe := flag.String("probe", "", "test hook: on a stop signal, report whether this TCP address still accepts connections")
 	flag.Parse()
 	if *addr == "" {
@@ -48,6 +50,7 @@ func main() {
 		signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGQUIT)
 	}
 
+	time.Sleep(*delay)
 	ln, err := net.Listen("tcp", *addr)
 	if err != nil {
 		log.Fatal(err)
@@ -78,7 +81,15 @@ func main() {
 		log.Printf("upstream: exiting with status %d as asked", code)
 		os.Exit(code) // test hook: a crash
 	})
-	srv := &http.Server{Handler: inflight.track(mux)}
+	readyAt := time.Now().Add(*delay + *warmup)
+	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if time.Now().Before(readyAt) {
+			http.Error(w, "booting", http.StatusServiceUnavailable)
+			return
+		}
+		mux.ServeHTTP(w, r)
+	})
+	srv := &http.Server{Handler: inflight.track(handler)}
 	go func() { _ = srv.Serve(ln) }()
 	log.Printf("upstream pid %d listening on %s", os.Getpid(), ln.Addr())
 	rep.send(map[string]any{"ev": "ready", "pid": os.Getpid(), "ppid": os.Getppid(), "addr": ln.Addr().String(), "t": time.Now().UnixNano()})

@@ -1,0 +1,201 @@
+package supervise
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// DefaultReadyTimeout is how long a process may take to become ready.
+const DefaultReadyTimeout = 60 * time.Second
+
+// ReadyProbe tells when a process is ready to take requests. Exactly one of
+// TCP and HTTP is set.
+type ReadyProbe struct {
+	// TCP: ready once a TCP connection to this address succeeds. Empty with
+	// `port`: 127.0.0.1:<port>.
+	TCP *string `json:"tcp,omitempty"`
+
+	// HTTP: ready once a GET of this URL answers 2xx or 3xx. Empty with
+	// `port`: http://127.0.0.1:<port>/.
+	HTTP *string `json:"http,omitempty"`
+}
+
+// The states of a process, logged on each change.
+const (
+	stateStarting = "starting"
+	stateReady    = "ready"
+	stateStopping = "stopping"
+	stateExited   = "exited"
+)
+
+// provisionReady checks the probe and the port, and fills in defaults.
+func (p *Process) provisionReady() error {
+	if p.Port != "" && p.Port != "auto" {
+		n, err := strconv.Atoi(p.Port)
+		if err != nil || n < 1 || n > 65535 {
+			return fmt.Errorf("port %q: must be auto or a port number", p.Port)
+		}
+	}
+	if p.ReadyTimeout < 0 {
+		return fmt.Errorf("ready_timeout %q: must be positive", p.ReadyTimeout)
+	}
+	if p.Ready == nil {
+		if p.ReadyTimeout != 0 {
+			return fmt.Errorf("ready_timeout %q: only means something with ready", p.ReadyTimeout)
+		}
+		return nil
+	}
+	if p.ReadyTimeout == 0 {
+		p.ReadyTimeout = Duration(DefaultReadyTimeout)
+	}
+	switch {
+	case (p.Ready.TCP == nil) == (p.Ready.HTTP == nil):
+		return fmt.Errorf("ready: set exactly one of tcp and http")
+	case p.Ready.TCP != nil && *p.Ready.TCP == "" && p.Port == "",
+		p.Ready.HTTP != nil && *p.Ready.HTTP == "" && p.Port == "":
+		return fmt.Errorf("ready: an address is needed without port")
+	case p.Ready.TCP != nil && *p.Ready.TCP != "":
+		if _, _, err := net.SplitHostPort(*p.Ready.TCP); err != nil {
+			return fmt.Errorf("ready tcp %q: %v", *p.Ready.TCP, err)
+		}
+	case p.Ready.HTTP != nil && *p.Ready.HTTP != "":
+		u, err := url.Parse(*p.Ready.HTTP)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return fmt.Errorf("ready http %q: must be an http:// or https:// URL", *p.Ready.HTTP)
+		}
+	}
+	return nil
+}
+
+// address is where the process serves, for the dynamic upstream: its port
+// on the loopback, or the address its readiness probe checks.
+func (p *Process) address(port int) string {
+	switch {
+	case port != 0:
+		return net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	case p.Ready != nil && p.Ready.TCP != nil:
+		return *p.Ready.TCP
+	case p.Ready != nil && p.Ready.HTTP != nil:
+		if u, err := url.Parse(*p.Ready.HTTP); err == nil {
+			if u.Port() == "" {
+				return net.JoinHostPort(u.Hostname(), map[bool]string{true: "443", false: "80"}[u.Scheme == "https"])
+			}
+			return u.Host
+		}
+	}
+	return ""
+}
+
+// probeReady runs the readiness probe of the child pid until it succeeds,
+// the child exits (ctx), or ready_timeout passes: then the child is stopped
+// like a failure (stop signal, stop_timeout, SIGKILL), and the restart
+// policy applies to its exit.
+func (p *proc) probeReady(ctx context.Context, def *Process, pid, port int, logger *zap.Logger) {
+	timeout := time.Duration(def.ReadyTimeout)
+	deadline := time.Now().Add(timeout)
+	check := tcpCheck(def.address(port))
+	if def.Ready.HTTP != nil {
+		target := *def.Ready.HTTP
+		if target == "" {
+			target = "http://" + def.address(port) + "/"
+		}
+		check = httpCheck(target)
+	}
+	for wait := 10 * time.Millisecond; ; wait = min(2*wait, 250*time.Millisecond) {
+		if check(ctx) {
+			p.setState(stateReady, pid)
+			return
+		}
+		if time.Now().After(deadline) {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(min(wait, time.Until(deadline)+time.Millisecond)):
+		}
+	}
+	logger.Error("process not ready within ready_timeout; stopping it as failed", zap.Int("pid", pid), zap.Duration("ready_timeout", timeout))
+	_ = signalGroup(pid, def.signal)
+	select {
+	case <-ctx.Done():
+	case <-time.After(time.Duration(def.StopTimeout)):
+		_ = signalGroup(pid, syscall.SIGKILL)
+	}
+}
+
+func tcpCheck(addr string) func(context.Context) bool {
+	return func(ctx context.Context) bool {
+		var d net.Dialer
+		c, err := d.DialContext(ctx, "tcp", addr)
+		if err != nil {
+			return false
+		}
+		c.Close()
+		return true
+	}
+}
+
+func httpCheck(target string) func(context.Context) bool {
+	client := &http.Client{Timeout: 2 * time.Second, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	return func(ctx context.Context) bool {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, target, nil)
+		if err != nil {
+			return false
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode >= 200 && resp.StatusCode < 400
+	}
+}
+
+// freeLoopbackPort asks the kernel for a free port on 127.0.0.1.
+func freeLoopbackPort() (int, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
+}
+
+// expandPort replaces {supervise.port} in an argument.
+func expandPort(arg string, port int) string {
+	return strings.ReplaceAll(arg, "{supervise.port}", strconv.Itoa(port))
+}
+
+// fixedPort is the port a new process of this definition gets: the
+// configured number, a free one for auto, or 0.
+func (p *Process) fixedPort() (int, error) {
+	switch p.Port {
+	case "":
+		return 0, nil
+	case "auto":
+		return freeLoopbackPort()
+	}
+	return strconv.Atoi(p.Port)
+}
+
+// argsFor is the command with {supervise.port} replaced.
+func (p *Process) argsFor(port int) []string {
+	if port == 0 {
+		return p.args
+	}
+	args := make([]string, len(p.args))
+	for i, a := range p.args {
+		args[i] = expandPort(a, port)
+	}
+	return args
+}
