@@ -5,8 +5,10 @@ package supervise
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -14,6 +16,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyevents"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 )
 
@@ -71,6 +74,17 @@ func (a *App) Provision(ctx caddy.Context) error {
 		names[p.Name] = i
 	}
 
+	// Metrics are read from the processes at each scrape; each config has a
+	// registry of its own.
+	if reg := ctx.GetMetricsRegistry(); reg != nil {
+		if err := reg.Register(collector{}); err != nil {
+			var already prometheus.AlreadyRegisteredError
+			if !errors.As(err, &already) {
+				return fmt.Errorf("registering metrics: %v", err)
+			}
+		}
+	}
+
 	// The "stopping" event is emitted before any app's Stop: it tells us when
 	// the exit began, even when the http app is stopped (and blocks) first.
 	events, err := ctx.App("events")
@@ -89,7 +103,9 @@ func (a *App) Start() error {
 			a.releaseAll()
 			return err
 		}
+		registry.Lock()
 		a.procs = append(a.procs, p)
+		registry.Unlock()
 	}
 	a.hookHTTPStop()
 	onExitOnce.Do(func() {
@@ -123,17 +139,27 @@ func (a *App) Stop() error {
 // sequence, and must stay alive while Caddy's servers drain.
 func (a *App) Cleanup() error { return nil }
 
+// currentProcs returns the app's processes (the admin API's restart may
+// replace one).
+func (a *App) currentProcs() []*proc {
+	registry.Lock()
+	defer registry.Unlock()
+	return slices.Clone(a.procs)
+}
+
 // releaseAll gives up this config's claim on its processes and stops, in
 // parallel, those no other config uses.
 func (a *App) releaseAll() {
 	var wg sync.WaitGroup
-	for _, p := range a.procs {
+	for _, p := range a.currentProcs() {
 		if release(a, p) {
 			wg.Go(func() { p.stop("no longer in the config") })
 		}
 	}
 	wg.Wait()
+	registry.Lock()
 	a.procs = nil
+	registry.Unlock()
 }
 
 // hookHTTPStop arranges for the exit's drain to end when the http app has

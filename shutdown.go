@@ -44,7 +44,7 @@ func (a *App) endDrain(why string) {
 // waitForChildren holds the process until every group is gone.
 func (a *App) exitSequence(began time.Time) {
 	var wg sync.WaitGroup
-	for _, p := range a.procs {
+	for _, p := range a.currentProcs() {
 		wg.Go(func() {
 			def, _ := p.current()
 			drainTimeout := time.Duration(def.DrainTimeout)
@@ -59,6 +59,9 @@ func (a *App) exitSequence(began time.Time) {
 					zap.Duration("drain_timeout", drainTimeout))
 			case <-p.exited:
 			}
+			p.mu.Lock()
+			p.lastDrain = time.Since(began)
+			p.mu.Unlock()
 			p.stop("Caddy is exiting")
 		})
 	}

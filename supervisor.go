@@ -39,6 +39,16 @@ type proc struct {
 	state    string // starting, ready, stopping, exited
 	stopping bool   // Caddy asked it to stop: its exit is expected
 	restarts []time.Time
+
+	// for the admin API and metrics
+	startedAt   time.Time     // when the current or last child started
+	restartN    int           // restarts so far (policy and admin API)
+	lastExit    *int          // the last child's exit status
+	exits       map[int]int   // exit statuses seen, and how often
+	restartReq  bool          // the admin API asked for a restart in place
+	changed     chan struct{} // closed and replaced on each state change
+	lastStopDur time.Duration // how long the last stop took
+	lastDrain   time.Duration // how long it was kept up while Caddy drained, at exit
 }
 
 // registry holds the processes of the whole Caddy process by name, so that
@@ -93,15 +103,16 @@ func acquire(a *App, def *Process) (*proc, error) {
 		return nil, fmt.Errorf("process %q: port auto: %v", def.Name, err)
 	}
 	p := &proc{
-		port:   port,
-		name:   def.Name,
-		key:    key,
-		def:    def,
-		logger: logger,
-		owners: []*App{a},
-		exited: make(chan struct{}),
-		done:   make(chan struct{}),
-		stopCh: make(chan struct{}),
+		changed: make(chan struct{}),
+		port:    port,
+		name:    def.Name,
+		key:     key,
+		def:     def,
+		logger:  logger,
+		owners:  []*App{a},
+		exited:  make(chan struct{}),
+		done:    make(chan struct{}),
+		stopCh:  make(chan struct{}),
 	}
 	if err := p.start(); err != nil {
 		return nil, err
@@ -162,6 +173,8 @@ func (p *proc) setState(state string, pid int) {
 	from := p.state
 	p.state = state
 	logger := p.logger
+	close(p.changed)
+	p.changed = make(chan struct{})
 	p.mu.Unlock()
 	logger.Info("process state", zap.String("from", from), zap.String("to", state), zap.Int("pid", pid))
 }
@@ -237,7 +250,7 @@ func (p *proc) run(started chan<- error) {
 			out.started()
 		}
 		if err == nil {
-			p.pid, p.running = cmd.Process.Pid, true
+			p.pid, p.running, p.startedAt, p.restartN = cmd.Process.Pid, true, time.Now(), n
 			keepGroup(cmd.Process.Pid, logger)
 		}
 		p.mu.Unlock()
@@ -281,12 +294,23 @@ func (p *proc) run(started chan<- error) {
 			fields := []zap.Field{zap.Int("pid", cmd.Process.Pid), zap.Int("exit_status", code), zap.String("exit", how), zap.Duration("up_for", upFor)}
 			p.mu.Lock()
 			p.running = false
-			expected := p.stopping
+			expected, restartReq := p.stopping, p.restartReq
+			p.restartReq = false
+			p.lastExit = &code
+			if p.exits == nil {
+				p.exits = make(map[int]int)
+			}
+			p.exits[code]++
 			def, logger = p.def, p.logger
 			p.mu.Unlock()
 			if expected {
 				logger.Info("process exited", fields...)
 				return
+			}
+			if restartReq {
+				logger.Info("process exited for the restart asked through the admin API", fields...)
+				stopLeftovers(cmd.Process.Pid, def, logger)
+				continue
 			}
 			logger.Error("process exited unexpectedly", fields...)
 			// What is left of its group is orphaned, and may hold its port.
@@ -362,7 +386,8 @@ func (p *proc) stop(reason string) {
 	}
 
 	timeout := time.Duration(def.StopTimeout)
-	deadline := time.Now().Add(timeout)
+	stopBegan := time.Now()
+	deadline := stopBegan.Add(timeout)
 	if running {
 		logger.Info("stopping process", zap.Int("pid", pgid), zap.String("reason", reason),
 			zap.String("signal", def.StopSignal), zap.Duration("stop_timeout", timeout))
@@ -386,6 +411,9 @@ func (p *proc) stop(reason string) {
 		waitGroupGone(pgid, time.Now().Add(time.Second))
 	}
 	releaseGroup(pgid)
+	p.mu.Lock()
+	p.lastStopDur = time.Since(stopBegan)
+	p.mu.Unlock()
 	close(p.done)
 }
 

@@ -51,6 +51,7 @@ func main() {
 	}
 
 	time.Sleep(*delay)
+	noteUserSignals(rep)
 	ln, err := net.Listen("tcp", *addr)
 	if err != nil {
 		log.Fatal(err)

@@ -1,0 +1,241 @@
+package supervise
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
+)
+
+func init() {
+	caddy.RegisterModule(AdminAPI{})
+}
+
+// AdminAPI is the admin endpoint's `/supervise/` routes (module
+// `admin.api.supervise`), behind the admin endpoint's own origin and host
+// checks:
+//
+//	GET  /supervise/                 every process's status, by name
+//	GET  /supervise/<name>           one process's status
+//	POST /supervise/<name>/restart   a graceful restart (see restart)
+//	POST /supervise/<name>/signal/<SIG>  send a signal to the process group
+//
+// Errors are JSON, {"error": "..."}, with 400, 404, 405 or 500.
+type AdminAPI struct{}
+
+// CaddyModule returns the Caddy module information.
+func (AdminAPI) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "admin.api.supervise",
+		New: func() caddy.Module { return new(AdminAPI) },
+	}
+}
+
+// Routes returns the admin routes.
+func (a *AdminAPI) Routes() []caddy.AdminRoute {
+	return []caddy.AdminRoute{{Pattern: "/supervise/", Handler: caddy.AdminHandlerFunc(a.serve)}}
+}
+
+// Status is what the admin API tells about a process.
+type Status struct {
+	Name       string     `json:"name"`
+	PID        int        `json:"pid"`
+	State      string     `json:"state"`
+	Ready      bool       `json:"ready"`
+	StartedAt  *time.Time `json:"started_at,omitempty"`
+	Restarts   int        `json:"restarts"`
+	LastExit   *int       `json:"last_exit_status,omitempty"`
+	Port       int        `json:"port,omitempty"`
+	Command    []string   `json:"command"`
+	StopSignal string     `json:"stop_signal"`
+}
+
+func (p *proc) status() Status {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	st := Status{Name: p.name, PID: p.pid, State: p.state, Ready: p.state == stateReady, Restarts: p.restartN,
+		LastExit: p.lastExit, Port: p.port, Command: p.def.argsFor(p.port), StopSignal: p.def.StopSignal}
+	if !p.startedAt.IsZero() {
+		t := p.startedAt
+		st.StartedAt = &t
+	}
+	return st
+}
+
+func (a *AdminAPI) serve(w http.ResponseWriter, r *http.Request) error {
+	parts := strings.Split(strings.Trim(strings.TrimPrefix(r.URL.Path, "/supervise"), "/"), "/")
+	if parts[0] == "" {
+		parts = nil
+	}
+	method := func(m string) error {
+		if r.Method != m {
+			return apiError(http.StatusMethodNotAllowed, fmt.Errorf("%s %s: use %s", r.Method, r.URL.Path, m))
+		}
+		return nil
+	}
+	if len(parts) == 0 {
+		if err := method(http.MethodGet); err != nil {
+			return err
+		}
+		list := []Status{}
+		for _, p := range allProcs() {
+			list = append(list, p.status())
+		}
+		slices.SortFunc(list, func(a, b Status) int { return strings.Compare(a.Name, b.Name) })
+		return writeJSONResponse(w, list)
+	}
+	registry.Lock()
+	p := registry.procs[parts[0]]
+	registry.Unlock()
+	if p == nil {
+		return apiError(http.StatusNotFound, fmt.Errorf("no supervised process named %q", parts[0]))
+	}
+	switch {
+	case len(parts) == 1:
+		if err := method(http.MethodGet); err != nil {
+			return err
+		}
+		return writeJSONResponse(w, p.status())
+	case len(parts) == 2 && parts[1] == "restart":
+		if err := method(http.MethodPost); err != nil {
+			return err
+		}
+		np, err := p.restart()
+		if err != nil {
+			return apiError(http.StatusInternalServerError, err)
+		}
+		return writeJSONResponse(w, np.status())
+	case len(parts) == 3 && parts[1] == "signal":
+		if err := method(http.MethodPost); err != nil {
+			return err
+		}
+		sig, err := parseSignal(parts[2])
+		if err != nil {
+			return apiError(http.StatusBadRequest, fmt.Errorf("signal %q: %v", parts[2], err))
+		}
+		p.mu.Lock()
+		pid, running, logger := p.pid, p.running, p.logger
+		p.mu.Unlock()
+		if !running {
+			return apiError(http.StatusConflict, fmt.Errorf("process %q is not running", p.name))
+		}
+		logger.Info("sending a signal asked through the admin API", zap.Int("pid", pid), zap.String("signal", parts[2]))
+		if err := signalGroup(pid, sig); err != nil {
+			return apiError(http.StatusInternalServerError, err)
+		}
+		return writeJSONResponse(w, p.status())
+	}
+	return apiError(http.StatusNotFound, fmt.Errorf("%s: not an endpoint of /supervise/", r.URL.Path))
+}
+
+func apiError(code int, err error) error {
+	return caddy.APIError{HTTPStatus: code, Err: err, Message: err.Error()}
+}
+
+func writeJSONResponse(w http.ResponseWriter, v any) error {
+	w.Header().Set("Content-Type", "application/json")
+	return json.NewEncoder(w).Encode(v)
+}
+
+// restart restarts the process gracefully and returns the process that runs
+// now. With a readiness probe and `port auto`, a new instance starts on a
+// new port beside the old one; once it is ready, the dynamic upstream
+// switches to it, and only then is the old one stopped (stop signal: it
+// finishes its requests; stop_timeout; SIGKILL). Otherwise the process is
+// stopped the same way and started again at once, whatever its restart
+// policy.
+func (p *proc) restart() (*proc, error) {
+	def, logger := p.current()
+	if def.Ready != nil && def.Port == "auto" {
+		return p.replace(def, logger)
+	}
+	p.mu.Lock()
+	if p.stopping || !p.running {
+		p.mu.Unlock()
+		return nil, fmt.Errorf("process %q is not running", p.name)
+	}
+	p.restartReq = true
+	pid := p.pid
+	p.mu.Unlock()
+	logger.Info("restarting process, as asked through the admin API", zap.Int("pid", pid))
+	p.setState(stateStopping, pid)
+	_ = signalGroup(pid, def.signal)
+	killer := time.AfterFunc(time.Duration(def.StopTimeout), func() { _ = signalGroup(pid, syscall.SIGKILL) })
+	defer killer.Stop()
+	if err := p.waitReady(pid, time.Duration(def.StopTimeout)+time.Duration(def.ReadyTimeout)+10*time.Second); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// waitReady waits until a child other than oldPID is ready.
+func (p *proc) waitReady(oldPID int, limit time.Duration) error {
+	deadline := time.NewTimer(limit)
+	defer deadline.Stop()
+	for {
+		p.mu.Lock()
+		pid, state, changed := p.pid, p.state, p.changed
+		p.mu.Unlock()
+		if pid != oldPID && state == stateReady {
+			return nil
+		}
+		select {
+		case <-changed:
+		case <-p.exited:
+			return fmt.Errorf("process %q ended instead of restarting", p.name)
+		case <-deadline.C:
+			return fmt.Errorf("process %q: not ready again within %s", p.name, limit)
+		}
+	}
+}
+
+// replace starts a second instance on a new port, switches to it once it is
+// ready, then stops p.
+func (p *proc) replace(def *Process, logger *zap.Logger) (*proc, error) {
+	port, err := freeLoopbackPort()
+	if err != nil {
+		return nil, err
+	}
+	np := &proc{
+		changed: make(chan struct{}), port: port, name: p.name, key: p.key, def: def, logger: logger,
+		exited: make(chan struct{}), done: make(chan struct{}), stopCh: make(chan struct{}),
+	}
+	logger.Info("restarting process: starting a new instance beside the old one", zap.Int("old_pid", p.getPID()), zap.Int("port", port))
+	if err := np.start(); err != nil {
+		return nil, err
+	}
+	if err := np.waitReady(0, time.Duration(def.ReadyTimeout)+time.Second); err != nil {
+		np.stop("the new instance did not become ready")
+		return nil, err
+	}
+	registry.Lock()
+	p.mu.Lock()
+	owners := p.owners
+	p.owners = nil
+	p.mu.Unlock()
+	np.mu.Lock()
+	np.owners = owners
+	np.restartN = p.status().Restarts + 1
+	np.mu.Unlock()
+	registry.procs[p.name] = np
+	for _, a := range owners {
+		for i, q := range a.procs {
+			if q == p {
+				a.procs[i] = np
+			}
+		}
+	}
+	registry.Unlock()
+	logger.Info("the new instance is ready and serves; stopping the old one", zap.Int("pid", np.getPID()))
+	p.stop("replaced by a restart")
+	return np, nil
+}
+
+// Interface guards
+var _ caddy.AdminRouter = (*AdminAPI)(nil)

@@ -1,0 +1,131 @@
+// Tests against a real Caddy binary and real processes: Linux only.
+
+//go:build linux
+
+package supervise
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// adminDo calls Caddy's admin endpoint and decodes the JSON answer.
+func adminDo(t *testing.T, cfg map[string]any, method, path string, into any) int {
+	t.Helper()
+	req, _ := http.NewRequest(method, "http://"+cfg["admin"].(map[string]any)["listen"].(string)+path, nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if into != nil {
+		if err := json.Unmarshal(body, into); err != nil {
+			t.Fatalf("%s %s: %s: %v: %s", method, path, resp.Status, err, body)
+		}
+	}
+	return resp.StatusCode
+}
+
+func TestAdminAPI(t *testing.T) {
+	s := newSink(t)
+	httpPort := freePort(t)
+	web := map[string]any{
+		"name": "web", "command": []string{upstreamBin, "-events", s.addr(), "-linger", "300ms"},
+		"port": "auto", "ready": map[string]any{"http": ""},
+	}
+	workerPort := freePort(t)
+	worker := upstreamProc(s, "worker", workerPort)
+	cfg := proxyToSupervised(t, httpPort, "web", web, worker)
+	c := startCaddy(t, cfg)
+	a, b := s.next(t, 10*time.Second), s.next(t, 10*time.Second)
+	webPeer, workerPeer := a, b
+	if a.addr == fmt.Sprintf("127.0.0.1:%d", workerPort) {
+		webPeer, workerPeer = b, a
+	}
+	c.waitLogCount(`"to":"ready"`, 2, 10*time.Second)
+
+	var list []Status
+	if code := adminDo(t, cfg, "GET", "/supervise/", &list); code != 200 || len(list) != 2 || list[0].Name != "web" || list[1].Name != "worker" {
+		t.Fatalf("GET /supervise/: %d %+v", code, list)
+	}
+	if list[0].PID != webPeer.pid || list[0].State != "ready" || !list[0].Ready || list[0].StartedAt == nil || list[0].Port == 0 {
+		t.Errorf("web status %+v", list[0])
+	}
+	var one Status
+	if code := adminDo(t, cfg, "GET", "/supervise/worker", &one); code != 200 || one.PID != workerPeer.pid {
+		t.Errorf("GET /supervise/worker: %d %+v", code, one)
+	}
+	var apiErr struct{ Error string }
+	for _, tc := range []struct {
+		method, path string
+		code         int
+		msg          string
+	}{
+		{"GET", "/supervise/nope", 404, `no supervised process named "nope"`},
+		{"GET", "/supervise/web/restart", 405, "use POST"},
+		{"POST", "/supervise/web/signal/NOPE", 400, `signal "NOPE": unknown signal`},
+		{"GET", "/supervise/web/bogus", 404, "not an endpoint"},
+	} {
+		apiErr.Error = ""
+		if code := adminDo(t, cfg, tc.method, tc.path, &apiErr); code != tc.code || !strings.Contains(apiErr.Error, tc.msg) {
+			t.Errorf("%s %s: %d %q, want %d %q", tc.method, tc.path, code, apiErr.Error, tc.code, tc.msg)
+		}
+	}
+
+	// a signal on demand: the worker notes USR1 and keeps running
+	if code := adminDo(t, cfg, "POST", "/supervise/worker/signal/USR1", nil); code != 200 {
+		t.Errorf("POST signal: %d", code)
+	}
+	if e := workerPeer.expect(t, "usr", 5*time.Second); e.Sig != "user defined signal 1" {
+		t.Errorf("worker got %q", e.Sig)
+	}
+
+	// a graceful restart under load: a new instance on a new port, then the
+	// old one stops; no request fails
+	l := startLoad(fmt.Sprintf("http://127.0.0.1:%d/sleep?d=20ms", httpPort), 8)
+	l.waitOK(t, 100, 10*time.Second)
+	var restarted Status
+	if code := adminDo(t, cfg, "POST", "/supervise/web/restart", &restarted); code != 200 {
+		t.Fatalf("POST restart: %d", code)
+	}
+	newPeer := s.next(t, 5*time.Second)
+	webPeer.expect(t, "signal", 5*time.Second)
+	webPeer.dead(t, 5*time.Second)
+	l.waitOK(t, l.ok.Load()+100, 10*time.Second)
+	st := l.stop()
+	t.Logf("restart under load: %d ok", st.ok)
+	if len(st.failures) > 0 || st.refused > 0 || st.unaccepted > 0 {
+		t.Errorf("%d failed (first %v), %d refused, %d reset", len(st.failures), st.failures[:min(3, len(st.failures))], st.refused, st.unaccepted)
+	}
+	if restarted.PID != newPeer.pid || restarted.Port == list[0].Port || restarted.Restarts != 1 {
+		t.Errorf("after the restart: %+v (before: %+v)", restarted, list[0])
+	}
+
+	// metrics
+	resp, err := http.Get("http://" + cfg["admin"].(map[string]any)["listen"].(string) + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{
+		`caddy_supervise_process_up{name="web"} 1`,
+		`caddy_supervise_process_ready{name="web"} 1`,
+		`caddy_supervise_process_restarts_total{name="web"} 1`,
+		`caddy_supervise_process_up{name="worker"} 1`,
+		`caddy_supervise_process_start_time_seconds{name="worker"}`,
+	} {
+		if !strings.Contains(string(metrics), want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+	c.signal(syscall.SIGTERM)
+	c.wait(10 * time.Second)
+}

@@ -1,0 +1,52 @@
+package supervise
+
+import (
+	"strconv"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// collector exposes the supervised processes in Caddy's metrics registry
+// (the admin endpoint's /metrics), read from the processes at each scrape.
+type collector struct{}
+
+var (
+	descUp        = prometheus.NewDesc("caddy_supervise_process_up", "1 while a child of the process runs.", []string{"name"}, nil)
+	descReady     = prometheus.NewDesc("caddy_supervise_process_ready", "1 while the process is ready (its readiness probe passed).", []string{"name"}, nil)
+	descRestarts  = prometheus.NewDesc("caddy_supervise_process_restarts_total", "Restarts of the process (restart policy and admin API).", []string{"name"}, nil)
+	descExits     = prometheus.NewDesc("caddy_supervise_process_exits_total", "Exits of the process's children, by exit status (128+N: killed by signal N).", []string{"name", "status"}, nil)
+	descStartTime = prometheus.NewDesc("caddy_supervise_process_start_time_seconds", "When the current or last child started, in seconds since the epoch.", []string{"name"}, nil)
+	descStop      = prometheus.NewDesc("caddy_supervise_process_last_stop_seconds", "How long the last stop took, from the stop signal until the process group was gone.", []string{"name"}, nil)
+	descDrain     = prometheus.NewDesc("caddy_supervise_process_last_drain_seconds", "At the last exit of Caddy: how long the process was kept running while Caddy's servers drained.", []string{"name"}, nil)
+)
+
+func (collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descUp, descReady, descRestarts, descExits, descStartTime, descStop, descDrain} {
+		ch <- d
+	}
+}
+
+func (collector) Collect(ch chan<- prometheus.Metric) {
+	for _, p := range allProcs() {
+		p.mu.Lock()
+		name := p.name
+		bit := func(b bool) float64 {
+			if b {
+				return 1
+			}
+			return 0
+		}
+		ch <- prometheus.MustNewConstMetric(descUp, prometheus.GaugeValue, bit(p.running), name)
+		ch <- prometheus.MustNewConstMetric(descReady, prometheus.GaugeValue, bit(p.state == stateReady), name)
+		ch <- prometheus.MustNewConstMetric(descRestarts, prometheus.CounterValue, float64(p.restartN), name)
+		for status, n := range p.exits {
+			ch <- prometheus.MustNewConstMetric(descExits, prometheus.CounterValue, float64(n), name, strconv.Itoa(status))
+		}
+		if !p.startedAt.IsZero() {
+			ch <- prometheus.MustNewConstMetric(descStartTime, prometheus.GaugeValue, float64(p.startedAt.UnixNano())/1e9, name)
+		}
+		ch <- prometheus.MustNewConstMetric(descStop, prometheus.GaugeValue, p.lastStopDur.Seconds(), name)
+		ch <- prometheus.MustNewConstMetric(descDrain, prometheus.GaugeValue, p.lastDrain.Seconds(), name)
+		p.mu.Unlock()
+	}
+}
