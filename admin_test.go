@@ -108,6 +108,17 @@ func TestAdminAPI(t *testing.T) {
 		t.Errorf("after the restart: %+v (before: %+v)", restarted, list[0])
 	}
 
+	// a restart in place (no port auto): stop, then start again at once
+	var worker2 Status
+	if code := adminDo(t, cfg, "POST", "/supervise/worker/restart", &worker2); code != 200 {
+		t.Fatalf("POST restart worker: %d", code)
+	}
+	workerPeer.expect(t, "signal", 5*time.Second)
+	workerPeer.dead(t, 5*time.Second)
+	if next := s.next(t, 5*time.Second); worker2.PID != next.pid || worker2.Restarts != 1 || worker2.State != "ready" {
+		t.Errorf("worker after its restart: %+v, new pid %d", worker2, next.pid)
+	}
+
 	// metrics
 	resp, err := http.Get("http://" + cfg["admin"].(map[string]any)["listen"].(string) + "/metrics")
 	if err != nil {
@@ -120,6 +131,8 @@ func TestAdminAPI(t *testing.T) {
 		`caddy_supervise_process_ready{name="web"} 1`,
 		`caddy_supervise_process_restarts_total{name="web"} 1`,
 		`caddy_supervise_process_up{name="worker"} 1`,
+		`caddy_supervise_process_restarts_total{name="worker"} 1`,
+		`caddy_supervise_process_exits_total{name="worker",status="0"} 1`,
 		`caddy_supervise_process_start_time_seconds{name="worker"}`,
 	} {
 		if !strings.Contains(string(metrics), want) {
