@@ -160,7 +160,7 @@ func (p *proc) restart() (*proc, error) {
 		p.mu.Unlock()
 		return nil, fmt.Errorf("process %q is not running", p.name)
 	}
-	p.restartReq = true
+	p.restartReq, p.restartAt = true, time.Now()
 	pid := p.pid
 	p.mu.Unlock()
 	logger.Info("restarting process, as asked through the admin API", zap.Int("pid", pid))

@@ -134,10 +134,21 @@ func TestAdminAPI(t *testing.T) {
 		`caddy_supervise_process_restarts_total{name="worker"} 1`,
 		`caddy_supervise_process_exits_total{name="worker",status="0"} 1`,
 		`caddy_supervise_process_start_time_seconds{name="worker"}`,
+		`caddy_supervise_process_last_drain_seconds{name="worker"} 0`, // set at Caddy's exit only
 	} {
 		if !strings.Contains(string(metrics), want) {
 			t.Errorf("/metrics lacks %s", want)
 		}
+	}
+	// the stop of the worker's restart took some time, less than stop_timeout
+	var stopSecs float64
+	for _, l := range strings.Split(string(metrics), "\n") {
+		if v, ok := strings.CutPrefix(l, `caddy_supervise_process_last_stop_seconds{name="worker"} `); ok {
+			fmt.Sscan(v, &stopSecs)
+		}
+	}
+	if stopSecs <= 0 || stopSecs > 10 {
+		t.Errorf("last_stop_seconds of the worker: %v", stopSecs)
 	}
 	c.signal(syscall.SIGTERM)
 	c.wait(10 * time.Second)

@@ -27,43 +27,55 @@ func proxyToSupervised(t *testing.T, httpPort int, name string, procs ...map[str
 }
 
 // Requests that arrive while the app boots, or while it restarts after a
-// crash, wait and get 200: no 502, and no 503 from an app that accepts
-// connections before it is ready (it answers 503 for 2 s after listening;
-// the readiness probe waits for a 2xx).
+// crash, wait and get 200: no 502 from an app that sleeps 2 s before it
+// listens, and no 503 from one that accepts connections before it is ready
+// (it answers 503 for 2 s after listening; the probe waits for a 2xx, and
+// this variant fails when the dynamic upstream ignores readiness).
 func TestNo502WhileBootingOrRestarting(t *testing.T) {
-	s := newSink(t)
-	httpPort := freePort(t)
-	proc := map[string]any{
-		"name":    "web",
-		"command": []string{upstreamBin, "-delay", "500ms", "-warmup", "2s", "-events", s.addr()}, // listens on 127.0.0.1:$PORT
-		"port":    "auto", "ready": map[string]any{"http": ""}, "restart": "on_failure",
-	}
-	c := startCaddy(t, proxyToSupervised(t, httpPort, "web", proc))
-	began := time.Now()
-	l := startLoad(fmt.Sprintf("http://127.0.0.1:%d/", httpPort), 8)
-	up := s.next(t, 10*time.Second)
-	l.waitOK(t, 100, 10*time.Second)
-	if d := logTimes(t, c.logs.lines(`"to":"ready"`))[0].Sub(began); d < 2*time.Second {
-		t.Errorf("the app was ready %s after Caddy: the test did not exercise the boot", d)
-	}
+	for _, tc := range []struct {
+		name  string
+		flags []string
+		ready map[string]any
+	}{
+		{"sleeps before listening", []string{"-delay", "2s"}, map[string]any{"tcp": ""}},
+		{"answers 503 while booting", []string{"-delay", "500ms", "-warmup", "2s"}, map[string]any{"http": ""}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newSink(t)
+			httpPort := freePort(t)
+			proc := map[string]any{
+				"name":    "web",
+				"command": append([]string{upstreamBin, "-events", s.addr()}, tc.flags...), // listens on 127.0.0.1:$PORT
+				"port":    "auto", "ready": tc.ready, "restart": "on_failure",
+			}
+			c := startCaddy(t, proxyToSupervised(t, httpPort, "web", proc))
+			began := time.Now()
+			l := startLoad(fmt.Sprintf("http://127.0.0.1:%d/", httpPort), 8)
+			up := s.next(t, 10*time.Second)
+			l.waitOK(t, 100, 10*time.Second)
+			if d := logTimes(t, c.logs.lines(`"to":"ready"`))[0].Sub(began); d < 2*time.Second {
+				t.Errorf("the app was ready %s after Caddy: the test did not exercise the boot", d)
+			}
 
-	// crash it; it restarts (and boots for 2 s again)
-	if err := syscall.Kill(up.pid, syscall.SIGKILL); err != nil {
-		t.Fatal(err)
+			// crash it; it restarts (and boots again)
+			if err := syscall.Kill(up.pid, syscall.SIGKILL); err != nil {
+				t.Fatal(err)
+			}
+			next := s.next(t, 10*time.Second)
+			c.waitLogCount(`"to":"ready"`, 2, 10*time.Second)
+			l.waitOK(t, l.ok.Load()+100, 10*time.Second)
+			st := l.stop()
+			t.Logf("%d requests ok across the boot and a restart", st.ok)
+			if len(st.failures) > 0 || st.refused > 0 || st.unaccepted > 0 {
+				t.Errorf("%d failed (first %v), %d refused, %d reset", len(st.failures), st.failures[:min(3, len(st.failures))], st.refused, st.unaccepted)
+			}
+			if next.addr != up.addr {
+				t.Errorf("port auto changed across the restart: %s, then %s", up.addr, next.addr)
+			}
+			c.signal(syscall.SIGTERM)
+			c.wait(10 * time.Second)
+		})
 	}
-	next := s.next(t, 10*time.Second)
-	c.waitLogCount(`"to":"ready"`, 2, 10*time.Second)
-	l.waitOK(t, l.ok.Load()+100, 10*time.Second)
-	st := l.stop()
-	t.Logf("%d requests ok across the boot and a restart", st.ok)
-	if len(st.failures) > 0 || st.refused > 0 || st.unaccepted > 0 {
-		t.Errorf("%d failed (first %v), %d refused, %d reset", len(st.failures), st.failures[:min(3, len(st.failures))], st.refused, st.unaccepted)
-	}
-	if next.addr != up.addr {
-		t.Errorf("port auto changed across the restart: %s, then %s", up.addr, next.addr)
-	}
-	c.signal(syscall.SIGTERM)
-	c.wait(10 * time.Second)
 }
 
 // A process that never becomes ready is stopped as failed at ready_timeout,

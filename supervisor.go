@@ -46,6 +46,7 @@ type proc struct {
 	lastExit    *int          // the last child's exit status
 	exits       map[int]int   // exit statuses seen, and how often
 	restartReq  bool          // the admin API asked for a restart in place
+	restartAt   time.Time     // when it asked
 	changed     chan struct{} // closed and replaced on each state change
 	lastStopDur time.Duration // how long the last stop took
 	lastDrain   time.Duration // how long it was kept up while Caddy drained, at exit
@@ -308,6 +309,9 @@ func (p *proc) run(started chan<- error) {
 				return
 			}
 			if restartReq {
+				p.mu.Lock()
+				p.lastStopDur = time.Since(p.restartAt)
+				p.mu.Unlock()
 				logger.Info("process exited for the restart asked through the admin API", fields...)
 				stopLeftovers(cmd.Process.Pid, def, logger)
 				continue

@@ -82,7 +82,7 @@ func main() {
 		log.Printf("upstream: exiting with status %d as asked", code)
 		os.Exit(code) // test hook: a crash
 	})
-	readyAt := time.Now().Add(*delay + *warmup)
+	readyAt := time.Now().Add(*warmup) // we listen from now on
 	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if time.Now().Before(readyAt) {
 			http.Error(w, "booting", http.StatusServiceUnavailable)
