@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -28,6 +29,7 @@ const maxLine = 64 << 10
 type output struct {
 	parentEnds []*os.File    // the pipes' write ends: closed once the child has them
 	done       chan struct{} // closed when every forwarded stream reached EOF
+	progress   atomic.Int64  // lines forwarded so far
 }
 
 // attachOutput sets cmd's stdout and stderr. With `log`, each is a pipe
@@ -61,7 +63,7 @@ func (p *proc) attachOutput(cmd *exec.Cmd, def *Process) (*output, error) {
 	streams := make(chan struct{}, 2)
 	for i, name := range []string{"stdout", "stderr"} {
 		go func() {
-			p.forward(readers[i], name)
+			p.forward(readers[i], name, &out.progress)
 			readers[i].Close()
 			streams <- struct{}{}
 		}()
@@ -83,20 +85,31 @@ func (o *output) started() {
 	o.parentEnds = nil
 }
 
-// wait waits, up to limit, until every line was logged.
-func (o *output) wait(limit time.Duration) {
-	t := time.NewTimer(limit)
+// wait waits until every line was logged, as long as lines keep coming: it
+// gives up once a whole idle period passes without one (a process that left
+// the group may hold the pipe open; a slow log writer must not lose lines).
+func (o *output) wait(idle time.Duration) {
+	t := time.NewTicker(idle)
 	defer t.Stop()
-	select {
-	case <-o.done:
-	case <-t.C:
+	last := o.progress.Load()
+	for {
+		select {
+		case <-o.done:
+			return
+		case <-t.C:
+			now := o.progress.Load()
+			if now == last {
+				return
+			}
+			last = now
+		}
 	}
 }
 
 // forward logs each line read from r as one entry of the process's current
 // logger (it follows config reloads), with the stream's name. Logging is
 // synchronous: the child waits only when the log writer does.
-func (p *proc) forward(r io.Reader, stream string) {
+func (p *proc) forward(r io.Reader, stream string, progress *atomic.Int64) {
 	br := bufio.NewReaderSize(r, maxLine)
 	streamField := zap.String("stream", stream)
 	for {
@@ -107,6 +120,7 @@ func (p *proc) forward(r io.Reader, stream string) {
 			line = bytes.TrimSuffix(line, []byte("\r"))
 		}
 		if len(line) > 0 || err == nil {
+			progress.Add(1)
 			if ce := p.log().Check(zapcore.InfoLevel, string(line)); ce != nil {
 				if partial {
 					ce.Write(streamField, zap.Bool("partial", true))

@@ -131,7 +131,7 @@ func TestShutdownWithoutHTTPSignalsAtOnce(t *testing.T) {
 	up := s.next(t, 10*time.Second)
 	began := c.signal(syscall.SIGTERM)
 	sig := up.expect(t, "signal", 5*time.Second)
-	if d := sig.time().Sub(began); d > 300*time.Millisecond {
+	if d := sig.time().Sub(began); d > 500*time.Millisecond {
 		t.Errorf("app signalled %s after the exit began, want at once", d)
 	}
 	if code := c.wait(10 * time.Second); code != 0 {

@@ -287,7 +287,8 @@ func (p *proc) run(started chan<- error) {
 				releaseGroup(cmd.Process.Pid)
 				// Nothing of the group holds the output pipes any more: log
 				// the last lines before saying it exited. (A process that
-				// left the group could hold them: don't wait for long.)
+				// left the group could hold them: stop waiting once a second
+				// passes without a line.)
 				out.wait(time.Second)
 			}
 			var how string
