@@ -47,10 +47,11 @@ const (
 // Process describes one supervised child process: what to run, and how to
 // stop it when Caddy exits.
 type Process struct {
-	// Name identifies the process in logs (logger `supervise.<name>`) and
-	// must be unique within the app. Default: the base name of the
-	// command's first element (`puma` for `["bundle", ...]` is NOT guessed:
-	// it is `bundle`).
+	// Name identifies the process: in logs (logger `supervise.<name>`),
+	// across config reloads, in the admin API and metrics, and for the
+	// dynamic upstream. Unique within the app; no white space or '/'.
+	// Default: the base name of the program (`bundle` for
+	// `["bundle", "exec", "puma"]`).
 	Name string `json:"name,omitempty"`
 
 	// Command is the program and its arguments. Required. The program is
