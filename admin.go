@@ -2,6 +2,7 @@ package supervise
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"slices"
@@ -26,7 +27,9 @@ func init() {
 //	POST /supervise/<name>/restart   a graceful restart (see restart)
 //	POST /supervise/<name>/signal/<SIG>  send a signal to the process group
 //
-// Errors are JSON, {"error": "..."}, with 400, 404, 405 or 500.
+// Errors are JSON, {"error": "..."}, with 400 (bad signal), 404 (no such
+// process or endpoint), 405 (wrong method), 409 (the process is not running:
+// it is stopping, restarting, in a restart back-off or ended) or 500.
 type AdminAPI struct{}
 
 // CaddyModule returns the Caddy module information.
@@ -108,7 +111,7 @@ func (a *AdminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 		}
 		np, err := p.restart()
 		if err != nil {
-			return apiError(http.StatusInternalServerError, err)
+			return apiError(statusOf(err), err)
 		}
 		return writeJSONResponse(w, np.status())
 	case len(parts) == 3 && parts[1] == "signal":
@@ -122,16 +125,27 @@ func (a *AdminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 		p.mu.Lock()
 		pid, running, logger := p.pid, p.running, p.logger
 		p.mu.Unlock()
-		if !running {
-			return apiError(http.StatusConflict, fmt.Errorf("process %q is not running", p.name))
+		err = errNotRunning
+		if running {
+			logger.Info("sending a signal asked through the admin API", zap.Int("pid", pid), zap.String("signal", parts[2]))
+			err = p.signal(pid, sig)
 		}
-		logger.Info("sending a signal asked through the admin API", zap.Int("pid", pid), zap.String("signal", parts[2]))
-		if err := signalGroup(pid, sig); err != nil {
-			return apiError(http.StatusInternalServerError, err)
+		if err != nil {
+			return apiError(statusOf(err), fmt.Errorf("process %q: %v", p.name, err))
 		}
 		return writeJSONResponse(w, p.status())
 	}
 	return apiError(http.StatusNotFound, fmt.Errorf("%s: not an endpoint of /supervise/", r.URL.Path))
+}
+
+// statusOf is the HTTP status for an error of an action on a process: 409
+// when the process is not running (the request conflicts with its state),
+// 500 otherwise.
+func statusOf(err error) int {
+	if errors.Is(err, errNotRunning) {
+		return http.StatusConflict
+	}
+	return http.StatusInternalServerError
 }
 
 func apiError(code int, err error) error {
@@ -155,18 +169,21 @@ func (p *proc) restart() (*proc, error) {
 	if def.Ready != nil && def.Port == "auto" {
 		return p.replace(def, logger)
 	}
+	timeout := time.Duration(def.StopTimeout)
 	p.mu.Lock()
-	if p.stopping || !p.running {
+	if p.stopping || !p.running || p.restartReq {
 		p.mu.Unlock()
-		return nil, fmt.Errorf("process %q is not running", p.name)
+		return nil, fmt.Errorf("process %q: %w", p.name, errNotRunning)
 	}
 	p.restartReq, p.restartAt = true, time.Now()
+	p.groupDeadline = p.restartAt.Add(timeout)
 	pid := p.pid
 	p.mu.Unlock()
 	logger.Info("restarting process, as asked through the admin API", zap.Int("pid", pid))
 	p.setState(stateStopping, pid)
-	_ = signalGroup(pid, def.signal)
-	killer := time.AfterFunc(time.Duration(def.StopTimeout), func() { _ = signalGroup(pid, syscall.SIGKILL) })
+	_ = p.signal(pid, def.signal)
+	// p.signal sends nothing once this group is gone: never a stale kill
+	killer := time.AfterFunc(timeout, func() { _ = p.signal(pid, syscall.SIGKILL) })
 	defer killer.Stop()
 	if err := p.waitReady(pid, time.Duration(def.StopTimeout)+time.Duration(def.ReadyTimeout)+10*time.Second); err != nil {
 		return nil, err
@@ -205,6 +222,7 @@ func (p *proc) replace(def *Process, logger *zap.Logger) (*proc, error) {
 	np := &proc{
 		changed: make(chan struct{}), port: port, name: p.name, key: p.key, def: def, logger: logger,
 		exited: make(chan struct{}), done: make(chan struct{}), stopCh: make(chan struct{}),
+		restartN: p.status().Restarts + 1,
 	}
 	logger.Info("restarting process: starting a new instance beside the old one", zap.Int("old_pid", p.getPID()), zap.Int("port", port))
 	if err := np.start(); err != nil {
@@ -221,7 +239,6 @@ func (p *proc) replace(def *Process, logger *zap.Logger) (*proc, error) {
 	p.mu.Unlock()
 	np.mu.Lock()
 	np.owners = owners
-	np.restartN = p.status().Restarts + 1
 	np.mu.Unlock()
 	registry.procs[p.name] = np
 	for _, a := range owners {

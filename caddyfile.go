@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -25,6 +26,7 @@ func init() {
 //		dir            <path>
 //		env            <key> <value>
 //		env_file       <path>
+//		unset_env      <name...>
 //		user           <name|uid>
 //		group          <name|gid>
 //		stop_signal    <signal>
@@ -107,6 +109,18 @@ var subdirectives = map[string]subdirective{
 			p.Env = make(map[string]string)
 		}
 		p.Env[a[0]] = a[1]
+		return nil
+	}},
+	"unset_env": {args: -1, repeatable: true, set: func(p *Process, a []string) error {
+		if len(a) == 0 {
+			return errors.New("takes one or more variable names, got none")
+		}
+		for _, k := range a {
+			if !possibleEnvName(k) || slices.Contains(p.UnsetEnv, k) {
+				return fmt.Errorf("%q: not a valid variable name, or named twice", k)
+			}
+			p.UnsetEnv = append(p.UnsetEnv, k)
+		}
 		return nil
 	}},
 	"stop_signal": {args: 1, set: func(p *Process, a []string) error {

@@ -84,6 +84,16 @@ func TestCaddyfileAdapt(t *testing.T) {
 }`,
 			want: `{"processes":[{"name":"web","command":["bin/server","--port","{supervise.port}"],"port":"auto","ready":{"http":""},"ready_timeout":"30s"},{"command":["bin/api"],"ready":{"tcp":"127.0.0.1:4000"}}]}`,
 		},
+		{
+			name: "unset_env, repeated",
+			src: `{
+	supervise bin/server {
+		unset_env AWS_SECRET_ACCESS_KEY DATABASE_URL
+		unset_env CADDY_TOKEN
+	}
+}`,
+			want: `{"processes":[{"command":["bin/server"],"unset_env":["AWS_SECRET_ACCESS_KEY","DATABASE_URL","CADDY_TOKEN"]}]}`,
+		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got, err := adapt(t, tc.src+"\n:8080 {\n\trespond ok\n}\n")
@@ -116,6 +126,8 @@ func TestCaddyfileErrors(t *testing.T) {
 		{"bad on_end", "supervise app {\n\ton_end exit\n}", `on_end "exit": must be one of stop_caddy, keep_running`},
 		{"bad max_restarts", "supervise app {\n\tmax_restarts 0\n}", `max_restarts "0": must be a whole number above 0`},
 		{"bad restart_window", "supervise app {\n\trestart_window 5\n}", `restart_window "5": `},
+		{"unset_env without names", "supervise app {\n\tunset_env\n}", `unset_env takes one or more variable names, got none`},
+		{"unset_env twice", "supervise app {\n\tunset_env A B\n\tunset_env A\n}", `unset_env "A": not a valid variable name, or named twice`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := adapt(t, "{\n"+tc.src+"\n}\n")

@@ -69,10 +69,19 @@ type Process struct {
 	Dir string `json:"dir,omitempty"`
 
 	// Env holds variables added to the child's environment, which is
-	// otherwise Caddy's own environment. A variable set here replaces
-	// Caddy's variable of the same name. Caddy's own environment is never
-	// changed. Default: none added.
+	// otherwise Caddy's own environment, without the variables a service
+	// manager gives Caddy alone (NOTIFY_SOCKET, LISTEN_FDS, LISTEN_PID,
+	// LISTEN_FDNAMES, LISTEN_PIDFDID, WATCHDOG_USEC, WATCHDOG_PID: they
+	// describe Caddy's sockets and Caddy's readiness, and a child that used
+	// them would speak for Caddy) and without those in `unset_env`. A
+	// variable set here replaces Caddy's variable of the same name. Caddy's
+	// own environment is never changed. Default: none added.
 	Env map[string]string `json:"env,omitempty"`
+
+	// UnsetEnv names variables of Caddy's environment that the child does
+	// not inherit. A name that `env` or `env_file` sets is an error.
+	// Default: none (besides the service manager's variables above).
+	UnsetEnv []string `json:"unset_env,omitempty"`
 
 	// EnvFile is a dotenv file (KEY=VALUE lines; the README gives the exact
 	// rules) whose variables are added to the child's environment. It is
@@ -297,7 +306,7 @@ func (p *Process) resolveSpawn() error {
 		maps.Copy(p.vars, fileVars)
 	}
 	for k, v := range p.Env {
-		if k == "" || strings.ContainsAny(k, "=\x00") {
+		if !possibleEnvName(k) {
 			return fmt.Errorf("env %q: not a valid variable name", k)
 		}
 		if p.vars[k], err = expandEnv(v, true); err != nil {
@@ -310,12 +319,44 @@ func (p *Process) resolveSpawn() error {
 			return err
 		}
 	}
-	p.env = mergeEnv(os.Environ(), p.identityVars(), p.vars)
+	unset := slices.Clone(managerVars)
+	for i, k := range p.UnsetEnv {
+		if !possibleEnvName(k) {
+			return fmt.Errorf("unset_env %q: not a valid variable name", k)
+		}
+		if slices.Contains(p.UnsetEnv[:i], k) {
+			return fmt.Errorf("unset_env %q: named twice", k)
+		}
+		if _, set := p.vars[k]; set {
+			from := "env_file"
+			if _, ok := p.Env[k]; ok {
+				from = "env"
+			}
+			return fmt.Errorf("unset_env %q: %s sets it; unset_env removes only variables inherited from Caddy", k, from)
+		}
+		unset = append(unset, k)
+	}
+	base := slices.DeleteFunc(os.Environ(), func(kv string) bool {
+		k, _, _ := strings.Cut(kv, "=")
+		return slices.Contains(unset, k)
+	})
+	p.env = mergeEnv(base, p.identityVars(), p.vars)
 	p.path, err = lookPath(p.args[0], p.dir, envValue(p.env, "PATH"))
 	if err != nil {
 		return fmt.Errorf("command %q: %v", p.Command[0], err)
 	}
 	return nil
+}
+
+// managerVars are the variables a service manager (systemd, or a socket
+// activator) sets for Caddy itself; the child never inherits them, unless
+// env or env_file sets them.
+var managerVars = []string{"NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "LISTEN_PIDFDID", "WATCHDOG_USEC", "WATCHDOG_PID"}
+
+// possibleEnvName reports whether name can be a variable of an environment
+// (env_file is stricter: it takes shell names only).
+func possibleEnvName(name string) bool {
+	return name != "" && !strings.ContainsAny(name, "=\x00")
 }
 
 // identityName says whom the child runs as, for messages.

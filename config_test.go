@@ -9,6 +9,8 @@ import (
 	"testing"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/caddy/v2/modules/caddytls"
 )
 
 // validate loads and provisions a config with the given supervise app JSON,
@@ -33,6 +35,10 @@ func TestJSONErrors(t *testing.T) {
 	dir := t.TempDir()
 	file := filepath.Join(dir, "file")
 	if err := os.WriteFile(file, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	goodEnv := filepath.Join(dir, "good.env")
+	if err := os.WriteFile(goodEnv, []byte("A=1\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	badEnv := filepath.Join(dir, "bad.env")
@@ -80,6 +86,10 @@ func TestJSONErrors(t *testing.T) {
 		{"ready bad url", `{"processes":[{"command":["sleep"],"ready":{"http":"localhost:3000/up"}}]}`, `ready http "localhost:3000/up": must be an http:// or https:// URL`},
 		{"ready_timeout alone", `{"processes":[{"command":["sleep"],"ready_timeout":"5s"}]}`, `ready_timeout "5s": only means something with ready`},
 		{"bad env name", `{"processes":[{"command":["sleep"],"env":{"A=B":"x"}}]}`, `env "A=B": not a valid variable name`},
+		{"bad unset_env name", `{"processes":[{"command":["sleep"],"unset_env":["A=B"]}]}`, `unset_env "A=B": not a valid variable name`},
+		{"unset_env twice", `{"processes":[{"command":["sleep"],"unset_env":["A","A"]}]}`, `unset_env "A": named twice`},
+		{"unset_env and env", `{"processes":[{"command":["sleep"],"unset_env":["A"],"env":{"A":"1"}}]}`, `unset_env "A": env sets it`},
+		{"unset_env and env_file", `{"processes":[{"command":["sleep"],"unset_env":["A"],"env_file":"` + goodEnv + `"}]}`, `unset_env "A": env_file sets it`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := validate(t, tc.app)
@@ -155,15 +165,20 @@ func TestResolveSpawn(t *testing.T) {
 	dir := t.TempDir()
 	t.Setenv("SUPERVISE_T_DIR", dir)
 	t.Setenv("SUPERVISE_T_ARG", "hello")
+	t.Setenv("SUPERVISE_T_SECRET", "s3cret")
+	t.Setenv("NOTIFY_SOCKET", "/run/systemd/notify")
+	t.Setenv("LISTEN_FDS", "2")
+	t.Setenv("WATCHDOG_PID", "1")
 	envFile := filepath.Join(dir, "app.env")
 	if err := os.WriteFile(envFile, []byte("FROM_FILE=file\nBOTH=file\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	p := &Process{
-		Command: []string{"sh", "-c", "echo ${HOME} {env.SUPERVISE_T_ARG} {json}"},
-		Dir:     "{env.SUPERVISE_T_DIR}",
-		EnvFile: "{env.SUPERVISE_T_DIR}/app.env",
-		Env:     map[string]string{"BOTH": "env", "OPTIONAL": "x{env.SUPERVISE_UNSET_Y}y"},
+		Command:  []string{"sh", "-c", "echo ${HOME} {env.SUPERVISE_T_ARG} {json}"},
+		Dir:      "{env.SUPERVISE_T_DIR}",
+		EnvFile:  "{env.SUPERVISE_T_DIR}/app.env",
+		Env:      map[string]string{"BOTH": "env", "OPTIONAL": "x{env.SUPERVISE_UNSET_Y}y", "WATCHDOG_PID": "mine"},
+		UnsetEnv: []string{"SUPERVISE_T_SECRET"},
 	}
 	if err := p.provision(0); err != nil {
 		t.Fatal(err)
@@ -179,7 +194,39 @@ func TestResolveSpawn(t *testing.T) {
 			t.Errorf("%s=%q, want %q", k, got, want)
 		}
 	}
+	// the service manager's variables are Caddy's, unless env sets them;
+	// unset_env removes what it names
+	for _, k := range []string{"NOTIFY_SOCKET", "LISTEN_FDS", "SUPERVISE_T_SECRET"} {
+		for _, kv := range p.env {
+			if strings.HasPrefix(kv, k+"=") {
+				t.Errorf("the child inherits %s", kv)
+			}
+		}
+	}
+	if got := envValue(p.env, "WATCHDOG_PID"); got != "mine" {
+		t.Errorf("WATCHDOG_PID=%q, want the value env sets", got)
+	}
 	if p.Command[2] != "echo ${HOME} {env.SUPERVISE_T_ARG} {json}" {
 		t.Error("the configured command was changed")
+	}
+}
+
+// Connections can be counted unless a server may serve HTTP/3: over TLS,
+// with h3 among its protocols (the default).
+func TestMayServeHTTP3(t *testing.T) {
+	tls := caddytls.ConnectionPolicies{{}}
+	for _, tc := range []struct {
+		name string
+		s    *caddyhttp.Server
+		want bool
+	}{
+		{"plain HTTP", &caddyhttp.Server{}, false},
+		{"TLS, default protocols", &caddyhttp.Server{TLSConnPolicies: tls}, true},
+		{"TLS, h1 h2", &caddyhttp.Server{TLSConnPolicies: tls, Protocols: []string{"h1", "h2"}}, false},
+		{"TLS, h3 on one listener", &caddyhttp.Server{TLSConnPolicies: tls, Protocols: []string{"h1", "h2"}, ListenProtocols: [][]string{nil, {"h3"}}}, true},
+	} {
+		if got := mayServeHTTP3(tc.s); got != tc.want {
+			t.Errorf("%s: %v, want %v", tc.name, got, tc.want)
+		}
 	}
 }

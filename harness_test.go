@@ -21,6 +21,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -29,6 +31,7 @@ import (
 	"time"
 
 	"github.com/caddy-supervise/supervise/internal/shim"
+	"golang.org/x/sys/unix"
 )
 
 var (
@@ -42,7 +45,30 @@ var (
 const testRunEnv = "SUPERVISE_TEST_RUN"
 
 func TestMain(m *testing.M) {
+	if os.Getenv(blockSignalsEnv) == "1" {
+		blockSignalsAndExec()
+	}
 	os.Exit(runTests(m))
+}
+
+// blockSignalsEnv in the environment of startCaddyFile starts Caddy through
+// this test binary, which blocks SIGUSR1, SIGUSR2, SIGHUP and SIGWINCH and
+// execs Caddy: as a parent that blocked them would (the mask survives exec).
+const blockSignalsEnv = "SUPERVISE_TEST_BLOCK_SIGNALS"
+
+func blockSignalsAndExec() {
+	runtime.LockOSThread() // the mask is the thread's; exec keeps it
+	var set unix.Sigset_t
+	for _, sig := range []syscall.Signal{syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGHUP, syscall.SIGWINCH} {
+		set.Val[(sig-1)/64] |= 1 << ((sig - 1) % 64)
+	}
+	if err := unix.PthreadSigmask(unix.SIG_BLOCK, &set, nil); err != nil {
+		fmt.Fprintln(os.Stderr, "blocking signals:", err)
+		os.Exit(2)
+	}
+	err := syscall.Exec(os.Args[1], os.Args[1:], os.Environ())
+	fmt.Fprintln(os.Stderr, "exec:", err)
+	os.Exit(2)
 }
 
 func runTests(m *testing.M) int {
@@ -291,7 +317,8 @@ type caddyProc struct {
 	t      testing.TB
 	cmd    *exec.Cmd
 	admin  string
-	logs   *logBuf
+	logs   *logBuf // Caddy's stderr: its log
+	stdout *logBuf // Caddy's stdout: only what children with `output inherit` write
 	done   chan struct{}
 	exited time.Time
 }
@@ -326,11 +353,14 @@ func writeJSONTo(t testing.TB, w io.Writer, v any) {
 
 func startCaddyFile(t testing.TB, path, adapter string, env ...string) *caddyProc {
 	t.Helper()
-	args := []string{"run", "--config", path}
+	args := []string{caddyBin, "run", "--config", path}
 	if adapter != "" {
 		args = append(args, "--adapter", adapter)
 	}
-	c := &caddyProc{t: t, cmd: exec.Command(caddyBin, args...), logs: newLogBuf(), done: make(chan struct{})}
+	if slices.Contains(env, blockSignalsEnv+"=1") {
+		args = append([]string{os.Args[0]}, args...) // see blockSignalsAndExec
+	}
+	c := &caddyProc{t: t, cmd: exec.Command(args[0], args[1:]...), logs: newLogBuf(), stdout: newLogBuf(), done: make(chan struct{})}
 	// GORACE: a race-enabled binary otherwise sleeps a second at exit
 	c.cmd.Env = append(os.Environ(), "GORACE=atexit_sleep_ms=0", "HOME="+t.TempDir(), "XDG_DATA_HOME="+t.TempDir(), "XDG_CONFIG_HOME="+t.TempDir())
 	c.cmd.Env = append(c.cmd.Env, env...)
@@ -338,7 +368,7 @@ func startCaddyFile(t testing.TB, path, adapter string, env ...string) *caddyPro
 	if err != nil {
 		t.Fatal(err)
 	}
-	c.cmd.Stdout = c.logs
+	c.cmd.Stdout = c.stdout
 	if err := c.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -357,6 +387,9 @@ func startCaddyFile(t testing.TB, path, adapter string, env ...string) *caddyPro
 		}
 		if t.Failed() {
 			t.Logf("caddy log:\n%s", c.logs.String())
+			if out := c.stdout.String(); out != "" {
+				t.Logf("caddy stdout:\n%s", out)
+			}
 		}
 	})
 	c.waitLog("serving initial configuration", 20*time.Second)

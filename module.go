@@ -9,13 +9,11 @@ import (
 	"fmt"
 	"os"
 	"slices"
-	"sort"
 	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyevents"
-	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 )
@@ -85,6 +83,8 @@ func (a *App) Provision(ctx caddy.Context) error {
 		}
 	}
 
+	a.hookHTTP(ctx)
+
 	// The "stopping" event is emitted before any app's Stop: it tells us when
 	// the exit began, even when the http app is stopped (and blocks) first.
 	events, err := ctx.App("events")
@@ -107,7 +107,6 @@ func (a *App) Start() error {
 		a.procs = append(a.procs, p)
 		registry.Unlock()
 	}
-	a.hookHTTPStop()
 	onExitOnce.Do(func() {
 		caddy.OnExit(waitForChildren)
 		if os.Getpid() == 1 {
@@ -160,34 +159,6 @@ func (a *App) releaseAll() {
 	registry.Lock()
 	a.procs = nil
 	registry.Unlock()
-}
-
-// hookHTTPStop arranges for the exit's drain to end when the http app has
-// stopped: its servers' stop hooks run after every server finished shutting
-// down (when exiting). Without an http app or servers there is nothing to
-// drain.
-func (a *App) hookHTTPStop() {
-	httpApp, err := a.ctx.AppIfConfigured("http")
-	if err != nil {
-		return
-	}
-	servers := httpApp.(*caddyhttp.App).Servers
-	if len(servers) == 0 {
-		return
-	}
-	names := make([]string, 0, len(servers))
-	for name := range servers {
-		names = append(names, name)
-	}
-	sort.Strings(names)
-	// The hooks of all servers run once, after all servers stopped: one is enough.
-	servers[names[0]].RegisterOnStop(func(context.Context) error {
-		if caddy.Exiting() {
-			a.endDrain("http app stopped")
-		}
-		return nil
-	})
-	a.hasHTTP = true
 }
 
 // stoppingHandler receives Caddy's "stopping" event.

@@ -2,11 +2,10 @@ package supervise
 
 import (
 	"bufio"
-	"bytes"
 	"io"
 	"os"
 	"os/exec"
-	"sync/atomic"
+	"strings"
 	"time"
 
 	"go.uber.org/zap"
@@ -29,7 +28,6 @@ const maxLine = 64 << 10
 type output struct {
 	parentEnds []*os.File    // the pipes' write ends: closed once the child has them
 	done       chan struct{} // closed when every forwarded stream reached EOF
-	progress   atomic.Int64  // lines forwarded so far
 }
 
 // attachOutput sets cmd's stdout and stderr. With `log`, each is a pipe
@@ -63,7 +61,7 @@ func (p *proc) attachOutput(cmd *exec.Cmd, def *Process) (*output, error) {
 	streams := make(chan struct{}, 2)
 	for i, name := range []string{"stdout", "stderr"} {
 		go func() {
-			p.forward(readers[i], name, &out.progress)
+			p.forward(readers[i], name)
 			readers[i].Close()
 			streams <- struct{}{}
 		}()
@@ -85,51 +83,55 @@ func (o *output) started() {
 	o.parentEnds = nil
 }
 
-// wait waits until every line was logged, as long as lines keep coming: it
-// gives up once a whole idle period passes without one (a process that left
-// the group may hold the pipe open; a slow log writer must not lose lines).
-func (o *output) wait(idle time.Duration) {
-	t := time.NewTicker(idle)
+// wait waits until every line was logged, up to limit; it reports whether
+// it got them all. The caller waits once the process group is gone, so only
+// a process that left the group can keep the pipes open that long.
+func (o *output) wait(limit time.Duration) bool {
+	t := time.NewTimer(limit)
 	defer t.Stop()
-	last := o.progress.Load()
-	for {
-		select {
-		case <-o.done:
-			return
-		case <-t.C:
-			now := o.progress.Load()
-			if now == last {
-				return
-			}
-			last = now
-		}
+	select {
+	case <-o.done:
+		return true
+	case <-t.C:
+		return false
 	}
 }
 
 // forward logs each line read from r as one entry of the process's current
 // logger (it follows config reloads), with the stream's name. Logging is
-// synchronous: the child waits only when the log writer does.
-func (p *proc) forward(r io.Reader, stream string, progress *atomic.Int64) {
+// synchronous: the child waits only when the log writer does. A line longer
+// than maxLine is logged in chunks; all but its last are marked partial
+// (a chunk that the line's newline follows is its last).
+func (p *proc) forward(r io.Reader, stream string) {
 	br := bufio.NewReaderSize(r, maxLine)
 	streamField := zap.String("stream", stream)
 	for {
-		line, err := br.ReadSlice('\n')
-		partial := err == bufio.ErrBufferFull
-		line = bytes.TrimSuffix(line, []byte("\n"))
-		if !partial {
-			line = bytes.TrimSuffix(line, []byte("\r"))
+		chunk, err := br.ReadSlice('\n')
+		line, partial := string(chunk), false
+		switch {
+		case err == bufio.ErrBufferFull:
+			// Peek reads on into the buffer: chunk was copied into line
+			next, perr := br.Peek(1)
+			switch {
+			case perr == nil && next[0] == '\n':
+				_, _ = br.Discard(1)
+			case perr == nil:
+				partial = true
+			}
+		case err != nil && line == "":
+			return // EOF (or a read error) at the start of a line
 		}
-		if len(line) > 0 || err == nil {
-			progress.Add(1)
-			if ce := p.log().Check(zapcore.InfoLevel, string(line)); ce != nil {
-				if partial {
-					ce.Write(streamField, zap.Bool("partial", true))
-				} else {
-					ce.Write(streamField)
-				}
+		if !partial {
+			line = strings.TrimSuffix(strings.TrimSuffix(line, "\n"), "\r")
+		}
+		if ce := p.log().Check(zapcore.InfoLevel, line); ce != nil {
+			if partial {
+				ce.Write(streamField, zap.Bool("partial", true))
+			} else {
+				ce.Write(streamField)
 			}
 		}
-		if err != nil && !partial {
+		if err != nil && err != bufio.ErrBufferFull {
 			return
 		}
 	}

@@ -1,6 +1,14 @@
 package supervise
 
-import "syscall"
+import (
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
 
 const osName = "linux"
 
@@ -13,4 +21,58 @@ func shimPath() string { return "/proc/self/exe" }
 // a second SIGINT), the kernel kills the child.
 func sysProcAttr() *syscall.SysProcAttr {
 	return &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+}
+
+// waitLeader waits until the child has exited, without reaping it: as long
+// as the zombie is there, its PID, which is also its process group's ID,
+// cannot be reused, so signalling the group reaches nobody else.
+func waitLeader(cmd *exec.Cmd) error {
+	var info unix.Siginfo
+	for {
+		err := unix.Waitid(unix.P_PID, cmd.Process.Pid, &info, unix.WEXITED|unix.WNOWAIT, nil)
+		if err != unix.EINTR {
+			return err
+		}
+	}
+}
+
+// reap collects the child's status, freeing its PID.
+func reap(cmd *exec.Cmd) error { return cmd.Wait() }
+
+// othersInGroup reports whether a live process other than the group's
+// leader is in the group pgid. (kill(-pgid, 0) would count the leader's
+// zombie.) It reads /proc: the group's members are not our children.
+func othersInGroup(pgid int) bool {
+	dir, err := os.Open("/proc")
+	if err != nil {
+		return false
+	}
+	defer dir.Close()
+	names, _ := dir.Readdirnames(-1)
+	var buf [512]byte
+	for _, name := range names {
+		if name[0] < '1' || name[0] > '9' || name == strconv.Itoa(pgid) {
+			continue
+		}
+		f, err := os.Open("/proc/" + name + "/stat")
+		if err != nil {
+			continue
+		}
+		n, _ := f.Read(buf[:])
+		f.Close()
+		// "pid (comm) state ppid pgrp …"; comm may hold spaces and parentheses
+		stat := string(buf[:n])
+		i := strings.LastIndexByte(stat, ')')
+		if i < 0 {
+			continue
+		}
+		fields := strings.Fields(stat[i+1:])
+		if len(fields) < 3 || fields[0] == "Z" || fields[0] == "X" {
+			continue
+		}
+		if g, _ := strconv.Atoi(fields[2]); g == pgid {
+			return true
+		}
+	}
+	return false
 }

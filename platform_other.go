@@ -53,14 +53,18 @@ func signalGroup(pgid int, sig syscall.Signal) error {
 	return proc.Kill()
 }
 
-func groupAlive(pgid int) bool { return false }
+// No process groups: only the child, reaped at once.
+func othersInGroup(pgid int) bool    { return false }
+func waitLeader(cmd *exec.Cmd) error { return cmd.Wait() }
+func reap(cmd *exec.Cmd) error       { return nil }
 
 func exitStatus(ps *os.ProcessState) (int, string) {
 	return ps.ExitCode(), "exit code " + strconv.Itoa(ps.ExitCode())
 }
 
-func (p *proc) command(def *Process, port int) *exec.Cmd {
-	return newCommand(def, def.path, def.argsFor(port), port)
+// command builds the child's exec.Cmd; there is no shim, so no exec notice.
+func (p *proc) command(def *Process, port int) (*exec.Cmd, *os.File, error) {
+	return newCommand(def, def.path, def.argsFor(port), port), nil, nil
 }
 
 // requestExit makes Caddy exit. Windows gives no way to start Caddy's own

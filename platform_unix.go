@@ -45,15 +45,6 @@ func signalGroup(pgid int, sig syscall.Signal) error {
 	return syscall.Kill(-pgid, sig)
 }
 
-// groupAlive reports whether any process is left in the group.
-func groupAlive(pgid int) bool {
-	if pgid <= 1 {
-		return false
-	}
-	err := syscall.Kill(-pgid, 0)
-	return err == nil || errors.Is(err, syscall.EPERM)
-}
-
 // exitStatus returns the status a shell would report: the exit code, or
 // 128+N for a child killed by signal N; and a description for the log.
 func exitStatus(ps *os.ProcessState) (int, string) {
@@ -64,18 +55,25 @@ func exitStatus(ps *os.ProcessState) (int, string) {
 }
 
 // command builds the child's exec.Cmd. The child is started through this
-// binary (see internal/shim), which resets signal dispositions inherited from
-// Caddy and then execs the program. It gets its own process group, so that
-// signals reach wrappers' children and a terminal's Ctrl-C does not reach
-// it before the drain.
-func (p *proc) command(def *Process, port int) *exec.Cmd {
+// binary (see internal/shim), which resets signal dispositions and the
+// signal mask inherited from Caddy and then execs the program. It gets its
+// own process group, so that signals reach wrappers' children and a
+// terminal's Ctrl-C does not reach it before the drain. The returned file
+// is the read end of the exec notice (see shim.Env and awaitExec).
+func (p *proc) command(def *Process, port int) (*exec.Cmd, *os.File, error) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		return nil, nil, err
+	}
 	args := append([]string{shim.Arg0, def.path}, def.argsFor(port)...)
-	cmd := newCommand(def, shimPath(), args, port, shim.Env+"="+strconv.Itoa(os.Getpid()))
+	notice := fmt.Sprintf("%s=%d,%d", shim.Env, os.Getpid(), 3) // ExtraFiles[0] is descriptor 3
+	cmd := newCommand(def, shimPath(), args, port, notice)
+	cmd.ExtraFiles = []*os.File{w}
 	cmd.SysProcAttr = sysProcAttr()
 	if def.id != nil {
 		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: def.id.uid, Gid: def.id.gid, Groups: def.id.groups}
 	}
-	return cmd
+	return cmd, r, nil
 }
 
 // requestExit makes Caddy exit gracefully, exactly as on SIGTERM.

@@ -125,11 +125,11 @@ func (p *proc) probeReady(ctx context.Context, def *Process, pid, port int, logg
 		}
 	}
 	logger.Error("process not ready within ready_timeout; stopping it as failed", zap.Int("pid", pid), zap.Duration("ready_timeout", timeout))
-	_ = signalGroup(pid, def.signal)
+	_ = p.signal(pid, def.signal)
 	select {
 	case <-ctx.Done():
 	case <-time.After(time.Duration(def.StopTimeout)):
-		_ = signalGroup(pid, syscall.SIGKILL)
+		_ = p.signal(pid, syscall.SIGKILL)
 	}
 }
 

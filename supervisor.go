@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"os/exec"
 	"runtime"
 	"slices"
@@ -29,20 +30,25 @@ type proc struct {
 	stopCh chan struct{} // closed by stop: no more restarts
 	stopMu sync.Mutex    // serialises stop sequences
 
-	mu       sync.Mutex
-	def      *Process // current definition; settings other than the key follow reloads
-	logger   *zap.Logger
-	owners   []*App // configs that use this process, oldest first
-	pid      int    // PID and process group of the current or last child
-	running  bool   // a child runs now
-	port     int    // the process's port (`port`), 0 if none
-	state    string // starting, ready, stopping, exited
-	stopping bool   // Caddy asked it to stop: its exit is expected
-	restarts []time.Time
+	mu      sync.Mutex
+	def     *Process // current definition; settings other than the key follow reloads
+	logger  *zap.Logger
+	owners  []*App           // configs that use this process, oldest first
+	pid     int              // PID and process group of the current or last child
+	running bool             // the child's leader has not exited yet
+	pinned  bool             // pid is ours to signal: its leader is not reaped yet (see signal)
+	execed  bool             // the shim has exec'd the program (see awaitExec)
+	held    []syscall.Signal // signals sent before that
+	// when a stop or an admin restart began, the moment its stop_timeout ends
+	groupDeadline time.Time
+	port          int    // the process's port (`port`), 0 if none
+	state         string // starting, ready, stopping, exited
+	stopping      bool   // Caddy asked it to stop: its exit is expected
+	restarts      []time.Time
 
 	// for the admin API and metrics
 	startedAt   time.Time     // when the current or last child started
-	restartN    int           // restarts so far (policy and admin API)
+	restartN    int           // restarts so far (policy and admin API), carried over to a replacement
 	lastExit    *int          // the last child's exit status
 	exits       map[int]int   // exit statuses seen, and how often
 	restartReq  bool          // the admin API asked for a restart in place
@@ -68,9 +74,10 @@ func spawnKey(def *Process) string {
 		Args     []string
 		Dir      string
 		Vars     map[string]string
+		Unset    []string
 		Identity string
 		Port     string
-	}{def.args, def.dir, def.vars, fmt.Sprintf("%+v", def.id), def.Port})
+	}{def.args, def.dir, def.vars, def.UnsetEnv, fmt.Sprintf("%+v", def.id), def.Port})
 	return string(b)
 }
 
@@ -236,27 +243,35 @@ func (p *proc) run(started chan<- error) {
 	var delay time.Duration // the last restart back-off
 	for n := 0; ; n++ {
 		def, logger := p.current()
-		cmd := p.command(def, p.port)
-		out, err := p.attachOutput(cmd, def)
+		cmd, execNotice, err := p.command(def, p.port)
+		var out *output
+		if err == nil {
+			out, err = p.attachOutput(cmd, def)
+		}
 		p.mu.Lock()
 		if p.stopping {
 			p.mu.Unlock()
-			if out != nil {
-				out.started() // nothing will start: let the streams end
-			}
+			closeAll(execNotice, out)
+			closeFiles(cmd)
 			return
 		}
 		if err == nil {
 			err = cmd.Start()
-			out.started()
 		}
 		if err == nil {
-			p.pid, p.running, p.startedAt, p.restartN = cmd.Process.Pid, true, time.Now(), n
+			p.pid, p.running, p.startedAt = cmd.Process.Pid, true, time.Now()
+			if n > 0 {
+				p.restartN++
+			}
+			p.pinned, p.execed, p.held = true, execNotice == nil, nil
 			keepGroup(cmd.Process.Pid, logger)
 		}
 		p.mu.Unlock()
+		closeAll(nil, out) // the child has its ends of the pipes, or nothing will start
+		closeFiles(cmd)
 		if n == 0 {
 			if err != nil {
+				closeAll(execNotice, nil)
 				close(p.done)
 				started <- fmt.Errorf("starting process %q (%s): %v", def.Name, def.path, startError(def, err))
 				return
@@ -267,35 +282,36 @@ func (p *proc) run(started chan<- error) {
 		var code int
 		var upFor time.Duration
 		if err != nil {
+			closeAll(execNotice, nil)
 			code = 127
 			logger.Error("restarting process failed", zap.Error(startError(def, err)))
 		} else {
-			logger.Info("process started", zap.Int("pid", cmd.Process.Pid), zap.Strings("command", def.argsFor(p.port)), zap.Int("restarts", n))
+			pid := cmd.Process.Pid
+			if execNotice != nil {
+				go p.awaitExec(pid, execNotice)
+			}
+			logger.Info("process started", zap.Int("pid", pid), zap.Strings("command", def.argsFor(p.port)), zap.Int("restarts", p.status().Restarts))
 			probeCtx, probeDone := context.WithCancel(context.Background())
 			if def.Ready != nil {
-				p.setState(stateStarting, cmd.Process.Pid)
-				go p.probeReady(probeCtx, def, cmd.Process.Pid, p.port, logger)
+				p.setState(stateStarting, pid)
+				go p.probeReady(probeCtx, def, pid, p.port, logger)
 			} else {
-				p.setState(stateReady, cmd.Process.Pid)
+				p.setState(stateReady, pid)
 			}
 			began := time.Now()
-			_ = cmd.Wait() // the only Wait; the status is in cmd.ProcessState
+			_ = waitLeader(cmd) // the leader exited; unreaped, it keeps its group's ID ours
 			probeDone()
-			p.setState(stateExited, cmd.Process.Pid)
 			upFor = time.Since(began)
-			if !groupAlive(cmd.Process.Pid) {
-				releaseGroup(cmd.Process.Pid)
-				// Nothing of the group holds the output pipes any more: log
-				// the last lines before saying it exited. (A process that
-				// left the group could hold them: stop waiting once a second
-				// passes without a line.)
-				out.wait(time.Second)
-			}
-			var how string
-			code, how = exitStatus(cmd.ProcessState)
-			fields := []zap.Field{zap.Int("pid", cmd.Process.Pid), zap.Int("exit_status", code), zap.String("exit", how), zap.Duration("up_for", upFor)}
 			p.mu.Lock()
 			p.running = false
+			p.mu.Unlock()
+			p.setState(stateExited, pid)
+			p.endGroup(pid, out)
+			_ = reap(cmd) // the only Wait; the status is in cmd.ProcessState
+			var how string
+			code, how = exitStatus(cmd.ProcessState)
+			fields := []zap.Field{zap.Int("pid", pid), zap.Int("exit_status", code), zap.String("exit", how), zap.Duration("up_for", upFor)}
+			p.mu.Lock()
 			expected, restartReq := p.stopping, p.restartReq
 			p.restartReq = false
 			p.lastExit = &code
@@ -314,12 +330,9 @@ func (p *proc) run(started chan<- error) {
 				p.lastStopDur = time.Since(p.restartAt)
 				p.mu.Unlock()
 				logger.Info("process exited for the restart asked through the admin API", fields...)
-				stopLeftovers(cmd.Process.Pid, def, logger)
 				continue
 			}
 			logger.Error("process exited unexpectedly", fields...)
-			// What is left of its group is orphaned, and may hold its port.
-			stopLeftovers(cmd.Process.Pid, def, logger)
 		}
 
 		wait, why := p.nextRestart(def, code, upFor, &delay)
@@ -328,7 +341,7 @@ func (p *proc) run(started chan<- error) {
 			go processEnded(def, logger, code)
 			return
 		}
-		logger.Info("restarting process", zap.Duration("after", wait), zap.Int("restarts", n+1))
+		logger.Info("restarting process", zap.Duration("after", wait), zap.Int("restarts", p.status().Restarts+1))
 		timer := time.NewTimer(wait)
 		select {
 		case <-timer.C:
@@ -337,6 +350,109 @@ func (p *proc) run(started chan<- error) {
 			return
 		}
 	}
+}
+
+// closeAll closes what run opened for a child that did not start, and the
+// parent's copies of the output pipes' write ends once it did.
+func closeAll(execNotice *os.File, out *output) {
+	if execNotice != nil {
+		execNotice.Close()
+	}
+	if out != nil {
+		out.started()
+	}
+}
+
+// closeFiles closes the parent's copies of the descriptors passed to the
+// child.
+func closeFiles(cmd *exec.Cmd) {
+	if cmd == nil {
+		return
+	}
+	for _, f := range cmd.ExtraFiles {
+		f.Close()
+	}
+}
+
+// endGroup finishes the process group pid once its leader has exited: what
+// is left of the group gets the stop signal (unless a stop or restart already
+// sent it) and SIGKILL at the deadline; then the output is logged to its
+// last line, bounded by stop_timeout once the group is gone (a process that
+// left the group may hold the pipes); then the group is unregistered from
+// the keeper and stops being ours to signal. The caller reaps the leader
+// right after: only then can its ID be reused.
+func (p *proc) endGroup(pid int, out *output) {
+	p.mu.Lock()
+	def, logger := p.def, p.logger
+	signalled, deadline := p.stopping || p.restartReq, p.groupDeadline
+	p.mu.Unlock()
+	timeout := time.Duration(def.StopTimeout)
+	if othersInGroup(pid) {
+		if !signalled {
+			// what is left is orphaned, and may hold the process's port
+			logger.Warn("stopping the rest of the exited process's group", zap.Int("pgid", pid))
+			_ = p.signal(pid, def.signal)
+			deadline = time.Now().Add(timeout)
+		}
+		if !waitGroupGone(pid, deadline) {
+			logger.Warn("process group outlived stop_timeout; killing it", zap.Int("pgid", pid))
+			_ = p.signal(pid, syscall.SIGKILL)
+			waitGroupGone(pid, time.Now().Add(time.Second))
+		}
+	}
+	if out != nil && !out.wait(timeout) {
+		logger.Warn("output still open stop_timeout after the process group ended (a process that left the group holds it); not waiting for the rest",
+			zap.Int("pgid", pid), zap.Duration("stop_timeout", timeout))
+	}
+	releaseGroup(pid)
+	p.mu.Lock()
+	p.pinned, p.held = false, nil
+	p.mu.Unlock()
+}
+
+// errNotRunning: the process group a signal was meant for is not ours now.
+var errNotRunning = errors.New("not running")
+
+// signal sends sig to the process group pid, if pid is the current group
+// and still ours: from its start until endGroup saw it gone, the unreaped
+// leader keeps the ID from being reused. Until the shim has exec'd the
+// program, signals other than SIGKILL are held and sent right after.
+// Every signal to a child goes through here.
+func (p *proc) signal(pid int, sig syscall.Signal) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.pinned || p.pid != pid {
+		return errNotRunning
+	}
+	if !p.execed && sig != syscall.SIGKILL {
+		if !slices.Contains(p.held, sig) {
+			p.held = append(p.held, sig)
+		}
+		return nil
+	}
+	err := signalGroup(pid, sig)
+	if errors.Is(err, syscall.ESRCH) {
+		return errNotRunning
+	}
+	return err
+}
+
+// awaitExec reads the exec notice of child pid: EOF once the program
+// replaced the shim, or the shim exited. Then the held signals go out.
+func (p *proc) awaitExec(pid int, r *os.File) {
+	var b [1]byte
+	_, _ = r.Read(b[:])
+	r.Close()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.pid != pid || !p.pinned {
+		return
+	}
+	p.execed = true
+	for _, sig := range p.held {
+		_ = signalGroup(pid, sig)
+	}
+	p.held = nil
 }
 
 // nextRestart applies the restart policy to an exit: it returns how long to
@@ -366,9 +482,8 @@ func (p *proc) nextRestart(def *Process, code int, upFor time.Duration, delay *t
 }
 
 // stop ends the process: no more restarts; the stop signal to the current
-// child's process group, up to stop_timeout for it to exit, then SIGKILL to
-// the group. Group members that outlive the child get the rest of
-// stop_timeout, then SIGKILL too. It returns when the group is gone.
+// child's process group, up to stop_timeout for the group to exit, then
+// SIGKILL to the group. It returns when the group is gone and reaped.
 // Concurrent and repeated calls are safe; all return when the group is gone.
 func (p *proc) stop(reason string) {
 	p.stopMu.Lock()
@@ -379,25 +494,23 @@ func (p *proc) stop(reason string) {
 	default:
 	}
 
+	def, logger := p.current()
+	timeout := time.Duration(def.StopTimeout)
+	stopBegan := time.Now()
 	p.mu.Lock()
 	if !p.stopping {
 		p.stopping = true
+		p.groupDeadline = stopBegan.Add(timeout)
 		close(p.stopCh)
 	}
-	pgid, running, def, logger := p.pid, p.running, p.def, p.logger
+	pid, running := p.pid, p.running
 	p.mu.Unlock()
 	if running {
-		p.setState(stateStopping, pgid)
-	}
-
-	timeout := time.Duration(def.StopTimeout)
-	stopBegan := time.Now()
-	deadline := stopBegan.Add(timeout)
-	if running {
-		logger.Info("stopping process", zap.Int("pid", pgid), zap.String("reason", reason),
+		p.setState(stateStopping, pid)
+		logger.Info("stopping process", zap.Int("pid", pid), zap.String("reason", reason),
 			zap.String("signal", def.StopSignal), zap.Duration("stop_timeout", timeout))
-		if err := signalGroup(pgid, def.signal); err != nil && !errors.Is(err, syscall.ESRCH) {
-			logger.Warn("sending stop signal", zap.Int("pid", pgid), zap.Error(err))
+		if err := p.signal(pid, def.signal); err != nil && err != errNotRunning {
+			logger.Warn("sending stop signal", zap.Int("pid", pid), zap.Error(err))
 		}
 	}
 	timer := time.NewTimer(timeout)
@@ -405,44 +518,24 @@ func (p *proc) stop(reason string) {
 	case <-p.exited:
 		timer.Stop()
 	case <-timer.C:
-		logger.Warn("process did not exit within stop_timeout; killing its process group",
-			zap.Int("pid", pgid), zap.Duration("stop_timeout", timeout))
-		_ = signalGroup(pgid, syscall.SIGKILL)
+		if p.signal(pid, syscall.SIGKILL) == nil {
+			logger.Warn("process group did not exit within stop_timeout; killing its process group",
+				zap.Int("pgid", pid), zap.Duration("stop_timeout", timeout))
+		}
 		<-p.exited
 	}
-	if groupAlive(pgid) && !waitGroupGone(pgid, deadline) {
-		logger.Warn("process group outlived stop_timeout; killing it", zap.Int("pgid", pgid))
-		_ = signalGroup(pgid, syscall.SIGKILL)
-		waitGroupGone(pgid, time.Now().Add(time.Second))
-	}
-	releaseGroup(pgid)
 	p.mu.Lock()
 	p.lastStopDur = time.Since(stopBegan)
 	p.mu.Unlock()
 	close(p.done)
 }
 
-// stopLeftovers ends what is left of a process group whose leader exited:
-// the stop signal, the stop_timeout, SIGKILL.
-func stopLeftovers(pgid int, def *Process, logger *zap.Logger) {
-	if !groupAlive(pgid) {
-		return
-	}
-	logger.Warn("stopping the rest of the exited process's group", zap.Int("pgid", pgid))
-	_ = signalGroup(pgid, def.signal)
-	if !waitGroupGone(pgid, time.Now().Add(time.Duration(def.StopTimeout))) {
-		_ = signalGroup(pgid, syscall.SIGKILL)
-		waitGroupGone(pgid, time.Now().Add(time.Second))
-	}
-	releaseGroup(pgid)
-}
-
-// waitGroupGone waits until no process is left in the group or the deadline
-// passes. Members of the group are not our children, so nothing notifies us
-// of their exit: this is the one place that polls, with a short back-off, and
-// only when a group outlives its leader.
+// waitGroupGone waits until no process but the unreaped leader is left in
+// the group, or the deadline passes. Members of the group are not our
+// children, so nothing notifies us of their exit: this is the one place that
+// polls, with a short back-off, and only when a group outlives its leader.
 func waitGroupGone(pgid int, deadline time.Time) bool {
-	for wait := time.Millisecond; groupAlive(pgid); wait = min(2*wait, 50*time.Millisecond) {
+	for wait := time.Millisecond; othersInGroup(pgid); wait = min(2*wait, 50*time.Millisecond) {
 		if time.Now().After(deadline) {
 			return false
 		}

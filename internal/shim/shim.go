@@ -16,13 +16,19 @@ package shim
 
 import (
 	"os"
+	"runtime"
 	"strconv"
+	"strings"
 	"syscall"
 )
 
 // Env marks a shim invocation; its value is the PID of the Caddy process
-// that started it. Arg0 is the shim's argv[0]; then come the program's path
-// and its argv.
+// that started it, then, for a child, a comma and the number of the
+// exec-notification descriptor: the write end of a pipe that the shim marks
+// close-on-exec, so that Caddy reads EOF once the program replaced the shim
+// (or the shim failed). Until then Caddy holds back the signals it sends:
+// the shim's Go runtime would swallow those it handles (USR1, WINCH…).
+// Arg0 is the shim's argv[0]; then come the program's path and its argv.
 const (
 	Env  = "CADDY_SUPERVISE_EXEC"
 	Arg0 = "caddy-supervise-exec"
@@ -39,9 +45,14 @@ func init() {
 	if len(os.Args) < 3 || os.Args[0] != Arg0 {
 		return
 	}
-	parent, _ := strconv.Atoi(v)
+	pid, fd, _ := strings.Cut(v, ",")
+	parent, _ := strconv.Atoi(pid)
+	if n, err := strconv.Atoi(fd); err == nil && n > 2 {
+		syscall.CloseOnExec(n)
+	}
 	_ = os.Unsetenv(Env)
 	path, argv := os.Args[1], os.Args[2:]
+	runtime.LockOSThread() // prepare sets this thread's signal mask; exec keeps it
 	prepare(parent)
 	err := syscall.Exec(path, argv, os.Environ())
 	os.Stderr.WriteString("supervise: exec " + path + ": " + err.Error() + "\n")

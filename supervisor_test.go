@@ -1,0 +1,265 @@
+// Tests against real processes: Linux only.
+
+//go:build linux
+
+package supervise
+
+// In-process tests of the rule "a process group ID is signalled only while
+// it is ours": supervised processes started by this test process, and a
+// stranger that takes the ID of a child that is gone, as the kernel may
+// hand it to any new process.
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
+)
+
+// logWatch is a logger whose messages a test can wait for.
+type logWatch struct {
+	logs    *observer.ObservedLogs
+	mu      sync.Mutex
+	changed chan struct{}
+}
+
+func newLogWatch() (*zap.Logger, *logWatch) {
+	core, logs := observer.New(zapcore.DebugLevel)
+	w := &logWatch{logs: logs, changed: make(chan struct{})}
+	hooked := zapcore.RegisterHooks(core, func(zapcore.Entry) error {
+		w.mu.Lock()
+		close(w.changed)
+		w.changed = make(chan struct{})
+		w.mu.Unlock()
+		return nil
+	})
+	return zap.New(hooked), w
+}
+
+// wait waits until msg was logged n times.
+func (w *logWatch) wait(t *testing.T, msg string, n int, timeout time.Duration) {
+	t.Helper()
+	deadline := time.After(timeout)
+	for {
+		w.mu.Lock()
+		changed := w.changed
+		w.mu.Unlock()
+		if w.logs.FilterMessage(msg).Len() >= n {
+			return
+		}
+		select {
+		case <-changed:
+		case <-deadline:
+			var all []string
+			for _, e := range w.logs.All() {
+				all = append(all, e.Message)
+			}
+			t.Fatalf("%q not logged %d times within %s; logged: %q", msg, n, timeout, all)
+		}
+	}
+}
+
+// testProc starts def's process in this test process, as acquire does.
+func testProc(t *testing.T, def *Process) (*proc, *logWatch) {
+	t.Helper()
+	if err := def.provision(0); err != nil {
+		t.Fatal(err)
+	}
+	logger, w := newLogWatch()
+	p := &proc{
+		changed: make(chan struct{}), name: def.Name, key: spawnKey(def), def: def, logger: logger,
+		exited: make(chan struct{}), done: make(chan struct{}), stopCh: make(chan struct{}),
+	}
+	p.port, _ = def.fixedPort()
+	if err := p.start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.stop("the test is over") })
+	return p, w
+}
+
+// reusePID starts a stranger, a process group of its own, with the given
+// PID, which must be free: it sets the kernel's last PID just below it
+// (root only) and retries until the PID is not taken by someone else first.
+func reusePID(t *testing.T, pid int) *exec.Cmd {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("taking a given PID needs root (/proc/sys/kernel/ns_last_pid)")
+	}
+	for range 100 {
+		if err := os.WriteFile("/proc/sys/kernel/ns_last_pid", []byte(strconv.Itoa(pid-1)), 0); err != nil {
+			t.Fatalf("setting the next PID: %v", err)
+		}
+		cmd := exec.Command("sleep", "60")
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		if cmd.Process.Pid == pid {
+			t.Cleanup(func() {
+				_ = cmd.Process.Kill()
+				_ = cmd.Wait()
+			})
+			return cmd
+		}
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	}
+	t.Fatalf("could not start a process with PID %d", pid)
+	return nil
+}
+
+// unharmed checks that the stranger still runs, and that the keeper would
+// not kill its group if Caddy died now.
+func unharmed(t *testing.T, stranger *exec.Cmd) {
+	t.Helper()
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", stranger.Process.Pid))
+	if i := strings.LastIndexByte(string(stat), ')'); err != nil || i < 0 || stat[i+2] == 'Z' {
+		t.Errorf("the stranger with the old child's PID was killed")
+	}
+	keeper.Lock()
+	registered := keeper.groups[stranger.Process.Pid]
+	keeper.Unlock()
+	if registered {
+		t.Errorf("the keeper still holds the old child's group %d", stranger.Process.Pid)
+	}
+}
+
+// After the child ended for good (on_end keep_running), a stop (at a
+// reload, at Caddy's exit) signals no one.
+func TestStopAfterEndSignalsNoOne(t *testing.T) {
+	p, _ := testProc(t, &Process{Command: []string{"true"}, Restart: RestartNever, OnEnd: OnEndKeepRunning, StopTimeout: Duration(200 * time.Millisecond)})
+	<-p.exited
+	stranger := reusePID(t, p.getPID())
+	p.stop("test")
+	unharmed(t, stranger)
+}
+
+// During a restart back-off, a stop signals no one.
+func TestStopDuringBackoffSignalsNoOne(t *testing.T) {
+	p, w := testProc(t, &Process{Command: []string{"sh", "-c", "exit 3"}, Restart: RestartAlways, StopTimeout: Duration(200 * time.Millisecond)})
+	w.wait(t, "restarting process", 1, 5*time.Second)
+	stranger := reusePID(t, p.getPID())
+	p.stop("test")
+	unharmed(t, stranger)
+}
+
+// A restart in place kills the old group at stop_timeout only if it is
+// still there: not a stranger that took its ID while the new instance got
+// ready.
+func TestRestartInPlaceKillsNoStranger(t *testing.T) {
+	port := freePort(t)
+	p, w := testProc(t, &Process{
+		Command:     []string{upstreamBin, "-listen", fmt.Sprintf("127.0.0.1:%d", port), "-delay", "2s"},
+		Ready:       &ReadyProbe{TCP: ptr(fmt.Sprintf("127.0.0.1:%d", port))},
+		StopTimeout: Duration(500 * time.Millisecond),
+	})
+	w.wait(t, "process state", 2, 10*time.Second) // starting, then ready
+	old := p.getPID()
+	began := time.Now()
+	restarted := make(chan error, 1)
+	go func() {
+		_, err := p.restart()
+		restarted <- err
+	}()
+	w.wait(t, "process exited for the restart asked through the admin API", 1, 5*time.Second)
+	stranger := reusePID(t, old)
+	if time.Since(began) > 500*time.Millisecond {
+		t.Skip("the stranger started after stop_timeout: the test proves nothing this time")
+	}
+	if err := <-restarted; err != nil {
+		t.Fatal(err)
+	}
+	unharmed(t, stranger)
+}
+
+// A leader that exits before its children: the rest of its group gets the
+// stop signal, and once it is gone the group leaves the keeper.
+func TestLeftoversLeaveTheKeeper(t *testing.T) {
+	p, w := testProc(t, &Process{Command: []string{"sh", "-c", "sleep 30 & exit 3"}, Restart: RestartNever, OnEnd: OnEndKeepRunning})
+	<-p.exited
+	if w.logs.FilterMessage("stopping the rest of the exited process's group").Len() != 1 {
+		t.Error("the leftover sleep was not stopped")
+	}
+	if othersInGroup(p.getPID()) {
+		t.Error("the leftover sleep still runs")
+	}
+	keeper.Lock()
+	defer keeper.Unlock()
+	if keeper.groups[p.getPID()] {
+		t.Errorf("the keeper still holds the gone group %d", p.getPID())
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
+
+// slowCore is a log whose writes of output lines block until gate is
+// closed: a slow log writer.
+type slowCore struct {
+	zapcore.Core
+	gate chan struct{}
+}
+
+func (c slowCore) With(f []zapcore.Field) zapcore.Core { return slowCore{c.Core.With(f), c.gate} }
+
+func (c slowCore) Check(e zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore.CheckedEntry {
+	if c.Enabled(e.Level) {
+		return ce.AddCore(e, c)
+	}
+	return ce
+}
+
+func (c slowCore) Write(e zapcore.Entry, fields []zapcore.Field) error {
+	for _, f := range fields {
+		if f.Key == "stream" {
+			<-c.gate
+		}
+	}
+	return c.Core.Write(e, fields)
+}
+
+// With a log writer that blocks for longer than a second, every line the
+// process wrote is still logged, and before its exit.
+func TestOutputSlowLogWriter(t *testing.T) {
+	def := &Process{Command: []string{"seq", "1", "5000"}, Restart: RestartNever, OnEnd: OnEndKeepRunning}
+	if err := def.provision(0); err != nil {
+		t.Fatal(err)
+	}
+	core, logs := observer.New(zapcore.DebugLevel)
+	gate := make(chan struct{})
+	p := &proc{
+		changed: make(chan struct{}), name: def.Name, key: spawnKey(def), def: def, logger: zap.New(slowCore{core, gate}),
+		exited: make(chan struct{}), done: make(chan struct{}), stopCh: make(chan struct{}),
+	}
+	if err := p.start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2 * time.Second) // the slow writer: the first line's write takes this long
+	close(gate)
+	<-p.exited
+	var lines []string
+	exited := false
+	for _, e := range logs.All() {
+		switch {
+		case e.ContextMap()["stream"] == "stdout":
+			if exited {
+				t.Fatalf("line %q logged after the exit", e.Message)
+			}
+			lines = append(lines, e.Message)
+		case e.Message == "process exited unexpectedly":
+			exited = true
+		}
+	}
+	if len(lines) != 5000 || lines[4999] != "5000" || !exited {
+		t.Errorf("%d lines logged (want 5000), exit logged %v", len(lines), exited)
+	}
+}
