@@ -38,11 +38,12 @@ func TestAdminAPI(t *testing.T) {
 	httpPort := freePort(t)
 	web := map[string]any{
 		"name": "web", "command": []string{upstreamBin, "-events", s.addr(), "-linger", "300ms"},
-		"port": "auto", "ready": map[string]any{"http": ""},
+		"port": "auto", "ready": map[string]any{"http": ""}, "restart": "always",
 	}
 	workerPort := freePort(t)
 	worker := upstreamProc(s, "worker", workerPort)
-	cfg := proxyToSupervised(t, httpPort, "web", web, worker)
+	once := map[string]any{"name": "once", "command": []string{"true"}, "restart": "never", "on_end": "keep_running"}
+	cfg := proxyToSupervised(t, httpPort, "web", web, worker, once)
 	c := startCaddy(t, cfg)
 	a, b := s.next(t, 10*time.Second), s.next(t, 10*time.Second)
 	webPeer, workerPeer := a, b
@@ -50,13 +51,14 @@ func TestAdminAPI(t *testing.T) {
 		webPeer, workerPeer = b, a
 	}
 	c.waitLogCount(`"to":"ready"`, 2, 10*time.Second)
+	c.waitLog("Caddy keeps running", 10*time.Second) // once ended
 
 	var list []Status
-	if code := adminDo(t, cfg, "GET", "/supervise/", &list); code != 200 || len(list) != 2 || list[0].Name != "web" || list[1].Name != "worker" {
+	if code := adminDo(t, cfg, "GET", "/supervise/", &list); code != 200 || len(list) != 3 || list[1].Name != "web" || list[2].Name != "worker" {
 		t.Fatalf("GET /supervise/: %d %+v", code, list)
 	}
-	if list[0].PID != webPeer.pid || list[0].State != "ready" || !list[0].Ready || list[0].StartedAt == nil || list[0].Port == 0 {
-		t.Errorf("web status %+v", list[0])
+	if list[1].PID != webPeer.pid || list[1].State != "ready" || !list[1].Ready || list[1].StartedAt == nil || list[1].Port == 0 {
+		t.Errorf("web status %+v", list[1])
 	}
 	var one Status
 	if code := adminDo(t, cfg, "GET", "/supervise/worker", &one); code != 200 || one.PID != workerPeer.pid {
@@ -72,6 +74,8 @@ func TestAdminAPI(t *testing.T) {
 		{"GET", "/supervise/web/restart", 405, "use POST"},
 		{"POST", "/supervise/web/signal/NOPE", 400, `signal "NOPE": unknown signal`},
 		{"GET", "/supervise/web/bogus", 404, "not an endpoint"},
+		{"POST", "/supervise/once/restart", 409, `process "once": not running`},
+		{"POST", "/supervise/once/signal/HUP", 409, `process "once": not running`},
 	} {
 		apiErr.Error = ""
 		if code := adminDo(t, cfg, tc.method, tc.path, &apiErr); code != tc.code || !strings.Contains(apiErr.Error, tc.msg) {
@@ -104,8 +108,8 @@ func TestAdminAPI(t *testing.T) {
 	if len(st.failures) > 0 || st.refused > 0 || st.unaccepted > 0 {
 		t.Errorf("%d failed (first %v), %d refused, %d reset", len(st.failures), st.failures[:min(3, len(st.failures))], st.refused, st.unaccepted)
 	}
-	if restarted.PID != newPeer.pid || restarted.Port == list[0].Port || restarted.Restarts != 1 {
-		t.Errorf("after the restart: %+v (before: %+v)", restarted, list[0])
+	if restarted.PID != newPeer.pid || restarted.Port == list[1].Port || restarted.Restarts != 1 {
+		t.Errorf("after the restart: %+v (before: %+v)", restarted, list[1])
 	}
 
 	// a restart in place (no port auto): stop, then start again at once
@@ -119,6 +123,19 @@ func TestAdminAPI(t *testing.T) {
 		t.Errorf("worker after its restart: %+v, new pid %d", worker2, next.pid)
 	}
 
+	// restarts_total never decreases: after the blue/green restart (1), a
+	// crash of the new instance and its restart make 2
+	if code := adminDo(t, cfg, "POST", "/supervise/web/signal/KILL", nil); code != 200 {
+		t.Errorf("POST signal KILL: %d", code)
+	}
+	newPeer.dead(t, 5*time.Second)
+	s.next(t, 10*time.Second)
+	c.waitLogCount(`"to":"ready"`, 5, 10*time.Second) // web, worker, web's replacement, worker again, web again
+	var web3 Status
+	if code := adminDo(t, cfg, "GET", "/supervise/web", &web3); code != 200 || web3.Restarts != 2 {
+		t.Errorf("web after a crash of its replacement: %d %+v, want 2 restarts", code, web3)
+	}
+
 	// metrics
 	resp, err := http.Get("http://" + cfg["admin"].(map[string]any)["listen"].(string) + "/metrics")
 	if err != nil {
@@ -129,7 +146,7 @@ func TestAdminAPI(t *testing.T) {
 	for _, want := range []string{
 		`caddy_supervise_process_up{name="web"} 1`,
 		`caddy_supervise_process_ready{name="web"} 1`,
-		`caddy_supervise_process_restarts_total{name="web"} 1`,
+		`caddy_supervise_process_restarts_total{name="web"} 2`,
 		`caddy_supervise_process_up{name="worker"} 1`,
 		`caddy_supervise_process_restarts_total{name="worker"} 1`,
 		`caddy_supervise_process_exits_total{name="worker",status="0"} 1`,

@@ -44,7 +44,7 @@ func TestOutput(t *testing.T) {
 	const lines = 20000
 	c := startCaddy(t, testConfig(t, 0, 0,
 		proc("lines", "log", fmt.Sprintf(`seq 1 %d; echo to-stderr >&2; printf 'no newline at the end'`, lines)),
-		proc("long", "log", `head -c 200000 /dev/zero | tr '\0' a; echo; echo after`),
+		proc("long", "log", `head -c 200000 /dev/zero | tr '\0' a; echo; echo after; head -c 65536 /dev/zero | tr '\0' b; echo; echo end`),
 	))
 	c.waitLogCount("Caddy keeps running", 2, 10*time.Second)
 
@@ -88,8 +88,8 @@ func TestOutput(t *testing.T) {
 			long = append(long, e)
 		}
 	}
-	if len(long) != 5 {
-		t.Fatalf("long line logged as %d entries, want 4 + the line after", len(long))
+	if len(long) != 7 {
+		t.Fatalf("long lines logged as %d entries, want 4 + the line after + 1 + the line after", len(long))
 	}
 	total := 0
 	for i, e := range long[:4] {
@@ -100,6 +100,10 @@ func TestOutput(t *testing.T) {
 	}
 	if total != 200000 || long[4].Msg != "after" {
 		t.Errorf("long line: %d bytes in all, then %q", total, long[4].Msg)
+	}
+	// a line of exactly 64 KiB is one entry, not partial, and no empty one follows
+	if e := long[5]; len(e.Msg) != maxLine || e.Partial || long[6].Msg != "end" {
+		t.Errorf("64 KiB line: %d bytes, partial %v, then %q", len(e.Msg), e.Partial, long[6].Msg)
 	}
 
 	c.signal(syscall.SIGTERM)

@@ -202,6 +202,13 @@ func TestLeftoversLeaveTheKeeper(t *testing.T) {
 
 func ptr[T any](v T) *T { return &v }
 
+func deref(p *int) any {
+	if p == nil {
+		return "none"
+	}
+	return *p
+}
+
 // slowCore is a log whose writes of output lines block until gate is
 // closed: a slow log writer.
 type slowCore struct {
@@ -262,4 +269,63 @@ func TestOutputSlowLogWriter(t *testing.T) {
 	if len(lines) != 5000 || lines[4999] != "5000" || !exited {
 		t.Errorf("%d lines logged (want 5000), exit logged %v", len(lines), exited)
 	}
+}
+
+// A stop signal sent while the shim is still starting (its Go runtime
+// catches USR1, and would swallow it) reaches the program once it runs: the
+// process dies of USR1, not of the SIGKILL at stop_timeout. The test sends
+// the stop while the shim's runtime catches USR1 (SigCgt in /proc) and it
+// has not exec'd the program yet.
+func TestStopSignalBeforeExecIsHeld(t *testing.T) {
+	hits := 0
+	for attempt := 0; attempt < 50 && hits < 3; attempt++ {
+		def := &Process{Command: []string{"sleep", "60"}, StopSignal: "USR1", StopTimeout: Duration(3 * time.Second)}
+		if err := def.provision(0); err != nil {
+			t.Fatal(err)
+		}
+		logger, _ := newLogWatch()
+		p := &proc{
+			changed: make(chan struct{}), name: def.Name, key: spawnKey(def), def: def, logger: logger,
+			exited: make(chan struct{}), done: make(chan struct{}), stopCh: make(chan struct{}),
+		}
+		if err := p.start(); err != nil {
+			t.Fatal(err)
+		}
+		pid := p.getPID()
+		inShim := false
+		for range 10000 {
+			status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+			cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+			if err != nil || !strings.HasPrefix(string(cmdline), "caddy-supervise-exec\x00") {
+				break // exec'd already
+			}
+			if catches(string(status), syscall.SIGUSR1) {
+				inShim = true
+				break
+			}
+		}
+		p.stop("test")
+		if !inShim {
+			continue
+		}
+		hits++
+		if st := p.status(); st.LastExit == nil || *st.LastExit != 128+int(syscall.SIGUSR1) {
+			t.Fatalf("exit status %v, want %d (killed by SIGUSR1)", deref(st.LastExit), 128+int(syscall.SIGUSR1))
+		}
+	}
+	if hits == 0 {
+		t.Skip("never caught the shim before its exec")
+	}
+	t.Logf("caught the shim before its exec %d times", hits)
+}
+
+// catches reports whether a /proc/PID/status says the process catches sig.
+func catches(status string, sig syscall.Signal) bool {
+	for _, l := range strings.Split(status, "\n") {
+		if v, ok := strings.CutPrefix(l, "SigCgt:\t"); ok {
+			n, _ := strconv.ParseUint(v, 16, 64)
+			return n&(1<<(sig-1)) != 0
+		}
+	}
+	return false
 }
