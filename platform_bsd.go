@@ -44,3 +44,7 @@ func othersInGroup(pgid int) bool {
 	err := syscall.Kill(-pgid, 0)
 	return err == nil || errors.Is(err, syscall.EPERM)
 }
+
+// ephemeralPorts: the range is not read on this platform; `port auto` lets
+// the kernel pick a free port.
+func ephemeralPorts() (lo, hi int, ok bool) { return 0, 0, false }

@@ -76,3 +76,19 @@ func othersInGroup(pgid int) bool {
 	}
 	return false
 }
+
+// ephemeralPorts is the range the kernel picks local ports of outbound
+// connections from.
+func ephemeralPorts() (lo, hi int, ok bool) {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return 0, 0, false
+	}
+	f := strings.Fields(string(b))
+	if len(f) != 2 {
+		return 0, 0, false
+	}
+	lo, err1 := strconv.Atoi(f[0])
+	hi, err2 := strconv.Atoi(f[1])
+	return lo, hi, err1 == nil && err2 == nil && 1024 <= lo && lo <= hi && hi <= 65535
+}

@@ -97,3 +97,7 @@ func releaseGroup(pgid int)                  {}
 // executableMode reports whether a file with this mode can be executed:
 // Windows has no execute bit.
 func executableMode(m os.FileMode) bool { return true }
+
+// ephemeralPorts: the range is not read on this platform; `port auto` lets
+// the kernel pick a free port.
+func ephemeralPorts() (lo, hi int, ok bool) { return 0, 0, false }

@@ -3,6 +3,7 @@ package supervise
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/url"
@@ -111,7 +112,16 @@ func (p *proc) probeReady(ctx context.Context, def *Process, pid, port int, logg
 		check = httpCheck(target)
 	}
 	for wait := 10 * time.Millisecond; ; wait = min(2*wait, 250*time.Millisecond) {
-		if check(ctx) {
+		// each check ends by ready_timeout, and within probeAttempt: a
+		// black-holed address would otherwise hold the dial for minutes
+		end := deadline
+		if d := time.Now().Add(probeAttempt); d.Before(end) {
+			end = d
+		}
+		attempt, cancel := context.WithDeadline(ctx, end)
+		ok := check(attempt)
+		cancel()
+		if ok {
 			p.setState(stateReady, pid)
 			return
 		}
@@ -132,6 +142,9 @@ func (p *proc) probeReady(ctx context.Context, def *Process, pid, port int, logg
 		_ = p.signal(pid, syscall.SIGKILL)
 	}
 }
+
+// probeAttempt bounds one readiness check.
+const probeAttempt = 2 * time.Second
 
 func tcpCheck(addr string) func(context.Context) bool {
 	return func(ctx context.Context) bool {
@@ -161,8 +174,36 @@ func httpCheck(target string) func(context.Context) bool {
 	}
 }
 
-// freeLoopbackPort asks the kernel for a free port on 127.0.0.1.
+// freeLoopbackPort picks a port for `port auto`: one that is free on the
+// loopback now and that the kernel never hands out as the local port of an
+// outbound connection (outside net.ipv4.ip_local_port_range), so that
+// nothing takes it while the process restarts and it is not listening.
+// Where the range is unknown, the kernel picks a free port.
 func freeLoopbackPort() (int, error) {
+	lo, hi, ok := ephemeralPorts()
+	if !ok {
+		return kernelPickedPort()
+	}
+	free := (lo - 1024) + (65535 - hi) // ports in [1024, lo) and (hi, 65535]
+	if free <= 0 {
+		return kernelPickedPort()
+	}
+	var err error
+	for range 100 {
+		port := 1024 + rand.IntN(free)
+		if port >= lo {
+			port += hi - lo + 1
+		}
+		var ln net.Listener
+		if ln, err = net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port))); err == nil {
+			ln.Close()
+			return port, nil
+		}
+	}
+	return 0, fmt.Errorf("no free port outside the ephemeral range %d-%d: %v", lo, hi, err)
+}
+
+func kernelPickedPort() (int, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return 0, err

@@ -11,6 +11,7 @@ package supervise
 
 import (
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"strconv"
@@ -328,4 +329,59 @@ func catches(status string, sig syscall.Signal) bool {
 		}
 	}
 	return false
+}
+
+// blackHole returns a loopback address whose connections hang: a listening
+// socket whose accept queue is full, so that the kernel drops new SYNs.
+func blackHole(t *testing.T) string {
+	t.Helper()
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Close(fd) })
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Listen(fd, 0); err != nil {
+		t.Fatal(err)
+	}
+	sa, _ := syscall.Getsockname(fd)
+	addr := fmt.Sprintf("127.0.0.1:%d", sa.(*syscall.SockaddrInet4).Port)
+	for range 16 {
+		c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
+		if err != nil {
+			return addr // the queue is full
+		}
+		t.Cleanup(func() { c.Close() })
+	}
+	t.Skip("could not fill the accept queue")
+	return ""
+}
+
+// A readiness probe against an address that never answers (its dial hangs)
+// still fails at ready_timeout.
+func TestTCPProbeBlackHole(t *testing.T) {
+	addr := blackHole(t)
+	_, w := testProc(t, &Process{Command: []string{"sleep", "60"}, Ready: &ReadyProbe{TCP: &addr},
+		ReadyTimeout: Duration(time.Second), StopTimeout: Duration(time.Second), Restart: RestartNever, OnEnd: OnEndKeepRunning})
+	w.wait(t, "process not ready within ready_timeout; stopping it as failed", 1, 10*time.Second)
+}
+
+// `port auto` picks a free port that no outbound connection can take:
+// outside the kernel's ephemeral range.
+func TestPortAutoOutsideEphemeralRange(t *testing.T) {
+	lo, hi, ok := ephemeralPorts()
+	if !ok {
+		t.Fatal("cannot read net.ipv4.ip_local_port_range")
+	}
+	for range 200 {
+		port, err := freeLoopbackPort()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if port < 1024 || (port >= lo && port <= hi) || port > 65535 {
+			t.Fatalf("port %d: inside the ephemeral range %d-%d or privileged", port, lo, hi)
+		}
+	}
 }
