@@ -50,7 +50,8 @@ func TestAdminAPI(t *testing.T) {
 	if a.addr == fmt.Sprintf("127.0.0.1:%d", workerPort) {
 		webPeer, workerPeer = b, a
 	}
-	c.waitLogCount(`"to":"ready"`, 2, 10*time.Second)
+	c.waitLog(`"logger":"supervise.web","msg":"process state","from":"starting","to":"ready"`, 10*time.Second)
+	c.waitLog(`"logger":"supervise.worker","msg":"process state","from":"","to":"ready"`, 10*time.Second)
 	c.waitLog("Caddy keeps running", 10*time.Second) // once ended
 
 	var list []Status
@@ -130,7 +131,7 @@ func TestAdminAPI(t *testing.T) {
 	}
 	newPeer.dead(t, 5*time.Second)
 	s.next(t, 10*time.Second)
-	c.waitLogCount(`"to":"ready"`, 5, 10*time.Second) // web, worker, web's replacement, worker again, web again
+	c.waitLogCount(`"logger":"supervise.web","msg":"process state","from":"starting","to":"ready"`, 3, 10*time.Second) // at start, the replacement, after the crash
 	var web3 Status
 	if code := adminDo(t, cfg, "GET", "/supervise/web", &web3); code != 200 || web3.Restarts != 2 {
 		t.Errorf("web after a crash of its replacement: %d %+v, want 2 restarts", code, web3)

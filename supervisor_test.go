@@ -114,6 +114,10 @@ func reusePID(t *testing.T, pid int) *exec.Cmd {
 		}
 		_ = cmd.Process.Kill()
 		_ = cmd.Wait()
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err == nil {
+			// another task (a thread of any process counts) took it first
+			t.Skipf("PID %d was taken by another task before the stranger: nothing to test this time", pid)
+		}
 	}
 	t.Fatalf("could not start a process with PID %d", pid)
 	return nil
@@ -173,6 +177,7 @@ func TestRestartInPlaceKillsNoStranger(t *testing.T) {
 		restarted <- err
 	}()
 	w.wait(t, "process exited for the restart asked through the admin API", 1, 5*time.Second)
+	w.wait(t, "process started", 2, 5*time.Second) // before the stranger: the new instance must not get the old PID
 	stranger := reusePID(t, old)
 	if time.Since(began) > 500*time.Millisecond {
 		t.Skip("the stranger started after stop_timeout: the test proves nothing this time")
