@@ -39,7 +39,7 @@ func BenchmarkShutdownUnderLoad(b *testing.B) {
 		b.Run(bc.name, func(b *testing.B) {
 			for b.Loop() {
 				var failed, ok int
-				var exitOverhead, lag []time.Duration
+				var exitOverhead, lag, drainLag []time.Duration
 				for range bc.runs {
 					s := newSink(b)
 					httpPort, upPort := freePort(b), freePort(b)
@@ -56,7 +56,11 @@ func BenchmarkShutdownUnderLoad(b *testing.B) {
 					failed += len(st.failures) + len(c.logs.lines(`"http.log.error"`))
 					ok += st.ok
 					exitOverhead = append(exitOverhead, c.exited.Sub(exit.time()))
-					lag = append(lag, sig.time().Sub(time.Unix(0, l.lastOK.Load())))
+					last := time.Unix(0, l.lastOK.Load())
+					lag = append(lag, sig.time().Sub(last))
+					if ts := logTimes(b, c.logs.lines(`"msg":"drain over"`)); len(ts) == 1 {
+						drainLag = append(drainLag, ts[0].Sub(last))
+					}
 				}
 				b.ReportMetric(float64(failed), "failed-requests")
 				b.ReportMetric(float64(ok), "ok-requests")
@@ -64,6 +68,8 @@ func BenchmarkShutdownUnderLoad(b *testing.B) {
 				b.ReportMetric(ms(slices.Max(exitOverhead)), "ms-exit-overhead-max")
 				b.ReportMetric(ms(median(lag)), "ms-last-response-to-signal-median")
 				b.ReportMetric(ms(slices.Max(lag)), "ms-last-response-to-signal-max")
+				b.ReportMetric(ms(median(drainLag)), "ms-last-response-to-drain-over-median")
+				b.ReportMetric(ms(slices.Max(drainLag)), "ms-last-response-to-drain-over-max")
 			}
 		})
 	}
