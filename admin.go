@@ -219,11 +219,8 @@ func (p *proc) replace(def *Process, logger *zap.Logger) (*proc, error) {
 	if err != nil {
 		return nil, err
 	}
-	np := &proc{
-		changed: make(chan struct{}), port: port, name: p.name, key: p.key, def: def, logger: logger,
-		exited: make(chan struct{}), done: make(chan struct{}), stopCh: make(chan struct{}),
-		restartN: p.status().Restarts + 1,
-	}
+	np := newProc(def, p.key, logger, port)
+	np.restartN = p.status().Restarts + 1
 	logger.Info("restarting process: starting a new instance beside the old one", zap.Int("old_pid", p.getPID()), zap.Int("port", port))
 	if err := np.start(); err != nil {
 		return nil, err

@@ -110,18 +110,8 @@ func acquire(a *App, def *Process) (*proc, error) {
 	if err != nil {
 		return nil, fmt.Errorf("process %q: port auto: %v", def.Name, err)
 	}
-	p := &proc{
-		changed: make(chan struct{}),
-		port:    port,
-		name:    def.Name,
-		key:     key,
-		def:     def,
-		logger:  logger,
-		owners:  []*App{a},
-		exited:  make(chan struct{}),
-		done:    make(chan struct{}),
-		stopCh:  make(chan struct{}),
-	}
+	p := newProc(def, key, logger, port)
+	p.owners = []*App{a}
 	if err := p.start(); err != nil {
 		return nil, err
 	}
@@ -129,6 +119,14 @@ func acquire(a *App, def *Process) (*proc, error) {
 	registry.procs[def.Name] = p
 	registry.Unlock()
 	return p, nil
+}
+
+// newProc returns a process of definition def, not started yet.
+func newProc(def *Process, key string, logger *zap.Logger, port int) *proc {
+	return &proc{
+		name: def.Name, key: key, def: def, logger: logger, port: port,
+		changed: make(chan struct{}), exited: make(chan struct{}), done: make(chan struct{}), stopCh: make(chan struct{}),
+	}
 }
 
 // release gives up app a's claim on p; it reports whether a was the last

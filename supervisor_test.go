@@ -76,11 +76,8 @@ func testProc(t *testing.T, def *Process) (*proc, *logWatch) {
 		t.Fatal(err)
 	}
 	logger, w := newLogWatch()
-	p := &proc{
-		changed: make(chan struct{}), name: def.Name, key: spawnKey(def), def: def, logger: logger,
-		exited: make(chan struct{}), done: make(chan struct{}), stopCh: make(chan struct{}),
-	}
-	p.port, _ = def.fixedPort()
+	port, _ := def.fixedPort()
+	p := newProc(def, spawnKey(def), logger, port)
 	if err := p.start(); err != nil {
 		t.Fatal(err)
 	}
@@ -249,10 +246,7 @@ func TestOutputSlowLogWriter(t *testing.T) {
 	}
 	core, logs := observer.New(zapcore.DebugLevel)
 	gate := make(chan struct{})
-	p := &proc{
-		changed: make(chan struct{}), name: def.Name, key: spawnKey(def), def: def, logger: zap.New(slowCore{core, gate}),
-		exited: make(chan struct{}), done: make(chan struct{}), stopCh: make(chan struct{}),
-	}
+	p := newProc(def, spawnKey(def), zap.New(slowCore{core, gate}), 0)
 	if err := p.start(); err != nil {
 		t.Fatal(err)
 	}
@@ -285,18 +279,7 @@ func TestOutputSlowLogWriter(t *testing.T) {
 func TestStopSignalBeforeExecIsHeld(t *testing.T) {
 	hits := 0
 	for attempt := 0; attempt < 50 && hits < 3; attempt++ {
-		def := &Process{Command: []string{"sleep", "60"}, StopSignal: "USR1", StopTimeout: Duration(3 * time.Second)}
-		if err := def.provision(0); err != nil {
-			t.Fatal(err)
-		}
-		logger, _ := newLogWatch()
-		p := &proc{
-			changed: make(chan struct{}), name: def.Name, key: spawnKey(def), def: def, logger: logger,
-			exited: make(chan struct{}), done: make(chan struct{}), stopCh: make(chan struct{}),
-		}
-		if err := p.start(); err != nil {
-			t.Fatal(err)
-		}
+		p, _ := testProc(t, &Process{Command: []string{"sleep", "60"}, StopSignal: "USR1", StopTimeout: Duration(3 * time.Second)})
 		pid := p.getPID()
 		inShim := false
 		for range 10000 {
