@@ -77,6 +77,9 @@ func parseCaddyfile(d *caddyfile.Dispenser, existing any) (any, error) {
 			return nil, d.Errf("supervise: %s %v", name, err)
 		}
 	}
+	if p.Port == "" && slices.ContainsFunc(p.Command, func(a string) bool { return strings.Contains(a, "{supervise.port}") }) {
+		return nil, d.Errf("supervise: {supervise.port} in the command needs port (auto or a number)")
+	}
 	app.Processes = append(app.Processes, p)
 	var warnings []caddyconfig.Warning
 	raw := caddyconfig.JSON(app, &warnings)

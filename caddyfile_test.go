@@ -126,6 +126,7 @@ func TestCaddyfileErrors(t *testing.T) {
 		{"bad on_end", "supervise app {\n\ton_end exit\n}", `on_end "exit": must be one of stop_caddy, keep_running`},
 		{"bad max_restarts", "supervise app {\n\tmax_restarts 0\n}", `max_restarts "0": must be a whole number above 0`},
 		{"bad restart_window", "supervise app {\n\trestart_window 5\n}", `restart_window "5": `},
+		{"{supervise.port} without port", "supervise bin/server --port {supervise.port}", `{supervise.port} in the command needs port`},
 		{"unset_env without names", "supervise app {\n\tunset_env\n}", `unset_env takes one or more variable names, got none`},
 		{"unset_env twice", "supervise app {\n\tunset_env A B\n\tunset_env A\n}", `unset_env "A": not a valid variable name, or named twice`},
 	} {

@@ -232,6 +232,13 @@ func (p *Process) provision(index int) error {
 	if err := p.provisionReady(); err != nil {
 		return fmt.Errorf("%s: %v", where, err)
 	}
+	if p.Port == "" {
+		for _, a := range p.Command {
+			if strings.Contains(a, "{supervise.port}") {
+				return fmt.Errorf("%s: command %q: {supervise.port} needs port (auto or a number)", where, a)
+			}
+		}
+	}
 	if _, set := p.vars["PORT"]; set && p.Port != "" {
 		return fmt.Errorf("%s: port %q: PORT is also set by env or env_file; set one of them", where, p.Port)
 	}

@@ -86,6 +86,8 @@ func TestJSONErrors(t *testing.T) {
 		{"ready bad url", `{"processes":[{"command":["sleep"],"ready":{"http":"localhost:3000/up"}}]}`, `ready http "localhost:3000/up": must be an http:// or https:// URL`},
 		{"ready_timeout alone", `{"processes":[{"command":["sleep"],"ready_timeout":"5s"}]}`, `ready_timeout "5s": only means something with ready`},
 		{"bad env name", `{"processes":[{"command":["sleep"],"env":{"A=B":"x"}}]}`, `env "A=B": not a valid variable name`},
+		{"{supervise.port} without port", `{"processes":[{"command":["sleep","{supervise.port}"]}]}`, `command "{supervise.port}": {supervise.port} needs port`},
+		{"ready path without port", `{"processes":[{"command":["sleep"],"ready":{"http":"/up"}}]}`, `ready http "/up": a path alone is probed on the process's port`},
 		{"bad unset_env name", `{"processes":[{"command":["sleep"],"unset_env":["A=B"]}]}`, `unset_env "A=B": not a valid variable name`},
 		{"unset_env twice", `{"processes":[{"command":["sleep"],"unset_env":["A","A"]}]}`, `unset_env "A": named twice`},
 		{"unset_env and env", `{"processes":[{"command":["sleep"],"unset_env":["A"],"env":{"A":"1"}}]}`, `unset_env "A": env sets it`},

@@ -21,12 +21,15 @@ const DefaultReadyTimeout = 60 * time.Second
 // ReadyProbe tells when a process is ready to take requests. Exactly one of
 // TCP and HTTP is set.
 type ReadyProbe struct {
-	// TCP: ready once a TCP connection to this address succeeds. Empty with
-	// `port`: 127.0.0.1:<port>.
+	// TCP: ready once a TCP connection to this address succeeds. An address
+	// is used as written, also with `port`. Empty (only with `port`):
+	// 127.0.0.1:<port>.
 	TCP *string `json:"tcp,omitempty"`
 
-	// HTTP: ready once a GET of this URL answers 2xx or 3xx. Empty with
-	// `port`: http://127.0.0.1:<port>/.
+	// HTTP: ready once a GET of this URL answers 2xx or 3xx. A URL is used
+	// as written, also with `port`. A path alone (`/up`, only with `port`):
+	// that path on http://127.0.0.1:<port>. Empty (only with `port`):
+	// http://127.0.0.1:<port>/.
 	HTTP *string `json:"http,omitempty"`
 }
 
@@ -64,6 +67,13 @@ func (p *Process) provisionReady() error {
 	case p.Ready.TCP != nil && *p.Ready.TCP == "" && p.Port == "",
 		p.Ready.HTTP != nil && *p.Ready.HTTP == "" && p.Port == "":
 		return fmt.Errorf("ready: an address is needed without port")
+	case p.Ready.HTTP != nil && strings.HasPrefix(*p.Ready.HTTP, "/"):
+		if p.Port == "" {
+			return fmt.Errorf("ready http %q: a path alone is probed on the process's port: set port, or give a whole URL", *p.Ready.HTTP)
+		}
+		if u, err := url.Parse(*p.Ready.HTTP); err != nil || u.Host != "" || u.Scheme != "" {
+			return fmt.Errorf("ready http %q: not a valid path", *p.Ready.HTTP)
+		}
 	case p.Ready.TCP != nil && *p.Ready.TCP != "":
 		if _, _, err := net.SplitHostPort(*p.Ready.TCP); err != nil {
 			return fmt.Errorf("ready tcp %q: %v", *p.Ready.TCP, err)
@@ -75,6 +85,23 @@ func (p *Process) provisionReady() error {
 		}
 	}
 	return nil
+}
+
+// probeTarget is what the readiness probe checks: the address or URL as
+// written, else the process's port (a path alone: that path on it).
+func (p *Process) probeTarget(port int) string {
+	own := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	switch {
+	case p.Ready.TCP != nil && *p.Ready.TCP != "":
+		return *p.Ready.TCP
+	case p.Ready.TCP != nil:
+		return own
+	case strings.HasPrefix(*p.Ready.HTTP, "/"):
+		return "http://" + own + *p.Ready.HTTP
+	case *p.Ready.HTTP != "":
+		return *p.Ready.HTTP
+	}
+	return "http://" + own + "/"
 }
 
 // address is where the process serves, for the dynamic upstream: its port
@@ -103,13 +130,9 @@ func (p *Process) address(port int) string {
 func (p *proc) probeReady(ctx context.Context, def *Process, pid, port int, logger *zap.Logger) {
 	timeout := time.Duration(def.ReadyTimeout)
 	deadline := time.Now().Add(timeout)
-	check := tcpCheck(def.address(port))
+	check := tcpCheck(def.probeTarget(port))
 	if def.Ready.HTTP != nil {
-		target := *def.Ready.HTTP
-		if target == "" {
-			target = "http://" + def.address(port) + "/"
-		}
-		check = httpCheck(target)
+		check = httpCheck(def.probeTarget(port))
 	}
 	for wait := 10 * time.Millisecond; ; wait = min(2*wait, 250*time.Millisecond) {
 		// each check ends by ready_timeout, and within probeAttempt: a
@@ -122,7 +145,7 @@ func (p *proc) probeReady(ctx context.Context, def *Process, pid, port int, logg
 		ok := check(attempt)
 		cancel()
 		if ok {
-			p.setState(stateReady, pid)
+			p.becomeReady(pid)
 			return
 		}
 		if time.Now().After(deadline) {

@@ -170,19 +170,28 @@ func (p *proc) adopt(a *App, def *Process, logger *zap.Logger) {
 }
 
 // setState records and logs a change of state of the child pid.
-func (p *proc) setState(state string, pid int) {
+func (p *proc) setState(state string, pid int) { p.changeState(state, pid, "") }
+
+// becomeReady records that the child pid passed its readiness probe: only
+// while it is starting. A probe that succeeds once the stop began (or the
+// child exited) changes nothing.
+func (p *proc) becomeReady(pid int) { p.changeState(stateReady, pid, stateStarting) }
+
+// changeState moves the child pid to state, if it is in state from (any
+// state if from is empty).
+func (p *proc) changeState(state string, pid int, from string) {
 	p.mu.Lock()
-	if p.pid != pid || p.state == state {
+	if p.pid != pid || p.state == state || (from != "" && p.state != from) {
 		p.mu.Unlock()
 		return
 	}
-	from := p.state
+	was := p.state
 	p.state = state
 	logger := p.logger
 	close(p.changed)
 	p.changed = make(chan struct{})
 	p.mu.Unlock()
-	logger.Info("process state", zap.String("from", from), zap.String("to", state), zap.Int("pid", pid))
+	logger.Info("process state", zap.String("from", was), zap.String("to", state), zap.Int("pid", pid))
 }
 
 // readyAddress is where the process serves while it is ready, else "".

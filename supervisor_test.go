@@ -373,3 +373,58 @@ func TestPortAutoOutsideEphemeralRange(t *testing.T) {
 		}
 	}
 }
+
+// `ready http /path` probes that path on the process's own port: /hang
+// never answers, /sleep does.
+func TestReadyPathOnOwnPort(t *testing.T) {
+	for _, tc := range []struct {
+		path, want string
+	}{
+		{"/sleep?d=1ms", `"process state"`},
+		{"/hang", "process not ready within ready_timeout; stopping it as failed"},
+	} {
+		p, w := testProc(t, &Process{Command: []string{upstreamBin}, Port: "auto", Ready: &ReadyProbe{HTTP: ptr(tc.path)},
+			ReadyTimeout: Duration(time.Second), Restart: RestartNever, OnEnd: OnEndKeepRunning})
+		if tc.path == "/hang" {
+			w.wait(t, tc.want, 1, 10*time.Second)
+			continue
+		}
+		w.wait(t, "process state", 2, 10*time.Second) // starting, ready
+		if st := p.status(); st.State != stateReady {
+			t.Errorf("%s: state %s, want ready", tc.path, st.State)
+		}
+	}
+}
+
+// A probe that succeeds after the stop began does not make the process
+// ready again.
+func TestReadyNeverAfterStop(t *testing.T) {
+	p, w := testProc(t, &Process{Command: []string{"sleep", "60"}, Ready: &ReadyProbe{TCP: ptr("127.0.0.1:1")}, Restart: RestartNever, OnEnd: OnEndKeepRunning})
+	w.wait(t, "process state", 1, 5*time.Second) // starting
+	pid := p.getPID()
+	p.setState(stateStopping, pid)
+	p.becomeReady(pid) // what a probe that succeeds now does
+	if st := p.status(); st.State != stateStopping {
+		t.Errorf("state %s after a late probe success, want stopping", st.State)
+	}
+}
+
+// The probe's target: an address or URL as written, also with port; a path
+// alone or nothing: the process's own port.
+func TestProbeTarget(t *testing.T) {
+	for _, tc := range []struct {
+		probe ReadyProbe
+		want  string
+	}{
+		{ReadyProbe{TCP: ptr("")}, "127.0.0.1:4000"},
+		{ReadyProbe{TCP: ptr("10.0.0.1:5000")}, "10.0.0.1:5000"},
+		{ReadyProbe{HTTP: ptr("")}, "http://127.0.0.1:4000/"},
+		{ReadyProbe{HTTP: ptr("/up")}, "http://127.0.0.1:4000/up"},
+		{ReadyProbe{HTTP: ptr("http://localhost:5000/health")}, "http://localhost:5000/health"},
+	} {
+		p := &Process{Ready: &tc.probe}
+		if got := p.probeTarget(4000); got != tc.want {
+			t.Errorf("%+v: %q, want %q", tc.probe, got, tc.want)
+		}
+	}
+}
