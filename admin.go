@@ -213,21 +213,47 @@ func (p *proc) waitReady(oldPID int, limit time.Duration) error {
 }
 
 // replace starts a second instance on a new port, switches to it once it is
-// ready, then stops p.
+// ready, then stops p. The new instance is a candidate until then: if it
+// exits or is not ready within ready_timeout, it is stopped, neither
+// restarted nor allowed to end Caddy (on_end), and the error names its exit
+// status and last output lines; p serves on. One blue/green restart of a
+// process runs at a time: another one gets errNotRunning (409).
 func (p *proc) replace(def *Process, logger *zap.Logger) (*proc, error) {
+	p.mu.Lock()
+	if p.stopping || !p.running || p.replacing {
+		p.mu.Unlock()
+		return nil, fmt.Errorf("process %q: %w (or a restart of it runs)", p.name, errNotRunning)
+	}
+	p.replacing = true
+	p.mu.Unlock()
+	defer func() {
+		p.mu.Lock()
+		p.replacing = false
+		p.mu.Unlock()
+	}()
+
 	port, err := freeLoopbackPort()
 	if err != nil {
 		return nil, err
 	}
 	np := newProc(def, p.key, logger, port)
 	np.restartN = p.status().Restarts + 1
+	np.candidate = true
 	logger.Info("restarting process: starting a new instance beside the old one", zap.Int("old_pid", p.getPID()), zap.Int("port", port))
 	if err := np.start(); err != nil {
 		return nil, err
 	}
 	if err := np.waitReady(0, time.Duration(def.ReadyTimeout)+time.Second); err != nil {
 		np.stop("the new instance did not become ready")
-		return nil, err
+		return nil, np.candidateError(err)
+	}
+	np.mu.Lock()
+	alive := np.running && np.state == stateReady
+	np.candidate = !alive
+	np.mu.Unlock()
+	if !alive {
+		np.stop("the new instance did not stay ready")
+		return nil, np.candidateError(fmt.Errorf("process %q: the new instance ended as it became ready", p.name))
 	}
 	registry.Lock()
 	p.mu.Lock()
@@ -249,6 +275,23 @@ func (p *proc) replace(def *Process, logger *zap.Logger) (*proc, error) {
 	logger.Info("the new instance is ready and serves; stopping the old one", zap.Int("pid", np.getPID()))
 	p.stop("replaced by a restart")
 	return np, nil
+}
+
+// candidateError explains why a new instance failed: err, its exit status
+// if it exited, and its last output lines. The old instance still serves.
+func (p *proc) candidateError(err error) error {
+	st := p.status()
+	p.mu.Lock()
+	notReady, readyTimeout := p.notReady, time.Duration(p.def.ReadyTimeout)
+	p.mu.Unlock()
+	if notReady {
+		err = fmt.Errorf("process %q: the new instance was not ready within ready_timeout %s", p.name, readyTimeout)
+	}
+	status := "it did not exit on its own"
+	if st.LastExit != nil {
+		status = fmt.Sprintf("exit status %d", *st.LastExit)
+	}
+	return fmt.Errorf("%v (%s; last output: %s); the old instance still serves", err, status, p.tail.String())
 }
 
 // Interface guards

@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -167,6 +169,70 @@ func TestAdminAPI(t *testing.T) {
 	}
 	if stopSecs <= 0 || stopSecs > 10 {
 		t.Errorf("last_stop_seconds of the worker: %v", stopSecs)
+	}
+	c.signal(syscall.SIGTERM)
+	c.wait(10 * time.Second)
+}
+
+// A blue/green restart whose new instance is broken (it exits at boot, or
+// never gets ready) fails with an error that names its exit status and its
+// last output; the old instance serves on, under load, and Caddy keeps
+// running (the new instance's restart and on_end do not apply to it). A
+// second restart while one runs gets 409.
+func TestAdminRestartBrokenRelease(t *testing.T) {
+	s := newSink(t)
+	httpPort := freePort(t)
+	dir := t.TempDir()
+	broken, hangs := filepath.Join(dir, "broken"), filepath.Join(dir, "hangs")
+	script := `if [ -e "$BROKEN" ]; then echo "boom: broken release"; exit 3; fi; ` +
+		`if [ -e "$HANGS" ]; then echo "booting forever"; exec sleep 60; fi; ` +
+		`exec "$UPSTREAM" -events "$EVENTS"`
+	web := map[string]any{
+		"name": "web", "command": []string{"sh", "-c", script}, "port": "auto",
+		"ready": map[string]any{"http": ""}, "ready_timeout": "2s", "stop_timeout": "1s",
+		"env": map[string]string{"BROKEN": broken, "HANGS": hangs, "UPSTREAM": upstreamBin, "EVENTS": s.addr()},
+	}
+	cfg := proxyToSupervised(t, httpPort, "web", web)
+	c := startCaddy(t, cfg)
+	up := s.next(t, 10*time.Second)
+	c.waitLog(`"to":"ready"`, 10*time.Second)
+	l := startLoad(fmt.Sprintf("http://127.0.0.1:%d/sleep?d=20ms", httpPort), 8)
+	l.waitOK(t, 100, 10*time.Second)
+
+	for i, tc := range []struct{ file, want string }{
+		{broken, `exit status 3; last output: boom: broken release`},
+		{hangs, `the new instance was not ready within ready_timeout 2s (exit status 143; last output: booting forever)`},
+	} {
+		if err := os.WriteFile(tc.file, nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		var apiErr struct{ Error string }
+		second := make(chan int, 1)
+		go func() {
+			c.waitLogCount(`"msg":"restarting process: starting a new instance beside the old one"`, i+1, 10*time.Second)
+			second <- adminDo(t, cfg, "POST", "/supervise/web/restart", nil)
+		}()
+		if code := adminDo(t, cfg, "POST", "/supervise/web/restart", &apiErr); code != 500 || !strings.Contains(apiErr.Error, tc.want) || !strings.Contains(apiErr.Error, "the old instance still serves") {
+			t.Errorf("restart with %s: %d %q, want 500 and %q", filepath.Base(tc.file), code, apiErr.Error, tc.want)
+		}
+		if code := <-second; code != 409 {
+			t.Errorf("a second restart while one runs: %d, want 409", code)
+		}
+		os.Remove(tc.file)
+		var st Status
+		if code := adminDo(t, cfg, "GET", "/supervise/web", &st); code != 200 || st.PID != up.pid || st.State != stateReady {
+			t.Errorf("after the failed restart: %d %+v, want the old instance (pid %d) ready", code, st, up.pid)
+		}
+		l.waitOK(t, l.ok.Load()+50, 10*time.Second)
+	}
+	st := l.stop()
+	if len(st.failures) > 0 || st.refused > 0 {
+		t.Errorf("%d failed (first %v), %d refused", len(st.failures), st.failures[:min(3, len(st.failures))], st.refused)
+	}
+	select {
+	case <-c.done:
+		t.Fatal("Caddy exited")
+	default:
 	}
 	c.signal(syscall.SIGTERM)
 	c.wait(10 * time.Second)

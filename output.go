@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -124,6 +125,7 @@ func (p *proc) forward(r io.Reader, stream string) {
 		if !partial {
 			line = strings.TrimSuffix(strings.TrimSuffix(line, "\n"), "\r")
 		}
+		p.tail.add(line)
 		if ce := p.log().Check(zapcore.InfoLevel, line); ce != nil {
 			if partial {
 				ce.Write(streamField, zap.Bool("partial", true))
@@ -135,4 +137,37 @@ func (p *proc) forward(r io.Reader, stream string) {
 			return
 		}
 	}
+}
+
+// tailLines is how many of the last output lines a process keeps, for the
+// error of a new instance that failed.
+const tailLines = 10
+
+// outputTail keeps the last lines a process wrote (with `output log`), each
+// cut to 300 bytes.
+type outputTail struct {
+	mu    sync.Mutex
+	lines []string
+}
+
+func (t *outputTail) add(line string) {
+	if len(line) > 300 {
+		line = line[:300] + "…"
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if len(t.lines) == tailLines {
+		t.lines = append(t.lines[:0], t.lines[1:]...)
+	}
+	t.lines = append(t.lines, line)
+}
+
+// String is the last lines, joined with " | ", or a note when there are none.
+func (t *outputTail) String() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if len(t.lines) == 0 {
+		return "(no output logged)"
+	}
+	return strings.Join(t.lines, " | ")
 }

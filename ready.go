@@ -158,6 +158,9 @@ func (p *proc) probeReady(ctx context.Context, def *Process, pid, port int, logg
 		}
 	}
 	logger.Error("process not ready within ready_timeout; stopping it as failed", zap.Int("pid", pid), zap.Duration("ready_timeout", timeout))
+	p.mu.Lock()
+	p.notReady = true
+	p.mu.Unlock()
 	_ = p.signal(pid, def.signal)
 	select {
 	case <-ctx.Done():

@@ -41,6 +41,10 @@ type proc struct {
 	held    []syscall.Signal // signals sent before that
 	// when a stop or an admin restart began, the moment its stop_timeout ends
 	groupDeadline time.Time
+	candidate     bool // a new instance not serving yet: if it exits, no restart, no on_end
+	notReady      bool // the last child failed its readiness probe
+	replacing     bool // a blue/green restart of this process runs
+	tail          outputTail
 	port          int    // the process's port (`port`), 0 if none
 	state         string // starting, ready, stopping, exited
 	stopping      bool   // Caddy asked it to stop: its exit is expected
@@ -330,6 +334,14 @@ func (p *proc) run(started chan<- error) {
 			p.mu.Unlock()
 			if expected {
 				logger.Info("process exited", fields...)
+				return
+			}
+			p.mu.Lock()
+			candidate := p.candidate
+			p.mu.Unlock()
+			if candidate {
+				// the instance it was to replace still serves
+				logger.Error("the new instance exited before it was ready", fields...)
 				return
 			}
 			if restartReq {
