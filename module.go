@@ -36,6 +36,9 @@ type App struct {
 	ctx    caddy.Context
 	logger *zap.Logger
 	procs  []*proc
+	// processes of the previous config that this one replaced blue/green:
+	// they serve again if this config stops before taking over
+	replaced []*proc
 
 	hasHTTP    bool          // the config has HTTP servers to drain on exit
 	exitOnce   sync.Once     // starts the exit sequence once

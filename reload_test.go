@@ -9,7 +9,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -17,6 +19,14 @@ import (
 
 // load posts a new config to Caddy's admin endpoint, as `caddy reload` does.
 func (c *caddyProc) load(t *testing.T, cfg map[string]any) {
+	t.Helper()
+	if code, body := c.tryLoad(t, cfg); code != 200 {
+		t.Fatalf("POST /load: %d: %s", code, body)
+	}
+}
+
+// tryLoad posts a new config and returns the answer.
+func (c *caddyProc) tryLoad(t *testing.T, cfg map[string]any) (int, string) {
 	t.Helper()
 	var buf bytes.Buffer
 	writeJSONTo(t, &buf, cfg)
@@ -27,9 +37,7 @@ func (c *caddyProc) load(t *testing.T, cfg map[string]any) {
 	}
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	if resp.StatusCode != 200 {
-		t.Fatalf("POST /load: %s: %s", resp.Status, body)
-	}
+	return resp.StatusCode, string(body)
 }
 
 // A reload keeps an unchanged process running; a changed definition stops
@@ -101,4 +109,142 @@ func assertGet(t *testing.T, url, want string) {
 	if resp.StatusCode != 200 || !bytes.Contains(body, []byte(want)) {
 		t.Fatalf("GET %s: %s %q, want 200 with %q", url, resp.Status, body, want)
 	}
+}
+
+// A reload that changes a `port auto` + `ready` process is blue/green: the
+// new instance starts beside the old one, the dynamic upstream switches once
+// it is ready, and only then does the old one get its stop signal. Under
+// load: no failed request, none slower than the app's request time + 0.5 s.
+// A broken release (it exits at boot, or never gets ready) fails the reload
+// with its exit status and last output; the old instance (same PID) serves
+// on and Caddy keeps running.
+func TestReloadBlueGreen(t *testing.T) {
+	s := newSink(t)
+	httpPort := freePort(t)
+	script := `if [ "$RELEASE" = broken ]; then echo "boom: broken release"; exit 3; fi; ` +
+		`if [ "$RELEASE" = hangs ]; then echo "booting forever"; exec sleep 60; fi; ` +
+		`exec "$UPSTREAM" -events "$EVENTS" -delay 300ms`
+	web := func(release string) map[string]any {
+		return map[string]any{
+			"name": "web", "command": []string{"sh", "-c", script}, "port": "auto",
+			"ready": map[string]any{"http": ""}, "ready_timeout": "2s", "restart": "always",
+			"env": map[string]string{"RELEASE": release, "UPSTREAM": upstreamBin, "EVENTS": s.addr()},
+		}
+	}
+	cfg, c, up, l := serveUnderLoad(t, s, httpPort, web("v1"), 8)
+
+	// a good release
+	cfg["apps"].(map[string]any)["supervise"] = map[string]any{"processes": []any{web("v2")}}
+	c.load(t, cfg)
+	next := s.next(t, 5*time.Second) // ready before the load returned
+	sig := up.expect(t, "signal", 5*time.Second)
+	up.dead(t, 5*time.Second)
+	if st := status(t, cfg, "web"); st.PID != next.pid || st.State != stateReady {
+		t.Errorf("after the reload: %+v, want the new instance %d ready", st, next.pid)
+	}
+	if starts := logTimes(t, c.logs.lines(`"msg":"the new instance is ready and serves"`)); len(starts) != 1 || sig.time().Before(starts[0]) {
+		t.Errorf("the old instance got its signal at %v, before the new one was ready (%v)", sig.time(), starts)
+	}
+	l.waitOK(t, l.ok.Load()+100, 10*time.Second)
+	up = next
+
+	// broken releases
+	for _, tc := range []struct{ release, want string }{
+		{"broken", `exit status 3; last output: boom: broken release`},
+		{"hangs", `the new instance was not ready within ready_timeout 2s`},
+	} {
+		cfg["apps"].(map[string]any)["supervise"] = map[string]any{"processes": []any{web(tc.release)}}
+		code, body := c.tryLoad(t, cfg)
+		if code == 200 || !strings.Contains(body, tc.want) || !strings.Contains(body, `process \"web\"`) {
+			t.Errorf("reload of a %s release: %d %s, want an error with %q", tc.release, code, body, tc.want)
+		}
+		if st := status(t, cfg, "web"); st.PID != up.pid || st.State != stateReady {
+			t.Errorf("after the failed reload: %+v, want the old instance %d ready", st, up.pid)
+		}
+		l.waitOK(t, l.ok.Load()+50, 10*time.Second)
+	}
+	l.stopNoFailures(t)
+	if slowest := time.Duration(l.slowest.Load()); slowest > 20*time.Millisecond+500*time.Millisecond {
+		t.Errorf("the slowest request took %s", slowest)
+	}
+	if errs := c.logs.lines(`"http.log.error"`); len(errs) > 0 {
+		t.Errorf("caddy logged %d failed requests; first: %s", len(errs), errs[0])
+	}
+	c.signal(syscall.SIGTERM)
+	if code := c.wait(10 * time.Second); code != 0 {
+		t.Errorf("caddy exit code %d", code)
+	}
+}
+
+// A reload that fails elsewhere (a new site's port is busy: the http app's
+// Start fails) leaves a blue/green process as it was: same PID, still
+// routed to, whichever app Caddy started first (repeated until both orders
+// ran).
+func TestReloadFailingElsewhereKeepsProcess(t *testing.T) {
+	s := newSink(t)
+	httpPort := freePort(t)
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	web := func(release string) map[string]any {
+		return map[string]any{
+			"name": "web", "command": []string{upstreamBin, "-events", s.addr()}, "port": "auto",
+			"ready": map[string]any{"http": ""}, "env": map[string]string{"RELEASE": release},
+		}
+	}
+	cfg, c, up, l := serveUnderLoad(t, s, httpPort, web("v1"), 4)
+
+	orders := map[bool]int{} // did our Start run (a candidate started) before the failure?
+	for attempt := 1; attempt <= 40 && (orders[true] == 0 || orders[false] == 0 || attempt <= 10); attempt++ {
+		bad := proxyToSupervised(t, httpPort, "web", web(fmt.Sprintf("v%d", attempt+1)))
+		bad["admin"] = cfg["admin"]
+		servers := bad["apps"].(map[string]any)["http"].(map[string]any)["servers"].(map[string]any)
+		servers["busy"] = map[string]any{"listen": []string{busy.Addr().String()}}
+		candidatesBefore := len(c.logs.lines(`"msg":"starting a new instance beside the old one"`))
+		if code, body := c.tryLoad(t, bad); code == 200 {
+			t.Fatalf("a reload onto a busy port succeeded: %s", body)
+		}
+		ranFirst := len(c.logs.lines(`"msg":"starting a new instance beside the old one"`)) > candidatesBefore
+		orders[ranFirst]++
+		if ranFirst {
+			s.next(t, 5*time.Second).dead(t, 5*time.Second) // the candidate, stopped
+		}
+		if st := status(t, cfg, "web"); st.PID != up.pid || st.State != stateReady {
+			t.Fatalf("attempt %d (supervise started first: %v): %+v, want the old instance %d ready", attempt, ranFirst, st, up.pid)
+		}
+		l.waitOK(t, l.ok.Load()+20, 10*time.Second)
+	}
+	t.Logf("failed reloads: supervise started first %d times, after the failure %d times", orders[true], orders[false])
+	if orders[true] == 0 || orders[false] == 0 {
+		t.Errorf("only one app order ran: %v", orders)
+	}
+	l.stopNoFailures(t)
+	c.signal(syscall.SIGTERM)
+	c.wait(10 * time.Second)
+}
+
+// status is the admin API's status of one process.
+func status(t *testing.T, cfg map[string]any, name string) Status {
+	t.Helper()
+	var st Status
+	if code := adminDo(t, cfg, "GET", "/supervise/"+name, &st); code != 200 {
+		t.Fatalf("GET /supervise/%s: %d", name, code)
+	}
+	return st
+}
+
+// serveUnderLoad starts Caddy proxying to the supervised process web (named
+// "web", reporting to s), waits until it is ready, and puts it under load
+// of 20 ms requests from clients.
+func serveUnderLoad(t *testing.T, s *sink, httpPort int, web map[string]any, clients int) (map[string]any, *caddyProc, *peer, *load) {
+	t.Helper()
+	cfg := proxyToSupervised(t, httpPort, "web", web)
+	c := startCaddy(t, cfg)
+	up := s.next(t, 10*time.Second)
+	c.waitLog(`"to":"ready"`, 10*time.Second)
+	l := startLoad(fmt.Sprintf("http://127.0.0.1:%d/sleep?d=20ms", httpPort), clients)
+	l.waitOK(t, 50, 10*time.Second)
+	return cfg, c, up, l
 }

@@ -430,13 +430,14 @@ type loadStats struct {
 // load runs clients that send requests in a loop until the server refuses
 // connections (it has closed its listener) or stop is called.
 type load struct {
-	ok     atomic.Int64
-	lastOK atomic.Int64 // when the last successful response ended, in Unix nanoseconds
-	okTick chan struct{}
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
-	mu     sync.Mutex
-	stats  loadStats
+	ok      atomic.Int64
+	lastOK  atomic.Int64 // when the last successful response ended, in Unix nanoseconds
+	slowest atomic.Int64 // the longest successful request, in nanoseconds
+	okTick  chan struct{}
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+	mu      sync.Mutex
+	stats   loadStats
 	// churn: the test began to stop or reload Caddy, whose listening socket
 	// closes (with a reload, Caddy opens a new SO_REUSEPORT socket and closes
 	// the old one). Connections the kernel had queued on it are reset.
@@ -463,6 +464,7 @@ func startLoad(url string, clients int) *load {
 					GotFirstResponseByte: func() { answered = true },
 				}
 				req, _ := http.NewRequestWithContext(httptrace.WithClientTrace(ctx, trace), "GET", url, nil)
+				began := time.Now()
 				resp, err := client.Do(req)
 				if err == nil {
 					_, err = io.Copy(io.Discard, resp.Body)
@@ -473,6 +475,11 @@ func startLoad(url string, clients int) *load {
 					return
 				case err == nil && resp.StatusCode < 300:
 					l.lastOK.Store(time.Now().UnixNano())
+					for took := int64(time.Since(began)); ; {
+						if old := l.slowest.Load(); took <= old || l.slowest.CompareAndSwap(old, took) {
+							break
+						}
+					}
 					l.ok.Add(1)
 					select {
 					case l.okTick <- struct{}{}:
@@ -523,6 +530,17 @@ func (l *load) stop() loadStats {
 	defer l.mu.Unlock()
 	st := l.stats
 	st.ok = int(l.ok.Load())
+	return st
+}
+
+// stopNoFailures stops the load and fails the test if a request failed or
+// was refused.
+func (l *load) stopNoFailures(t *testing.T) loadStats {
+	t.Helper()
+	st := l.stop()
+	if len(st.failures) > 0 || st.refused > 0 {
+		t.Errorf("%d failed (first %v), %d refused", len(st.failures), st.failures[:min(3, len(st.failures))], st.refused)
+	}
 	return st
 }
 

@@ -103,6 +103,21 @@ func acquire(a *App, def *Process) (*proc, error) {
 	}
 	registry.Unlock()
 
+	if old != nil && !old.finished() && def.blueGreen() {
+		np, err := startCandidate(def, key, logger, old.status().Restarts, "its definition changed", old.getPID())
+		if err != nil {
+			return nil, err
+		}
+		registry.Lock()
+		np.mu.Lock()
+		np.owners = []*App{a}
+		np.mu.Unlock()
+		registry.procs[def.Name] = np
+		a.replaced = append(a.replaced, old)
+		registry.Unlock()
+		return np, nil // old stops with the old config (see replace.go)
+	}
+
 	if old != nil && !old.finished() {
 		began := time.Now()
 		old.stop("its definition changed")
@@ -151,8 +166,23 @@ func release(a *App, p *proc) (last bool) {
 	}
 	if registry.procs[p.name] == p {
 		delete(registry.procs, p.name)
+		// a must have failed to start, or was stopped before the old
+		// config it was to replace: the instance p replaced serves again
+		for _, prev := range a.replaced {
+			if prev.name == p.name && !prev.finished() && prev.hasOwners() {
+				registry.procs[p.name] = prev
+				prev.log().Info("the new config did not take over: the old instance serves on", zap.Int("pid", prev.getPID()))
+			}
+		}
 	}
 	return true
+}
+
+// hasOwners reports whether a config still uses p.
+func (p *proc) hasOwners() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.owners) > 0
 }
 
 // allProcs returns every process the registry knows.

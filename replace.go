@@ -1,0 +1,118 @@
+package supervise
+
+import (
+	"fmt"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// Blue/green replacement: the one way a running process is replaced by a
+// new instance beside it, used by a config reload that changes a process
+// with `port auto` and a readiness probe (acquire) and by the admin API's
+// restart of such a process (replace).
+//
+//  1. The new instance starts on a new port as a candidate: the dynamic
+//     upstream still routes to the old one, and if the candidate exits or is
+//     not ready within ready_timeout, it is stopped, its restart and on_end
+//     do not apply, and the error names its exit status and last output
+//     lines (startCandidate). The old instance serves on.
+//  2. Once it is ready, the registry (and with it the dynamic upstream)
+//     switches to it.
+//  3. Then the old instance gets its stop signal: at once for an admin
+//     restart; for a reload, when Caddy stops the old config, which it does
+//     only after every app of the new one started. If the new config fails
+//     to start instead, its Stop puts the old instance back (release).
+
+// blueGreen reports whether a definition is replaced beside the running
+// instance: it needs a port of its own and a way to know it is ready.
+func (p *Process) blueGreen() bool { return p.Port == "auto" && p.Ready != nil }
+
+// startCandidate starts a new instance of def on a new port and waits until
+// it is ready. restarts is the count it carries on.
+func startCandidate(def *Process, key string, logger *zap.Logger, restarts int, why string, oldPID int) (*proc, error) {
+	port, err := def.fixedPort()
+	if err != nil {
+		return nil, fmt.Errorf("process %q: port auto: %v", def.Name, err)
+	}
+	np := newProc(def, key, logger, port)
+	np.restartN = restarts
+	np.candidate = true
+	logger.Info("starting a new instance beside the old one", zap.String("why", why), zap.Int("old_pid", oldPID), zap.Int("port", port))
+	if err := np.start(); err != nil {
+		return nil, fmt.Errorf("process %q: the new instance: %v; the old instance still serves", def.Name, err)
+	}
+	if err := np.waitReady(0, time.Duration(def.ReadyTimeout)+time.Second); err != nil {
+		np.stop("the new instance did not become ready")
+		return nil, np.candidateError(err)
+	}
+	np.mu.Lock()
+	alive := np.running && np.state == stateReady
+	np.candidate = !alive
+	np.mu.Unlock()
+	if !alive {
+		np.stop("the new instance did not stay ready")
+		return nil, np.candidateError(fmt.Errorf("process %q: the new instance ended as it became ready", def.Name))
+	}
+	logger.Info("the new instance is ready and serves", zap.Int("pid", np.getPID()), zap.Int("old_pid", oldPID))
+	return np, nil
+}
+
+// candidateError explains why a new instance failed: err, its exit status
+// if it exited, and its last output lines. The old instance still serves.
+func (p *proc) candidateError(err error) error {
+	st := p.status()
+	p.mu.Lock()
+	notReady, readyTimeout := p.notReady, time.Duration(p.def.ReadyTimeout)
+	p.mu.Unlock()
+	if notReady {
+		err = fmt.Errorf("process %q: the new instance was not ready within ready_timeout %s", p.name, readyTimeout)
+	}
+	status := "it did not exit on its own"
+	if st.LastExit != nil {
+		status = fmt.Sprintf("exit status %d", *st.LastExit)
+	}
+	return fmt.Errorf("%v (%s; last output: %s); the old instance still serves", err, status, p.tail.String())
+}
+
+// replace is the admin API's restart of a blue/green process: a new
+// instance of the same definition; once it serves, p stops. One runs at a
+// time: another one gets errNotRunning (409).
+func (p *proc) replace(def *Process, logger *zap.Logger) (*proc, error) {
+	p.mu.Lock()
+	if p.stopping || !p.running || p.replacing {
+		p.mu.Unlock()
+		return nil, fmt.Errorf("process %q: %w (or a restart of it runs)", p.name, errNotRunning)
+	}
+	p.replacing = true
+	p.mu.Unlock()
+	defer func() {
+		p.mu.Lock()
+		p.replacing = false
+		p.mu.Unlock()
+	}()
+
+	np, err := startCandidate(def, p.key, logger, p.status().Restarts+1, "a restart through the admin API", p.getPID())
+	if err != nil {
+		return nil, err
+	}
+	registry.Lock()
+	p.mu.Lock()
+	owners := p.owners
+	p.owners = nil
+	p.mu.Unlock()
+	np.mu.Lock()
+	np.owners = owners
+	np.mu.Unlock()
+	registry.procs[p.name] = np
+	for _, a := range owners {
+		for i, q := range a.procs {
+			if q == p {
+				a.procs[i] = np
+			}
+		}
+	}
+	registry.Unlock()
+	p.stop("replaced by a restart")
+	return np, nil
+}
