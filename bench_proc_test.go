@@ -258,3 +258,41 @@ func childrenOf(pid int) []int {
 	}
 	return out
 }
+
+// BenchmarkBlueGreenReload: 10 reloads under load, each changing the
+// definition of a `port auto` + `ready` process (an upstream that takes
+// 300 ms to listen); reports failed requests, the slowest request (the app's
+// own time is 20 ms), and how long two instances ran side by side: from the
+// new instance's start to the old one's exit (it finishes its requests, and
+// lingers 300 ms after its last one, as a slow app server would).
+func BenchmarkBlueGreenReload(b *testing.B) {
+	const reloads = 10
+	for b.Loop() {
+		s := newSink(b)
+		httpPort := freePort(b)
+		web := func(release int) map[string]any {
+			return map[string]any{
+				"name": "web", "command": []string{upstreamBin, "-events", s.addr(), "-delay", "300ms", "-linger", "300ms"},
+				"port": "auto", "ready": map[string]any{"http": ""}, "env": map[string]string{"RELEASE": strconv.Itoa(release)},
+			}
+		}
+		cfg, c, up, l := serveUnderLoad(b, s, httpPort, web(0), 16)
+		var overlap []time.Duration
+		for i := 1; i <= reloads; i++ {
+			cfg["apps"].(map[string]any)["supervise"] = map[string]any{"processes": []any{web(i)}}
+			c.load(b, cfg)
+			started := logTimes(b, c.logs.lines(`"msg":"starting a new instance"`))[i-1]
+			next := s.next(b, 10*time.Second)
+			overlap = append(overlap, up.dead(b, 10*time.Second).Sub(started))
+			up = next
+		}
+		st := l.stop()
+		b.ReportMetric(float64(len(st.failures)+st.refused), "failed-requests")
+		b.ReportMetric(float64(st.ok), "ok-requests")
+		b.ReportMetric(ms(time.Duration(l.slowest.Load())), "ms-slowest-request")
+		b.ReportMetric(ms(median(overlap)), "ms-two-instances-median")
+		b.ReportMetric(ms(slices.Max(overlap)), "ms-two-instances-max")
+		c.signal(syscall.SIGTERM)
+		c.wait(10 * time.Second)
+	}
+}

@@ -209,7 +209,7 @@ func (c *caddyProc) forceLoad(t testing.TB, cfg map[string]any) {
 }
 
 // waitLogCount waits until n log lines contain s.
-func (c *caddyProc) waitLogCount(s string, n int, timeout time.Duration) {
+func (c *caddyProc) waitLogCount(s string, n int, timeout time.Duration) string {
 	c.t.Helper()
 	deadline := time.NewTimer(timeout)
 	defer deadline.Stop()
@@ -217,14 +217,14 @@ func (c *caddyProc) waitLogCount(s string, n int, timeout time.Duration) {
 		c.logs.mu.Lock()
 		changed := c.logs.changed
 		c.logs.mu.Unlock()
-		if len(c.logs.lines(s)) >= n {
-			return
+		if lines := c.logs.lines(s); len(lines) >= n {
+			return lines[n-1]
 		}
 		select {
 		case <-changed:
 		case <-c.done:
-			if len(c.logs.lines(s)) >= n {
-				return
+			if lines := c.logs.lines(s); len(lines) >= n {
+				return lines[n-1]
 			}
 			c.t.Fatalf("caddy exited before logging %q %d times", s, n)
 		case <-deadline.C:

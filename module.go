@@ -45,6 +45,9 @@ type App struct {
 	drained    chan struct{} // closed when the exit's drain is over
 	drainOnce  sync.Once     // closes drained once
 	drainedWhy string        // why the drain is over; read after <-drained
+	// closed when this config's HTTP servers have finished their requests
+	// (at a reload or at the exit; see hookHTTP)
+	serversDrained chan struct{}
 }
 
 // CaddyModule returns the Caddy module information.
@@ -154,14 +157,52 @@ func (a *App) currentProcs() []*proc {
 func (a *App) releaseAll() {
 	var wg sync.WaitGroup
 	for _, p := range a.currentProcs() {
-		if release(a, p) {
-			wg.Go(func() { p.stop("no longer in the config") })
+		if !release(a, p) {
+			continue
 		}
+		if a.replacedBy(p) {
+			// A new instance serves now, but this config's servers may
+			// still have requests that chose p and have not connected to it
+			// yet (they cannot retry once this config is gone): p stops once
+			// those servers have drained, or after drain_timeout.
+			registry.Lock()
+			registry.retiring[p] = true
+			registry.Unlock()
+			go func() {
+				def, _ := p.current()
+				timer := time.NewTimer(time.Duration(def.DrainTimeout))
+				defer timer.Stop()
+				select {
+				case <-a.serversDrained:
+				case <-timer.C:
+				}
+				p.stop("replaced by a new instance")
+				registry.Lock()
+				delete(registry.retiring, p)
+				registry.Unlock()
+			}()
+			continue
+		}
+		wg.Go(func() {
+			p.stop("no longer in the config")
+			a.reviveReplaced(p)
+		})
 	}
 	wg.Wait()
 	registry.Lock()
 	a.procs = nil
 	registry.Unlock()
+}
+
+// replacedBy reports whether another instance of p's name serves now,
+// started by the config that follows a: p was replaced blue/green. (When a
+// stops before taking over, the instance that serves again is one a
+// replaced: p stops at once.)
+func (a *App) replacedBy(p *proc) bool {
+	registry.Lock()
+	defer registry.Unlock()
+	q := registry.procs[p.name]
+	return q != nil && q != p && !slices.Contains(a.replaced, q)
 }
 
 // stoppingHandler receives Caddy's "stopping" event.

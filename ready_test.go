@@ -13,7 +13,7 @@ import (
 
 // proxyToSupervised is a config whose HTTP server proxies to the process
 // name through the dynamic upstream, waiting up to 15 s for it.
-func proxyToSupervised(t *testing.T, httpPort int, name string, procs ...map[string]any) map[string]any {
+func proxyToSupervised(t testing.TB, httpPort int, name string, procs ...map[string]any) map[string]any {
 	cfg := testConfig(t, 0, 0, procs...)
 	cfg["apps"].(map[string]any)["http"] = map[string]any{"servers": map[string]any{"srv": map[string]any{
 		"listen": []string{fmt.Sprintf("127.0.0.1:%d", httpPort)},

@@ -11,6 +11,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -18,7 +19,7 @@ import (
 )
 
 // load posts a new config to Caddy's admin endpoint, as `caddy reload` does.
-func (c *caddyProc) load(t *testing.T, cfg map[string]any) {
+func (c *caddyProc) load(t testing.TB, cfg map[string]any) {
 	t.Helper()
 	if code, body := c.tryLoad(t, cfg); code != 200 {
 		t.Fatalf("POST /load: %d: %s", code, body)
@@ -26,7 +27,7 @@ func (c *caddyProc) load(t *testing.T, cfg map[string]any) {
 }
 
 // tryLoad posts a new config and returns the answer.
-func (c *caddyProc) tryLoad(t *testing.T, cfg map[string]any) (int, string) {
+func (c *caddyProc) tryLoad(t testing.TB, cfg map[string]any) (int, string) {
 	t.Helper()
 	var buf bytes.Buffer
 	writeJSONTo(t, &buf, cfg)
@@ -202,11 +203,11 @@ func TestReloadFailingElsewhereKeepsProcess(t *testing.T) {
 		bad["admin"] = cfg["admin"]
 		servers := bad["apps"].(map[string]any)["http"].(map[string]any)["servers"].(map[string]any)
 		servers["busy"] = map[string]any{"listen": []string{busy.Addr().String()}}
-		candidatesBefore := len(c.logs.lines(`"msg":"starting a new instance beside the old one"`))
+		candidatesBefore := len(c.logs.lines(`"msg":"starting a new instance"`))
 		if code, body := c.tryLoad(t, bad); code == 200 {
 			t.Fatalf("a reload onto a busy port succeeded: %s", body)
 		}
-		ranFirst := len(c.logs.lines(`"msg":"starting a new instance beside the old one"`)) > candidatesBefore
+		ranFirst := len(c.logs.lines(`"msg":"starting a new instance"`)) > candidatesBefore
 		orders[ranFirst]++
 		if ranFirst {
 			s.next(t, 5*time.Second).dead(t, 5*time.Second) // the candidate, stopped
@@ -226,7 +227,7 @@ func TestReloadFailingElsewhereKeepsProcess(t *testing.T) {
 }
 
 // status is the admin API's status of one process.
-func status(t *testing.T, cfg map[string]any, name string) Status {
+func status(t testing.TB, cfg map[string]any, name string) Status {
 	t.Helper()
 	var st Status
 	if code := adminDo(t, cfg, "GET", "/supervise/"+name, &st); code != 200 {
@@ -238,7 +239,7 @@ func status(t *testing.T, cfg map[string]any, name string) Status {
 // serveUnderLoad starts Caddy proxying to the supervised process web (named
 // "web", reporting to s), waits until it is ready, and puts it under load
 // of 20 ms requests from clients.
-func serveUnderLoad(t *testing.T, s *sink, httpPort int, web map[string]any, clients int) (map[string]any, *caddyProc, *peer, *load) {
+func serveUnderLoad(t testing.TB, s *sink, httpPort int, web map[string]any, clients int) (map[string]any, *caddyProc, *peer, *load) {
 	t.Helper()
 	cfg := proxyToSupervised(t, httpPort, "web", web)
 	c := startCaddy(t, cfg)
@@ -247,4 +248,83 @@ func serveUnderLoad(t *testing.T, s *sink, httpPort int, web map[string]any, cli
 	l := startLoad(fmt.Sprintf("http://127.0.0.1:%d/sleep?d=20ms", httpPort), clients)
 	l.waitOK(t, 50, 10*time.Second)
 	return cfg, c, up, l
+}
+
+// Without port auto, a changed process must stop before the new one can
+// bind its port. If the new one then fails (it exits at boot, or is never
+// ready), or the reload fails elsewhere, the old definition is started again
+// and the site comes back by itself; the reload fails. Requests meanwhile
+// wait (lb_try_duration) instead of failing.
+func TestReloadFixedPortRevives(t *testing.T) {
+	s := newSink(t)
+	httpPort, upPort := freePort(t), freePort(t)
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	script := `echo "release $RELEASE"; if [ "$RELEASE" = broken ]; then exit 3; fi; ` +
+		`if [ "$RELEASE" = hangs ]; then exec sleep 60; fi; exec "$UPSTREAM" -events "$EVENTS" -listen "127.0.0.1:$PORT"`
+	web := func(release string) map[string]any {
+		return map[string]any{
+			"name": "web", "command": []string{"sh", "-c", script}, "port": strconv.Itoa(upPort),
+			"ready": map[string]any{"tcp": ""}, "ready_timeout": "2s", "restart": "always",
+			"env": map[string]string{"RELEASE": release, "UPSTREAM": upstreamBin, "EVENTS": s.addr()},
+		}
+	}
+	cfg, c, _, l := serveUnderLoad(t, s, httpPort, web("v1"), 4)
+	// the busy-port failure is repeated until both app orders ran
+	orders := map[bool]int{} // did the process stop for the new definition before the reload failed?
+	type reload struct {
+		release string
+		busy    bool
+	}
+	reloads := []reload{{"broken", false}, {"hangs", false}}
+	for i := 0; i < len(reloads) || (i < 40 && (orders[true] < 3 || orders[false] == 0 || i < 8)); i++ {
+		if i >= len(reloads) {
+			reloads = append(reloads, reload{fmt.Sprintf("v%d", i), true})
+		}
+		tc := reloads[i]
+		next := proxyToSupervised(t, httpPort, "web", web(tc.release))
+		next["admin"] = cfg["admin"]
+		if tc.busy {
+			servers := next["apps"].(map[string]any)["http"].(map[string]any)["servers"].(map[string]any)
+			servers["busy"] = map[string]any{"listen": []string{busy.Addr().String()}}
+		}
+		stopsBefore, revivedBefore := len(c.logs.lines(`"msg":"previous process stopped; starting the new definition"`)), countRevived(c)
+		code, body := c.tryLoad(t, next)
+		if code == 200 {
+			t.Fatalf("reload %d (%s) succeeded: %s", i, tc.release, body)
+		}
+		if len(c.logs.lines(`"msg":"previous process stopped; starting the new definition"`)) == stopsBefore {
+			orders[false]++ // the http app failed first: the process was not touched
+			continue
+		}
+		orders[true]++
+		if !tc.busy && !strings.Contains(body, "the previous definition was started again") {
+			t.Errorf("reload %d (%s): %s, want an error that says the previous definition runs again", i, tc.release, body)
+		}
+		// the old definition runs again, and gets ready
+		line := c.waitLogCount(`"msg":"the new definition did not take over: the previous one was started again"`, revivedBefore+1, 15*time.Second)
+		var revived struct{ PID int }
+		if err := json.Unmarshal([]byte(line), &revived); err != nil || revived.PID == 0 {
+			t.Fatalf("%v: %s", err, line)
+		}
+		c.waitLog(fmt.Sprintf(`"to":"ready","pid":%d`, revived.PID), 10*time.Second)
+		if st := status(t, cfg, "web"); st.PID != revived.PID {
+			t.Errorf("after the failed reload %d: %+v, want the revived instance %d", i, st, revived.PID)
+		}
+		l.waitOK(t, l.ok.Load()+20, 15*time.Second)
+	}
+	t.Logf("failed reloads: the process was replaced first %d times, untouched %d times", orders[true], orders[false])
+	if orders[true] < 3 || orders[false] == 0 {
+		t.Errorf("only one app order ran: %v", orders)
+	}
+	l.stopNoFailures(t)
+	c.signal(syscall.SIGTERM)
+	c.wait(10 * time.Second)
+}
+
+func countRevived(c *caddyProc) int {
+	return len(c.logs.lines(`"msg":"the new definition did not take over: the previous one was started again"`))
 }

@@ -23,6 +23,12 @@ import (
 //     restart; for a reload, when Caddy stops the old config, which it does
 //     only after every app of the new one started. If the new config fails
 //     to start instead, its Stop puts the old instance back (release).
+//
+// Without `port auto` and a probe, a reload that changes a process must stop
+// the old instance first (the new one needs its port); the new one is then
+// a candidate the same way (with a probe, until it is ready), and if it
+// fails, or the new config fails to start, the old definition is started
+// again (revive).
 
 // blueGreen reports whether a definition is replaced beside the running
 // instance: it needs a port of its own and a way to know it is ready.
@@ -38,7 +44,7 @@ func startCandidate(def *Process, key string, logger *zap.Logger, restarts int, 
 	np := newProc(def, key, logger, port)
 	np.restartN = restarts
 	np.candidate = true
-	logger.Info("starting a new instance beside the old one", zap.String("why", why), zap.Int("old_pid", oldPID), zap.Int("port", port))
+	logger.Info("starting a new instance", zap.String("why", why), zap.Int("old_pid", oldPID), zap.Int("port", port))
 	if err := np.start(); err != nil {
 		return nil, fmt.Errorf("process %q: the new instance: %v; the old instance still serves", def.Name, err)
 	}
@@ -56,6 +62,51 @@ func startCandidate(def *Process, key string, logger *zap.Logger, restarts int, 
 	}
 	logger.Info("the new instance is ready and serves", zap.Int("pid", np.getPID()), zap.Int("old_pid", oldPID))
 	return np, nil
+}
+
+// revive starts prev's definition again in place of prev, which was stopped
+// for a new definition that failed, or whose config failed to start: the
+// configs that used prev use the new instance, and the registry points to
+// it.
+func revive(prev *proc) (*proc, error) {
+	prev.mu.Lock()
+	def, key, logger, port, owners, restarts := prev.def, prev.key, prev.logger, prev.port, prev.owners, prev.restartN
+	prev.mu.Unlock()
+	np := newProc(def, key, logger, port)
+	np.restartN = restarts
+	np.owners = owners
+	if err := np.start(); err != nil {
+		return nil, err
+	}
+	registry.Lock()
+	prev.mu.Lock()
+	prev.owners = nil
+	prev.mu.Unlock()
+	registry.procs[np.name] = np
+	for _, a := range owners {
+		for i, q := range a.procs {
+			if q == prev {
+				a.procs[i] = np
+			}
+		}
+	}
+	registry.Unlock()
+	logger.Warn("the new definition did not take over: the previous one was started again", zap.Int("pid", np.getPID()))
+	return np, nil
+}
+
+// reviveReplaced starts again, once p is stopped, the process of the
+// previous config that p replaced, if it was stopped first and that config
+// still uses it (this one failed to start, or was stopped before taking
+// over).
+func (a *App) reviveReplaced(p *proc) {
+	for _, prev := range a.replaced {
+		if prev.name == p.name && prev.finished() && prev.hasOwners() {
+			if _, err := revive(prev); err != nil {
+				prev.log().Error("starting the previous definition again", zap.Error(err))
+			}
+		}
+	}
 }
 
 // candidateError explains why a new instance failed: err, its exit status

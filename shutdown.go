@@ -2,7 +2,9 @@ package supervise
 
 import (
 	"context"
+	"maps"
 	"os"
+	"slices"
 	"sync"
 	"time"
 
@@ -74,7 +76,10 @@ func (a *App) exitSequence(began time.Time) {
 // is stopped now; it returns when every process group is gone.
 func waitForChildren(context.Context) {
 	var wg sync.WaitGroup
-	for _, p := range allProcs() {
+	registry.Lock()
+	retiring := slices.Collect(maps.Keys(registry.retiring))
+	registry.Unlock()
+	for _, p := range append(allProcs(), retiring...) {
 		wg.Go(func() { p.stop("Caddy is exiting") })
 	}
 	wg.Wait()

@@ -535,7 +535,7 @@ func (l *load) stop() loadStats {
 
 // stopNoFailures stops the load and fails the test if a request failed or
 // was refused.
-func (l *load) stopNoFailures(t *testing.T) loadStats {
+func (l *load) stopNoFailures(t testing.TB) loadStats {
 	t.Helper()
 	st := l.stop()
 	if len(st.failures) > 0 || st.refused > 0 {

@@ -66,8 +66,9 @@ type proc struct {
 // a config reload finds the children the previous config started.
 var registry = struct {
 	sync.Mutex
-	procs map[string]*proc
-}{procs: make(map[string]*proc)}
+	procs    map[string]*proc
+	retiring map[*proc]bool // replaced, and waiting for the old config's servers before their stop
+}{procs: make(map[string]*proc), retiring: make(map[*proc]bool)}
 
 // spawnKey is what must be equal for a reload to keep a child running: what
 // the child was started from (after expanding placeholders and reading
@@ -119,10 +120,27 @@ func acquire(a *App, def *Process) (*proc, error) {
 	}
 
 	if old != nil && !old.finished() {
+		// the new instance needs the old one's port: stop it first; if the
+		// new one fails, start the old definition again
 		began := time.Now()
 		old.stop("its definition changed")
 		logger.Info("previous process stopped; starting the new definition",
 			zap.Int("old_pid", old.getPID()), zap.Duration("stop_took", time.Since(began)))
+		np, err := startCandidate(def, key, logger, old.status().Restarts, "its definition changed", old.getPID())
+		if err != nil {
+			if _, rerr := revive(old); rerr != nil {
+				return nil, fmt.Errorf("%v; starting the previous definition again failed too: %v", err, rerr)
+			}
+			return nil, fmt.Errorf("%v; the previous definition was started again", err)
+		}
+		registry.Lock()
+		np.mu.Lock()
+		np.owners = []*App{a}
+		np.mu.Unlock()
+		registry.procs[def.Name] = np
+		a.replaced = append(a.replaced, old)
+		registry.Unlock()
+		return np, nil
 	}
 
 	port, err := def.fixedPort()
