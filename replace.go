@@ -64,33 +64,56 @@ func startCandidate(def *Process, key string, logger *zap.Logger, restarts int, 
 	return np, nil
 }
 
+// takeOver makes np serve in place of old for every config that used old:
+// the registry, and the configs' process lists.
+func takeOver(old, np *proc) {
+	registry.Lock()
+	defer registry.Unlock()
+	old.mu.Lock()
+	owners := old.owners
+	old.owners = nil
+	old.mu.Unlock()
+	np.mu.Lock()
+	np.owners = owners
+	np.mu.Unlock()
+	registry.procs[np.name] = np
+	for _, a := range owners {
+		for i, q := range a.procs {
+			if q == old {
+				a.procs[i] = np
+			}
+		}
+	}
+}
+
+// switchTo makes np, started by a reload to a's config in place of old,
+// the process the registry (and the dynamic upstream) knows; old keeps
+// serving the old config until that config stops, and serves again if a
+// stops before taking over.
+func (a *App) switchTo(old, np *proc) {
+	registry.Lock()
+	defer registry.Unlock()
+	np.mu.Lock()
+	np.owners = []*App{a}
+	np.mu.Unlock()
+	registry.procs[np.name] = np
+	a.replaced = append(a.replaced, old)
+}
+
 // revive starts prev's definition again in place of prev, which was stopped
 // for a new definition that failed, or whose config failed to start: the
 // configs that used prev use the new instance, and the registry points to
 // it.
 func revive(prev *proc) (*proc, error) {
 	prev.mu.Lock()
-	def, key, logger, port, owners, restarts := prev.def, prev.key, prev.logger, prev.port, prev.owners, prev.restartN
+	def, key, logger, port, restarts := prev.def, prev.key, prev.logger, prev.port, prev.restartN
 	prev.mu.Unlock()
 	np := newProc(def, key, logger, port)
 	np.restartN = restarts
-	np.owners = owners
 	if err := np.start(); err != nil {
 		return nil, err
 	}
-	registry.Lock()
-	prev.mu.Lock()
-	prev.owners = nil
-	prev.mu.Unlock()
-	registry.procs[np.name] = np
-	for _, a := range owners {
-		for i, q := range a.procs {
-			if q == prev {
-				a.procs[i] = np
-			}
-		}
-	}
-	registry.Unlock()
+	takeOver(prev, np)
 	logger.Warn("the new definition did not take over: the previous one was started again", zap.Int("pid", np.getPID()))
 	return np, nil
 }
@@ -147,23 +170,7 @@ func (p *proc) replace(def *Process, logger *zap.Logger) (*proc, error) {
 	if err != nil {
 		return nil, err
 	}
-	registry.Lock()
-	p.mu.Lock()
-	owners := p.owners
-	p.owners = nil
-	p.mu.Unlock()
-	np.mu.Lock()
-	np.owners = owners
-	np.mu.Unlock()
-	registry.procs[p.name] = np
-	for _, a := range owners {
-		for i, q := range a.procs {
-			if q == p {
-				a.procs[i] = np
-			}
-		}
-	}
-	registry.Unlock()
+	takeOver(p, np)
 	p.stop("replaced by a restart")
 	return np, nil
 }

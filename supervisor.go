@@ -109,13 +109,7 @@ func acquire(a *App, def *Process) (*proc, error) {
 		if err != nil {
 			return nil, err
 		}
-		registry.Lock()
-		np.mu.Lock()
-		np.owners = []*App{a}
-		np.mu.Unlock()
-		registry.procs[def.Name] = np
-		a.replaced = append(a.replaced, old)
-		registry.Unlock()
+		a.switchTo(old, np)
 		return np, nil // old stops with the old config (see replace.go)
 	}
 
@@ -133,13 +127,7 @@ func acquire(a *App, def *Process) (*proc, error) {
 			}
 			return nil, fmt.Errorf("%v; the previous definition was started again", err)
 		}
-		registry.Lock()
-		np.mu.Lock()
-		np.owners = []*App{a}
-		np.mu.Unlock()
-		registry.procs[def.Name] = np
-		a.replaced = append(a.replaced, old)
-		registry.Unlock()
+		a.switchTo(old, np)
 		return np, nil
 	}
 
