@@ -319,6 +319,7 @@ type caddyProc struct {
 	admin  string
 	logs   *logBuf // Caddy's stderr: its log
 	stdout *logBuf // Caddy's stdout: only what children with `output inherit` write
+	config string // the config file it was started with
 	done   chan struct{}
 	exited time.Time
 }
@@ -360,7 +361,7 @@ func startCaddyFile(t testing.TB, path, adapter string, env ...string) *caddyPro
 	if slices.Contains(env, blockSignalsEnv+"=1") {
 		args = append([]string{os.Args[0]}, args...) // see blockSignalsAndExec
 	}
-	c := &caddyProc{t: t, cmd: exec.Command(args[0], args[1:]...), logs: newLogBuf(), stdout: newLogBuf(), done: make(chan struct{})}
+	c := &caddyProc{t: t, cmd: exec.Command(args[0], args[1:]...), logs: newLogBuf(), stdout: newLogBuf(), done: make(chan struct{}), config: path}
 	// GORACE: a race-enabled binary otherwise sleeps a second at exit
 	c.cmd.Env = append(os.Environ(), "GORACE=atexit_sleep_ms=0", "HOME="+t.TempDir(), "XDG_DATA_HOME="+t.TempDir(), "XDG_CONFIG_HOME="+t.TempDir())
 	c.cmd.Env = append(c.cmd.Env, env...)

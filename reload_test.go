@@ -112,9 +112,10 @@ func assertGet(t *testing.T, url, want string) {
 	}
 }
 
-// A reload that changes a `port auto` + `ready` process is blue/green: the
-// new instance starts beside the old one, the dynamic upstream switches once
-// it is ready, and only then does the old one get its stop signal. Under
+// A reload (POST /load, as `caddy reload` does, and SIGUSR1) that changes a
+// `port auto` + `ready` process is blue/green: the new instance starts
+// beside the old one, the dynamic upstream switches once it is ready, and
+// only then does the old one get its stop signal. Under
 // load: no failed request, none slower than the app's request time + 0.5 s.
 // A broken release (it exits at boot, or never gets ready) fails the reload
 // with its exit status and last output; the old instance (same PID) serves
@@ -134,16 +135,30 @@ func TestReloadBlueGreen(t *testing.T) {
 	}
 	cfg, c, up, l := serveUnderLoad(t, s, httpPort, web("v1"), 8)
 
-	// a good release
+	// a good release through SIGUSR1, which reloads the config file (Caddy
+	// forgets the file once a config came through the admin API: first)
 	cfg["apps"].(map[string]any)["supervise"] = map[string]any{"processes": []any{web("v2")}}
+	writeJSON(t, c.config, cfg)
+	c.signal(syscall.SIGUSR1)
+	next := s.next(t, 10*time.Second)
+	up.expect(t, "signal", 5*time.Second)
+	up.dead(t, 5*time.Second)
+	if st := status(t, cfg, "web"); st.PID != next.pid || st.State != stateReady {
+		t.Errorf("after SIGUSR1: %+v, want the new instance %d ready", st, next.pid)
+	}
+	l.waitOK(t, l.ok.Load()+100, 10*time.Second)
+	up = next
+
+	// a good release through POST /load, as `caddy reload` does
+	cfg["apps"].(map[string]any)["supervise"] = map[string]any{"processes": []any{web("v3")}}
 	c.load(t, cfg)
-	next := s.next(t, 5*time.Second) // ready before the load returned
+	next = s.next(t, 5*time.Second) // ready before the load returned
 	sig := up.expect(t, "signal", 5*time.Second)
 	up.dead(t, 5*time.Second)
 	if st := status(t, cfg, "web"); st.PID != next.pid || st.State != stateReady {
 		t.Errorf("after the reload: %+v, want the new instance %d ready", st, next.pid)
 	}
-	if starts := logTimes(t, c.logs.lines(`"msg":"the new instance is ready and serves"`)); len(starts) != 1 || sig.time().Before(starts[0]) {
+	if starts := logTimes(t, c.logs.lines(`"msg":"the new instance is ready and serves"`)); len(starts) != 2 || sig.time().Before(starts[1]) {
 		t.Errorf("the old instance got its signal at %v, before the new one was ready (%v)", sig.time(), starts)
 	}
 	l.waitOK(t, l.ok.Load()+100, 10*time.Second)
