@@ -20,9 +20,11 @@ import (
 //  2. Once it is ready, the registry (and with it the dynamic upstream)
 //     switches to it.
 //  3. Then the old instance gets its stop signal: at once for an admin
-//     restart; for a reload, when Caddy stops the old config, which it does
-//     only after every app of the new one started. If the new config fails
-//     to start instead, its Stop puts the old instance back (release).
+//     restart; for a reload, once Caddy stopped the old config (which it
+//     does only after every app of the new one started) and the old
+//     config's servers finished their requests (App.releaseAll). If the new
+//     config fails to start instead, its Stop puts the old instance back
+//     (release).
 //
 // Without `port auto` and a probe, a reload that changes a process must stop
 // the old instance first (the new one needs its port); the new one is then
