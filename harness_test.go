@@ -319,7 +319,7 @@ type caddyProc struct {
 	admin  string
 	logs   *logBuf // Caddy's stderr: its log
 	stdout *logBuf // Caddy's stdout: only what children with `output inherit` write
-	config string // the config file it was started with
+	config string  // the config file it was started with
 	done   chan struct{}
 	exited time.Time
 }
