@@ -168,15 +168,31 @@ func ppid(stat []byte) int {
 }
 
 // freePort returns a loopback TCP port that was free a moment ago.
+//
+// It picks as `port auto` does, outside the kernel's ephemeral range: a
+// port from that range can be taken as the local port of an outbound
+// connection (an upstream's connection to the event sink, say) before the
+// test's server binds it. A port is handed out once per test run.
 func freePort(t testing.TB) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	handedOut.Lock()
+	defer handedOut.Unlock()
+	for {
+		port, err := freeLoopbackPort()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !handedOut.ports[port] {
+			handedOut.ports[port] = true
+			return port
+		}
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
 }
+
+var handedOut = struct {
+	sync.Mutex
+	ports map[int]bool
+}{ports: make(map[int]bool)}
 
 // ---- events from supervised upstreams ----
 
