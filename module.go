@@ -103,6 +103,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 // Start starts every process, or keeps running the one a previous config
 // started if its definition is unchanged.
 func (a *App) Start() error {
+	a.stopDroppedOnPorts()
 	for _, def := range a.Processes {
 		p, err := acquire(a, def)
 		if err != nil {
@@ -183,12 +184,10 @@ func (a *App) releaseAll() {
 			}()
 			continue
 		}
-		wg.Go(func() {
-			p.stop("no longer in the config")
-			a.reviveReplaced(p)
-		})
+		wg.Go(func() { p.stop("no longer in the config") })
 	}
 	wg.Wait()
+	a.reviveReplaced()
 	registry.Lock()
 	a.procs = nil
 	registry.Unlock()

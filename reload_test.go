@@ -356,3 +356,49 @@ func noFailedRequests(t testing.TB, c *caddyProc) {
 		t.Errorf("caddy logged %d failed requests; first: %s", len(errs), errs[0])
 	}
 }
+
+// A reload that drops one process and adds another on the same fixed port
+// (a default name that changed, `node` to `npm`) stops the dropped one
+// before the new one starts; if the new one fails, the dropped one comes
+// back and the reload fails.
+func TestReloadPortMovesToAnotherName(t *testing.T) {
+	s := newSink(t)
+	httpPort, upPort := freePort(t), freePort(t)
+	proc := func(name, release string) map[string]any {
+		script := `if [ "$RELEASE" = broken ]; then exit 3; fi; exec "$UPSTREAM" -events "$EVENTS" -listen "127.0.0.1:$PORT"`
+		return map[string]any{
+			"name": name, "command": []string{"sh", "-c", script}, "port": strconv.Itoa(upPort),
+			"ready": map[string]any{"tcp": ""}, "ready_timeout": "2s",
+			"env": map[string]string{"RELEASE": release, "UPSTREAM": upstreamBin, "EVENTS": s.addr()},
+		}
+	}
+	cfg := proxyToSupervised(t, httpPort, "node", proc("node", "v1"))
+	c := startCaddy(t, cfg)
+	node := s.next(t, 10*time.Second)
+
+	// the new one is broken: node comes back, the reload fails
+	broken := proxyToSupervised(t, httpPort, "npm", proc("npm", "broken"))
+	broken["admin"] = cfg["admin"]
+	if code, body := c.tryLoad(t, broken); code == 200 {
+		t.Fatalf("the reload to a broken npm succeeded: %s", body)
+	}
+	node.dead(t, 5*time.Second) // stopped to free the port
+	revived := s.next(t, 10*time.Second)
+	if st := status(t, cfg, "node"); st.PID != revived.pid {
+		t.Errorf("after the failed reload: %+v, want node again (pid %d)", st, revived.pid)
+	}
+	assertGet(t, fmt.Sprintf("http://127.0.0.1:%d/", httpPort), "")
+
+	// a good one: node stops first, npm binds the port
+	good := proxyToSupervised(t, httpPort, "npm", proc("npm", "v2"))
+	good["admin"] = cfg["admin"]
+	c.load(t, good)
+	revived.dead(t, 5*time.Second)
+	npm := s.next(t, 10*time.Second)
+	if st := status(t, good, "npm"); st.PID != npm.pid || st.State != stateReady {
+		t.Errorf("after the reload: %+v, want npm (pid %d) ready", st, npm.pid)
+	}
+	assertGet(t, fmt.Sprintf("http://127.0.0.1:%d/", httpPort), "")
+	c.signal(syscall.SIGTERM)
+	c.wait(10 * time.Second)
+}

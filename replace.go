@@ -2,6 +2,7 @@ package supervise
 
 import (
 	"fmt"
+	"strconv"
 	"time"
 
 	"go.uber.org/zap"
@@ -120,17 +121,54 @@ func revive(prev *proc) (*proc, error) {
 	return np, nil
 }
 
-// reviveReplaced starts again, once p is stopped, the process of the
-// previous config that p replaced, if it was stopped first and that config
-// still uses it (this one failed to start, or was stopped before taking
-// over).
-func (a *App) reviveReplaced(p *proc) {
+// reviveReplaced starts again, once a's processes are stopped, the
+// processes of the previous config that a stopped to make room (the same
+// name on a fixed port, or a dropped process whose fixed port a gives to
+// another) if that config still uses them: a failed to start, or was
+// stopped before taking over.
+func (a *App) reviveReplaced() {
 	for _, prev := range a.replaced {
-		if prev.name == p.name && prev.finished() && prev.hasOwners() {
+		if prev.finished() && prev.hasOwners() {
 			if _, err := revive(prev); err != nil {
 				prev.log().Error("starting the previous definition again", zap.Error(err))
 			}
 		}
+	}
+}
+
+// tookPort reports whether a stopped a dropped process of the previous
+// config to give its fixed port to def.
+func (a *App) tookPort(def *Process) bool {
+	for _, prev := range a.replaced {
+		if prev.name != def.Name && strconv.Itoa(prev.port) == def.Port {
+			return true
+		}
+	}
+	return false
+}
+
+// stopDroppedOnPorts stops, before a starts anything, each process of the
+// previous config that a drops and whose fixed port one of a's processes
+// takes (the new one could not bind it); reviveReplaced brings it back if a
+// fails.
+func (a *App) stopDroppedOnPorts() {
+	names, ports := make(map[string]bool), make(map[int]bool)
+	for _, def := range a.Processes {
+		names[def.Name] = true
+		if n, err := strconv.Atoi(def.Port); err == nil {
+			ports[n] = true
+		}
+	}
+	for _, p := range allProcs() {
+		p.mu.Lock()
+		port := p.port
+		p.mu.Unlock()
+		if names[p.name] || !ports[port] || p.finished() {
+			continue
+		}
+		p.log().Info("stopping the process: the new config drops it and gives its port to another", zap.Int("port", port))
+		p.stop("its port goes to another process of the new config")
+		a.replaced = append(a.replaced, p)
 	}
 }
 

@@ -135,12 +135,23 @@ func acquire(a *App, def *Process) (*proc, error) {
 	if err != nil {
 		return nil, fmt.Errorf("process %q: port auto: %v", def.Name, err)
 	}
-	p := newProc(def, key, logger, port)
-	p.owners = []*App{a}
-	if err := p.start(); err != nil {
-		return nil, err
+	var p *proc
+	if a.tookPort(def) {
+		// a dropped process was stopped for this port: this one is a
+		// candidate, and if it fails, the reload fails and that one returns
+		if p, err = startCandidate(def, key, logger, 0, "it takes the port of a process the config drops", 0); err != nil {
+			return nil, err
+		}
+	} else {
+		p = newProc(def, key, logger, port)
+		if err := p.start(); err != nil {
+			return nil, err
+		}
 	}
 	registry.Lock()
+	p.mu.Lock()
+	p.owners = []*App{a}
+	p.mu.Unlock()
 	registry.procs[def.Name] = p
 	registry.Unlock()
 	return p, nil
