@@ -307,16 +307,11 @@ func (p *proc) run(started chan<- error) {
 			out, err = p.attachOutput(cmd, def)
 		}
 		p.mu.Lock()
-		if p.stopping {
-			p.mu.Unlock()
-			closeAll(execNotice, out)
-			closeFiles(cmd)
-			return
-		}
-		if err == nil {
+		stopping := p.stopping
+		if err == nil && !stopping {
 			err = cmd.Start()
 		}
-		if err == nil {
+		if err == nil && !stopping {
 			p.pid, p.running, p.startedAt = cmd.Process.Pid, true, time.Now()
 			if n > 0 {
 				p.restartN++
@@ -325,11 +320,17 @@ func (p *proc) run(started chan<- error) {
 			keepGroup(cmd.Process.Pid, logger)
 		}
 		p.mu.Unlock()
-		closeAll(nil, out) // the child has its ends of the pipes, or nothing will start
-		closeFiles(cmd)
+		// the child has its copies of the pipes and descriptors, or nothing
+		// will start: close the parent's
+		closeParentEnds(cmd, out)
+		if (err != nil || stopping) && execNotice != nil {
+			execNotice.Close()
+		}
+		if stopping {
+			return
+		}
 		if n == 0 {
 			if err != nil {
-				closeAll(execNotice, nil)
 				close(p.done)
 				started <- fmt.Errorf("starting process %q (%s): %v", def.Name, def.path, startError(def, err))
 				return
@@ -340,7 +341,6 @@ func (p *proc) run(started chan<- error) {
 		var code int
 		var upFor time.Duration
 		if err != nil {
-			closeAll(execNotice, nil)
 			code = 127
 			logger.Error("restarting process failed", zap.Error(startError(def, err)))
 		} else {
@@ -418,25 +418,17 @@ func (p *proc) run(started chan<- error) {
 	}
 }
 
-// closeAll closes what run opened for a child that did not start, and the
-// parent's copies of the output pipes' write ends once it did.
-func closeAll(execNotice *os.File, out *output) {
-	if execNotice != nil {
-		execNotice.Close()
-	}
+// closeParentEnds closes the parent's copies of what the child was given:
+// the output pipes' write ends (so that the streams reach EOF when the child
+// and everything that inherited them exit) and the extra descriptors.
+func closeParentEnds(cmd *exec.Cmd, out *output) {
 	if out != nil {
 		out.started()
 	}
-}
-
-// closeFiles closes the parent's copies of the descriptors passed to the
-// child.
-func closeFiles(cmd *exec.Cmd) {
-	if cmd == nil {
-		return
-	}
-	for _, f := range cmd.ExtraFiles {
-		f.Close()
+	if cmd != nil {
+		for _, f := range cmd.ExtraFiles {
+			f.Close()
+		}
 	}
 }
 
