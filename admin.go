@@ -109,7 +109,7 @@ func (a *AdminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 		if err := method(http.MethodPost); err != nil {
 			return err
 		}
-		np, err := p.restart()
+		np, err := restartByName(p.name)
 		if err != nil {
 			return apiError(statusOf(err), err)
 		}
@@ -138,11 +138,14 @@ func (a *AdminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 	return apiError(http.StatusNotFound, fmt.Errorf("%s: not an endpoint of /supervise/", r.URL.Path))
 }
 
+// errBusy: another transition of the process runs.
+var errBusy = errors.New("busy")
+
 // statusOf is the HTTP status for an error of an action on a process: 409
 // when the process is not running (the request conflicts with its state),
 // 500 otherwise.
 func statusOf(err error) int {
-	if errors.Is(err, errNotRunning) {
+	if errors.Is(err, errNotRunning) || errors.Is(err, errBusy) || errors.Is(err, errExiting) {
 		return http.StatusConflict
 	}
 	return http.StatusInternalServerError
@@ -166,12 +169,12 @@ func writeJSONResponse(w http.ResponseWriter, v any) error {
 // policy.
 func (p *proc) restart() (*proc, error) {
 	def, logger := p.current()
-	if def.Ready != nil && def.Port == "auto" {
+	if def.blueGreen() {
 		return p.replace(def, logger)
 	}
 	timeout := time.Duration(def.StopTimeout)
 	p.mu.Lock()
-	if p.stopping || !p.running || p.restartReq {
+	if p.stopping || !p.running {
 		p.mu.Unlock()
 		return nil, fmt.Errorf("process %q: %w", p.name, errNotRunning)
 	}
@@ -191,10 +194,33 @@ func (p *proc) restart() (*proc, error) {
 	return p, nil
 }
 
-// waitReady waits until a child other than oldPID is ready.
+// restartByName restarts the process that serves as name. One transition of
+// a process runs at a time: while a restart or a reload's replacement of it
+// runs, another restart gets errBusy (409) at once.
+func restartByName(name string) (*proc, error) {
+	unlock, ok := lockName(name, false)
+	if !ok {
+		return nil, fmt.Errorf("process %q: a restart or a reload of it runs: %w", name, errBusy)
+	}
+	defer unlock()
+	registry.Lock()
+	p := registry.procs[name]
+	registry.Unlock()
+	if p == nil {
+		return nil, fmt.Errorf("process %q: no longer in the config: %w", name, errNotRunning)
+	}
+	return p.restart()
+}
+
+// waitReady waits until a child other than oldPID is ready. It gives up
+// with errExiting once Caddy's process began to exit: Caddy learns of its
+// exit before it can stop a config (a reload that waits here holds the
+// config lock), so this looks for it a few times a second.
 func (p *proc) waitReady(oldPID int, limit time.Duration) error {
 	deadline := time.NewTimer(limit)
 	defer deadline.Stop()
+	exitCheck := time.NewTicker(exitCheckEvery)
+	defer exitCheck.Stop()
 	for {
 		p.mu.Lock()
 		pid, state, changed := p.pid, p.state, p.changed
@@ -208,9 +234,17 @@ func (p *proc) waitReady(oldPID int, limit time.Duration) error {
 			return fmt.Errorf("process %q ended instead of restarting", p.name)
 		case <-deadline.C:
 			return fmt.Errorf("process %q: not ready again within %s", p.name, limit)
+		case <-exitCheck.C:
+			if caddy.Exiting() {
+				return fmt.Errorf("process %q: %w", p.name, errExiting)
+			}
 		}
 	}
 }
+
+// exitCheckEvery is how often a wait for readiness looks whether Caddy's
+// process began to exit.
+const exitCheckEvery = 20 * time.Millisecond
 
 // Interface guards
 var _ caddy.AdminRouter = (*AdminAPI)(nil)

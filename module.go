@@ -166,9 +166,6 @@ func (a *App) releaseAll() {
 			// still have requests that chose p and have not connected to it
 			// yet (they cannot retry once this config is gone): p stops once
 			// those servers have drained, or after drain_timeout.
-			registry.Lock()
-			registry.retiring[p] = true
-			registry.Unlock()
 			go func() {
 				def, _ := p.current()
 				timer := time.NewTimer(time.Duration(def.DrainTimeout))
@@ -178,9 +175,6 @@ func (a *App) releaseAll() {
 				case <-timer.C:
 				}
 				p.stop("replaced by a new instance")
-				registry.Lock()
-				delete(registry.retiring, p)
-				registry.Unlock()
 			}()
 			continue
 		}

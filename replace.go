@@ -1,10 +1,12 @@
 package supervise
 
 import (
+	"errors"
 	"fmt"
 	"strconv"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 )
 
@@ -49,16 +51,24 @@ func startCandidate(def *Process, key string, logger *zap.Logger, restarts int, 
 	np.candidate = true
 	logger.Info("starting a new instance", zap.String("why", why), zap.Int("old_pid", oldPID), zap.Int("port", port))
 	if err := np.start(); err != nil {
-		return nil, fmt.Errorf("process %q: the new instance: %v; the old instance still serves", def.Name, err)
+		return nil, fmt.Errorf("the new instance: %w; the old instance still serves", err)
 	}
 	if err := np.waitReady(0, time.Duration(def.ReadyTimeout)+time.Second); err != nil {
+		if errors.Is(err, errExiting) {
+			np.stop("Caddy is exiting")
+			return nil, fmt.Errorf("process %q: the new instance: %w before it was ready; the old instance gets the exit sequence", def.Name, errExiting)
+		}
 		np.stop("the new instance did not become ready")
 		return nil, np.candidateError(err)
 	}
 	np.mu.Lock()
-	alive := np.running && np.state == stateReady
+	alive := np.running && np.state == stateReady && !caddy.Exiting()
 	np.candidate = !alive
 	np.mu.Unlock()
+	if caddy.Exiting() {
+		np.stop("Caddy is exiting")
+		return nil, fmt.Errorf("process %q: the new instance: %w; the old instance gets the exit sequence", def.Name, errExiting)
+	}
 	if !alive {
 		np.stop("the new instance did not stay ready")
 		return nil, np.candidateError(fmt.Errorf("process %q: the new instance ended as it became ready", def.Name))
@@ -191,21 +201,14 @@ func (p *proc) candidateError(err error) error {
 
 // replace is the admin API's restart of a blue/green process: a new
 // instance of the same definition; once it serves, p stops. One runs at a
-// time: another one gets errNotRunning (409).
+// time (see restart).
 func (p *proc) replace(def *Process, logger *zap.Logger) (*proc, error) {
 	p.mu.Lock()
-	if p.stopping || !p.running || p.replacing {
-		p.mu.Unlock()
-		return nil, fmt.Errorf("process %q: %w (or a restart of it runs)", p.name, errNotRunning)
-	}
-	p.replacing = true
+	running := p.running && !p.stopping
 	p.mu.Unlock()
-	defer func() {
-		p.mu.Lock()
-		p.replacing = false
-		p.mu.Unlock()
-	}()
-
+	if !running {
+		return nil, fmt.Errorf("process %q: %w", p.name, errNotRunning)
+	}
 	np, err := startCandidate(def, p.key, logger, p.status().Restarts+1, "a restart through the admin API", p.getPID())
 	if err != nil {
 		return nil, err

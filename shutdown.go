@@ -77,9 +77,9 @@ func (a *App) exitSequence(began time.Time) {
 func waitForChildren(context.Context) {
 	var wg sync.WaitGroup
 	registry.Lock()
-	retiring := slices.Collect(maps.Keys(registry.retiring))
+	live := slices.Collect(maps.Keys(registry.live))
 	registry.Unlock()
-	for _, p := range append(allProcs(), retiring...) {
+	for _, p := range live {
 		wg.Go(func() { p.stop("Caddy is exiting") })
 	}
 	wg.Wait()

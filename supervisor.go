@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 )
 
@@ -43,7 +44,6 @@ type proc struct {
 	groupDeadline time.Time
 	candidate     bool // a new instance not serving yet: if it exits, no restart, no on_end
 	notReady      bool // the last child failed its readiness probe
-	replacing     bool // a blue/green restart of this process runs
 	tail          outputTail
 	port          int    // the process's port (`port`), 0 if none
 	state         string // starting, ready, stopping, exited
@@ -66,9 +66,41 @@ type proc struct {
 // a config reload finds the children the previous config started.
 var registry = struct {
 	sync.Mutex
-	procs    map[string]*proc
-	retiring map[*proc]bool // replaced, and waiting for the old config's servers before their stop
-}{procs: make(map[string]*proc), retiring: make(map[*proc]bool)}
+	procs map[string]*proc // the instance that serves, by name
+	// every process whose run loop runs: those that serve, candidates not
+	// serving yet, instances a reload replaced that wait for the old
+	// config's servers; Caddy's exit stops them all
+	live map[*proc]bool
+	// a replacement of the process of that name runs (see lockName)
+	changing map[string]bool
+	freed    chan struct{} // closed and replaced when a name is unlocked
+}{procs: make(map[string]*proc), live: make(map[*proc]bool), changing: make(map[string]bool), freed: make(chan struct{})}
+
+// lockName makes the caller the one transition of the process name (a
+// reload's replacement, a restart through the admin API) until it calls
+// the returned function. With wait, it waits for the transition that runs;
+// without, it reports false at once if one runs.
+func lockName(name string, wait bool) (unlock func(), ok bool) {
+	registry.Lock()
+	defer registry.Unlock()
+	for registry.changing[name] {
+		if !wait {
+			return nil, false
+		}
+		freed := registry.freed
+		registry.Unlock()
+		<-freed
+		registry.Lock()
+	}
+	registry.changing[name] = true
+	return func() {
+		registry.Lock()
+		defer registry.Unlock()
+		delete(registry.changing, name)
+		close(registry.freed)
+		registry.freed = make(chan struct{})
+	}, true
+}
 
 // spawnKey is what must be equal for a reload to keep a child running: what
 // the child was started from (after expanding placeholders and reading
@@ -93,6 +125,12 @@ func spawnKey(def *Process) string {
 func acquire(a *App, def *Process) (*proc, error) {
 	key := spawnKey(def)
 	logger := a.logger.Named(def.Name)
+	unlock, free := lockName(def.Name, false)
+	if !free {
+		logger.Info("waiting for the restart of the process that runs")
+		unlock, _ = lockName(def.Name, true)
+	}
+	defer unlock()
 
 	registry.Lock()
 	old := registry.procs[def.Name]
@@ -122,6 +160,10 @@ func acquire(a *App, def *Process) (*proc, error) {
 			zap.Int("old_pid", old.getPID()), zap.Duration("stop_took", time.Since(began)))
 		np, err := startCandidate(def, key, logger, old.status().Restarts, "its definition changed", old.getPID())
 		if err != nil {
+			if caddy.Exiting() {
+				// the old config's exit sequence follows; nothing to bring back
+				return nil, err
+			}
 			if _, rerr := revive(old); rerr != nil {
 				return nil, fmt.Errorf("%v; starting the previous definition again failed too: %v", err, rerr)
 			}
@@ -285,6 +327,16 @@ func (p *proc) finished() bool {
 // start starts the run loop and returns once the first child runs (or
 // failed to start).
 func (p *proc) start() error {
+	registry.Lock()
+	if caddy.Exiting() {
+		// waitForChildren may have taken its list already
+		registry.Unlock()
+		close(p.exited)
+		close(p.done)
+		return fmt.Errorf("process %q: %w", p.name, errExiting)
+	}
+	registry.live[p] = true
+	registry.Unlock()
 	started := make(chan error, 1)
 	go p.run(started)
 	return <-started
@@ -297,7 +349,12 @@ func (p *proc) start() error {
 // thread; when it returns, Go ends the thread.
 func (p *proc) run(started chan<- error) {
 	runtime.LockOSThread()
-	defer close(p.exited)
+	defer func() {
+		registry.Lock()
+		delete(registry.live, p)
+		registry.Unlock()
+		close(p.exited)
+	}()
 	var delay time.Duration // the last restart back-off
 	for n := 0; ; n++ {
 		def, logger := p.current()
@@ -470,6 +527,9 @@ func (p *proc) endGroup(pid int, out *output) {
 
 // errNotRunning: the process group a signal was meant for is not ours now.
 var errNotRunning = errors.New("not running")
+
+// errExiting: Caddy's process is exiting; nothing new starts.
+var errExiting = errors.New("Caddy is exiting")
 
 // signal sends sig to the process group pid, if pid is the current group
 // and still ours: from its start until endGroup saw it gone, the unreaped

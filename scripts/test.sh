@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # The test suite: what the README's test command and CI (.ci/run) run.
-# Needs only Go: the tests build the Caddy binary and the example upstream
-# they run. Then each fuzz target runs briefly (FUZZTIME, default 10s).
+# Installs the real app servers the tests run (scripts/deps.sh: Debian
+# packages, when missing); the tests build the Caddy binary and the example
+# upstream they run. Then each fuzz target runs briefly (FUZZTIME, default
+# 10s).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bash scripts/deps.sh
 go test -race -count=1 ./...
 for target in FuzzCaddyfile FuzzProcessJSON FuzzEnvFile; do
 	go test -run '^$' -fuzz "^${target}\$" -fuzztime "${FUZZTIME:-10s}" .

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Installs the real app servers the tests run, from Debian's packages, when
+# they are missing: Puma 5.6 (and Ruby's Rack). Needs root (or sudo) and
+# apt-get; elsewhere the tests that need a package skip and say which.
+set -euo pipefail
+need=()
+command -v puma >/dev/null 2>&1 || need+=(puma)
+[ ${#need[@]} -eq 0 ] && exit 0
+if ! command -v apt-get >/dev/null 2>&1; then
+	echo "deps: no apt-get; tests that need ${need[*]} will skip" >&2
+	exit 0
+fi
+sudo=()
+[ "$(id -u)" -eq 0 ] || sudo=(sudo -n)
+echo "deps: installing ${need[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+"${sudo[@]}" apt-get update -qq
+"${sudo[@]}" apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null

@@ -1,0 +1,238 @@
+// Tests against a real Caddy binary and real processes: Linux only.
+
+//go:build linux
+
+package supervise
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Transitions that meet (issue 10, item 6): one transition of a process runs
+// at a time, and Caddy's exit during one stops every instance.
+
+// gatedWeb is a blue/green process of the example upstream that boots in
+// 300 ms; while a gate is closed (see newGate), an instance that starts
+// stays in its boot until the gate opens.
+func gatedWeb(s *sink, g gate, release string) map[string]any {
+	script := `if [ -p "$GATE" ]; then echo "waiting at the gate"; read _ < "$GATE"; fi; exec "$UPSTREAM" -events "$EVENTS" -delay 300ms`
+	return map[string]any{
+		"name": "web", "command": []string{"sh", "-c", script}, "port": "auto",
+		"ready": map[string]any{"http": ""}, "ready_timeout": "60s", "stop_timeout": "2s", "restart": "always",
+		"env": map[string]string{"GATE": string(g), "RELEASE": release, "UPSTREAM": upstreamBin, "EVENTS": s.addr()},
+	}
+}
+
+// gate is a path where a named pipe stands while the gate is closed: a
+// process that reads it waits until the test opens the gate.
+type gate string
+
+func newGate(t testing.TB) gate { return gate(filepath.Join(t.TempDir(), "gate")) }
+
+func (g gate) close(t testing.TB) {
+	t.Helper()
+	if err := syscall.Mkfifo(string(g), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// open lets the process waiting at the gate go on (its read sees EOF), and
+// removes the gate. It blocks until a process waits at it.
+func (g gate) open(t testing.TB) {
+	t.Helper()
+	f, err := os.OpenFile(string(g), os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.Remove(string(g))
+	f.Close()
+}
+
+// An admin restart and a reload of the same process are serialised: a
+// reload that comes during a restart waits for it and then replaces the
+// instance the restart started; a restart that comes during a reload's
+// replacement gets 409. Afterwards the admin API, the metrics and the
+// dynamic upstream name the same instance; every replaced instance is
+// gone; no request failed.
+func TestAdminRestartAndReloadSerialised(t *testing.T) {
+	s := newSink(t)
+	httpPort := freePort(t)
+	g := newGate(t)
+	cfg, c, up, l := serveUnderLoad(t, s, httpPort, gatedWeb(s, g, "v1"), 8)
+	withRelease := func(release string) map[string]any {
+		next := proxyToSupervised(t, httpPort, "web", gatedWeb(s, g, release))
+		next["admin"] = cfg["admin"]
+		return next
+	}
+
+	// a reload during an admin restart waits for it
+	g.close(t)
+	restarted := make(chan Status, 1)
+	go func() {
+		var st Status
+		if code := adminDo(t, cfg, "POST", "/supervise/web/restart", &st); code != 200 {
+			t.Errorf("admin restart: %d", code)
+		}
+		restarted <- st
+	}()
+	c.waitLogCount(`"msg":"starting a new instance"`, 1, 5*time.Second)
+	reloaded := make(chan struct{})
+	go func() {
+		defer close(reloaded)
+		if code, body := c.tryLoad(t, withRelease("v2")); code != 200 {
+			t.Errorf("reload during a restart: %d %s", code, body)
+		}
+	}()
+	c.waitLog(`"msg":"waiting at the gate"`, 5*time.Second)
+	c.waitLog(`"msg":"waiting for the restart of the process that runs"`, 5*time.Second)
+	if got := len(c.logs.lines(`"msg":"starting a new instance"`)); got != 1 {
+		t.Errorf("%d instances started while the restart's instance boots, want 1", got)
+	}
+	g.open(t)
+	byRestart := s.next(t, 10*time.Second)
+	byReload := s.next(t, 10*time.Second)
+	<-reloaded
+	if st := <-restarted; st.PID != byRestart.ppidOrSelf() {
+		t.Errorf("the restart answered %+v, want its new instance %d", st, byRestart.ppidOrSelf())
+	}
+	readyAt := logTimes(t, c.logs.lines(`"msg":"the new instance is ready and serves"`))
+	startedAt := logTimes(t, c.logs.lines(`"msg":"starting a new instance"`))
+	if len(readyAt) != 2 || len(startedAt) != 2 || startedAt[1].Before(readyAt[0]) {
+		t.Errorf("the reload's instance started at %v, before the restart's was ready (%v)", startedAt, readyAt)
+	}
+	up.dead(t, 5*time.Second)
+	byRestart.dead(t, 5*time.Second)
+
+	// a restart during a reload's replacement gets 409
+	g.close(t)
+	reloadDone := make(chan struct{})
+	go func() {
+		defer close(reloadDone)
+		if code, body := c.tryLoad(t, withRelease("v3")); code != 200 {
+			t.Errorf("reload: %d %s", code, body)
+		}
+	}()
+	c.waitLogCount(`"msg":"waiting at the gate"`, 2, 5*time.Second)
+	var apiErr struct{ Error string }
+	if code := adminDo(t, cfg, "POST", "/supervise/web/restart", &apiErr); code != 409 || !strings.Contains(apiErr.Error, "a restart or a reload of it runs") {
+		t.Errorf("a restart during a reload: %d %q, want 409", code, apiErr.Error)
+	}
+	g.open(t)
+	byReload3 := s.next(t, 10*time.Second)
+	<-reloadDone
+	byReload.dead(t, 5*time.Second)
+
+	// everyone agrees on the instance that serves
+	st := status(t, cfg, "web")
+	if st.PID != byReload3.ppidOrSelf() || st.State != stateReady {
+		t.Errorf("status %+v, want pid %d ready", st, byReload3.ppidOrSelf())
+	}
+	assertGet(t, fmt.Sprintf("http://127.0.0.1:%d/", httpPort), fmt.Sprintf("pid %d", byReload3.pid))
+	if started := metricValue(t, cfg, `caddy_supervise_process_start_time_seconds{name="web"}`); st.StartedAt == nil ||
+		started != float64(st.StartedAt.UnixNano())/1e9 {
+		t.Errorf("metrics: start time %f, want %v", started, st.StartedAt)
+	}
+	l.stopNoFailures(t)
+	noFailedRequests(t, c)
+	c.signal(syscall.SIGTERM)
+	if code := c.wait(10 * time.Second); code != 0 {
+		t.Errorf("caddy exit code %d", code)
+	}
+}
+
+// metricValue reads one series from the admin endpoint's /metrics.
+func metricValue(t testing.TB, cfg map[string]any, series string) float64 {
+	t.Helper()
+	resp, err := http.Get("http://" + cfg["admin"].(map[string]any)["listen"].(string) + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	for _, line := range strings.Split(string(body), "\n") {
+		if v, ok := strings.CutPrefix(line, series+" "); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				t.Fatalf("%s: %v", line, err)
+			}
+			return f
+		}
+	}
+	t.Fatalf("/metrics has no %s", series)
+	return 0
+}
+
+// Caddy's exit (SIGTERM) during a reload that waits for a new instance, and
+// during an admin restart: the new instance, which serves nothing yet, is
+// stopped at once and the reload or restart fails; the instance that
+// serves gets the exit sequence once (drain, then its stop signal), for the
+// config that is current; Caddy exits without waiting for ready_timeout;
+// no request failed, and nothing is left behind (TestMain checks).
+func TestExitDuringTransition(t *testing.T) {
+	for _, how := range []string{"reload", "admin restart"} {
+		t.Run(how, func(t *testing.T) {
+			s := newSink(t)
+			httpPort := freePort(t)
+			g := newGate(t)
+			cfg, c, up, l := serveUnderLoad(t, s, httpPort, gatedWeb(s, g, "v1"), 4)
+			g.close(t)
+			answer := make(chan string, 1)
+			go func() {
+				admin := "http://" + cfg["admin"].(map[string]any)["listen"].(string)
+				var resp *http.Response
+				var err error
+				if how == "reload" {
+					next := proxyToSupervised(t, httpPort, "web", gatedWeb(s, g, "v2"))
+					next["admin"] = cfg["admin"]
+					var buf strings.Builder
+					writeJSONTo(t, &buf, next)
+					resp, err = http.Post(admin+"/load", "application/json", strings.NewReader(buf.String()))
+				} else {
+					resp, err = http.Post(admin+"/supervise/web/restart", "", nil)
+				}
+				if err != nil {
+					answer <- err.Error()
+					return
+				}
+				body, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				answer <- fmt.Sprintf("%d %s", resp.StatusCode, body)
+			}()
+			c.waitLog(`"msg":"waiting at the gate"`, 5*time.Second)
+			c.signal(syscall.SIGTERM)
+			up.expect(t, "signal", 10*time.Second)
+			up.expect(t, "exit", 10*time.Second)
+			if code := c.wait(10 * time.Second); code != 0 {
+				t.Errorf("caddy exit code %d", code)
+			}
+			want := "400 "
+			if how == "admin restart" {
+				want = "409 "
+			}
+			if got := <-answer; !strings.HasPrefix(got, want) || !strings.Contains(got, "Caddy is exiting") {
+				t.Errorf("the %s answered %q, want %q and Caddy is exiting", how, got, want)
+			}
+			if n := len(c.logs.lines(fmt.Sprintf(`"msg":"stopping process","pid":%d`, up.pid))); n != 1 {
+				t.Errorf("the serving instance was stopped %d times, want once", n)
+			}
+			drained := c.logs.lines(`"msg":"drain over"`)
+			stopped := c.logs.lines(fmt.Sprintf(`"msg":"stopping process","pid":%d`, up.pid))
+			if len(drained) != 1 || len(stopped) != 1 || logTimes(t, stopped)[0].Before(logTimes(t, drained)[0]) {
+				t.Errorf("the serving instance was not stopped once after the drain:\n%v\n%v", drained, stopped)
+			}
+			if st := l.stop(); len(st.failures) > 0 {
+				t.Errorf("%d requests failed; first: %s", len(st.failures), st.failures[0])
+			}
+			noFailedRequests(t, c)
+		})
+	}
+}
