@@ -55,6 +55,7 @@ type Status struct {
 	Restarts   int        `json:"restarts"`
 	LastExit   *int       `json:"last_exit_status,omitempty"`
 	Port       int        `json:"port,omitempty"`
+	Socket     string     `json:"socket,omitempty"`
 	Command    []string   `json:"command"`
 	StopSignal string     `json:"stop_signal"`
 }
@@ -63,7 +64,7 @@ func (p *proc) status() Status {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	st := Status{Name: p.name, PID: p.pid, State: p.state, Ready: p.state == stateReady, Restarts: p.restartN,
-		LastExit: p.lastExit, Port: p.port, Command: p.def.argsFor(p.port), StopSignal: p.def.StopSignal}
+		LastExit: p.lastExit, Port: p.port, Socket: p.def.Socket, Command: p.def.argsFor(p.port), StopSignal: p.def.StopSignal}
 	if !p.startedAt.IsZero() {
 		t := p.startedAt
 		st.StartedAt = &t

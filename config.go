@@ -110,6 +110,23 @@ type Process struct {
 	// none (the dynamic upstream then uses the readiness probe's address).
 	Port string `json:"port,omitempty"`
 
+	// Socket is a listening socket that Caddy opens for the process and
+	// holds: a Caddy network address, `127.0.0.1:3000`, `[::1]:3000`,
+	// `:3000` (every interface) or `unix//run/app.sock`. Caddy opens it when
+	// the config starts (not at `caddy validate`) and keeps it open across
+	// restarts, crashes and reloads that keep the address, so connections
+	// that arrive while no instance accepts wait in the kernel's queue
+	// instead of being refused. Each instance gets it as descriptor 3 with
+	// the systemd socket-activation variables LISTEN_FDS=1, LISTEN_PID (its
+	// own PID) and LISTEN_FDNAMES (the process's name), and
+	// `{supervise.fd}` in its command is `3`. The dynamic upstream
+	// `supervise` points at it (`unix//…` for a unix socket). It is closed,
+	// and a unix socket's file removed, once no config has the process, or
+	// when Caddy exits after the process. A unix socket file that nothing
+	// listens on (left by a killed Caddy) is replaced. Exclusive with `port`.
+	// Not on Windows. Default: none.
+	Socket string `json:"socket,omitempty"`
+
 	// Ready is the readiness probe: `{"tcp": "HOST:PORT"}` (a connection
 	// succeeds) or `{"http": "URL"}` (a GET answers 2xx or 3xx); with `port`,
 	// the address or URL may be empty and means the process's port. Until it
@@ -185,8 +202,9 @@ type Process struct {
 	vars   map[string]string // env_file and env, expanded: what the child gets on top of Caddy's
 	id     *identity         // user and group, if set
 	path   string            // absolute path of args[0]
-	env    []string          // the child's complete environment
-	signal syscall.Signal
+	env      []string          // the child's complete environment
+	signal   syscall.Signal
+	sockAddr caddy.NetworkAddress // Socket, parsed
 }
 
 // provision checks the definition, fills in defaults and resolves the
@@ -230,6 +248,9 @@ func (p *Process) provision(index int) error {
 		p.StopTimeout = Duration(DefaultStopTimeout)
 	}
 	if err := p.provisionReady(); err != nil {
+		return fmt.Errorf("%s: %v", where, err)
+	}
+	if err := p.provisionSocket(); err != nil {
 		return fmt.Errorf("%s: %v", where, err)
 	}
 	if p.Port == "" {

@@ -103,6 +103,9 @@ func (a *App) Provision(ctx caddy.Context) error {
 // Start starts every process, or keeps running the one a previous config
 // started if its definition is unchanged.
 func (a *App) Start() error {
+	if err := a.holdSockets(); err != nil {
+		return err
+	}
 	a.stopDroppedOnPorts()
 	for _, def := range a.Processes {
 		p, err := acquire(a, def)
@@ -185,6 +188,7 @@ func (a *App) releaseAll() {
 	registry.Lock()
 	a.procs = nil
 	registry.Unlock()
+	releaseSockets(a)
 }
 
 // replacedBy reports whether another instance of p's name serves now,

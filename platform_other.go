@@ -101,3 +101,11 @@ func executableMode(m os.FileMode) bool { return true }
 // ephemeralPorts: the range is not read on this platform; `port auto` lets
 // the kernel pick a free port.
 func ephemeralPorts() (lo, hi int, ok bool) { return 0, 0, false }
+
+// osName names the platform in messages.
+const osName = "windows"
+
+// socketsSupported: no socket handover on this platform.
+const socketsSupported = false
+
+func setBlocking(f *os.File) error { return nil }

@@ -66,9 +66,30 @@ func (p *proc) command(def *Process, port int) (*exec.Cmd, *os.File, error) {
 		return nil, nil, err
 	}
 	args := append([]string{shim.Arg0, def.path}, def.argsFor(port)...)
-	notice := fmt.Sprintf("%s=%d,%d", shim.Env, os.Getpid(), 3) // ExtraFiles[0] is descriptor 3
-	cmd := newCommand(def, shimPath(), args, port, notice)
-	cmd.ExtraFiles = []*os.File{w}
+	// ExtraFiles[i] is descriptor 3+i: the socket first (the protocol wants
+	// it at 3), then the exec notice
+	var env []string
+	var extra []*os.File
+	if def.Socket != "" {
+		sock, err := socketFile(def)
+		if err == nil {
+			sock, err = dupCloseOnExec(sock)
+		}
+		if err != nil {
+			r.Close()
+			w.Close()
+			return nil, nil, err
+		}
+		extra = append(extra, sock)
+		env = append(env, "LISTEN_FDS=1", "LISTEN_FDNAMES="+def.Name)
+	}
+	extra = append(extra, w)
+	notice := fmt.Sprintf("%s=%d,%d", shim.Env, os.Getpid(), 2+len(extra))
+	if def.Socket != "" {
+		notice += "," + shim.ListenPID
+	}
+	cmd := newCommand(def, shimPath(), args, port, append(env, notice)...)
+	cmd.ExtraFiles = extra
 	cmd.SysProcAttr = sysProcAttr()
 	if def.id != nil {
 		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: def.id.uid, Gid: def.id.gid, Groups: def.id.groups}
@@ -164,3 +185,23 @@ func startError(def *Process, err error) error {
 
 // executableMode reports whether a file with this mode can be executed.
 func executableMode(m os.FileMode) bool { return m&0o111 != 0 }
+
+// socketsSupported: a process can be handed a listening socket (`socket`).
+const socketsSupported = true
+
+// setBlocking puts a held socket into blocking mode, as the
+// socket-activation protocol hands sockets over (a server may expect a
+// blocking accept); Caddy itself never accepts on it.
+func setBlocking(f *os.File) error {
+	return unix.SetNonblock(int(f.Fd()), false)
+}
+
+// dupCloseOnExec duplicates f for one child: the child gets it through
+// ExtraFiles, and the parent's copy is closed after the start.
+func dupCloseOnExec(f *os.File) (*os.File, error) {
+	fd, err := unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	return os.NewFile(uintptr(fd), f.Name()), nil
+}

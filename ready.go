@@ -64,12 +64,12 @@ func (p *Process) provisionReady() error {
 	switch {
 	case (p.Ready.TCP == nil) == (p.Ready.HTTP == nil):
 		return fmt.Errorf("ready: set exactly one of tcp and http")
-	case p.Ready.TCP != nil && *p.Ready.TCP == "" && p.Port == "",
-		p.Ready.HTTP != nil && *p.Ready.HTTP == "" && p.Port == "":
-		return fmt.Errorf("ready: an address is needed without port")
+	case p.Ready.TCP != nil && *p.Ready.TCP == "" && p.Port == "" && p.Socket == "",
+		p.Ready.HTTP != nil && *p.Ready.HTTP == "" && p.Port == "" && p.Socket == "":
+		return fmt.Errorf("ready: an address is needed without port or socket")
 	case p.Ready.HTTP != nil && strings.HasPrefix(*p.Ready.HTTP, "/"):
-		if p.Port == "" {
-			return fmt.Errorf("ready http %q: a path alone is probed on the process's port: set port, or give a whole URL", *p.Ready.HTTP)
+		if p.Port == "" && p.Socket == "" {
+			return fmt.Errorf("ready http %q: a path alone is probed on the process's port or socket: set port or socket, or give a whole URL", *p.Ready.HTTP)
 		}
 		if u, err := url.Parse(*p.Ready.HTTP); err != nil || u.Host != "" || u.Scheme != "" {
 			return fmt.Errorf("ready http %q: not a valid path", *p.Ready.HTTP)
@@ -91,6 +91,12 @@ func (p *Process) provisionReady() error {
 // written, else the process's port (a path alone: that path on it).
 func (p *Process) probeTarget(port int) string {
 	own := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	if p.Socket != "" {
+		own = p.socketDial()
+		if p.sockAddr.IsUnixNetwork() {
+			own = "localhost" // the probe dials the socket (probeDial)
+		}
+	}
 	switch {
 	case p.Ready.TCP != nil && *p.Ready.TCP != "":
 		return *p.Ready.TCP
@@ -108,6 +114,8 @@ func (p *Process) probeTarget(port int) string {
 // on the loopback, or the address its readiness probe checks.
 func (p *Process) address(port int) string {
 	switch {
+	case p.Socket != "":
+		return p.socketDial()
 	case port != 0:
 		return net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 	case p.Ready != nil && p.Ready.TCP != nil:
@@ -132,7 +140,7 @@ func (p *proc) probeReady(ctx context.Context, def *Process, pid, port int, logg
 	deadline := time.Now().Add(timeout)
 	check := tcpCheck(def.probeTarget(port))
 	if def.Ready.HTTP != nil {
-		check = httpCheck(def.probeTarget(port))
+		check = httpCheck(def.probeTarget(port), def.probeDial())
 	}
 	for wait := 10 * time.Millisecond; ; wait = min(2*wait, 250*time.Millisecond) {
 		// each check ends by ready_timeout, and within probeAttempt: a
@@ -184,8 +192,18 @@ func tcpCheck(addr string) func(context.Context) bool {
 	}
 }
 
-func httpCheck(target string) func(context.Context) bool {
+// httpCheck GETs target; if unixPath is set, through that unix socket.
+func httpCheck(target, unixPath string) func(context.Context) bool {
 	client := &http.Client{Timeout: 2 * time.Second, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	if unixPath != "" {
+		client.Transport = &http.Transport{
+			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+				var d net.Dialer
+				return d.DialContext(ctx, "unix", unixPath)
+			},
+			DisableKeepAlives: true,
+		}
+	}
 	return func(ctx context.Context) bool {
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, target, nil)
 		if err != nil {
@@ -255,14 +273,30 @@ func (p *Process) fixedPort() (int, error) {
 	return strconv.Atoi(p.Port)
 }
 
-// argsFor is the command with {supervise.port} replaced.
+// probeDial is the unix socket an HTTP probe of the process's own socket
+// dials, else "".
+func (p *Process) probeDial() string {
+	if p.Socket == "" || !p.sockAddr.IsUnixNetwork() || p.Ready.HTTP == nil ||
+		(*p.Ready.HTTP != "" && !strings.HasPrefix(*p.Ready.HTTP, "/")) {
+		return ""
+	}
+	return p.sockAddr.Host
+}
+
+// argsFor is the command with {supervise.port} and {supervise.fd} replaced.
 func (p *Process) argsFor(port int) []string {
-	if port == 0 {
+	if port == 0 && p.Socket == "" {
 		return p.args
 	}
 	args := make([]string, len(p.args))
 	for i, a := range p.args {
-		args[i] = expandPort(a, port)
+		if port != 0 {
+			a = expandPort(a, port)
+		}
+		if p.Socket != "" {
+			a = strings.ReplaceAll(a, "{supervise.fd}", strconv.Itoa(socketFD))
+		}
+		args[i] = a
 	}
 	return args
 }

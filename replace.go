@@ -90,6 +90,7 @@ func takeOver(old, np *proc) {
 	np.owners = owners
 	np.mu.Unlock()
 	registry.procs[np.name] = np
+	moved()
 	for _, a := range owners {
 		for i, q := range a.procs {
 			if q == old {
@@ -110,6 +111,7 @@ func (a *App) switchTo(old, np *proc) {
 	np.owners = []*App{a}
 	np.mu.Unlock()
 	registry.procs[np.name] = np
+	moved()
 	a.replaced = append(a.replaced, old)
 }
 

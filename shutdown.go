@@ -83,6 +83,7 @@ func waitForChildren(context.Context) {
 		wg.Go(func() { p.stop("Caddy is exiting") })
 	}
 	wg.Wait()
+	closeSockets()
 
 	if name, code, set := endedStatus(); set && code != 0 {
 		caddy.Log().Error("shutdown complete; exiting with the status of the process that ended",

@@ -73,8 +73,16 @@ var registry = struct {
 	live map[*proc]bool
 	// a replacement of the process of that name runs (see lockName)
 	changing map[string]bool
-	freed    chan struct{} // closed and replaced when a name is unlocked
-}{procs: make(map[string]*proc), live: make(map[*proc]bool), changing: make(map[string]bool), freed: make(chan struct{})}
+	// closed and replaced when procs or changing change (see moved)
+	movedCh chan struct{}
+}{procs: make(map[string]*proc), live: make(map[*proc]bool), changing: make(map[string]bool), movedCh: make(chan struct{})}
+
+// moved wakes those waiting for a change of the registry. The caller holds
+// the registry's lock.
+func moved() {
+	close(registry.movedCh)
+	registry.movedCh = make(chan struct{})
+}
 
 // lockName makes the caller the one transition of the process name (a
 // reload's replacement, a restart through the admin API) until it calls
@@ -87,18 +95,18 @@ func lockName(name string, wait bool) (unlock func(), ok bool) {
 		if !wait {
 			return nil, false
 		}
-		freed := registry.freed
+		changed := registry.movedCh
 		registry.Unlock()
-		<-freed
+		<-changed
 		registry.Lock()
 	}
 	registry.changing[name] = true
+	moved()
 	return func() {
 		registry.Lock()
 		defer registry.Unlock()
 		delete(registry.changing, name)
-		close(registry.freed)
-		registry.freed = make(chan struct{})
+		moved()
 	}, true
 }
 
@@ -114,7 +122,8 @@ func spawnKey(def *Process) string {
 		Unset    []string
 		Identity string
 		Port     string
-	}{def.args, def.dir, def.vars, def.UnsetEnv, fmt.Sprintf("%+v", def.id), def.Port})
+		Socket   string
+	}{def.args, def.dir, def.vars, def.UnsetEnv, fmt.Sprintf("%+v", def.id), def.Port, def.Socket})
 	return string(b)
 }
 
@@ -195,6 +204,7 @@ func acquire(a *App, def *Process) (*proc, error) {
 	p.owners = []*App{a}
 	p.mu.Unlock()
 	registry.procs[def.Name] = p
+	moved()
 	registry.Unlock()
 	return p, nil
 }
@@ -225,6 +235,7 @@ func release(a *App, p *proc) (last bool) {
 	}
 	if registry.procs[p.name] == p {
 		delete(registry.procs, p.name)
+		moved()
 		// a must have failed to start, or was stopped before the old
 		// config it was to replace: the instance p replaced serves again
 		for _, prev := range a.replaced {

@@ -29,9 +29,12 @@ import (
 // (or the shim failed). Until then Caddy holds back the signals it sends:
 // the shim's Go runtime would swallow those it handles (USR1, WINCH…).
 // Arg0 is the shim's argv[0]; then come the program's path and its argv.
+// A third field ListenPID asks the shim to set LISTEN_PID to the child's
+// PID (the child got a listening socket).
 const (
-	Env  = "CADDY_SUPERVISE_EXEC"
-	Arg0 = "caddy-supervise-exec"
+	Env       = "CADDY_SUPERVISE_EXEC"
+	Arg0      = "caddy-supervise-exec"
+	ListenPID = "listen"
 )
 
 func init() {
@@ -45,10 +48,18 @@ func init() {
 	if len(os.Args) < 3 || os.Args[0] != Arg0 {
 		return
 	}
-	pid, fd, _ := strings.Cut(v, ",")
-	parent, _ := strconv.Atoi(pid)
-	if n, err := strconv.Atoi(fd); err == nil && n > 2 {
-		syscall.CloseOnExec(n)
+	fields := strings.Split(v, ",")
+	parent, _ := strconv.Atoi(fields[0])
+	if len(fields) > 1 {
+		if n, err := strconv.Atoi(fields[1]); err == nil && n > 2 {
+			syscall.CloseOnExec(n)
+		}
+	}
+	if len(fields) > 2 && fields[2] == ListenPID {
+		// the socket-activation protocol: the receiver checks that the
+		// sockets are meant for it; only the child knows its PID, and exec
+		// keeps it
+		_ = os.Setenv("LISTEN_PID", strconv.Itoa(os.Getpid()))
 	}
 	_ = os.Unsetenv(Env)
 	path, argv := os.Args[1], os.Args[2:]
