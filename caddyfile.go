@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
@@ -80,6 +81,12 @@ func parseCaddyfile(d *caddyfile.Dispenser, existing any) (any, error) {
 	if p.Port == "" && slices.ContainsFunc(p.Command, func(a string) bool { return strings.Contains(a, "{supervise.port}") }) {
 		return nil, d.Errf("supervise: {supervise.port} in the command needs port (auto or a number)")
 	}
+	if p.Socket != "" && p.Port != "" {
+		return nil, d.Errf("supervise: socket %q: socket and port %q are exclusive: the process gets its socket, not a port", p.Socket, p.Port)
+	}
+	if p.Socket == "" && slices.ContainsFunc(p.Command, func(a string) bool { return strings.Contains(a, "{supervise.fd}") }) {
+		return nil, d.Errf("supervise: {supervise.fd} in the command needs socket")
+	}
 	app.Processes = append(app.Processes, p)
 	var warnings []caddyconfig.Warning
 	raw := caddyconfig.JSON(app, &warnings)
@@ -140,6 +147,13 @@ var subdirectives = map[string]subdirective{
 	"output":         {args: 1, set: oneOf(func(p *Process) *string { return &p.Output }, OutputLog, OutputInherit, OutputDiscard)},
 	"on_end":         {args: 1, set: oneOf(func(p *Process) *string { return &p.OnEnd }, OnEndStopCaddy, OnEndKeepRunning)},
 	"port":           {args: 1, set: stringSetter(func(p *Process) *string { return &p.Port })},
+	"socket": {args: 1, set: func(p *Process, a []string) error {
+		if _, err := caddy.ParseNetworkAddress(a[0]); err != nil {
+			return fmt.Errorf("%q: %v", a[0], err)
+		}
+		p.Socket = a[0]
+		return nil
+	}},
 	"ready_timeout":  {args: 1, set: durationSetter(func(p *Process) *Duration { return &p.ReadyTimeout })},
 	"ready": {args: -1, set: func(p *Process, a []string) error {
 		if len(a) < 1 || len(a) > 2 || (a[0] != "tcp" && a[0] != "http") {

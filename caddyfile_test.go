@@ -127,6 +127,9 @@ func TestCaddyfileErrors(t *testing.T) {
 		{"bad max_restarts", "supervise app {\n\tmax_restarts 0\n}", `max_restarts "0": must be a whole number above 0`},
 		{"bad restart_window", "supervise app {\n\trestart_window 5\n}", `restart_window "5": `},
 		{"{supervise.port} without port", "supervise bin/server --port {supervise.port}", `{supervise.port} in the command needs port`},
+		{"bad socket", "supervise app {\n\tsocket 127.0.0.1:port\n}", `socket "127.0.0.1:port": invalid start port`},
+		{"socket and port", "supervise app {\n\tsocket 127.0.0.1:3000\n\tport auto\n}", `socket "127.0.0.1:3000": socket and port "auto" are exclusive`},
+		{"{supervise.fd} without socket", "supervise app --fd {supervise.fd}", `{supervise.fd} in the command needs socket`},
 		{"unset_env without names", "supervise app {\n\tunset_env\n}", `unset_env takes one or more variable names, got none`},
 		{"unset_env twice", "supervise app {\n\tunset_env A B\n\tunset_env A\n}", `unset_env "A": not a valid variable name, or named twice`},
 	} {

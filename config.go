@@ -197,11 +197,11 @@ type Process struct {
 	OnEnd string `json:"on_end,omitempty"`
 
 	// resolved at provision time
-	args   []string          // Command with {env.*} expanded
-	dir    string            // Dir with {env.*} expanded
-	vars   map[string]string // env_file and env, expanded: what the child gets on top of Caddy's
-	id     *identity         // user and group, if set
-	path   string            // absolute path of args[0]
+	args     []string          // Command with {env.*} expanded
+	dir      string            // Dir with {env.*} expanded
+	vars     map[string]string // env_file and env, expanded: what the child gets on top of Caddy's
+	id       *identity         // user and group, if set
+	path     string            // absolute path of args[0]
 	env      []string          // the child's complete environment
 	signal   syscall.Signal
 	sockAddr caddy.NetworkAddress // Socket, parsed

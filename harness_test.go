@@ -205,6 +205,7 @@ type event struct {
 	ProbeAccepted bool   `json:"probe_accepted"`
 	Path          string `json:"path"`
 	Addr          string `json:"addr"`
+	Activated     bool   `json:"activated"`
 }
 
 func (e event) time() time.Time { return time.Unix(0, e.T) }
@@ -221,8 +222,9 @@ type peer struct {
 	eof     chan struct{}
 	pid     int
 	ppid    int
-	addr    string
-	readyAt time.Time
+	addr      string
+	readyAt   time.Time
+	activated bool // it serves on the socket it was handed
 }
 
 func newSink(t testing.TB) *sink {
@@ -269,7 +271,7 @@ func (s *sink) next(t testing.TB, timeout time.Duration) *peer {
 		if e.Ev != "ready" {
 			t.Fatalf("first event of an upstream: %+v, want ready", e)
 		}
-		p.pid, p.ppid, p.addr, p.readyAt = e.PID, e.PPID, e.Addr, e.time()
+		p.pid, p.ppid, p.addr, p.readyAt, p.activated = e.PID, e.PPID, e.Addr, e.time(), e.Activated
 		return p
 	case <-time.After(timeout):
 		t.Fatalf("no upstream connected within %s", timeout)

@@ -578,6 +578,7 @@ func (p *proc) awaitExec(pid int, r *os.File) {
 		return
 	}
 	p.execed = true
+	p.logger.Debug("the program replaced the exec shim", zap.Int("pid", pid))
 	for _, sig := range p.held {
 		_ = signalGroup(pid, sig)
 	}

@@ -7,6 +7,9 @@
 //	GET /sleep?d=1s  200 after the given time (&report: tell the test it arrived)
 //	GET /hang        never answers (until the process ends)
 //	GET /exit?code=N exits at once with status N, like a crash
+//
+// Given a listening socket by the socket-activation protocol (LISTEN_FDS=1,
+// LISTEN_PID its PID, descriptor 3), it serves on that socket.
 package main
 
 import (
@@ -52,7 +55,7 @@ func main() {
 
 	time.Sleep(*delay)
 	noteUserSignals(rep)
-	ln, err := net.Listen("tcp", *addr)
+	ln, activated, err := listen(*addr)
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -93,7 +96,7 @@ func main() {
 	srv := &http.Server{Handler: inflight.track(handler)}
 	go func() { _ = srv.Serve(ln) }()
 	log.Printf("upstream pid %d listening on %s", os.Getpid(), ln.Addr())
-	rep.send(map[string]any{"ev": "ready", "pid": os.Getpid(), "ppid": os.Getppid(), "addr": ln.Addr().String(), "t": time.Now().UnixNano()})
+	rep.send(map[string]any{"ev": "ready", "pid": os.Getpid(), "ppid": os.Getppid(), "addr": ln.Addr().String(), "activated": activated, "t": time.Now().UnixNano()})
 
 	sig := <-sigs
 	ev := map[string]any{"ev": "signal", "sig": sig.String(), "t": time.Now().UnixNano()}
@@ -113,6 +116,20 @@ func main() {
 	inflight.wait()
 	time.Sleep(*linger)
 	rep.send(map[string]any{"ev": "exit", "t": time.Now().UnixNano()})
+}
+
+// listen takes the listening socket it was handed (the socket-activation
+// protocol: LISTEN_FDS=1 and LISTEN_PID its own PID, the socket on
+// descriptor 3, as `socket` in supervise gives it), else listens on addr.
+func listen(addr string) (net.Listener, bool, error) {
+	if os.Getenv("LISTEN_FDS") == "1" && os.Getenv("LISTEN_PID") == strconv.Itoa(os.Getpid()) {
+		f := os.NewFile(3, os.Getenv("LISTEN_FDNAMES"))
+		ln, err := net.FileListener(f)
+		f.Close() // ln has its own copy
+		return ln, true, err
+	}
+	ln, err := net.Listen("tcp", addr)
+	return ln, false, err
 }
 
 // requests counts the requests in flight.

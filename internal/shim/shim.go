@@ -52,7 +52,7 @@ func init() {
 	parent, _ := strconv.Atoi(fields[0])
 	if len(fields) > 1 {
 		if n, err := strconv.Atoi(fields[1]); err == nil && n > 2 {
-			syscall.CloseOnExec(n)
+			closeFrom(n)
 		}
 	}
 	if len(fields) > 2 && fields[2] == ListenPID {
@@ -68,4 +68,26 @@ func init() {
 	err := syscall.Exec(path, argv, os.Environ())
 	os.Stderr.WriteString("supervise: exec " + path + ": " + err.Error() + "\n")
 	os.Exit(127)
+}
+
+// closeFrom marks every descriptor from first on close-on-exec: the exec
+// notice (the last descriptor Caddy passes), and whatever Caddy itself
+// inherited from its parent without close-on-exec (a service manager's
+// sockets, a shell's or a CI runner's descriptors), which os/exec passes on
+// to every child. The program gets 0-2, and its socket if it has one.
+func closeFrom(first int) {
+	dir := "/proc/self/fd"
+	if _, err := os.Stat(dir); err != nil {
+		dir = "/dev/fd"
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		syscall.CloseOnExec(first) // the notice at least
+		return
+	}
+	for _, e := range entries {
+		if fd, err := strconv.Atoi(e.Name()); err == nil && fd >= first {
+			syscall.CloseOnExec(fd)
+		}
+	}
 }
