@@ -154,7 +154,7 @@ var subdirectives = map[string]subdirective{
 		p.Socket = a[0]
 		return nil
 	}},
-	"ready_timeout":  {args: 1, set: durationSetter(func(p *Process) *Duration { return &p.ReadyTimeout })},
+	"ready_timeout": {args: 1, set: durationSetter(func(p *Process) *Duration { return &p.ReadyTimeout })},
 	"ready": {args: -1, set: func(p *Process, a []string) error {
 		if len(a) < 1 || len(a) > 2 || (a[0] != "tcp" && a[0] != "http") {
 			return fmt.Errorf("%q: want tcp [HOST:PORT] or http [URL]", a)

@@ -218,10 +218,10 @@ type sink struct {
 
 // peer is one upstream process's event stream; EOF means it died.
 type peer struct {
-	events  chan event
-	eof     chan struct{}
-	pid     int
-	ppid    int
+	events    chan event
+	eof       chan struct{}
+	pid       int
+	ppid      int
 	addr      string
 	readyAt   time.Time
 	activated bool // it serves on the socket it was handed
