@@ -211,3 +211,67 @@ func procFDLinks(t testing.TB, pid int) []string {
 	}
 	return links
 }
+
+// Debian's real app servers take the socket Caddy holds, each as it does,
+// and an admin restart under 16 clients costs no failed and no refused
+// request: Puma 5.6 (`--bind-to-activated-sockets only`, on a unix
+// socket), gunicorn 20.1 (reads LISTEN_FDS itself) and uvicorn 0.17
+// (`--fd {supervise.fd}`).
+func TestSocketRealServers(t *testing.T) {
+	puma, err := filepath.Abs("testdata/puma")
+	if err != nil {
+		t.Fatal(err)
+	}
+	python, err := filepath.Abs("testdata/python")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, need, dir string
+		command         []string
+		unix            bool
+	}{
+		{"puma", "puma", puma, []string{"puma", "--bind-to-activated-sockets", "only", "-t", "16:16", "-e", "production", "config.ru"}, true},
+		{"gunicorn", "/usr/bin/gunicorn", python, []string{"/usr/bin/gunicorn", "-w", "2", "--graceful-timeout", "5", "app:wsgi_app"}, false},
+		{"uvicorn", "/usr/bin/python3", python, []string{"/usr/bin/python3", "-m", "uvicorn", "--fd", "{supervise.fd}", "app:asgi_app"}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if _, err := exec.LookPath(tc.need); err != nil {
+				t.Skipf("%s is not installed (scripts/deps.sh installs it)", tc.need)
+			}
+			if tc.name == "uvicorn" && exec.Command("/usr/bin/python3", "-c", "import uvicorn").Run() != nil {
+				t.Skip("python3-uvicorn is not installed (scripts/deps.sh installs it)")
+			}
+			httpPort := freePort(t)
+			sock, dial := fmt.Sprintf("127.0.0.1:%d", freePort(t)), ""
+			dial = sock
+			if tc.unix {
+				path := filepath.Join(t.TempDir(), "app.sock")
+				sock, dial = "unix/"+path, "unix/"+path
+			}
+			proc := map[string]any{
+				"name": "web", "command": tc.command, "dir": tc.dir, "socket": sock, "stop_timeout": "10s",
+				"env": map[string]string{"BOOT_DELAY": "1"},
+			}
+			cfg := socketConfig(t, httpPort, dial, proc)
+			c := startCaddy(t, cfg)
+			l := startLoad(fmt.Sprintf("http://127.0.0.1:%d/?ms=20", httpPort), 16)
+			l.waitOK(t, 100, 20*time.Second)
+			before := status(t, cfg, "web").PID
+			if code := adminDo(t, cfg, "POST", "/supervise/web/restart", nil); code != 200 {
+				t.Fatalf("restart: %d", code)
+			}
+			if after := status(t, cfg, "web").PID; after == before {
+				t.Fatalf("the restart kept pid %d", before)
+			}
+			l.waitOK(t, l.ok.Load()+200, 20*time.Second)
+			st := l.stopNoFailures(t)
+			t.Logf("%s: %d ok, slowest %s", tc.name, st.ok, time.Duration(l.slowest.Load()))
+			noFailedRequests(t, c)
+			c.signal(syscall.SIGTERM)
+			if code := c.wait(20 * time.Second); code != 0 {
+				t.Errorf("caddy exit code %d", code)
+			}
+		})
+	}
+}
