@@ -4,5 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 go test -run '^$' -benchtime 1x -timeout 30m \
-	-bench '^Benchmark(ShutdownUnderLoad|ProxyThroughput|Respawn|RSSPerProcess|ReloadsUnderLoad|BlueGreenReload)$' .
+	-bench '^Benchmark(ShutdownUnderLoad|ProxyThroughput|Respawn|RSSPerProcess|ReloadsUnderLoad|BlueGreenReload|Socket)$' .
 go test -run '^$' -benchtime 5x -bench '^BenchmarkOutputLines$' .
