@@ -109,17 +109,7 @@ func proxyRate(b *testing.B, supervised bool, d time.Duration) float64 {
 		delete(cfg["apps"].(map[string]any), "supervise")
 	}
 	cfg["logging"] = map[string]any{"logs": map[string]any{"default": map[string]any{"level": "INFO"}}} // no per-request debug lines
-	c := startCaddy(b, cfg)
-	s.next(b, 10*time.Second)
-	l := startLoad(fmt.Sprintf("http://127.0.0.1:%d/", httpPort), 32)
-	l.waitOK(b, 1000, 10*time.Second)
-	n0, t0 := l.ok.Load(), time.Now()
-	time.Sleep(d) // the measuring window
-	rate := float64(l.ok.Load()-n0) / time.Since(t0).Seconds()
-	l.stop()
-	c.signal(syscall.SIGTERM)
-	c.wait(15 * time.Second)
-	return rate
+	return measureRate(b, s, cfg, httpPort, d)
 }
 
 // BenchmarkRespawn: a process that crashes at once is restarted after the
@@ -353,6 +343,13 @@ func socketRate(b *testing.B, unix bool, d time.Duration) float64 {
 	}
 	cfg := socketConfig(b, httpPort, sock, map[string]any{"name": "web", "command": []string{upstreamBin, "-events", s.addr()}, "socket": sock})
 	cfg["logging"] = map[string]any{"logs": map[string]any{"default": map[string]any{"level": "INFO"}}}
+	return measureRate(b, s, cfg, httpPort, d)
+}
+
+// measureRate starts Caddy with cfg, whose supervised upstream reports to
+// s, and returns how many requests per second 32 clients get through
+// httpPort during d.
+func measureRate(b *testing.B, s *sink, cfg map[string]any, httpPort int, d time.Duration) float64 {
 	c := startCaddy(b, cfg)
 	s.next(b, 10*time.Second)
 	l := startLoad(fmt.Sprintf("http://127.0.0.1:%d/", httpPort), 32)

@@ -6,6 +6,8 @@ package supervise
 
 import (
 	"fmt"
+	"io"
+	"net/http"
 	"net"
 	"os"
 	"os/exec"
@@ -274,4 +276,47 @@ func TestSocketRealServers(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A process that ended for good with on_end keep_running keeps its socket
+// while the config has it: a request sent meanwhile waits in the queue, and
+// the instance a later reload starts answers it.
+func TestSocketKeptAfterEnd(t *testing.T) {
+	s := newSink(t)
+	httpPort := freePort(t)
+	path := filepath.Join(t.TempDir(), "app.sock")
+	ended := map[string]any{"name": "web", "command": []string{"sh", "-c", "exit 3"}, "socket": "unix/" + path, "on_end": "keep_running"}
+	cfg := socketConfig(t, httpPort, "unix/"+path, ended)
+	c := startCaddy(t, cfg)
+	c.waitLog(`"msg":"process ended; Caddy keeps running (on_end keep_running)"`, 10*time.Second)
+	conn, err := net.Dial("unix", path) // the kernel queues it: the socket is open
+	if err != nil {
+		t.Fatalf("the socket of the ended process is closed: %v", err)
+	}
+	conn.Close()
+	answer := make(chan string, 1)
+	go func() {
+		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/", httpPort))
+		if err != nil {
+			answer <- err.Error()
+			return
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		answer <- fmt.Sprintf("%d %s", resp.StatusCode, body)
+	}()
+	select {
+	case a := <-answer:
+		t.Fatalf("answered with no process running: %s", a)
+	case <-time.After(300 * time.Millisecond): // the request waits in the queue: nothing to await but time
+	}
+	procs := cfg["apps"].(map[string]any)["supervise"].(map[string]any)["processes"].([]map[string]any)
+	procs[0] = map[string]any{"name": "web", "command": []string{upstreamBin, "-events", s.addr()}, "socket": "unix/" + path}
+	c.load(t, cfg)
+	up := s.next(t, 10*time.Second)
+	if got, want := <-answer, fmt.Sprintf("200 hello from upstream pid %d\n", up.pid); got != want {
+		t.Errorf("the queued request got %q, want %q", got, want)
+	}
+	c.signal(syscall.SIGTERM)
+	c.wait(10 * time.Second)
 }
