@@ -6,13 +6,11 @@ package supervise
 
 import (
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -124,42 +122,14 @@ func TestPumaBlueGreen(t *testing.T) {
 
 	// a reload with a changed env that fails elsewhere (a new site's port
 	// is busy): v2 serves on, whichever app Caddy starts first
-	busy, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer busy.Close()
-	orders := map[bool]int{}
-	for attempt := 1; attempt <= 30 && (orders[true] == 0 || orders[false] == 0 || attempt <= 10); attempt++ {
-		bad := proxyToSupervised(t, httpPort, "web", web(fmt.Sprintf("v%d", attempt+2)))
-		bad["admin"] = cfg["admin"]
-		bad["apps"].(map[string]any)["http"].(map[string]any)["servers"].(map[string]any)["busy"] =
-			map[string]any{"listen": []string{busy.Addr().String()}}
-		before := len(c.logs.lines(`"msg":"starting a new instance"`))
-		if code, body := c.tryLoad(t, bad); code == 200 {
-			t.Fatalf("a reload onto a busy port succeeded: %s", body)
-		}
-		orders[len(c.logs.lines(`"msg":"starting a new instance"`)) > before]++
+	failElsewhereUntilBothOrders(t, c, cfg, httpPort, web, func(attempt int, _ bool) {
 		if st := status(t, cfg, "web"); st.PID != v2.PID || st.State != stateReady {
 			t.Fatalf("after failed reload %d: %+v, want pid %d ready", attempt, st, v2.PID)
 		}
-	}
-	t.Logf("failed reloads: supervise started first %d times, after the failure %d times", orders[true], orders[false])
-	if orders[true] == 0 || orders[false] == 0 {
-		t.Errorf("only one app order ran: %v", orders)
-	}
+	})
 	assertGet(t, url, fmt.Sprintf("pid %d release v2", v2.PID))
 
-	st := l.stopNoFailures(t)
-	t.Logf("load: %d ok, slowest %s", st.ok, time.Duration(l.slowest.Load()))
-	if slowest := time.Duration(l.slowest.Load()); slowest > 20*time.Millisecond+500*time.Millisecond {
-		t.Errorf("the slowest request took %s", slowest)
-	}
-	noFailedRequests(t, c)
-	c.signal(syscall.SIGTERM)
-	if code := c.wait(20 * time.Second); code != 0 {
-		t.Errorf("caddy exit code %d", code)
-	}
+	finishUnderLoad(t, c, l, 20*time.Millisecond+500*time.Millisecond, 20*time.Second)
 }
 
 // A fixed port (the first row of issue 10's table): the old Puma must stop
@@ -193,13 +163,7 @@ func TestPumaFixedPort(t *testing.T) {
 	c.waitLog(fmt.Sprintf(`"to":"ready","pid":%d`, revived), 30*time.Second)
 	assertGet(t, url, fmt.Sprintf("pid %d release v2", revived))
 
-	st := l.stopNoFailures(t)
-	t.Logf("load: %d ok, slowest %s (the new Puma's boot)", st.ok, time.Duration(l.slowest.Load()))
-	noFailedRequests(t, c)
-	c.signal(syscall.SIGTERM)
-	if code := c.wait(20 * time.Second); code != 0 {
-		t.Errorf("caddy exit code %d", code)
-	}
+	finishUnderLoad(t, c, l, 0, 20*time.Second) // the slowest request waits for the new Puma's boot
 }
 
 // logPID is the pid field of a log line.

@@ -179,15 +179,7 @@ func TestReloadBlueGreen(t *testing.T) {
 		}
 		l.waitOK(t, l.ok.Load()+50, 10*time.Second)
 	}
-	l.stopNoFailures(t)
-	if slowest := time.Duration(l.slowest.Load()); slowest > 20*time.Millisecond+500*time.Millisecond {
-		t.Errorf("the slowest request took %s", slowest)
-	}
-	noFailedRequests(t, c)
-	c.signal(syscall.SIGTERM)
-	if code := c.wait(10 * time.Second); code != 0 {
-		t.Errorf("caddy exit code %d", code)
-	}
+	finishUnderLoad(t, c, l, 20*time.Millisecond+500*time.Millisecond, 10*time.Second)
 }
 
 // A reload that fails elsewhere (a new site's port is busy: the http app's
@@ -197,11 +189,6 @@ func TestReloadBlueGreen(t *testing.T) {
 func TestReloadFailingElsewhereKeepsProcess(t *testing.T) {
 	s := newSink(t)
 	httpPort := freePort(t)
-	busy, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer busy.Close()
 	web := func(release string) map[string]any {
 		return map[string]any{
 			"name": "web", "command": []string{upstreamBin, "-events", s.addr()}, "port": "auto",
@@ -210,9 +197,38 @@ func TestReloadFailingElsewhereKeepsProcess(t *testing.T) {
 	}
 	cfg, c, up, l := serveUnderLoad(t, s, httpPort, web("v1"), 4)
 
-	orders := map[bool]int{} // did our Start run (a candidate started) before the failure?
+	failElsewhereUntilBothOrders(t, c, cfg, httpPort, web, func(attempt int, ranFirst bool) {
+		if ranFirst {
+			s.next(t, 5*time.Second).dead(t, 5*time.Second) // the candidate, stopped
+		}
+		if st := status(t, cfg, "web"); st.PID != up.pid || st.State != stateReady {
+			t.Fatalf("attempt %d (supervise started first: %v): %+v, want the old instance %d ready", attempt, ranFirst, st, up.pid)
+		}
+		l.waitOK(t, l.ok.Load()+20, 10*time.Second)
+	})
+	noFailedRequests(t, c)
+	l.stopNoFailures(t)
+	c.signal(syscall.SIGTERM)
+	c.wait(10 * time.Second)
+}
+
+// failElsewhereUntilBothOrders reloads Caddy (running cfg) to configs that
+// change the process "web" (web(release)) and add a site on a busy port, so
+// that the http app's Start fails: at least 10 times, and until both orders
+// in which Caddy starts its apps ran (at most 40 times). Each reload must
+// fail; after(attempt, ranFirst) checks what is left, ranFirst telling
+// whether supervise started its new instance before the failure.
+func failElsewhereUntilBothOrders(t *testing.T, c *caddyProc, cfg map[string]any, httpPort int,
+	web func(release string) map[string]any, after func(attempt int, ranFirst bool)) {
+	t.Helper()
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	orders := map[bool]int{}
 	for attempt := 1; attempt <= 40 && (orders[true] == 0 || orders[false] == 0 || attempt <= 10); attempt++ {
-		bad := proxyToSupervised(t, httpPort, "web", web(fmt.Sprintf("v%d", attempt+1)))
+		bad := proxyToSupervised(t, httpPort, "web", web(fmt.Sprintf("failing-%d", attempt)))
 		bad["admin"] = cfg["admin"]
 		servers := bad["apps"].(map[string]any)["http"].(map[string]any)["servers"].(map[string]any)
 		servers["busy"] = map[string]any{"listen": []string{busy.Addr().String()}}
@@ -222,22 +238,12 @@ func TestReloadFailingElsewhereKeepsProcess(t *testing.T) {
 		}
 		ranFirst := len(c.logs.lines(`"msg":"starting a new instance"`)) > candidatesBefore
 		orders[ranFirst]++
-		if ranFirst {
-			s.next(t, 5*time.Second).dead(t, 5*time.Second) // the candidate, stopped
-		}
-		if st := status(t, cfg, "web"); st.PID != up.pid || st.State != stateReady {
-			t.Fatalf("attempt %d (supervise started first: %v): %+v, want the old instance %d ready", attempt, ranFirst, st, up.pid)
-		}
-		l.waitOK(t, l.ok.Load()+20, 10*time.Second)
+		after(attempt, ranFirst)
 	}
 	t.Logf("failed reloads: supervise started first %d times, after the failure %d times", orders[true], orders[false])
-	noFailedRequests(t, c)
 	if orders[true] == 0 || orders[false] == 0 {
 		t.Errorf("only one app order ran: %v", orders)
 	}
-	l.stopNoFailures(t)
-	c.signal(syscall.SIGTERM)
-	c.wait(10 * time.Second)
 }
 
 // status is the admin API's status of one process.
@@ -347,6 +353,25 @@ func TestReloadFixedPortRevives(t *testing.T) {
 
 func countRevived(c *caddyProc) int {
 	return len(c.logs.lines(`"msg":"the new definition did not take over: the previous one was started again"`))
+}
+
+// finishUnderLoad ends a test that ran Caddy under load: no request failed
+// or was refused, none took longer than maxSlowest (if set), Caddy logged
+// no failed request, and Caddy exits with 0 on SIGTERM within exitWithin.
+// It logs the load's figures.
+func finishUnderLoad(t testing.TB, c *caddyProc, l *load, maxSlowest, exitWithin time.Duration) {
+	t.Helper()
+	st := l.stopNoFailures(t)
+	slowest := time.Duration(l.slowest.Load())
+	t.Logf("load: %d ok, %d reset by Caddy's own listener swap, slowest %s", st.ok, st.unaccepted, slowest)
+	if maxSlowest > 0 && slowest > maxSlowest {
+		t.Errorf("the slowest request took %s", slowest)
+	}
+	noFailedRequests(t, c)
+	c.signal(syscall.SIGTERM)
+	if code := c.wait(exitWithin); code != 0 {
+		t.Errorf("caddy exit code %d", code)
+	}
 }
 
 // noFailedRequests fails the test if Caddy logged a failed request.

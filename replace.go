@@ -53,22 +53,20 @@ func startCandidate(def *Process, key string, logger *zap.Logger, restarts int, 
 	if err := np.start(); err != nil {
 		return nil, fmt.Errorf("the new instance: %w; the old instance still serves", err)
 	}
-	if err := np.waitReady(0, time.Duration(def.ReadyTimeout)+time.Second); err != nil {
-		if errors.Is(err, errExiting) {
-			np.stop("Caddy is exiting")
-			return nil, fmt.Errorf("process %q: the new instance: %w before it was ready; the old instance gets the exit sequence", def.Name, errExiting)
-		}
+	err = np.waitReady(0, time.Duration(def.ReadyTimeout)+time.Second)
+	if errors.Is(err, errExiting) || err == nil && caddy.Exiting() {
+		// it serves nothing yet: it stops now, the old one gets the exit sequence
+		np.stop("Caddy is exiting")
+		return nil, fmt.Errorf("process %q: the new instance: %w; the old instance gets the exit sequence", def.Name, errExiting)
+	}
+	if err != nil {
 		np.stop("the new instance did not become ready")
 		return nil, np.candidateError(err)
 	}
 	np.mu.Lock()
-	alive := np.running && np.state == stateReady && !caddy.Exiting()
+	alive := np.running && np.state == stateReady
 	np.candidate = !alive
 	np.mu.Unlock()
-	if caddy.Exiting() {
-		np.stop("Caddy is exiting")
-		return nil, fmt.Errorf("process %q: the new instance: %w; the old instance gets the exit sequence", def.Name, errExiting)
-	}
 	if !alive {
 		np.stop("the new instance did not stay ready")
 		return nil, np.candidateError(fmt.Errorf("process %q: the new instance ended as it became ready", def.Name))

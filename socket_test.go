@@ -6,7 +6,6 @@ package supervise
 
 import (
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
@@ -84,14 +83,7 @@ func TestSocketTransitionsUnderLoad(t *testing.T) {
 		t.Error("an instance did not get the socket")
 	}
 
-	st := l.stopNoFailures(t)
-	t.Logf("load: %d ok, %d reset by Caddy's own listener swap at the reload, slowest %s (an instance's 2 s boot)",
-		st.ok, st.unaccepted, time.Duration(l.slowest.Load()))
-	noFailedRequests(t, c)
-	c.signal(syscall.SIGTERM)
-	if code := c.wait(10 * time.Second); code != 0 {
-		t.Errorf("caddy exit code %d", code)
-	}
+	finishUnderLoad(t, c, l, 0, 10*time.Second) // the slowest request waits for an instance's 2 s boot
 }
 
 // What a process with a socket gets: the socket on descriptor 3 (the one
@@ -267,13 +259,7 @@ func TestSocketRealServers(t *testing.T) {
 				t.Fatalf("the restart kept pid %d", before)
 			}
 			l.waitOK(t, l.ok.Load()+200, 20*time.Second)
-			st := l.stopNoFailures(t)
-			t.Logf("%s: %d ok, slowest %s", tc.name, st.ok, time.Duration(l.slowest.Load()))
-			noFailedRequests(t, c)
-			c.signal(syscall.SIGTERM)
-			if code := c.wait(20 * time.Second); code != 0 {
-				t.Errorf("caddy exit code %d", code)
-			}
+			finishUnderLoad(t, c, l, 0, 20*time.Second)
 		})
 	}
 }
@@ -294,17 +280,7 @@ func TestSocketKeptAfterEnd(t *testing.T) {
 		t.Fatalf("the socket of the ended process is closed: %v", err)
 	}
 	conn.Close()
-	answer := make(chan string, 1)
-	go func() {
-		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/", httpPort))
-		if err != nil {
-			answer <- err.Error()
-			return
-		}
-		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		answer <- fmt.Sprintf("%d %s", resp.StatusCode, body)
-	}()
+	answer := inBackground(func() (*http.Response, error) { return http.Get(fmt.Sprintf("http://127.0.0.1:%d/", httpPort)) })
 	select {
 	case a := <-answer:
 		t.Fatalf("answered with no process running: %s", a)

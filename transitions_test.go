@@ -141,12 +141,7 @@ func TestAdminRestartAndReloadSerialised(t *testing.T) {
 		started != float64(st.StartedAt.UnixNano())/1e9 {
 		t.Errorf("metrics: start time %f, want %v", started, st.StartedAt)
 	}
-	l.stopNoFailures(t)
-	noFailedRequests(t, c)
-	c.signal(syscall.SIGTERM)
-	if code := c.wait(10 * time.Second); code != 0 {
-		t.Errorf("caddy exit code %d", code)
-	}
+	finishUnderLoad(t, c, l, 0, 10*time.Second)
 }
 
 // metricValue reads one series from the admin endpoint's /metrics.
@@ -185,28 +180,17 @@ func TestExitDuringTransition(t *testing.T) {
 			g := newGate(t)
 			cfg, c, up, l := serveUnderLoad(t, s, httpPort, gatedWeb(s, g, "v1"), 4)
 			g.close(t)
-			answer := make(chan string, 1)
-			go func() {
-				admin := "http://" + cfg["admin"].(map[string]any)["listen"].(string)
-				var resp *http.Response
-				var err error
+			admin := "http://" + cfg["admin"].(map[string]any)["listen"].(string)
+			answer := inBackground(func() (*http.Response, error) {
 				if how == "reload" {
 					next := proxyToSupervised(t, httpPort, "web", gatedWeb(s, g, "v2"))
 					next["admin"] = cfg["admin"]
 					var buf strings.Builder
 					writeJSONTo(t, &buf, next)
-					resp, err = http.Post(admin+"/load", "application/json", strings.NewReader(buf.String()))
-				} else {
-					resp, err = http.Post(admin+"/supervise/web/restart", "", nil)
+					return http.Post(admin+"/load", "application/json", strings.NewReader(buf.String()))
 				}
-				if err != nil {
-					answer <- err.Error()
-					return
-				}
-				body, _ := io.ReadAll(resp.Body)
-				resp.Body.Close()
-				answer <- fmt.Sprintf("%d %s", resp.StatusCode, body)
-			}()
+				return http.Post(admin+"/supervise/web/restart", "", nil)
+			})
 			c.waitLog(`"msg":"waiting at the gate"`, 5*time.Second)
 			c.signal(syscall.SIGTERM)
 			up.expect(t, "signal", 10*time.Second)
@@ -235,4 +219,21 @@ func TestExitDuringTransition(t *testing.T) {
 			noFailedRequests(t, c)
 		})
 	}
+}
+
+// inBackground runs an HTTP request in the background; the channel gets
+// "STATUS BODY", or the error.
+func inBackground(do func() (*http.Response, error)) <-chan string {
+	answer := make(chan string, 1)
+	go func() {
+		resp, err := do()
+		if err != nil {
+			answer <- err.Error()
+			return
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		answer <- fmt.Sprintf("%d %s", resp.StatusCode, body)
+	}()
+	return answer
 }
