@@ -379,7 +379,19 @@ func startCaddyFile(t testing.TB, path, adapter string, env ...string) *caddyPro
 	if slices.Contains(env, blockSignalsEnv+"=1") {
 		args = append([]string{os.Args[0]}, args...) // see blockSignalsAndExec
 	}
-	c := &caddyProc{t: t, cmd: exec.Command(args[0], args[1:]...), logs: newLogBuf(), stdout: newLogBuf(), done: make(chan struct{}), config: path}
+	c := runCaddy(t, "", args, env...)
+	c.config = path
+	c.waitLog("serving initial configuration", 20*time.Second)
+	return c
+}
+
+// runCaddy runs a Caddy command line (args[0] is the binary) in dir ("":
+// the test's), with extra environment variables; Caddy's stderr is its
+// log. The test's cleanup kills it if it still runs.
+func runCaddy(t testing.TB, dir string, args []string, env ...string) *caddyProc {
+	t.Helper()
+	c := &caddyProc{t: t, cmd: exec.Command(args[0], args[1:]...), logs: newLogBuf(), stdout: newLogBuf(), done: make(chan struct{})}
+	c.cmd.Dir = dir
 	// GORACE: a race-enabled binary otherwise sleeps a second at exit
 	c.cmd.Env = append(os.Environ(), "GORACE=atexit_sleep_ms=0", "HOME="+t.TempDir(), "XDG_DATA_HOME="+t.TempDir(), "XDG_CONFIG_HOME="+t.TempDir())
 	c.cmd.Env = append(c.cmd.Env, env...)
@@ -411,7 +423,6 @@ func startCaddyFile(t testing.TB, path, adapter string, env ...string) *caddyPro
 			}
 		}
 	})
-	c.waitLog("serving initial configuration", 20*time.Second)
 	return c
 }
 

@@ -1,0 +1,154 @@
+package supervise
+
+import (
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	caddycmd "github.com/caddyserver/caddy/v2/cmd"
+	"github.com/spf13/cobra"
+	"go.uber.org/zap"
+)
+
+// `caddy supervise [flags] -- COMMAND [ARGS…]`: Thruster's one line, with
+// Caddy. It reads Thruster's environment variables, builds a Caddyfile
+// (printed by --print-caddyfile instead of running), and runs it: the
+// command is supervised with PORT set, Caddy proxies to it, and Caddy exits
+// with its status when it ends.
+func init() {
+	caddycmd.RegisterCommand(caddycmd.Command{
+		Name:  "supervise",
+		Usage: "[--ready <path>] [--blue-green | --socket <address>] [--drain-timeout <d>] [--stop-timeout <d>] [--wait <d>] [--public-dir <dir>] [--admin <address>|off] [--print-caddyfile] -- <command> [<args>...]",
+		Short: "Runs an app server behind Caddy, configured like Thruster",
+		Long: `
+Starts COMMAND as a supervised process (PORT set to TARGET_PORT, default
+3000), and serves it through Caddy, configured from Thruster's environment
+variables (TLS_DOMAIN, HTTP_PORT, X_SENDFILE_ENABLED, …; a THRUSTER_ prefix
+wins): automatic HTTPS for TLS_DOMAIN, compression, X-Sendfile, files of the
+public directory served from disk, X-Request-Start, requests that wait for
+the app while it boots or restarts, and on SIGTERM a drain of the requests in
+flight before the app gets its signal. Caddy exits with the app's status
+when the app ends.
+
+--print-caddyfile prints the equivalent Caddyfile instead of running: what
+'caddy run --adapter caddyfile --config' would run.
+`,
+		CobraFunc: func(cmd *cobra.Command) {
+			cmd.Flags().String("ready", "", "HTTP path that answers 2xx once the app is ready, e.g. /up (default: a TCP connect to its port)")
+			cmd.Flags().Bool("blue-green", false, "restarts start the new instance on a free port beside the old one (needs --ready)")
+			cmd.Flags().String("socket", "", "a listening socket Caddy holds for the app (e.g. unix//run/app.sock), instead of TARGET_PORT")
+			cmd.Flags().Duration("drain-timeout", 30*time.Second, "how long requests in flight may take after SIGTERM before the app is signalled")
+			cmd.Flags().Duration("stop-timeout", 10*time.Second, "how long the app may take to exit after its signal before it is killed")
+			cmd.Flags().Duration("wait", 30*time.Second, "how long a request waits for the app while it boots or restarts (then 503, or BAD_GATEWAY_PAGE)")
+			cmd.Flags().String("public-dir", "./public", "files served straight from disk when they exist (empty: none)")
+			cmd.Flags().String("admin", "localhost:2019", "Caddy's admin endpoint (/supervise/ routes, /metrics), or off")
+			cmd.Flags().String("name", "app", "the supervised process's name (logs, admin API, metrics)")
+			cmd.Flags().Bool("print-caddyfile", false, "print the equivalent Caddyfile and exit")
+			cmd.Args = cobra.ArbitraryArgs
+			cmd.RunE = func(cmd *cobra.Command, args []string) error {
+				code, err := cmdSupervise(cmd, args)
+				if err != nil {
+					return err
+				}
+				os.Exit(code)
+				return nil
+			}
+		},
+	})
+}
+
+// cmdSupervise builds the config and runs it, or prints it.
+func cmdSupervise(cmd *cobra.Command, args []string) (int, error) {
+	if cmd.ArgsLenAtDash() < 0 && len(args) > 0 {
+		return caddy.ExitCodeFailedStartup, fmt.Errorf("put -- before the command: caddy supervise [flags] -- %s", strings.Join(args, " "))
+	}
+	c, err := thrusterFromFlags(cmd, args)
+	if err != nil {
+		return caddy.ExitCodeFailedStartup, err
+	}
+	src := c.caddyfile()
+	if print, _ := cmd.Flags().GetBool("print-caddyfile"); print {
+		fmt.Print(src)
+		return 0, nil
+	}
+	adapter := caddyconfig.GetAdapter("caddyfile")
+	cfgJSON, warnings, err := adapter.Adapt([]byte(src), map[string]any{"filename": "caddy supervise"})
+	if err != nil {
+		return caddy.ExitCodeFailedStartup, fmt.Errorf("the generated Caddyfile: %v", err)
+	}
+	for _, w := range warnings {
+		caddy.Log().Warn(w.String())
+	}
+	for _, w := range c.warnings {
+		caddy.Log().Warn("variable accepted, nothing to do", zap.String("why", w))
+	}
+	caddy.TrapSignals()
+	if err := caddy.Load(cfgJSON, true); err != nil {
+		return caddy.ExitCodeFailedStartup, err
+	}
+	select {}
+}
+
+// thrusterFromFlags reads the environment and the flags.
+func thrusterFromFlags(cmd *cobra.Command, args []string) (*thrusterConfig, error) {
+	if len(args) == 0 {
+		return nil, fmt.Errorf("a command is required: caddy supervise [flags] -- bin/rails server")
+	}
+	f := cmd.Flags()
+	c := &thrusterConfig{command: args}
+	c.ready, _ = f.GetString("ready")
+	c.blueGreen, _ = f.GetBool("blue-green")
+	c.socket, _ = f.GetString("socket")
+	c.drainTimeout, _ = f.GetDuration("drain-timeout")
+	c.stopTimeout, _ = f.GetDuration("stop-timeout")
+	c.wait, _ = f.GetDuration("wait")
+	c.publicDir, _ = f.GetString("public-dir")
+	c.admin, _ = f.GetString("admin")
+	c.name, _ = f.GetString("name")
+	if err := c.check(f.Changed("public-dir")); err != nil {
+		return nil, err
+	}
+	return c, c.readThrusterEnv(os.LookupEnv)
+}
+
+// check checks the flags. The generated Caddyfile is checked again by its
+// adapter and by the supervise app.
+func (c *thrusterConfig) check(publicDirGiven bool) error {
+	switch {
+	case c.ready != "" && !strings.HasPrefix(c.ready, "/"):
+		return fmt.Errorf("--ready %q: a path, such as /up", c.ready)
+	case c.blueGreen && c.socket != "":
+		return fmt.Errorf("--blue-green and --socket %q: choose one", c.socket)
+	case c.blueGreen && c.ready == "":
+		return fmt.Errorf("--blue-green: needs --ready PATH, to know when the new instance serves")
+	case c.drainTimeout <= 0:
+		return fmt.Errorf("--drain-timeout %s: must be positive", c.drainTimeout)
+	case c.stopTimeout <= 0:
+		return fmt.Errorf("--stop-timeout %s: must be positive", c.stopTimeout)
+	case c.wait <= 0:
+		return fmt.Errorf("--wait %s: must be positive", c.wait)
+	case c.name == "" || strings.ContainsAny(c.name, " \t\r\n/{}\"`"):
+		return fmt.Errorf("--name %q: a word without white space, '/', quotes or braces", c.name)
+	case c.admin == "":
+		return fmt.Errorf("--admin: an address, or off")
+	}
+	if c.socket != "" {
+		if _, err := caddy.ParseNetworkAddress(c.socket); err != nil {
+			return fmt.Errorf("--socket %q: %v", c.socket, err)
+		}
+	}
+	if c.publicDir != "" {
+		fi, err := os.Stat(c.publicDir)
+		switch {
+		case err == nil && fi.IsDir():
+		case publicDirGiven:
+			return fmt.Errorf("--public-dir %q: not a directory", c.publicDir)
+		default:
+			c.publicDir = "" // no ./public: everything goes to the app
+		}
+	}
+	return nil
+}

@@ -1,0 +1,111 @@
+package supervise
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+)
+
+// thrusterFor reads Thruster's variables from env, with the flags'
+// defaults.
+func thrusterFor(t *testing.T, env map[string]string) (*thrusterConfig, error) {
+	t.Helper()
+	c := &thrusterConfig{command: []string{"bin/rails", "server"}, admin: "localhost:2019", name: "app",
+		drainTimeout: 30 * time.Second, stopTimeout: 10 * time.Second, wait: 30 * time.Second}
+	err := c.readThrusterEnv(func(k string) (string, bool) { v, ok := env[k]; return v, ok })
+	return c, err
+}
+
+// Thruster's defaults, the THRUSTER_ prefix, and what each variable becomes
+// in the Caddyfile, which Caddy's adapter accepts.
+func TestThrusterCaddyfile(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		env     map[string]string
+		want    []string
+		notWant []string
+	}{
+		{"defaults", nil, []string{
+			"http://:80 {", "port 3000", "ready tcp", "encode zstd gzip", "header_up X-Sendfile-Type X-Sendfile",
+			"rewrite * {rp.header.X-Sendfile}", "read_body 30s", "write 30s", "idle 1m0s", "log\n",
+			"trusted_proxies static", `request_header @no_request_start X-Request-Start "t={time.now.unix_ms}"`,
+		}, []string{"request_body", "storage", "debug", "h2c"}},
+		{"TLS", map[string]string{"TLS_DOMAIN": "example.com, www.example.com", "ACME_DIRECTORY": "https://acme.test/dir",
+			"EAB_KID": "kid", "EAB_HMAC_KEY": "mac", "STORAGE_PATH": "/data/certs", "H2C_ENABLED": "1"}, []string{
+			"example.com, www.example.com {", "storage file_system /data/certs", "acme_ca https://acme.test/dir",
+			"key_id kid", "mac_key mac", "protocols h1 h2 h2c h3",
+		}, []string{"trusted_proxies", "http://:"}},
+		{"prefix wins", map[string]string{"HTTP_PORT": "8080", "THRUSTER_HTTP_PORT": "9090", "TARGET_PORT": "4000"},
+			[]string{"http://:9090 {", "http_port 9090", "port 4000"}, nil},
+		{"switches", map[string]string{"X_SENDFILE_ENABLED": "false", "GZIP_COMPRESSION_ENABLED": "0",
+			"LOG_REQUESTS": "f", "DEBUG": "true", "MAX_REQUEST_BODY": "1048576", "FORWARD_HEADERS": "false",
+			"HTTP_IDLE_TIMEOUT": "5"}, []string{
+			"header_up -X-Sendfile-Type", "max_size 1048576", "debug", "idle 5s",
+		}, []string{"encode", "handle_response", "log\n", "trusted_proxies"}},
+		{"gzip not on auth", map[string]string{"GZIP_COMPRESSION_DISABLE_ON_AUTH": "true"},
+			[]string{"not header Cookie *", "not header Authorization *", "encode @compress zstd gzip"}, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := thrusterFor(t, tc.env)
+			if err != nil {
+				t.Fatal(err)
+			}
+			src := c.caddyfile()
+			for _, w := range tc.want {
+				if !strings.Contains(src, w) {
+					t.Errorf("no %q in\n%s", w, src)
+				}
+			}
+			for _, w := range tc.notWant {
+				if strings.Contains(src, w) {
+					t.Errorf("%q in\n%s", w, src)
+				}
+			}
+			if _, _, err := (caddyfile.Adapter{ServerType: httpcaddyfile.ServerType{}}).Adapt([]byte(src), nil); err != nil {
+				t.Errorf("adapting:\n%s\n%v", src, err)
+			}
+		})
+	}
+}
+
+func TestThrusterEnvErrors(t *testing.T) {
+	for _, tc := range []struct {
+		env  map[string]string
+		want string
+	}{
+		{map[string]string{"TARGET_PORT": "0"}, `TARGET_PORT "0": must be a port number`},
+		{map[string]string{"THRUSTER_HTTPS_PORT": "99999"}, `THRUSTER_HTTPS_PORT "99999": must be a port number`},
+		{map[string]string{"GZIP_COMPRESSION_ENABLED": "on"}, `GZIP_COMPRESSION_ENABLED "on": must be true or false`},
+		{map[string]string{"HTTP_READ_TIMEOUT": "30s"}, `HTTP_READ_TIMEOUT "30s": must be a whole number of seconds`},
+		{map[string]string{"CACHE_SIZE": "big"}, `CACHE_SIZE "big": must be a whole number of bytes`},
+		{map[string]string{"EAB_HMAC_KEY": "k"}, `EAB_KID and EAB_HMAC_KEY: set both or neither`},
+	} {
+		if _, err := thrusterFor(t, tc.env); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v: %v, want %q", tc.env, err, tc.want)
+		}
+	}
+	c, err := thrusterFor(t, map[string]string{"CACHE_SIZE": "1000", "GZIP_COMPRESSION_JITTER": "16"})
+	if err != nil || len(c.warnings) != 2 {
+		t.Errorf("accepted variables that change nothing: %v, warnings %q", err, c.warnings)
+	}
+}
+
+// Arguments become single Caddyfile tokens whatever they hold.
+func TestQuoteToken(t *testing.T) {
+	for _, arg := range []string{"plain", "two words", `a "quote"`, "{braces}", "back`tick \"and\" quote", "", "#hash", `back\slash`} {
+		src := "{\n\tsupervise prog " + quoteToken(arg) + "\n}\n"
+		out, _, err := (caddyfile.Adapter{ServerType: httpcaddyfile.ServerType{}}).Adapt([]byte(src), nil)
+		if err != nil {
+			t.Errorf("%q: %v", arg, err)
+			continue
+		}
+		want, _ := json.Marshal([]string{"prog", arg})
+		if !strings.Contains(string(out), `"command":`+string(want)) {
+			t.Errorf("%q: %s", arg, out)
+		}
+	}
+}
