@@ -130,15 +130,21 @@ func TestExampleDeploymentBudgets(t *testing.T) {
 		t.Errorf("Dockerfile: --stop-timeout %s < the Caddyfile's drain + stop %s", d, rails)
 	}
 	for _, want := range []string{"STOPSIGNAL SIGTERM", `ENTRYPOINT ["tini", "--"]`, "COPY examples/rails/Caddyfile",
-		"xcaddy build v2.11.9 --output /usr/local/bin/caddy \\\n\t--with github.com/caddy-supervise/supervise@v0.0.0-00010101000000-000000000000=./"} {
+		"go build -trimpath -o /usr/local/bin/caddy ./cmd/caddy", "USER 1000:1000", "setcap cap_net_bind_service=+ep /usr/local/bin/caddy",
+		"VOLUME /rails/storage"} {
 		if !strings.Contains(docker, want) {
 			t.Errorf("Dockerfile lacks %q", want)
 		}
 	}
 
 	unit := read("examples/systemd/caddy.service")
-	if !strings.Contains(unit, "\nKillMode=mixed\n") {
-		t.Error("systemd unit: KillMode=mixed missing")
+	for _, want := range []string{"\nKillMode=mixed\n", "\nRestart=on-failure\n"} {
+		if !strings.Contains(unit, want) {
+			t.Errorf("systemd unit: %q missing", strings.TrimSpace(want))
+		}
+	}
+	if regexp.MustCompile(`\nExecStart=.*--environ`).MatchString(unit) {
+		t.Error("systemd unit: --environ writes every secret of Caddy's environment to the journal")
 	}
 	if d := seconds(unit, `\nTimeoutStopSec=(\d+)s\n`); d < rails {
 		t.Errorf("systemd unit: TimeoutStopSec %s < drain + stop %s", d, rails)
