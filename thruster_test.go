@@ -109,3 +109,52 @@ func TestQuoteToken(t *testing.T) {
 		}
 	}
 }
+
+// The flags' choices: blue/green and socket.
+func TestThrusterFlags(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		set  func(*thrusterConfig)
+		want []string
+	}{
+		{"blue-green", func(c *thrusterConfig) { c.blueGreen, c.ready = true, "/up" }, []string{"port auto", "ready http /up"}},
+		{"socket", func(c *thrusterConfig) { c.socket = "unix//run/app.sock" }, []string{"socket unix//run/app.sock"}},
+		{"admin off", func(c *thrusterConfig) { c.admin = "off" }, []string{"admin off"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := thrusterFor(t, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			tc.set(c)
+			if err := c.check(false); err != nil {
+				t.Fatal(err)
+			}
+			src := c.caddyfile()
+			for _, w := range tc.want {
+				if !strings.Contains(src, w) {
+					t.Errorf("no %q in\n%s", w, src)
+				}
+			}
+			if _, _, err := (caddyfile.Adapter{ServerType: httpcaddyfile.ServerType{}}).Adapt([]byte(src), nil); err != nil {
+				t.Errorf("adapting:\n%s\n%v", src, err)
+			}
+		})
+	}
+	for _, tc := range []struct {
+		set  func(*thrusterConfig)
+		want string
+	}{
+		{func(c *thrusterConfig) { c.blueGreen = true }, "--blue-green: needs --ready"},
+		{func(c *thrusterConfig) { c.blueGreen, c.ready, c.socket = true, "/up", "127.0.0.1:3000" }, "choose one"},
+		{func(c *thrusterConfig) { c.ready = "up" }, `--ready "up": a path`},
+		{func(c *thrusterConfig) { c.socket = "127.0.0.1:port" }, `--socket "127.0.0.1:port"`},
+		{func(c *thrusterConfig) { c.publicDir = "/no/such/dir" }, `--public-dir "/no/such/dir": not a directory`},
+	} {
+		c, _ := thrusterFor(t, nil)
+		tc.set(c)
+		if err := c.check(true); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v, want %q", err, tc.want)
+		}
+	}
+}
