@@ -98,16 +98,16 @@ func thrusterFromFlags(cmd *cobra.Command, args []string) (*thrusterConfig, erro
 		return nil, fmt.Errorf("a command is required: caddy supervise [flags] -- bin/rails server")
 	}
 	f := cmd.Flags()
-	c := &thrusterConfig{command: args}
-	c.ready, _ = f.GetString("ready")
-	c.blueGreen, _ = f.GetBool("blue-green")
-	c.socket, _ = f.GetString("socket")
-	c.drainTimeout, _ = f.GetDuration("drain-timeout")
-	c.stopTimeout, _ = f.GetDuration("stop-timeout")
-	c.wait, _ = f.GetDuration("wait")
-	c.publicDir, _ = f.GetString("public-dir")
-	c.admin, _ = f.GetString("admin")
-	c.name, _ = f.GetString("name")
+	c := &thrusterConfig{Command: args}
+	c.Ready, _ = f.GetString("ready")
+	c.BlueGreen, _ = f.GetBool("blue-green")
+	c.Socket, _ = f.GetString("socket")
+	c.DrainTimeout, _ = f.GetDuration("drain-timeout")
+	c.StopTimeout, _ = f.GetDuration("stop-timeout")
+	c.Wait, _ = f.GetDuration("wait")
+	c.PublicDir, _ = f.GetString("public-dir")
+	c.AdminAddr, _ = f.GetString("admin")
+	c.Name, _ = f.GetString("name")
 	if err := c.check(f.Changed("public-dir")); err != nil {
 		return nil, err
 	}
@@ -118,36 +118,36 @@ func thrusterFromFlags(cmd *cobra.Command, args []string) (*thrusterConfig, erro
 // adapter and by the supervise app.
 func (c *thrusterConfig) check(publicDirGiven bool) error {
 	switch {
-	case c.ready != "" && !strings.HasPrefix(c.ready, "/"):
-		return fmt.Errorf("--ready %q: a path, such as /up", c.ready)
-	case c.blueGreen && c.socket != "":
-		return fmt.Errorf("--blue-green and --socket %q: choose one", c.socket)
-	case c.blueGreen && c.ready == "":
+	case c.Ready != "" && !strings.HasPrefix(c.Ready, "/"):
+		return fmt.Errorf("--ready %q: a path, such as /up", c.Ready)
+	case c.BlueGreen && c.Socket != "":
+		return fmt.Errorf("--blue-green and --socket %q: choose one", c.Socket)
+	case c.BlueGreen && c.Ready == "":
 		return fmt.Errorf("--blue-green: needs --ready PATH, to know when the new instance serves")
-	case c.drainTimeout <= 0:
-		return fmt.Errorf("--drain-timeout %s: must be positive", c.drainTimeout)
-	case c.stopTimeout <= 0:
-		return fmt.Errorf("--stop-timeout %s: must be positive", c.stopTimeout)
-	case c.wait <= 0:
-		return fmt.Errorf("--wait %s: must be positive", c.wait)
-	case c.name == "" || strings.ContainsAny(c.name, " \t\r\n/{}\"`"):
-		return fmt.Errorf("--name %q: a word without white space, '/', quotes or braces", c.name)
-	case c.admin == "":
+	case c.DrainTimeout <= 0:
+		return fmt.Errorf("--drain-timeout %s: must be positive", c.DrainTimeout)
+	case c.StopTimeout <= 0:
+		return fmt.Errorf("--stop-timeout %s: must be positive", c.StopTimeout)
+	case c.Wait <= 0:
+		return fmt.Errorf("--wait %s: must be positive", c.Wait)
+	case c.Name == "" || strings.ContainsAny(c.Name, " \t\r\n/{}\"`"):
+		return fmt.Errorf("--name %q: a word without white space, '/', quotes or braces", c.Name)
+	case c.AdminAddr == "":
 		return fmt.Errorf("--admin: an address, or off")
 	}
-	if c.socket != "" {
-		if _, err := caddy.ParseNetworkAddress(c.socket); err != nil {
-			return fmt.Errorf("--socket %q: %v", c.socket, err)
+	if c.Socket != "" {
+		if _, err := caddy.ParseNetworkAddress(c.Socket); err != nil {
+			return fmt.Errorf("--socket %q: %v", c.Socket, err)
 		}
 	}
-	if c.publicDir != "" {
-		fi, err := os.Stat(c.publicDir)
+	if c.PublicDir != "" {
+		fi, err := os.Stat(c.PublicDir)
 		switch {
 		case err == nil && fi.IsDir():
 		case publicDirGiven:
-			return fmt.Errorf("--public-dir %q: not a directory", c.publicDir)
+			return fmt.Errorf("--public-dir %q: not a directory", c.PublicDir)
 		default:
-			c.publicDir = "" // no ./public: everything goes to the app
+			c.PublicDir = "" // no ./public: everything goes to the app
 		}
 	}
 	return nil

@@ -14,8 +14,8 @@ import (
 // defaults.
 func thrusterFor(t *testing.T, env map[string]string) (*thrusterConfig, error) {
 	t.Helper()
-	c := &thrusterConfig{command: []string{"bin/rails", "server"}, admin: "localhost:2019", name: "app",
-		drainTimeout: 30 * time.Second, stopTimeout: 10 * time.Second, wait: 30 * time.Second}
+	c := &thrusterConfig{Command: []string{"bin/rails", "server"}, AdminAddr: "localhost:2019", Name: "app",
+		DrainTimeout: 30 * time.Second, StopTimeout: 10 * time.Second, Wait: 30 * time.Second}
 	err := c.readThrusterEnv(func(k string) (string, bool) { v, ok := env[k]; return v, ok })
 	return c, err
 }
@@ -117,9 +117,9 @@ func TestThrusterFlags(t *testing.T) {
 		set  func(*thrusterConfig)
 		want []string
 	}{
-		{"blue-green", func(c *thrusterConfig) { c.blueGreen, c.ready = true, "/up" }, []string{"port auto", "ready http /up"}},
-		{"socket", func(c *thrusterConfig) { c.socket = "unix//run/app.sock" }, []string{"socket unix//run/app.sock"}},
-		{"admin off", func(c *thrusterConfig) { c.admin = "off" }, []string{"admin off"}},
+		{"blue-green", func(c *thrusterConfig) { c.BlueGreen, c.Ready = true, "/up" }, []string{"port auto", "ready http /up"}},
+		{"socket", func(c *thrusterConfig) { c.Socket = "unix//run/app.sock" }, []string{"socket unix//run/app.sock"}},
+		{"admin off", func(c *thrusterConfig) { c.AdminAddr = "off" }, []string{"admin off"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c, err := thrusterFor(t, nil)
@@ -145,11 +145,11 @@ func TestThrusterFlags(t *testing.T) {
 		set  func(*thrusterConfig)
 		want string
 	}{
-		{func(c *thrusterConfig) { c.blueGreen = true }, "--blue-green: needs --ready"},
-		{func(c *thrusterConfig) { c.blueGreen, c.ready, c.socket = true, "/up", "127.0.0.1:3000" }, "choose one"},
-		{func(c *thrusterConfig) { c.ready = "up" }, `--ready "up": a path`},
-		{func(c *thrusterConfig) { c.socket = "127.0.0.1:port" }, `--socket "127.0.0.1:port"`},
-		{func(c *thrusterConfig) { c.publicDir = "/no/such/dir" }, `--public-dir "/no/such/dir": not a directory`},
+		{func(c *thrusterConfig) { c.BlueGreen = true }, "--blue-green: needs --ready"},
+		{func(c *thrusterConfig) { c.BlueGreen, c.Ready, c.Socket = true, "/up", "127.0.0.1:3000" }, "choose one"},
+		{func(c *thrusterConfig) { c.Ready = "up" }, `--ready "up": a path`},
+		{func(c *thrusterConfig) { c.Socket = "127.0.0.1:port" }, `--socket "127.0.0.1:port"`},
+		{func(c *thrusterConfig) { c.PublicDir = "/no/such/dir" }, `--public-dir "/no/such/dir": not a directory`},
 	} {
 		c, _ := thrusterFor(t, nil)
 		tc.set(c)
