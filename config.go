@@ -304,6 +304,11 @@ func (p *Process) resolveSpawn() error {
 	if p.args[0] == "" {
 		return fmt.Errorf("command %q: the program's name is empty", p.Command[0])
 	}
+	for i, a := range p.args {
+		if strings.ContainsRune(a, 0) {
+			return fmt.Errorf("command %q: argument %d contains a NUL byte, which no program can receive", p.Command[i], i)
+		}
+	}
 	if p.dir, err = expandEnv(p.Dir, false); err != nil {
 		return fmt.Errorf("dir %q: %v", p.Dir, err)
 	}
@@ -340,6 +345,15 @@ func (p *Process) resolveSpawn() error {
 		if p.vars[k], err = expandEnv(v, true); err != nil {
 			return fmt.Errorf("env %s %q: %v", k, v, err)
 		}
+	}
+	for k, v := range p.vars {
+		if !strings.ContainsRune(v, 0) {
+			continue
+		}
+		if _, ok := p.Env[k]; ok {
+			return fmt.Errorf("env %s %q: contains a NUL byte, which no environment can hold", k, v)
+		}
+		return fmt.Errorf("env_file %q: %s contains a NUL byte, which no environment can hold", p.EnvFile, k)
 	}
 
 	if p.User != "" || p.Group != "" {

@@ -41,6 +41,10 @@ func TestJSONErrors(t *testing.T) {
 	if err := os.WriteFile(goodEnv, []byte("A=1\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	nulEnv := filepath.Join(dir, "nul.env")
+	if err := os.WriteFile(nulEnv, []byte("A=1\nB=\"x\x00y\"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	badEnv := filepath.Join(dir, "bad.env")
 	if err := os.WriteFile(badEnv, []byte("A=1\noops\n"), 0o644); err != nil {
 		t.Fatal(err)
@@ -101,6 +105,9 @@ func TestJSONErrors(t *testing.T) {
 		{"bad unset_env name", `{"processes":[{"command":["sleep"],"unset_env":["A=B"]}]}`, `unset_env "A=B": not a valid variable name`},
 		{"unset_env twice", `{"processes":[{"command":["sleep"],"unset_env":["A","A"]}]}`, `unset_env "A": named twice`},
 		{"unset_env and env", `{"processes":[{"command":["sleep"],"unset_env":["A"],"env":{"A":"1"}}]}`, `unset_env "A": env sets it`},
+		{"NUL in an argument", `{"processes":[{"command":["sleep","1\u0000; rm -rf /"]}]}`, `argument 1 contains a NUL byte`},
+		{"NUL in an env value", `{"processes":[{"command":["sleep"],"env":{"A":"x\u0000y"}}]}`, `env A "x\x00y": contains a NUL byte`},
+		{"NUL in an env_file value", `{"processes":[{"command":["sleep"],"env_file":"` + nulEnv + `"}]}`, `env_file "` + nulEnv + `": B contains a NUL byte`},
 		{"unset_env and env_file", `{"processes":[{"command":["sleep"],"unset_env":["A"],"env_file":"` + goodEnv + `"}]}`, `unset_env "A": env_file sets it`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -141,6 +148,7 @@ func TestEnvFile(t *testing.T) {
 		{"plain", "A=1\nB = two words \n", map[string]string{"A": "1", "B": "two words"}, ""},
 		{"comments and blanks", "# c\n\n  # c2\nA=1 # note\nB=x#y\n", map[string]string{"A": "1", "B": "x#y"}, ""},
 		{"export", "export A=1\n", map[string]string{"A": "1"}, ""},
+		{"export and a tab", "export\tA=1\nexport  \t B=2\nexportC=3\n", map[string]string{"A": "1", "B": "2", "exportC": "3"}, ""},
 		{"empty", "A=\nB=''\n", map[string]string{"A": "", "B": ""}, ""},
 		{"single quotes literal", `A='a \n $B # not a comment'` + "\n", map[string]string{"A": `a \n $B # not a comment`}, ""},
 		{"double quote escapes", `A="x\ty\n\"q\" \\ \$ \z"` + " # c\n", map[string]string{"A": "x\ty\n\"q\" \\ $ \\z"}, ""},

@@ -29,7 +29,7 @@ func expandEnv(s string, allowUnset bool) (string, error) {
 // parseEnvFile reads a dotenv file. The rules:
 //
 //   - one KEY=VALUE a line; blank lines and lines starting with # are
-//     skipped; an `export ` before the key is allowed; white space around the
+//     skipped; an `export` and white space before the key are allowed; white space around the
 //     key and the value is dropped;
 //   - KEY is letters, digits and underscores, not starting with a digit;
 //   - an unquoted VALUE ends at the end of the line or at a # that follows
@@ -49,7 +49,9 @@ func parseEnvFile(data string) (map[string]string, error) {
 		if line == "" || strings.HasPrefix(line, "#") {
 			continue
 		}
-		line = strings.TrimPrefix(line, "export ")
+		if rest, ok := strings.CutPrefix(line, "export"); ok && rest != "" && (rest[0] == ' ' || rest[0] == '\t') {
+			line = strings.TrimLeft(rest, " \t")
+		}
 		key, value, ok := strings.Cut(line, "=")
 		key = strings.TrimSpace(key)
 		if !ok {

@@ -21,7 +21,21 @@ import (
 var keeper struct {
 	sync.Mutex
 	w      io.WriteCloser // the keeper's stdin; nil until the first child starts
+	pid    int            // the keeper's PID while w is set
 	groups map[int]bool
+}
+
+// startedKeeper starts the keeper if it is not running and returns its PID.
+func startedKeeper() (int, error) {
+	keeper.Lock()
+	defer keeper.Unlock()
+	if keeper.w != nil {
+		return keeper.pid, nil
+	}
+	if err := startKeeper(); err != nil {
+		return 0, err
+	}
+	return keeper.pid, nil
 }
 
 // keepGroup registers a process group with the keeper, starting the keeper
@@ -79,6 +93,6 @@ func startKeeper() error {
 			return err
 		}
 	}
-	keeper.w = w
+	keeper.w, keeper.pid = w, cmd.Process.Pid
 	return nil
 }

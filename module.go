@@ -103,6 +103,11 @@ func (a *App) Provision(ctx caddy.Context) error {
 // Start starts every process, or keeps running the one a previous config
 // started if its definition is unchanged.
 func (a *App) Start() error {
+	for _, def := range a.Processes {
+		if err := def.checkPrivileges(); err != nil {
+			return err
+		}
+	}
 	if err := a.holdSockets(); err != nil {
 		return err
 	}

@@ -90,6 +90,9 @@ func lookupIdentity(user, group string) (*identity, error) {
 
 func startError(def *Process, err error) error { return err }
 
+// checkPrivileges: no other users to run processes as on this platform.
+func (p *Process) checkPrivileges() error { return nil }
+
 // There is no keeper on this platform (no process groups).
 func keepGroup(pgid int, logger *zap.Logger) {}
 func releaseGroup(pgid int)                  {}

@@ -88,11 +88,14 @@ func (p *proc) command(def *Process, port int) (*exec.Cmd, *os.File, error) {
 	if def.Socket != "" {
 		notice += "," + shim.ListenPID
 	}
+	if def.id != nil {
+		notice += "," + shim.NoNewPrivs
+	}
 	cmd := newCommand(def, shimPath(), args, port, append(env, notice)...)
 	cmd.ExtraFiles = extra
 	cmd.SysProcAttr = sysProcAttr()
 	if def.id != nil {
-		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: def.id.uid, Gid: def.id.gid, Groups: def.id.groups}
+		cmd.SysProcAttr.Credential = def.id.credential()
 	}
 	return cmd, r, nil
 }

@@ -29,12 +29,16 @@ import (
 // (or the shim failed). Until then Caddy holds back the signals it sends:
 // the shim's Go runtime would swallow those it handles (USR1, WINCH…).
 // Arg0 is the shim's argv[0]; then come the program's path and its argv.
-// A third field ListenPID asks the shim to set LISTEN_PID to the child's
-// PID (the child got a listening socket).
+// Further comma-separated fields are flags: ListenPID asks the shim to set
+// LISTEN_PID to the child's PID (the child got a listening socket);
+// NoNewPrivs asks it to set the no_new_privs bit before the exec (the
+// child runs as another user: no setuid binary or file capability may
+// give it back a privilege Caddy had).
 const (
-	Env       = "CADDY_SUPERVISE_EXEC"
-	Arg0      = "caddy-supervise-exec"
-	ListenPID = "listen"
+	Env        = "CADDY_SUPERVISE_EXEC"
+	Arg0       = "caddy-supervise-exec"
+	ListenPID  = "listen"
+	NoNewPrivs = "nnp"
 )
 
 func init() {
@@ -55,16 +59,25 @@ func init() {
 			closeFrom(n)
 		}
 	}
-	if len(fields) > 2 && fields[2] == ListenPID {
-		// the socket-activation protocol: the receiver checks that the
-		// sockets are meant for it; only the child knows its PID, and exec
-		// keeps it
-		_ = os.Setenv("LISTEN_PID", strconv.Itoa(os.Getpid()))
+	noNewPrivs := false
+	for _, flag := range fields[min(2, len(fields)):] {
+		switch flag {
+		case ListenPID:
+			// the socket-activation protocol: the receiver checks that the
+			// sockets are meant for it; only the child knows its PID, and
+			// exec keeps it
+			_ = os.Setenv("LISTEN_PID", strconv.Itoa(os.Getpid()))
+		case NoNewPrivs:
+			noNewPrivs = true
+		}
 	}
 	_ = os.Unsetenv(Env)
 	path, argv := os.Args[1], os.Args[2:]
 	runtime.LockOSThread() // prepare sets this thread's signal mask; exec keeps it
-	prepare(parent)
+	if err := prepare(parent, noNewPrivs); err != nil {
+		os.Stderr.WriteString("supervise: " + err.Error() + "\n")
+		os.Exit(127)
+	}
 	err := syscall.Exec(path, argv, os.Environ())
 	os.Stderr.WriteString("supervise: exec " + path + ": " + err.Error() + "\n")
 	os.Exit(127)

@@ -1,6 +1,7 @@
 package shim
 
 import (
+	"errors"
 	"os"
 	"syscall"
 	"unsafe"
@@ -23,7 +24,27 @@ import (
 // with file capabilities is executed (Caddy's packages give it
 // cap_net_bind_service), and the shim is that binary. If Caddy died before
 // that, the shim exits instead of running an orphan.
-func prepare(parentPID int) {
+//
+// Capabilities: a Caddy that runs as a non-root user with ambient
+// capabilities (systemd's AmbientCapabilities=, setpriv --ambient-caps)
+// hands them to every child, across a change of user and across exec; a
+// program run as `user nobody` would keep CAP_SETUID and could become root
+// again. The shim clears the ambient and the inheritable sets, so the
+// program gets no capability from Caddy: after the exec it has only what
+// its own user has (root: all; another user: none). With noNewPrivs (the
+// child runs as another user than Caddy), the no_new_privs bit is set too:
+// setuid binaries and file capabilities grant nothing to the program or
+// its children.
+func prepare(parentPID int, noNewPrivs bool) error {
+	if err := dropInheritedCapabilities(); err != nil {
+		return err
+	}
+	if noNewPrivs {
+		const prSetNoNewPrivs = 38
+		if _, _, errno := syscall.RawSyscall6(syscall.SYS_PRCTL, prSetNoNewPrivs, 1, 0, 0, 0, 0); errno != 0 {
+			return errors.New("setting no_new_privs: " + errno.Error())
+		}
+	}
 	var dfl [64]byte // larger than any architecture's struct sigaction
 	for sig := 1; sig < 65; sig++ {
 		if sig == int(syscall.SIGKILL) || sig == int(syscall.SIGSTOP) {
@@ -40,4 +61,31 @@ func prepare(parentPID int) {
 	if os.Getppid() != parentPID {
 		os.Exit(1)
 	}
+	return nil
+}
+
+// dropInheritedCapabilities clears the ambient set (a kernel without
+// ambient capabilities, before 4.3, has none to clear) and the inheritable
+// set, keeping the permitted and effective sets, which the exec recomputes.
+func dropInheritedCapabilities() error {
+	const prCapAmbient, prCapAmbientClearAll = 47, 4
+	if _, _, errno := syscall.RawSyscall6(syscall.SYS_PRCTL, prCapAmbient, prCapAmbientClearAll, 0, 0, 0, 0); errno != 0 && errno != syscall.EINVAL {
+		return errors.New("clearing the ambient capabilities: " + errno.Error())
+	}
+	header := struct {
+		version uint32
+		pid     int32
+	}{version: 0x20080522} // _LINUX_CAPABILITY_VERSION_3: two 32-bit words
+	var data [2]struct{ effective, permitted, inheritable uint32 }
+	if _, _, errno := syscall.RawSyscall(syscall.SYS_CAPGET, uintptr(unsafe.Pointer(&header)), uintptr(unsafe.Pointer(&data)), 0); errno != 0 {
+		return errors.New("reading the capabilities: " + errno.Error())
+	}
+	if data[0].inheritable == 0 && data[1].inheritable == 0 {
+		return nil
+	}
+	data[0].inheritable, data[1].inheritable = 0, 0
+	if _, _, errno := syscall.RawSyscall(syscall.SYS_CAPSET, uintptr(unsafe.Pointer(&header)), uintptr(unsafe.Pointer(&data)), 0); errno != 0 {
+		return errors.New("clearing the inheritable capabilities: " + errno.Error())
+	}
+	return nil
 }

@@ -1,0 +1,87 @@
+//go:build unix
+
+package supervise
+
+import (
+	"fmt"
+	"os"
+	"slices"
+	"strings"
+	"syscall"
+)
+
+// Privileges a Caddy that runs a process as another user needs: to switch
+// to that user (CAP_SETUID, CAP_SETGID: root has them) and to stop the
+// process again (CAP_KILL: signalling a process of another user), both in
+// Caddy and in the keeper, which kills what Caddy leaves behind if it dies.
+// Without them the start would fail, or, worse, a Caddy that cannot signal
+// its child would hang at exit and leave it behind: checkPrivileges makes
+// that an error at Start, before anything starts.
+
+// switches reports what running as id changes for a process started by
+// Caddy: its user, and its groups (the primary group or the supplementary
+// ones).
+func (id *identity) switches() (uid, groups bool) {
+	uid = int(id.uid) != os.Geteuid()
+	current, _ := os.Getgroups()
+	want := make([]int, len(id.groups))
+	for i, g := range id.groups {
+		want[i] = int(g)
+	}
+	slices.Sort(current)
+	slices.Sort(want)
+	groups = int(id.gid) != os.Getegid() || !slices.Equal(slices.Compact(current), slices.Compact(want))
+	return uid, groups
+}
+
+// credential is what os/exec needs to start a child as id: nil when id is
+// Caddy's own user and groups (a non-root Caddy may name its own user), no
+// supplementary groups when only the user changes.
+func (id *identity) credential() *syscall.Credential {
+	uid, groups := id.switches()
+	if !uid && !groups {
+		return nil
+	}
+	return &syscall.Credential{Uid: id.uid, Gid: id.gid, Groups: id.groups, NoSetGroups: !groups}
+}
+
+// checkPrivileges reports why Caddy could not start p as its user and stop
+// it again, if it cannot; it starts the keeper to check it too.
+func (p *Process) checkPrivileges() error {
+	if p.id == nil {
+		return nil
+	}
+	uid, groups := p.id.switches()
+	var need []int
+	if uid {
+		need = append(need, capSetuid)
+	}
+	if groups {
+		need = append(need, capSetgid)
+	}
+	missing, err := missingCaps(0, need...)
+	if err != nil {
+		return fmt.Errorf("process %q: reading Caddy's capabilities: %v", p.Name, err)
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("process %q: Caddy (uid %d) cannot switch to %s: it must run as root or with CAP_SETUID and CAP_SETGID (it lacks %s)",
+			p.Name, os.Geteuid(), p.identityName(), strings.Join(missing, ", "))
+	}
+	if !uid {
+		return nil // a process of Caddy's own user: Caddy and the keeper may signal it
+	}
+	if missing, err = missingCaps(0, capKill); err == nil && len(missing) > 0 {
+		return fmt.Errorf("process %q: Caddy (uid %d) could not stop %s (uid %d): signalling a process of another user needs CAP_KILL; run Caddy as root or give it CAP_KILL too",
+			p.Name, os.Geteuid(), p.identityName(), p.id.uid)
+	}
+	pid, err := startedKeeper()
+	if err != nil {
+		return fmt.Errorf("process %q: starting the keeper process: %v", p.Name, err)
+	}
+	if missing, err = missingCaps(pid, capKill); err == nil && len(missing) > 0 {
+		return fmt.Errorf("process %q: the keeper (pid %d, started from Caddy's binary %s) lacks CAP_KILL and could not kill %s's processes if Caddy died: "+
+			"the kernel drops ambient capabilities when it runs a binary that has file capabilities; add cap_kill to the binary's (setcap cap_net_bind_service,cap_setuid,cap_setgid,cap_kill+ep), or use a binary without file capabilities",
+			p.Name, pid, shimPath(), p.identityName())
+	}
+	return err
+}
