@@ -7,7 +7,9 @@ package supervise
 import (
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -79,4 +81,158 @@ func TestRunAsUserNeedsPrivilege(t *testing.T) {
 	if want := `cannot switch to user daemon: it must run as root`; !strings.Contains(string(out), want) {
 		t.Errorf("caddy's error does not say %q:\n%s", want, out)
 	}
+}
+
+// sharedDir is a temporary directory that another user can write: the
+// home, config and data directories of a Caddy run as uid 1000.
+func sharedDir(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	for d, mode := range map[string]os.FileMode{dir: 0o777, filepath.Dir(dir): 0o755} {
+		if err := os.Chmod(d, mode); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
+// nonRootCaddy runs `caddy run` with cfg as uid/gid 1000 through setpriv,
+// with the given ambient capabilities (also raised in the inheritable set,
+// as the kernel wants for ambient ones), as systemd's
+// AmbientCapabilities= does; caps "" runs it without any.
+func nonRootCaddy(t *testing.T, bin string, cfg map[string]any, caps string, wait bool) *caddyProc {
+	t.Helper()
+	requireRoot(t)
+	setpriv, err := exec.LookPath("setpriv")
+	if err != nil {
+		t.Skip("setpriv (util-linux) is not installed")
+	}
+	dir := sharedDir(t)
+	path := filepath.Join(dir, "caddy.json")
+	writeJSON(t, path, cfg)
+	if err := os.Chmod(path, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	args := []string{setpriv, "--reuid=1000", "--regid=1000", "--init-groups"}
+	if caps != "" {
+		args = append(args, "--inh-caps="+caps, "--ambient-caps="+caps)
+	}
+	args = append(args, bin, "run", "--config", path)
+	c := runCaddy(t, dir, args, "HOME="+dir, "XDG_DATA_HOME="+dir, "XDG_CONFIG_HOME="+dir)
+	if wait {
+		c.waitLog("serving initial configuration", 20*time.Second)
+	}
+	return c
+}
+
+// capsScript prints the capability sets and the no_new_privs bit of the
+// shell that runs it, and whether it can become root again.
+const capsScript = `grep -E '^(Cap(Inh|Prm|Eff|Amb)|NoNewPrivs):' /proc/self/status; ` +
+	`if setpriv --reuid=0 --regid=0 --clear-groups true 2>/dev/null; then echo "setuid(0): allowed"; else echo "setuid(0): denied"; fi`
+
+// A Caddy run as uid 1000 with ambient CAP_SETUID, CAP_SETGID,
+// CAP_NET_BIND_SERVICE and CAP_KILL (what systemd's AmbientCapabilities=
+// gives): a process with `user nobody` ends with no capability at all and
+// cannot become root again; a process of Caddy's own user has none of
+// Caddy's either; Caddy stops a `user nobody` process at its exit.
+func TestCapabilitiesNotInherited(t *testing.T) {
+	proc := func(name, user string) map[string]any {
+		p := map[string]any{"name": name, "command": []string{"sh", "-c", capsScript}, "dir": "/", "on_end": "keep_running"}
+		if user != "" {
+			p["user"] = user
+		}
+		return p
+	}
+	sleeper := map[string]any{"name": "sleeper", "command": []string{"sleep", "60"}, "dir": "/", "user": "nobody", "stop_timeout": "2s"}
+	cfg := testConfig(t, 0, 0, proc("dropped", "nobody"), proc("own", ""), sleeper)
+	c := nonRootCaddy(t, caddyBin, cfg, "+setuid,+setgid,+net_bind_service,+kill", true)
+	c.waitLogCount("Caddy keeps running", 2, 10*time.Second)
+	for name, want := range map[string][]string{
+		"dropped": {"CapInh:\t0000000000000000", "CapPrm:\t0000000000000000", "CapEff:\t0000000000000000", "CapAmb:\t0000000000000000", "NoNewPrivs:\t1", "setuid(0): denied"},
+		"own":     {"CapInh:\t0000000000000000", "CapPrm:\t0000000000000000", "CapEff:\t0000000000000000", "CapAmb:\t0000000000000000", "NoNewPrivs:\t0", "setuid(0): denied"},
+	} {
+		var got []string
+		for _, e := range entriesOf(t, c, "supervise."+name) {
+			if e.Stream != "" {
+				got = append(got, e.Msg)
+			}
+		}
+		for _, w := range want {
+			if !slices.Contains(got, w) {
+				t.Errorf("%s printed %q, want a line %q", name, got, w)
+			}
+		}
+	}
+	began := c.signal(syscall.SIGTERM)
+	if code := c.wait(10 * time.Second); code != 0 {
+		t.Errorf("caddy exit code %d", code)
+	}
+	if d := c.exited.Sub(began); d > 2*time.Second {
+		t.Errorf("Caddy took %s to stop the user nobody process: its stop signal did not reach it", d)
+	}
+	if lines := c.logs.lines("operation not permitted"); len(lines) > 0 {
+		t.Errorf("a signal was refused: %s", lines[0])
+	}
+}
+
+// A non-root Caddy that could not signal a process of another user (no
+// CAP_KILL) refuses to start it, naming the process, the user and the
+// capability; one whose keeper lacks CAP_KILL (Caddy's binary got file
+// capabilities, which make the kernel drop the ambient ones at exec) too.
+// A non-root Caddy without any capability may run a process as its own
+// user.
+func TestNonRootCaddyPrivileges(t *testing.T) {
+	sleeper := map[string]any{"name": "sleeper", "command": []string{"sleep", "60"}, "dir": "/", "user": "nobody"}
+	t.Run("no CAP_KILL", func(t *testing.T) {
+		c := nonRootCaddy(t, caddyBin, testConfig(t, 0, 0, sleeper), "+setuid,+setgid", false)
+		if code := c.wait(20 * time.Second); code == 0 {
+			t.Fatal("caddy started")
+		}
+		want := `process \"sleeper\": Caddy (uid 1000) could not stop user nobody (uid 65534): signalling a process of another user needs CAP_KILL`
+		if !strings.Contains(c.logs.String(), want) {
+			t.Errorf("caddy's error does not say %s:\n%s", want, c.logs.String())
+		}
+		if strings.Contains(c.logs.String(), `"msg":"process started"`) {
+			t.Error("a process was started")
+		}
+	})
+	t.Run("keeper without CAP_KILL", func(t *testing.T) {
+		setcap, err := exec.LookPath("setcap")
+		if err != nil {
+			t.Skip("setcap (libcap2-bin) is not installed")
+		}
+		bin := filepath.Join(sharedDir(t), "caddy")
+		if out, err := exec.Command("cp", caddyBin, bin).CombinedOutput(); err != nil {
+			t.Fatalf("%v: %s", err, out)
+		}
+		cfg := testConfig(t, 0, 0)
+		c := nonRootCaddy(t, bin, cfg, "+setuid,+setgid,+kill", true)
+		// the binary gets file capabilities after Caddy started (a package
+		// upgrade): the keeper, started from it, loses the ambient ones
+		if out, err := exec.Command(setcap, "cap_net_bind_service+ep", bin).CombinedOutput(); err != nil {
+			t.Skipf("setcap: %v: %s", err, out)
+		}
+		next := testConfig(t, 0, 0, sleeper)
+		next["admin"] = cfg["admin"]
+		code, body := c.tryLoad(t, next)
+		if want := `the keeper (pid `; code == 200 || !strings.Contains(body, want) || !strings.Contains(body, "lacks CAP_KILL") {
+			t.Errorf("reload: %d %s, want an error about the keeper's CAP_KILL", code, body)
+		}
+		c.signal(syscall.SIGTERM)
+		c.wait(10 * time.Second)
+	})
+	t.Run("own user", func(t *testing.T) {
+		u, err := user.LookupId("1000")
+		if err != nil {
+			t.Skip("no user with uid 1000 in the user database")
+		}
+		own := map[string]any{"name": "own", "command": []string{"sh", "-c", "id -u"}, "dir": "/", "user": u.Username, "on_end": "keep_running"}
+		c := nonRootCaddy(t, caddyBin, testConfig(t, 0, 0, own), "", true)
+		c.waitLog("Caddy keeps running", 10*time.Second)
+		if e := entriesOf(t, c, "supervise.own"); !slices.ContainsFunc(e, func(e logEntry) bool { return e.Msg == "1000" }) {
+			t.Errorf("the process did not run as uid 1000: %+v", e)
+		}
+		c.signal(syscall.SIGTERM)
+		c.wait(10 * time.Second)
+	})
 }
