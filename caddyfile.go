@@ -24,6 +24,7 @@ func init() {
 //
 //	supervise <command> [<args...>] {
 //		name           <name>
+//		literal_args
 //		dir            <path>
 //		env            <key> <value>
 //		env_file       <path>
@@ -106,7 +107,11 @@ type subdirective struct {
 }
 
 var subdirectives = map[string]subdirective{
-	"name":     {args: 1, set: stringSetter(func(p *Process) *string { return &p.Name })},
+	"name": {args: 1, set: stringSetter(func(p *Process) *string { return &p.Name })},
+	"literal_args": {args: 0, set: func(p *Process, a []string) error {
+		p.LiteralArgs = true
+		return nil
+	}},
 	"dir":      {args: 1, set: stringSetter(func(p *Process) *string { return &p.Dir })},
 	"env_file": {args: 1, set: stringSetter(func(p *Process) *string { return &p.EnvFile })},
 	"user":     {args: 1, set: stringSetter(func(p *Process) *string { return &p.User })},

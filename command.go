@@ -1,13 +1,14 @@
 package supervise
 
 import (
+	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/caddyconfig"
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
@@ -21,7 +22,7 @@ import (
 func init() {
 	caddycmd.RegisterCommand(caddycmd.Command{
 		Name:  "supervise",
-		Usage: "[--ready <path>] [--blue-green | --socket <address>] [--drain-timeout <d>] [--stop-timeout <d>] [--wait <d>] [--public-dir <dir>] [--admin <address>|off] [--print-caddyfile] -- <command> [<args>...]",
+		Usage: "[--ready <path>] [--blue-green | --socket <address>] [--drain-timeout <d>] [--stop-timeout <d>] [--wait <d>] [--public-dir <dir>] [--admin <address>|off] [--metrics <address>] [--print-caddyfile] -- <command> [<args>...]",
 		Short: "Runs an app server behind Caddy, configured like Thruster",
 		Long: `
 Starts COMMAND as a supervised process (PORT set to TARGET_PORT, default
@@ -44,7 +45,8 @@ when the app ends.
 			cmd.Flags().Duration("stop-timeout", 10*time.Second, "how long the app may take to exit after its signal before it is killed")
 			cmd.Flags().Duration("wait", 30*time.Second, "how long a request waits for the app while it boots or restarts (then 503, or BAD_GATEWAY_PAGE)")
 			cmd.Flags().String("public-dir", "./public", "files served straight from disk when they exist (empty: none)")
-			cmd.Flags().String("admin", "localhost:2019", "Caddy's admin endpoint (/supervise/ routes, /metrics), or off")
+			cmd.Flags().String("admin", "", "Caddy's admin endpoint (/supervise/ routes, /metrics), or off (default: a unix socket only Caddy's user can use: $XDG_RUNTIME_DIR/caddy-supervise.sock, else ./tmp/caddy-supervise.sock, else one in a new private directory)")
+			cmd.Flags().String("metrics", "", "also serve Prometheus metrics on this TCP address, e.g. :9090 (no admin API there)")
 			cmd.Flags().String("name", "app", "the supervised process's name (logs, admin API, metrics)")
 			cmd.Flags().Bool("print-caddyfile", false, "print the equivalent Caddyfile and exit")
 			cmd.Args = cobra.ArbitraryArgs
@@ -69,15 +71,25 @@ func cmdSupervise(cmd *cobra.Command, args []string) (int, error) {
 	if err != nil {
 		return caddy.ExitCodeFailedStartup, err
 	}
-	src := c.caddyfile()
-	if print, _ := cmd.Flags().GetBool("print-caddyfile"); print {
-		fmt.Print(src)
+	print, _ := cmd.Flags().GetBool("print-caddyfile")
+	cleanup, err := c.resolveAdmin(!print)
+	if err != nil {
+		return caddy.ExitCodeFailedStartup, err
+	}
+	if print {
+		fmt.Print(c.caddyfile())
 		return 0, nil
 	}
-	adapter := caddyconfig.GetAdapter("caddyfile")
-	cfgJSON, warnings, err := adapter.Adapt([]byte(src), map[string]any{"filename": "caddy supervise"})
+	caddy.OnExit(func(context.Context) { cleanup() })
+	cfgJSON, warnings, err := c.configJSON()
 	if err != nil {
-		return caddy.ExitCodeFailedStartup, fmt.Errorf("the generated Caddyfile: %v", err)
+		cleanup()
+		return caddy.ExitCodeFailedStartup, err
+	}
+	if c.AdminAddr != "off" {
+		path := strings.TrimPrefix(strings.TrimSuffix(c.AdminAddr, "|0600"), "unix/")
+		caddy.Log().Info("admin endpoint (/supervise/ and /metrics) on a unix socket only Caddy's user can use",
+			zap.String("address", c.AdminAddr), zap.String("try", "curl --unix-socket "+path+" http://localhost/supervise/"))
 	}
 	for _, w := range warnings {
 		caddy.Log().Warn(w.String())
@@ -87,6 +99,7 @@ func cmdSupervise(cmd *cobra.Command, args []string) (int, error) {
 	}
 	caddy.TrapSignals()
 	if err := caddy.Load(cfgJSON, true); err != nil {
+		cleanup()
 		return caddy.ExitCodeFailedStartup, err
 	}
 	select {}
@@ -107,6 +120,7 @@ func thrusterFromFlags(cmd *cobra.Command, args []string) (*thrusterConfig, erro
 	c.Wait, _ = f.GetDuration("wait")
 	c.PublicDir, _ = f.GetString("public-dir")
 	c.AdminAddr, _ = f.GetString("admin")
+	c.Metrics, _ = f.GetString("metrics")
 	c.Name, _ = f.GetString("name")
 	if err := c.check(f.Changed("public-dir")); err != nil {
 		return nil, err
@@ -132,12 +146,39 @@ func (c *thrusterConfig) check(publicDirGiven bool) error {
 		return fmt.Errorf("--wait %s: must be positive", c.Wait)
 	case c.Name == "" || strings.ContainsAny(c.Name, " \t\r\n/{}\"`"):
 		return fmt.Errorf("--name %q: a word without white space, '/', quotes or braces", c.Name)
-	case c.AdminAddr == "":
-		return fmt.Errorf("--admin: an address, or off")
 	}
 	if c.Socket != "" {
+		if err := checkValue("address", c.Socket); err != nil {
+			return fmt.Errorf("--socket %q: %v", c.Socket, err)
+		}
 		if _, err := caddy.ParseNetworkAddress(c.Socket); err != nil {
 			return fmt.Errorf("--socket %q: %v", c.Socket, err)
+		}
+	}
+	if c.AdminAddr != "" && c.AdminAddr != "off" {
+		if err := checkValue("address", c.AdminAddr); err != nil {
+			return fmt.Errorf("--admin %q: %v", c.AdminAddr, err)
+		}
+		if _, err := caddy.ParseNetworkAddress(c.AdminAddr); err != nil {
+			return fmt.Errorf("--admin %q: %v", c.AdminAddr, err)
+		}
+	}
+	if c.Metrics != "" {
+		addr, err := caddy.ParseNetworkAddress(c.Metrics)
+		if err == nil {
+			err = checkValue("address", c.Metrics)
+		}
+		if err == nil && (addr.IsUnixNetwork() || addr.PortRangeSize() != 1 || addr.StartPort == 0) {
+			err = fmt.Errorf("a TCP address with one port, such as :9090 or 127.0.0.1:9090")
+		}
+		if err != nil {
+			return fmt.Errorf("--metrics %q: %v", c.Metrics, err)
+		}
+		c.MetricsHost, c.MetricsPort = addr.Host, int(addr.StartPort)
+	}
+	for flag, v := range map[string]string{"--ready": c.Ready, "--public-dir": c.PublicDir} {
+		if err := checkValue("path", v); err != nil {
+			return fmt.Errorf("%s %q: %v", flag, v, err)
 		}
 	}
 	if c.PublicDir != "" {
@@ -151,4 +192,43 @@ func (c *thrusterConfig) check(publicDirGiven bool) error {
 		}
 	}
 	return nil
+}
+
+// resolveAdmin picks the admin endpoint when --admin was not given: a unix
+// socket with mode 0600, so that only Caddy's own user (not a sidecar, not
+// another user of the host) can reach an API that can start programs. It
+// goes in $XDG_RUNTIME_DIR (a private directory of the user) if set, else
+// in ./tmp (a Rails app's, which its user can write), else, when create is
+// set, in a new private directory (0700) that cleanup removes; when it is
+// not (--print-caddyfile), the endpoint is off.
+func (c *thrusterConfig) resolveAdmin(create bool) (cleanup func(), err error) {
+	cleanup = func() {}
+	if c.AdminAddr != "" {
+		return cleanup, nil
+	}
+	dir := os.Getenv("XDG_RUNTIME_DIR")
+	if fi, err := os.Stat(dir); dir == "" || err != nil || !fi.IsDir() {
+		dir = ""
+	}
+	if fi, err := os.Stat("tmp"); dir == "" && err == nil && fi.IsDir() {
+		dir, _ = filepath.Abs("tmp")
+	}
+	name := "caddy-supervise.sock"
+	if dir == "" && !create {
+		c.AdminAddr = "off"
+		return cleanup, nil
+	}
+	if dir == "" {
+		if dir, err = os.MkdirTemp("", "caddy-supervise-"); err != nil {
+			return cleanup, fmt.Errorf("a private directory for the admin endpoint's socket: %v", err)
+		}
+		cleanup = func() { os.RemoveAll(dir) }
+		name = "admin.sock"
+	}
+	if err := checkValue("path", dir); err != nil {
+		cleanup()
+		return func() {}, fmt.Errorf("the admin endpoint's directory %q: %v; set --admin", dir, err)
+	}
+	c.AdminAddr = "unix/" + filepath.Join(dir, name) + "|0600"
+	return cleanup, nil
 }

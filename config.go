@@ -64,6 +64,14 @@ type Process struct {
 	// if NAME is unset, except in `env` values, where it becomes empty.
 	Command []string `json:"command,omitempty"`
 
+	// LiteralArgs passes the command and its arguments to the program as
+	// written: `{env.NAME}` in them is not replaced (`{supervise.port}` and
+	// `{supervise.fd}` still are). `caddy supervise` sets it: its
+	// arguments come from a shell, which already expanded what it meant
+	// to. In a Caddyfile, Caddy still substitutes `{$NAME}` when it adapts
+	// the file. Default: false.
+	LiteralArgs bool `json:"literal_args,omitempty"`
+
 	// Dir is the working directory of the child. Default: Caddy's working
 	// directory. It must exist when the config is loaded.
 	Dir string `json:"dir,omitempty"`
@@ -297,7 +305,9 @@ func (p *Process) resolveSpawn() error {
 	var err error
 	p.args = make([]string, len(p.Command))
 	for i, a := range p.Command {
-		if p.args[i], err = expandEnv(a, false); err != nil {
+		if p.LiteralArgs {
+			p.args[i] = a
+		} else if p.args[i], err = expandEnv(a, false); err != nil {
 			return fmt.Errorf("command %q: %v", a, err)
 		}
 	}

@@ -1,13 +1,18 @@
 package supervise
 
 import (
+	"encoding/json"
 	"fmt"
+	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"text/template"
 	"time"
+
+	"github.com/caddyserver/caddy/v2/caddyconfig"
 )
 
 // Thruster's configuration for `caddy supervise`: Thruster's environment
@@ -51,6 +56,8 @@ var thrusterVars = []thrusterEnv{
 // thrusterConfig is what `caddy supervise` runs.
 type thrusterConfig struct {
 	Command []string
+	Args    string   // the command as Caddyfile tokens, each after a space
+	Notes   []string // what the printed Caddyfile cannot carry
 
 	TLSDomains                    []string
 	TargetPort, HTTPPort          int
@@ -66,6 +73,9 @@ type thrusterConfig struct {
 
 	// flags
 	AdminAddr    string // admin endpoint address, or "off"
+	Metrics      string // --metrics: an address that serves /metrics, or ""
+	MetricsHost  string // its host ("": every interface)
+	MetricsPort  int
 	Ready        string // HTTP readiness path; "" probes the port with TCP
 	BlueGreen    bool   // port auto: restarts start the new instance beside the old one
 	Socket       string // a socket Caddy holds for the app, instead of a port
@@ -135,8 +145,22 @@ func (c *thrusterConfig) readThrusterEnv(getenv func(string) (string, bool)) err
 	flag := func(k string) bool { b, _ := strconv.ParseBool(vals[k]); return b }
 	seconds := func(k string) time.Duration { return time.Duration(atoi(k)) * time.Second }
 	for _, d := range strings.Split(vals["TLS_DOMAIN"], ",") {
-		if d = strings.TrimSpace(d); d != "" {
-			c.TLSDomains = append(c.TLSDomains, d)
+		if d = strings.TrimSpace(d); d == "" {
+			continue
+		}
+		if !isHostName(d) {
+			_, from, _ := lookupThruster(getenv, thrusterEnv{name: "TLS_DOMAIN"})
+			return fmt.Errorf("%s %q: %q is not a host name (letters, digits, '-' and '.', optionally starting with '*.')", from, vals["TLS_DOMAIN"], d)
+		}
+		c.TLSDomains = append(c.TLSDomains, d)
+	}
+	for _, v := range []struct{ name, check string }{
+		{"STORAGE_PATH", "path"}, {"BAD_GATEWAY_PAGE", "path"}, {"ACME_DIRECTORY", "url"},
+		{"EAB_KID", "key"}, {"EAB_HMAC_KEY", "key"},
+	} {
+		_, from, _ := lookupThruster(getenv, thrusterEnv{name: v.name})
+		if err := checkValue(v.check, vals[v.name]); err != nil {
+			return fmt.Errorf("%s %q: %v", from, vals[v.name], err)
 		}
 	}
 	c.TargetPort, c.HTTPPort, c.HTTPSPort = atoi("TARGET_PORT"), atoi("HTTP_PORT"), atoi("HTTPS_PORT")
@@ -156,8 +180,129 @@ func (c *thrusterConfig) readThrusterEnv(getenv func(string) (string, bool)) err
 	return nil
 }
 
-// caddyfile writes the configuration as a Caddyfile.
+// isHostName reports whether s is a DNS host name, or a wildcard one
+// (`*.example.com`), as TLS_DOMAIN lists them.
+func isHostName(s string) bool {
+	s = strings.TrimPrefix(s, "*.")
+	if s == "" || len(s) > 253 {
+		return false
+	}
+	for _, label := range strings.Split(s, ".") {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return false
+		}
+		for _, r := range label {
+			if !(r == '-' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9') {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// checkValue checks a value that `caddy supervise` writes into its
+// Caddyfile, so that it stays one value: a path, a URL or a key has no
+// control character, no brace (Caddy would read a placeholder, or a
+// `{$VAR}` to substitute) and no backtick (the value is written between
+// backticks). A URL is an http(s) URL without white space; a key is
+// base64url.
+func checkValue(kind, v string) error {
+	if strings.ContainsAny(v, "{}`") || strings.ContainsFunc(v, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
+		return fmt.Errorf("control characters, braces and backticks are not supported here")
+	}
+	switch kind {
+	case "url":
+		if v == "" {
+			return nil
+		}
+		u, err := url.Parse(v)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || strings.ContainsAny(v, " \t\"'") {
+			return fmt.Errorf("must be an http:// or https:// URL")
+		}
+	case "address":
+		if strings.ContainsAny(v, " \t\"'\\") {
+			return fmt.Errorf("white space, quotes and backslashes are not supported here")
+		}
+	case "key":
+		if strings.Trim(v, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_=") != "" {
+			return fmt.Errorf("must be base64url (letters, digits, '-', '_', '=')")
+		}
+	}
+	return nil
+}
+
+// caddyfile writes the configuration as a Caddyfile, for
+// --print-caddyfile: with the command's arguments as they are, preceded by
+// a comment for each one a Caddyfile cannot carry.
 func (c *thrusterConfig) caddyfile() string {
+	c.Args = ""
+	c.Notes = nil
+	for i, a := range c.Command {
+		printed := strings.ReplaceAll(a, "{$", `{\$`)
+		var why []string
+		if printed != a {
+			why = append(why, `it holds "{" then "$", which Caddy would substitute from its environment: printed with {\$ instead`)
+		}
+		token, ok := quoteArg(printed)
+		if !ok {
+			printed = strings.ReplaceAll(printed, "\r", "")
+			token, _ = quoteArg(printed)
+			why = append(why, "no Caddyfile quoting carries its mix of backticks, a backslash before a quote and carriage returns: printed without the carriage returns")
+		}
+		if len(why) > 0 {
+			c.Notes = append(c.Notes, fmt.Sprintf("argument %d (%q) cannot be written in a Caddyfile as it is: %s; caddy supervise runs it exactly as given",
+				i, printed, strings.Join(why, "; ")))
+		}
+		c.Args += " " + token
+	}
+	return c.render()
+}
+
+// configJSON is the configuration that runs: the Caddyfile with a stand-in
+// for each argument of the command, adapted, and the arguments put into
+// the JSON afterwards (as `literal_args`), so that they reach the program
+// byte for byte, whatever they hold: no Caddyfile quoting or `{$VAR}`
+// substitution touches them, and the supervise app does not expand
+// `{env.*}` in them.
+func (c *thrusterConfig) configJSON() ([]byte, []caddyconfig.Warning, error) {
+	c.Args = ""
+	standIns := make([]string, len(c.Command))
+	for i := range c.Command {
+		standIns[i] = fmt.Sprintf("caddy-supervise-argument-%d", i)
+		c.Args += " " + standIns[i]
+	}
+	src := c.render()
+	cfgJSON, warnings, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(src), map[string]any{"filename": "caddy supervise"})
+	if err != nil {
+		return nil, nil, fmt.Errorf("the generated Caddyfile: %v", err)
+	}
+	var whole, apps map[string]json.RawMessage
+	if err := json.Unmarshal(cfgJSON, &whole); err != nil {
+		return nil, nil, err
+	}
+	if err := json.Unmarshal(whole["apps"], &apps); err != nil {
+		return nil, nil, err
+	}
+	var app App
+	if err := json.Unmarshal(apps["supervise"], &app); err != nil {
+		return nil, nil, err
+	}
+	if len(app.Processes) != 1 || !slices.Equal(app.Processes[0].Command, standIns) {
+		return nil, nil, fmt.Errorf("the generated config: the command is not where it was written")
+	}
+	app.Processes[0].Command = c.Command
+	if apps["supervise"], err = json.Marshal(&app); err != nil {
+		return nil, nil, err
+	}
+	if whole["apps"], err = json.Marshal(apps); err != nil {
+		return nil, nil, err
+	}
+	out, err := json.Marshal(whole)
+	return out, warnings, err
+}
+
+// render executes the template with c.
+func (c *thrusterConfig) render() string {
 	c.Page = ""
 	if c.BadGatewayPage != "" {
 		if abs, err := filepath.Abs(c.BadGatewayPage); err == nil {
@@ -177,18 +322,14 @@ func (c *thrusterConfig) caddyfile() string {
 var caddyfileTemplate = template.Must(template.New("Caddyfile").Funcs(template.FuncMap{
 	"q":    quoteToken,
 	"join": strings.Join,
-	"args": func(args []string) string {
-		q := make([]string, len(args))
-		for i, a := range args {
-			q[i] = quoteToken(a)
-		}
-		return strings.Join(q, " ")
-	},
 	"dir":  filepath.Dir,
 	"base": func(p string) string { return "/" + filepath.Base(p) },
 }).Parse(`# Generated by ` + "`caddy supervise`" + ` from Thruster's environment variables and its flags.
+{{- range .Notes}}
+# Note: {{.}}
+{{- end}}
 {
-	admin {{.AdminAddr}}
+	admin {{q .AdminAddr}}
 {{- if .Debug}}
 	debug
 {{- end}}
@@ -225,8 +366,9 @@ var caddyfileTemplate = template.Must(template.New("Caddyfile").Funcs(template.F
 		protocols h1 h2 h2c{{if .TLSDomains}} h3{{end}}
 {{- end}}
 	}
-	supervise {{args .Command}} {
+	supervise{{.Args}} {
 		name {{.Name}}
+		literal_args
 {{- if .Socket}}
 		socket {{q .Socket}}
 {{- else if .BlueGreen}}
@@ -311,15 +453,45 @@ var caddyfileTemplate = template.Must(template.New("Caddyfile").Funcs(template.F
 	}
 {{- end}}
 }
+{{- if .MetricsPort}}
+
+http://:{{.MetricsPort}} {
+{{- if .MetricsHost}}
+	bind {{q .MetricsHost}}
+{{- end}}
+	metrics
+}
+{{- end}}
 `))
 
-// quoteToken writes s as one Caddyfile token.
+// quoteToken writes s as one Caddyfile token (see quoteArg); a value it
+// cannot carry was refused before (checkValue).
 func quoteToken(s string) string {
-	if s != "" && !strings.ContainsAny(s, " \t\r\n\"'`{}#\\") {
-		return s
+	token, _ := quoteArg(s)
+	return token
+}
+
+// quoteArg writes s as one Caddyfile token that Caddy's lexer reads back
+// as s: bare if nothing in it is special; between backticks, which take
+// everything literally, if it has no backtick; between double quotes,
+// where only \" is an escape, if no backslash comes right before a quote
+// or at the end; else as a heredoc, which drops carriage returns. It
+// reports false when none of them fits. (Caddy's substitution of {$VAR}
+// in the raw text happens before any of them: the caller looks for it.)
+func quoteArg(s string) (string, bool) {
+	switch {
+	case s != "" && !strings.ContainsAny(s, " \t\r\n\"'`{}#\\<"):
+		return s, true
+	case !strings.Contains(s, "`"):
+		return "`" + s + "`", true
+	case !strings.Contains(s, `\"`) && !strings.HasSuffix(s, `\`):
+		return `"` + strings.ReplaceAll(s, `"`, `\"`) + `"`, true
+	case !strings.Contains(s, "\r"):
+		marker := "ARG"
+		for strings.Contains(s, marker) {
+			marker += "_"
+		}
+		return "<<" + marker + "\n" + s + "\n" + marker, true
 	}
-	if !strings.Contains(s, "`") {
-		return "`" + s + "`"
-	}
-	return `"` + strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(s) + `"`
+	return "`" + s + "`", false
 }

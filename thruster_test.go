@@ -2,6 +2,8 @@ package supervise
 
 import (
 	"encoding/json"
+	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -150,6 +152,155 @@ func TestThrusterFlags(t *testing.T) {
 		{func(c *thrusterConfig) { c.Ready = "up" }, `--ready "up": a path`},
 		{func(c *thrusterConfig) { c.Socket = "127.0.0.1:port" }, `--socket "127.0.0.1:port"`},
 		{func(c *thrusterConfig) { c.PublicDir = "/no/such/dir" }, `--public-dir "/no/such/dir": not a directory`},
+	} {
+		c, _ := thrusterFor(t, nil)
+		tc.set(c)
+		if err := c.check(true); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v, want %q", err, tc.want)
+		}
+	}
+}
+
+// hostileArgs are arguments a shell can hand `caddy supervise`: none may
+// add, remove or change a directive, and each must reach the program byte
+// for byte (but {supervise.port}, which is expanded).
+var hostileArgs = []string{
+	"{$HOME}", "{$SUPERVISE_T_HOSTILE}", "a{$SUPERVISE_T_HOSTILE:default}b", "{env.HOME}", "{env.SUPERVISE_T_HOSTILE}",
+	"{supervise.portal}", "{http.request.uri}", "}\n\trespond pwned\n}\nhttp://x {", "{", "}", "#not a comment",
+	"back`tick", "`", `"double"`, "it's", `back\slash`, `trailing\`, `\"`, "back`tick and \\\"escaped\\\"", "back`tick \\",
+	"new\nline", "carriage\rreturn", "tab\there", "  spaces  ", "", "<<EOF", "<<ARG\nARG", "import x", "(snippet)", "ünïcødé ✓",
+	"back`tick\r\\\"all three",
+}
+
+// `caddy supervise`'s config carries every argument exactly, and nothing
+// else changes: the config of hostile arguments is the config of plain
+// ones, but for the command; the supervise app does not expand {env.*} in
+// them. The printed Caddyfile adapts to the same arguments, or says which
+// one it cannot carry.
+func TestThrusterHostileArguments(t *testing.T) {
+	t.Setenv("SUPERVISE_T_HOSTILE", "}\n\trespond injected\n}\n")
+	plain, err := thrusterFor(t, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	plain.Command = make([]string, len(hostileArgs)+1)
+	for i := range plain.Command {
+		plain.Command[i] = fmt.Sprintf("arg%d", i)
+	}
+	want, _, err := plain.configJSON()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, _ := thrusterFor(t, nil)
+	c.Command = append([]string{"prog"}, hostileArgs...)
+	got, _, err := c.configJSON()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wantCfg, gotCfg map[string]any
+	json.Unmarshal(want, &wantCfg)
+	json.Unmarshal(got, &gotCfg)
+	procOf := func(cfg map[string]any) map[string]any {
+		return cfg["apps"].(map[string]any)["supervise"].(map[string]any)["processes"].([]any)[0].(map[string]any)
+	}
+	var cmd []string
+	for _, a := range procOf(gotCfg)["command"].([]any) {
+		cmd = append(cmd, a.(string))
+	}
+	if !slices.Equal(cmd, c.Command) {
+		t.Errorf("the config's command %q, want %q", cmd, c.Command)
+	}
+	if procOf(gotCfg)["literal_args"] != true {
+		t.Error("the config's process is not literal_args")
+	}
+	delete(procOf(wantCfg), "command")
+	delete(procOf(gotCfg), "command")
+	if w, g := mustJSON(t, wantCfg), mustJSON(t, gotCfg); w != g {
+		t.Errorf("hostile arguments changed the config:\n%s\nwant\n%s", g, w)
+	}
+	// the supervise app takes them as they are
+	var whole struct{ Apps struct{ Supervise App } }
+	if err := json.Unmarshal(got, &whole); err != nil {
+		t.Fatal(err)
+	}
+	app := &whole.Apps.Supervise
+	app.Processes[0].Command[0] = "true"
+	if err := app.Processes[0].provision(0); err != nil {
+		t.Fatal(err)
+	}
+	if got := app.Processes[0].argsFor(4000)[1:]; !slices.Equal(got, hostileArgs) {
+		t.Errorf("the process gets %q, want %q", got, hostileArgs)
+	}
+
+	// the printed Caddyfile
+	src := c.caddyfile()
+	out, _, err := (caddyfile.Adapter{ServerType: httpcaddyfile.ServerType{}}).Adapt([]byte(src), nil)
+	if err != nil {
+		t.Fatalf("adapting the printed Caddyfile: %v\n%s", err, src)
+	}
+	var printed map[string]any
+	json.Unmarshal(out, &printed)
+	args := procOf(printed)["command"].([]any)
+	if len(args) != len(c.Command) {
+		t.Fatalf("the printed Caddyfile has %d arguments, want %d:\n%s", len(args), len(c.Command), src)
+	}
+	for i, a := range c.Command {
+		if args[i] == a {
+			continue
+		}
+		if !strings.Contains(src, fmt.Sprintf("# Note: argument %d (", i)) || strings.Contains(src, "{$") {
+			t.Errorf("argument %d: the printed Caddyfile gives %q, want %q or a note that says why not", i, args[i], a)
+		}
+	}
+	delete(procOf(printed), "command")
+	delete(procOf(wantCfg), "literal_args")
+	if p := procOf(printed); p["literal_args"] != true {
+		t.Error("the printed Caddyfile has no literal_args")
+	}
+}
+
+func mustJSON(t *testing.T, v any) string { return string(mustJSONRaw(t, v)) }
+
+func mustJSONRaw(t *testing.T, v any) []byte {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// A variable or flag that would not stay one value in the Caddyfile is an
+// error that names it.
+func TestThrusterHostileValues(t *testing.T) {
+	t.Setenv("SUPERVISE_T_HOSTILE", "x")
+	for _, tc := range []struct {
+		env  map[string]string
+		want string
+	}{
+		{map[string]string{"TLS_DOMAIN": "a.com {\n respond pwned\n}\nhttp://x"}, `TLS_DOMAIN "a.com {\n respond pwned\n}\nhttp://x": "a.com {\n respond pwned\n}\nhttp://x" is not a host name`},
+		{map[string]string{"THRUSTER_TLS_DOMAIN": "ok.com, {$SUPERVISE_T_HOSTILE}"}, `THRUSTER_TLS_DOMAIN "ok.com, {$SUPERVISE_T_HOSTILE}": "{$SUPERVISE_T_HOSTILE}" is not a host name`},
+		{map[string]string{"TLS_DOMAIN": "a.com:443"}, `"a.com:443" is not a host name`},
+		{map[string]string{"STORAGE_PATH": "/data/{$SUPERVISE_T_HOSTILE}"}, `STORAGE_PATH "/data/{$SUPERVISE_T_HOSTILE}": control characters, braces and backticks are not supported here`},
+		{map[string]string{"BAD_GATEWAY_PAGE": "/p/{http.request.uri}"}, `BAD_GATEWAY_PAGE "/p/{http.request.uri}": control characters`},
+		{map[string]string{"STORAGE_PATH": "a\nb"}, `STORAGE_PATH "a\nb": control characters`},
+		{map[string]string{"ACME_DIRECTORY": "https://acme.test/dir\n}"}, `ACME_DIRECTORY "https://acme.test/dir\n}": control characters`},
+		{map[string]string{"ACME_DIRECTORY": "ftp://acme.test/"}, `ACME_DIRECTORY "ftp://acme.test/": must be an http:// or https:// URL`},
+		{map[string]string{"EAB_KID": "k id", "EAB_HMAC_KEY": "m"}, `EAB_KID "k id": must be base64url`},
+	} {
+		if _, err := thrusterFor(t, tc.env); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q: %v, want %q", tc.env, err, tc.want)
+		}
+	}
+	for _, tc := range []struct {
+		set  func(*thrusterConfig)
+		want string
+	}{
+		{func(c *thrusterConfig) { c.Ready = "/up {$SUPERVISE_T_HOSTILE}" }, `--ready "/up {$SUPERVISE_T_HOSTILE}": control characters, braces`},
+		{func(c *thrusterConfig) { c.PublicDir = "pub`lic" }, "--public-dir \"pub`lic\": control characters, braces"},
+		{func(c *thrusterConfig) { c.Socket = "127.0.0.1:3000\n}" }, `--socket "127.0.0.1:3000\n}": control characters`},
+		{func(c *thrusterConfig) { c.AdminAddr = "localhost:2019 {" }, `--admin "localhost:2019 {": control characters`},
+		{func(c *thrusterConfig) { c.Metrics = "unix//run/m.sock" }, `--metrics "unix//run/m.sock": a TCP address`},
 	} {
 		c, _ := thrusterFor(t, nil)
 		tc.set(c)
