@@ -153,7 +153,11 @@ var subdirectives = map[string]subdirective{
 	"on_end":         {args: 1, set: oneOf(func(p *Process) *string { return &p.OnEnd }, OnEndStopCaddy, OnEndKeepRunning)},
 	"port":           {args: 1, set: stringSetter(func(p *Process) *string { return &p.Port })},
 	"socket": {args: 1, set: func(p *Process, a []string) error {
-		if _, err := caddy.ParseNetworkAddress(a[0]); err != nil {
+		address, _, err := splitSocketMode(a[0])
+		if err != nil {
+			return fmt.Errorf("%q: %v", a[0], err)
+		}
+		if _, err := caddy.ParseNetworkAddress(address); err != nil {
 			return fmt.Errorf("%q: %v", a[0], err)
 		}
 		p.Socket = a[0]

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io/fs"
 	"maps"
 	"os"
 	"path/filepath"
@@ -213,6 +214,7 @@ type Process struct {
 	env      []string          // the child's complete environment
 	signal   syscall.Signal
 	sockAddr caddy.NetworkAddress // Socket, parsed
+	sockMode fs.FileMode          // a unix socket's mode
 }
 
 // provision checks the definition, fills in defaults and resolves the

@@ -33,6 +33,7 @@ type heldSocket struct {
 	file  *os.File    // the listening socket, in blocking mode; Caddy never accepts on it
 	path  string      // a unix socket's path, "" for TCP
 	node  fs.FileInfo // the unix socket's file as created, to remove only that one
+	mode  fs.FileMode // the unix socket's file's mode
 	users []*App      // the configs that use it
 }
 
@@ -62,7 +63,11 @@ func (p *Process) provisionSocket() error {
 	if p.Port != "" {
 		return fmt.Errorf("socket %q: socket and port %q are exclusive: the process gets its socket, not a port", p.Socket, p.Port)
 	}
-	addr, err := caddy.ParseNetworkAddress(p.Socket)
+	address, mode, err := splitSocketMode(p.Socket)
+	if err != nil {
+		return fmt.Errorf("socket %q: %v", p.Socket, err)
+	}
+	addr, err := caddy.ParseNetworkAddress(address)
 	if err != nil {
 		return fmt.Errorf("socket %q: %v", p.Socket, err)
 	}
@@ -85,8 +90,14 @@ func (p *Process) provisionSocket() error {
 		if addr.PortRangeSize() != 1 {
 			return fmt.Errorf("socket %q: one port, not a range", p.Socket)
 		}
+		if addr.StartPort == 0 && (strings.HasPrefix(p.Socket, "/") || strings.HasPrefix(p.Socket, ".")) {
+			return fmt.Errorf("socket %q: a unix socket's path is written unix/PATH: unix/%s", p.Socket, p.Socket)
+		}
 		if addr.StartPort == 0 {
 			return fmt.Errorf("socket %q: a port is needed", p.Socket)
+		}
+		if mode != 0 {
+			return fmt.Errorf("socket %q: a mode (|%o) is for unix sockets only", p.Socket, mode)
 		}
 	default:
 		return fmt.Errorf("socket %q: network %s: must be TCP (HOST:PORT) or unix/PATH", p.Socket, addr.Network)
@@ -99,8 +110,35 @@ func (p *Process) provisionSocket() error {
 			return fmt.Errorf("socket %q: %s is also set by env or env_file; with socket, Caddy sets it", p.Socket, k)
 		}
 	}
-	p.sockAddr = addr
+	if mode == 0 {
+		mode = defaultSocketMode
+	}
+	p.sockAddr, p.sockMode = addr, mode
 	return nil
+}
+
+// defaultSocketMode is a unix socket's mode unless the address says
+// otherwise: only Caddy's user, which dials it, can connect.
+const defaultSocketMode fs.FileMode = 0o600
+
+// splitSocketMode splits Caddy's `|MODE` suffix off a unix socket's
+// address (`unix//run/app.sock|0660`): the octal permission bits the
+// socket's file gets. Caddy reads this suffix for its own listeners; its
+// parser is internal, so this is written here.
+func splitSocketMode(s string) (string, fs.FileMode, error) {
+	i := strings.LastIndexByte(s, '|')
+	if i < 0 {
+		return s, 0, nil
+	}
+	bits := s[i+1:]
+	n, err := strconv.ParseUint(bits, 8, 32)
+	if err != nil || len(bits) < 3 || len(bits) > 4 || n == 0 || n > 0o777 {
+		return "", 0, fmt.Errorf("mode %q: octal permission bits such as 0600 or 0660", bits)
+	}
+	if n&0o200 == 0 {
+		return "", 0, fmt.Errorf("mode %q: the owner needs write permission to connect", bits)
+	}
+	return s[:i], fs.FileMode(n), nil
 }
 
 // socketKey identifies the socket of a definition across configs.
@@ -142,45 +180,38 @@ func holdSocket(a *App, def *Process) error {
 	key := def.socketKey()
 	if s := sockets.held[key]; s != nil {
 		s.users = append(s.users, a)
-		return nil
+		return s.setMode(def.sockMode)
 	}
-	s, err := openSocket(def.sockAddr)
+	s, err := openSocket(def.sockAddr, def.sockMode)
 	if err != nil {
 		return err
 	}
 	s.users = []*App{a}
+	s.mode = def.sockMode
 	sockets.held[key] = s
 	return nil
 }
 
-// openSocket opens a listening socket. A unix socket file that nothing
-// listens on any more (left by a Caddy that was killed) is replaced.
-func openSocket(addr caddy.NetworkAddress) (*heldSocket, error) {
-	network, address := addr.Network, addr.JoinHostPort(0)
+// openSocket opens a listening socket. A unix socket's file gets its mode
+// before it appears at its path (see bindUnix); a socket file that nothing
+// listens on any more (left by a Caddy that was killed) is replaced; any
+// other file at the path is an error, never removed.
+func openSocket(addr caddy.NetworkAddress, mode fs.FileMode) (*heldSocket, error) {
+	var ln net.Listener
+	var err error
+	s := &heldSocket{}
 	if addr.IsUnixNetwork() {
-		address = addr.Host
-	}
-	ln, err := net.Listen(network, address)
-	if err != nil && addr.IsUnixNetwork() && errors.Is(err, syscall.EADDRINUSE) {
-		if c, derr := net.Dial("unix", address); derr == nil {
-			c.Close()
-			return nil, fmt.Errorf("%s: another process listens on it", address)
-		} else if errors.Is(derr, syscall.ECONNREFUSED) {
-			// stale: a socket file nobody listens on
-			if rerr := os.Remove(address); rerr != nil {
-				return nil, fmt.Errorf("removing the stale socket file: %v", rerr)
-			}
-			ln, err = net.Listen(network, address)
-		}
+		ln, err = bindUnix(addr.Host, mode)
+		s.path = addr.Host
+	} else {
+		ln, err = net.Listen(addr.Network, addr.JoinHostPort(0))
 	}
 	if err != nil {
 		return nil, err
 	}
-	s := &heldSocket{}
 	if ul, ok := ln.(*net.UnixListener); ok {
 		ul.SetUnlinkOnClose(false) // the file stays while Caddy holds the socket
-		s.path = address
-		s.node, _ = os.Lstat(address)
+		s.node, _ = os.Lstat(s.path)
 	}
 	s.file, err = ln.(interface{ File() (*os.File, error) }).File()
 	ln.Close() // s.file is a duplicate: the socket stays open
@@ -194,12 +225,99 @@ func openSocket(addr caddy.NetworkAddress) (*heldSocket, error) {
 	return s, nil
 }
 
+// bindUnix binds a unix socket at path with the given mode. The socket is
+// bound in a new private directory beside path, given its mode there, and
+// then linked to path, which fails if anything is there: no moment with the
+// umask's mode, and nothing at path is ever replaced. What is at path may
+// only be removed if it is a socket that refuses connections (stale), and
+// is checked again right before.
+func bindUnix(path string, mode fs.FileMode) (net.Listener, error) {
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode().Type() != fs.ModeSocket {
+			return nil, fmt.Errorf("%s exists and is not a socket", path)
+		}
+		if err := removeStaleSocket(path); err != nil {
+			return nil, err
+		}
+	}
+	tmp, err := os.MkdirTemp(filepath.Dir(path), ".caddy-supervise-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(tmp)
+	bound := filepath.Join(tmp, "s")
+	if len(bound) >= 108 {
+		// the temporary name does not fit a socket address: bind in place
+		// and set the mode at once (the umask's mode holds for that moment)
+		ln, err := net.Listen("unix", path)
+		if err == nil {
+			if err = os.Chmod(path, mode); err != nil {
+				ln.Close()
+			}
+		}
+		return ln, err
+	}
+	ln, err := net.Listen("unix", bound)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.Chmod(bound, mode); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	if err := os.Link(bound, path); err != nil {
+		ln.Close()
+		if errors.Is(err, fs.ErrExist) {
+			return nil, fmt.Errorf("%s appeared while the socket was being made: %w", path, syscall.EADDRINUSE)
+		}
+		return nil, err
+	}
+	ln.(*net.UnixListener).SetUnlinkOnClose(false) // its name in tmp is gone with tmp; path stays
+	return ln, nil
+}
+
+// removeStaleSocket removes the socket file at path if nothing listens on
+// it; it is an error if something does.
+func removeStaleSocket(path string) error {
+	c, err := net.Dial("unix", path)
+	if err == nil {
+		c.Close()
+		return fmt.Errorf("%s: another process listens on it: %w", path, syscall.EADDRINUSE)
+	}
+	if !errors.Is(err, syscall.ECONNREFUSED) {
+		return fmt.Errorf("%s: %v", path, err)
+	}
+	// stale: a socket file nobody listens on; still a socket right now?
+	if fi, err := os.Lstat(path); err != nil || fi.Mode().Type() != fs.ModeSocket {
+		return fmt.Errorf("%s changed while it was checked", path)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("removing the stale socket file %s: %v", path, err)
+	}
+	return nil
+}
+
+// setMode gives a unix socket's file the mode a new config asks for.
+func (s *heldSocket) setMode(mode fs.FileMode) error {
+	if s.path == "" || mode == s.mode {
+		return nil
+	}
+	if fi, err := os.Lstat(s.path); err != nil || s.node == nil || !os.SameFile(fi, s.node) {
+		return fmt.Errorf("%s is no longer the socket Caddy made", s.path)
+	}
+	if err := os.Chmod(s.path, mode); err != nil {
+		return err
+	}
+	s.mode = mode
+	return nil
+}
+
 // close closes the socket and removes its file if it is still the one
 // Caddy created.
 func (s *heldSocket) close() {
 	s.file.Close()
 	if s.path != "" {
-		if fi, err := os.Lstat(s.path); err == nil && s.node != nil && os.SameFile(fi, s.node) {
+		if fi, err := os.Lstat(s.path); err == nil && s.node != nil && fi.Mode().Type() == fs.ModeSocket && os.SameFile(fi, s.node) {
 			os.Remove(s.path)
 		}
 	}
