@@ -5,13 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"slices"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
-	"go.uber.org/zap"
 )
 
 func init() {
@@ -49,7 +46,7 @@ func (a *AdminAPI) Routes() []caddy.AdminRoute {
 type Status struct {
 	Name       string     `json:"name"`
 	PID        int        `json:"pid"`
-	State      string     `json:"state"`
+	State      state      `json:"state"`
 	Ready      bool       `json:"ready"`
 	StartedAt  *time.Time `json:"started_at,omitempty"`
 	Restarts   int        `json:"restarts"`
@@ -58,18 +55,6 @@ type Status struct {
 	Socket     string     `json:"socket,omitempty"`
 	Command    []string   `json:"command"`
 	StopSignal string     `json:"stop_signal"`
-}
-
-func (p *proc) status() Status {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	st := Status{Name: p.name, PID: p.pid, State: p.state, Ready: p.state == stateReady, Restarts: p.restartN,
-		LastExit: p.lastExit, Port: p.port, Socket: p.def.Socket, Command: p.def.argsFor(p.port), StopSignal: p.def.StopSignal}
-	if !p.startedAt.IsZero() {
-		t := p.startedAt
-		st.StartedAt = &t
-	}
-	return st
 }
 
 func (a *AdminAPI) serve(w http.ResponseWriter, r *http.Request) error {
@@ -88,16 +73,13 @@ func (a *AdminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 			return err
 		}
 		list := []Status{}
-		for _, p := range allProcs() {
-			list = append(list, p.status())
+		for _, s := range allServices() {
+			list = append(list, s.view.Load().status)
 		}
-		slices.SortFunc(list, func(a, b Status) int { return strings.Compare(a.Name, b.Name) })
 		return writeJSONResponse(w, list)
 	}
-	registry.Lock()
-	p := registry.procs[parts[0]]
-	registry.Unlock()
-	if p == nil {
+	s := serviceNamed(parts[0])
+	if s == nil {
 		return apiError(http.StatusNotFound, fmt.Errorf("no supervised process named %q", parts[0]))
 	}
 	switch {
@@ -105,16 +87,20 @@ func (a *AdminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 		if err := method(http.MethodGet); err != nil {
 			return err
 		}
-		return writeJSONResponse(w, p.status())
+		return writeJSONResponse(w, s.view.Load().status)
 	case len(parts) == 2 && parts[1] == "restart":
 		if err := method(http.MethodPost); err != nil {
 			return err
 		}
-		np, err := restartByName(p.name)
-		if err != nil {
-			return apiError(statusOf(err), err)
+		reply := make(chan restartAnswer, 1)
+		if !s.post(restartEv{reply: reply}) {
+			return apiError(http.StatusConflict, fmt.Errorf("process %q: no longer in the config: %w", s.name, errNotRunning))
 		}
-		return writeJSONResponse(w, np.status())
+		answer := <-reply
+		if answer.err != nil {
+			return apiError(statusOf(answer.err), answer.err)
+		}
+		return writeJSONResponse(w, answer.status)
 	case len(parts) == 3 && parts[1] == "signal":
 		if err := method(http.MethodPost); err != nil {
 			return err
@@ -123,18 +109,14 @@ func (a *AdminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 		if err != nil {
 			return apiError(http.StatusBadRequest, fmt.Errorf("signal %q: %v", parts[2], err))
 		}
-		p.mu.Lock()
-		pid, running, logger := p.pid, p.running, p.logger
-		p.mu.Unlock()
-		err = errNotRunning
-		if running {
-			logger.Info("sending a signal asked through the admin API", zap.Int("pid", pid), zap.String("signal", parts[2]))
-			err = p.signal(pid, sig)
+		reply := make(chan error, 1)
+		if !s.post(signalEv{sig: sig, name: parts[2], reply: reply}) {
+			return apiError(http.StatusConflict, fmt.Errorf("process %q: %w", s.name, errNotRunning))
 		}
-		if err != nil {
-			return apiError(statusOf(err), fmt.Errorf("process %q: %v", p.name, err))
+		if err := <-reply; err != nil {
+			return apiError(statusOf(err), err)
 		}
-		return writeJSONResponse(w, p.status())
+		return writeJSONResponse(w, s.view.Load().status)
 	}
 	return apiError(http.StatusNotFound, fmt.Errorf("%s: not an endpoint of /supervise/", r.URL.Path))
 }
@@ -160,92 +142,6 @@ func writeJSONResponse(w http.ResponseWriter, v any) error {
 	w.Header().Set("Content-Type", "application/json")
 	return json.NewEncoder(w).Encode(v)
 }
-
-// restart restarts the process gracefully and returns the process that runs
-// now. With a readiness probe and `port auto`, a new instance starts on a
-// new port beside the old one; once it is ready, the dynamic upstream
-// switches to it, and only then is the old one stopped (stop signal: it
-// finishes its requests; stop_timeout; SIGKILL). Otherwise the process is
-// stopped the same way and started again at once, whatever its restart
-// policy.
-func (p *proc) restart() (*proc, error) {
-	def, logger := p.current()
-	if def.blueGreen() {
-		return p.replace(def, logger)
-	}
-	timeout := time.Duration(def.StopTimeout)
-	p.mu.Lock()
-	if p.stopping || !p.running {
-		p.mu.Unlock()
-		return nil, fmt.Errorf("process %q: %w", p.name, errNotRunning)
-	}
-	p.restartReq, p.restartAt = true, time.Now()
-	p.groupDeadline = p.restartAt.Add(timeout)
-	pid := p.pid
-	p.mu.Unlock()
-	logger.Info("restarting process, as asked through the admin API", zap.Int("pid", pid))
-	p.setState(stateStopping, pid)
-	_ = p.signal(pid, def.signal)
-	// p.signal sends nothing once this group is gone: never a stale kill
-	killer := time.AfterFunc(timeout, func() { _ = p.signal(pid, syscall.SIGKILL) })
-	defer killer.Stop()
-	if err := p.waitReady(pid, time.Duration(def.StopTimeout)+time.Duration(def.ReadyTimeout)+10*time.Second); err != nil {
-		return nil, err
-	}
-	return p, nil
-}
-
-// restartByName restarts the process that serves as name. One transition of
-// a process runs at a time: while a restart or a reload's replacement of it
-// runs, another restart gets errBusy (409) at once.
-func restartByName(name string) (*proc, error) {
-	unlock, ok := lockName(name, false)
-	if !ok {
-		return nil, fmt.Errorf("process %q: a restart or a reload of it runs: %w", name, errBusy)
-	}
-	defer unlock()
-	registry.Lock()
-	p := registry.procs[name]
-	registry.Unlock()
-	if p == nil {
-		return nil, fmt.Errorf("process %q: no longer in the config: %w", name, errNotRunning)
-	}
-	return p.restart()
-}
-
-// waitReady waits until a child other than oldPID is ready. It gives up
-// with errExiting once Caddy's process began to exit: Caddy learns of its
-// exit before it can stop a config (a reload that waits here holds the
-// config lock), so this looks for it a few times a second.
-func (p *proc) waitReady(oldPID int, limit time.Duration) error {
-	deadline := time.NewTimer(limit)
-	defer deadline.Stop()
-	exitCheck := time.NewTicker(exitCheckEvery)
-	defer exitCheck.Stop()
-	for {
-		p.mu.Lock()
-		pid, state, changed := p.pid, p.state, p.changed
-		p.mu.Unlock()
-		if pid != oldPID && state == stateReady {
-			return nil
-		}
-		select {
-		case <-changed:
-		case <-p.exited:
-			return fmt.Errorf("process %q ended instead of restarting", p.name)
-		case <-deadline.C:
-			return fmt.Errorf("process %q: not ready again within %s", p.name, limit)
-		case <-exitCheck.C:
-			if caddy.Exiting() {
-				return fmt.Errorf("process %q: %w", p.name, errExiting)
-			}
-		}
-	}
-}
-
-// exitCheckEvery is how often a wait for readiness looks whether Caddy's
-// process began to exit.
-const exitCheckEvery = 20 * time.Millisecond
 
 // Interface guards
 var _ caddy.AdminRouter = (*AdminAPI)(nil)

@@ -31,22 +31,15 @@ func BenchmarkOutputLines(b *testing.B) {
 	const lines = 1_000_000
 	w := &countingWriter{}
 	core := zapcore.NewCore(zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()), zapcore.AddSync(w), zap.InfoLevel)
-	a := &App{logger: zap.New(core)}
 	var total time.Duration
 	for b.Loop() {
 		def := &Process{Name: "seq", Command: []string{"seq", "1", strconv.Itoa(lines)}, OnEnd: OnEndKeepRunning}
-		if err := def.provision(0); err != nil {
-			b.Fatal(err)
-		}
 		before := w.entries.Load()
 		began := time.Now()
-		p, err := acquire(a, def)
-		if err != nil {
-			b.Fatal(err)
-		}
-		<-p.exited
+		p := testProcLogger(b, def, zap.New(core))
+		p.waitEnded(time.Minute)
 		total += time.Since(began)
-		release(a, p)
+		p.stop()
 		if got := w.entries.Load() - before; got != lines {
 			b.Fatalf("%d lines logged, want %d", got, lines)
 		}

@@ -7,7 +7,8 @@ import (
 )
 
 // collector exposes the supervised processes in Caddy's metrics registry
-// (the admin endpoint's /metrics), read from the processes at each scrape.
+// (the admin endpoint's /metrics, and the `metrics` handler), read from
+// their views at each scrape.
 type collector struct{}
 
 var (
@@ -27,26 +28,24 @@ func (collector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (collector) Collect(ch chan<- prometheus.Metric) {
-	for _, p := range allProcs() {
-		p.mu.Lock()
-		name := p.name
-		bit := func(b bool) float64 {
-			if b {
-				return 1
-			}
-			return 0
+	bit := func(b bool) float64 {
+		if b {
+			return 1
 		}
-		ch <- prometheus.MustNewConstMetric(descUp, prometheus.GaugeValue, bit(p.running), name)
-		ch <- prometheus.MustNewConstMetric(descReady, prometheus.GaugeValue, bit(p.state == stateReady), name)
-		ch <- prometheus.MustNewConstMetric(descRestarts, prometheus.CounterValue, float64(p.restartN), name)
-		for status, n := range p.exits {
+		return 0
+	}
+	for _, s := range allServices() {
+		m, name := s.view.Load().metrics, s.name
+		ch <- prometheus.MustNewConstMetric(descUp, prometheus.GaugeValue, bit(m.up), name)
+		ch <- prometheus.MustNewConstMetric(descReady, prometheus.GaugeValue, bit(m.ready), name)
+		ch <- prometheus.MustNewConstMetric(descRestarts, prometheus.CounterValue, float64(m.restarts), name)
+		for status, n := range m.exits {
 			ch <- prometheus.MustNewConstMetric(descExits, prometheus.CounterValue, float64(n), name, strconv.Itoa(status))
 		}
-		if !p.startedAt.IsZero() {
-			ch <- prometheus.MustNewConstMetric(descStartTime, prometheus.GaugeValue, float64(p.startedAt.UnixNano())/1e9, name)
+		if !m.startedAt.IsZero() {
+			ch <- prometheus.MustNewConstMetric(descStartTime, prometheus.GaugeValue, float64(m.startedAt.UnixNano())/1e9, name)
 		}
-		ch <- prometheus.MustNewConstMetric(descStop, prometheus.GaugeValue, p.lastStopDur.Seconds(), name)
-		ch <- prometheus.MustNewConstMetric(descDrain, prometheus.GaugeValue, p.lastDrain.Seconds(), name)
-		p.mu.Unlock()
+		ch <- prometheus.MustNewConstMetric(descStop, prometheus.GaugeValue, m.lastStop.Seconds(), name)
+		ch <- prometheus.MustNewConstMetric(descDrain, prometheus.GaugeValue, m.lastDrain.Seconds(), name)
 	}
 }

@@ -35,7 +35,7 @@ type output struct {
 // whose read end a goroutine turns into log entries; the child writes into
 // a real file descriptor, so os/exec copies nothing and Wait never waits for
 // a grandchild that holds the pipe.
-func (p *proc) attachOutput(cmd *exec.Cmd, def *Process) (*output, error) {
+func (in *instance) attachOutput(cmd *exec.Cmd, def *Process) (*output, error) {
 	out := &output{done: make(chan struct{})}
 	switch def.Output {
 	case OutputInherit:
@@ -62,7 +62,7 @@ func (p *proc) attachOutput(cmd *exec.Cmd, def *Process) (*output, error) {
 	streams := make(chan struct{}, 2)
 	for i, name := range []string{"stdout", "stderr"} {
 		go func() {
-			p.forward(readers[i], name)
+			in.forward(readers[i], name)
 			readers[i].Close()
 			streams <- struct{}{}
 		}()
@@ -103,7 +103,7 @@ func (o *output) wait(limit time.Duration) bool {
 // synchronous: the child waits only when the log writer does. A line longer
 // than maxLine is logged in chunks; all but its last are marked partial
 // (a chunk that the line's newline follows is its last).
-func (p *proc) forward(r io.Reader, stream string) {
+func (in *instance) forward(r io.Reader, stream string) {
 	br := bufio.NewReaderSize(r, maxLine)
 	streamField := zap.String("stream", stream)
 	for {
@@ -125,8 +125,8 @@ func (p *proc) forward(r io.Reader, stream string) {
 		if !partial {
 			line = strings.TrimSuffix(strings.TrimSuffix(line, "\n"), "\r")
 		}
-		p.tail.add(line)
-		if ce := p.log().Check(zapcore.InfoLevel, line); ce != nil {
+		in.tail.add(line)
+		if ce := in.svc.log().Check(zapcore.InfoLevel, line); ce != nil {
 			if partial {
 				ce.Write(streamField, zap.Bool("partial", true))
 			} else {

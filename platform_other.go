@@ -63,7 +63,7 @@ func exitStatus(ps *os.ProcessState) (int, string) {
 }
 
 // command builds the child's exec.Cmd; there is no shim, so no exec notice.
-func (p *proc) command(def *Process, port int) (*exec.Cmd, *os.File, error) {
+func (in *instance) command(def *Process, port int) (*exec.Cmd, *os.File, error) {
 	return newCommand(def, def.path, def.argsFor(port), port), nil, nil
 }
 

@@ -60,7 +60,7 @@ func exitStatus(ps *os.ProcessState) (int, string) {
 // own process group, so that signals reach wrappers' children and a
 // terminal's Ctrl-C does not reach it before the drain. The returned file
 // is the read end of the exec notice (see shim.Env and awaitExec).
-func (p *proc) command(def *Process, port int) (*exec.Cmd, *os.File, error) {
+func (in *instance) command(def *Process, port int) (*exec.Cmd, *os.File, error) {
 	r, w, err := os.Pipe()
 	if err != nil {
 		return nil, nil, err

@@ -9,10 +9,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
-
-	"go.uber.org/zap"
 )
 
 // DefaultReadyTimeout is how long a process may take to become ready.
@@ -32,14 +29,6 @@ type ReadyProbe struct {
 	// http://127.0.0.1:<port>/.
 	HTTP *string `json:"http,omitempty"`
 }
-
-// The states of a process, logged on each change.
-const (
-	stateStarting = "starting"
-	stateReady    = "ready"
-	stateStopping = "stopping"
-	stateExited   = "exited"
-)
 
 // provisionReady checks the probe and the port, and fills in defaults.
 func (p *Process) provisionReady() error {
@@ -129,52 +118,6 @@ func (p *Process) address(port int) string {
 		}
 	}
 	return ""
-}
-
-// probeReady runs the readiness probe of the child pid until it succeeds,
-// the child exits (ctx), or ready_timeout passes: then the child is stopped
-// like a failure (stop signal, stop_timeout, SIGKILL), and the restart
-// policy applies to its exit.
-func (p *proc) probeReady(ctx context.Context, def *Process, pid, port int, logger *zap.Logger) {
-	timeout := time.Duration(def.ReadyTimeout)
-	deadline := time.Now().Add(timeout)
-	check := tcpCheck(def.probeTarget(port))
-	if def.Ready.HTTP != nil {
-		check = httpCheck(def.probeTarget(port), def.probeDial())
-	}
-	for wait := 10 * time.Millisecond; ; wait = min(2*wait, 250*time.Millisecond) {
-		// each check ends by ready_timeout, and within probeAttempt: a
-		// black-holed address would otherwise hold the dial for minutes
-		end := deadline
-		if d := time.Now().Add(probeAttempt); d.Before(end) {
-			end = d
-		}
-		attempt, cancel := context.WithDeadline(ctx, end)
-		ok := check(attempt)
-		cancel()
-		if ok {
-			p.becomeReady(pid)
-			return
-		}
-		if time.Now().After(deadline) {
-			break
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(min(wait, time.Until(deadline)+time.Millisecond)):
-		}
-	}
-	logger.Error("process not ready within ready_timeout; stopping it as failed", zap.Int("pid", pid), zap.Duration("ready_timeout", timeout))
-	p.mu.Lock()
-	p.notReady = true
-	p.mu.Unlock()
-	_ = p.signal(pid, def.signal)
-	select {
-	case <-ctx.Done():
-	case <-time.After(time.Duration(def.StopTimeout)):
-		_ = p.signal(pid, syscall.SIGKILL)
-	}
 }
 
 // probeAttempt bounds one readiness check.

@@ -1,219 +1,395 @@
 package supervise
 
 import (
-	"errors"
 	"fmt"
-	"strconv"
 	"time"
 
-	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 )
 
-// Blue/green replacement: the one way a running process is replaced by a
-// new instance beside it, used by a config reload that changes a process
-// with `port auto` and a readiness probe (acquire) and by the admin API's
-// restart of such a process (replace).
+// Replacement: the one path by which an instance of the serving set is
+// replaced by a new one, for a reload that changes the process's
+// definition, a restart through the admin API, and a config that does not
+// take over (the older definition comes back). A service runs one at a
+// time; a reload that comes meanwhile waits for it, an admin restart gets
+// 409.
 //
-//  1. The new instance starts on a new port as a candidate: the dynamic
-//     upstream still routes to the old one, and if the candidate exits or is
-//     not ready within ready_timeout, it is stopped, its restart and on_end
-//     do not apply, and the error names its exit status and last output
-//     lines (startCandidate). The old instance serves on.
-//  2. Once it is ready, the registry (and with it the dynamic upstream)
-//     switches to it.
-//  3. Then the old instance gets its stop signal: at once for an admin
-//     restart; for a reload, once Caddy stopped the old config (which it
-//     does only after every app of the new one started) and the old
-//     config's servers finished their requests (App.releaseAll). If the new
-//     config fails to start instead, its Stop puts the old instance back
-//     (release).
+// The policy:
 //
-// Without `port auto` and a probe, a reload that changes a process must stop
-// the old instance first (the new one needs its port); the new one is then
-// a candidate the same way (with a probe, until it is ready), and if it
-// fails, or the new config fails to start, the old definition is started
-// again (revive).
+//   - Beside the old one, when the new instance has a port of its own and a
+//     way to tell it is ready (`port auto` and `ready`): it starts on a new
+//     port while the old one serves. Once it is ready it takes the old one's
+//     place in the serving set, and the old one retires: it gets its stop
+//     signal at once after an admin restart; after a reload, once the old
+//     config is gone and its servers finished what they had sent to it (or
+//     after drain_timeout). If the new instance exits or is not ready within
+//     ready_timeout, it is stopped, its restart and on_end do not apply, the
+//     transition fails with its exit status and last output lines, and the
+//     old one serves on.
+//   - Stop the old one first, otherwise (a fixed port, a socket Caddy holds,
+//     no port, no probe): the new instance needs what the old one holds. The
+//     old one stops (requests wait in the dynamic upstream, or in a held
+//     socket's queue), then the new one starts in its place; it serves once
+//     ready. If it fails, the old definition is started again (revive) and
+//     the transition fails.
+//
+// Caddy's exit during a transition: a new instance booting beside one that
+// serves is stopped at once, and the old one serves the drain; one booting
+// in place of one already stopped boots on and serves the drain (it is all
+// there is). Either way the reload or restart fails with "Caddy is
+// exiting".
 
-// blueGreen reports whether a definition is replaced beside the running
-// instance: it needs a port of its own and a way to know it is ready.
-func (p *Process) blueGreen() bool { return p.Port == "auto" && p.Ready != nil }
-
-// startCandidate starts a new instance of def on a new port and waits until
-// it is ready. restarts is the count it carries on.
-func startCandidate(def *Process, key string, logger *zap.Logger, restarts int, why string, oldPID int) (*proc, error) {
-	port, err := def.fixedPort()
-	if err != nil {
-		return nil, fmt.Errorf("process %q: port auto: %v", def.Name, err)
-	}
-	np := newProc(def, key, logger, port)
-	np.restartN = restarts
-	np.candidate = true
-	logger.Info("starting a new instance", zap.String("why", why), zap.Int("old_pid", oldPID), zap.Int("port", port))
-	if err := np.start(); err != nil {
-		return nil, fmt.Errorf("the new instance: %w; the old instance still serves", err)
-	}
-	err = np.waitReady(0, time.Duration(def.ReadyTimeout)+time.Second)
-	if errors.Is(err, errExiting) || err == nil && caddy.Exiting() {
-		// it serves nothing yet: it stops now, the old one gets the exit sequence
-		np.stop("Caddy is exiting")
-		return nil, fmt.Errorf("process %q: the new instance: %w; the old instance gets the exit sequence", def.Name, errExiting)
-	}
-	if err != nil {
-		np.stop("the new instance did not become ready")
-		return nil, np.candidateError(err)
-	}
-	np.mu.Lock()
-	alive := np.running && np.state == stateReady
-	np.candidate = !alive
-	np.mu.Unlock()
-	if !alive {
-		np.stop("the new instance did not stay ready")
-		return nil, np.candidateError(fmt.Errorf("process %q: the new instance ended as it became ready", def.Name))
-	}
-	logger.Info("the new instance is ready and serves", zap.Int("pid", np.getPID()), zap.Int("old_pid", oldPID))
-	return np, nil
+// job is one replacement.
+type job struct {
+	kind        jobKind
+	why         string   // for logs
+	def         *Process // what the new instance runs
+	prevDef     *Process // what ran before: revived if the new one fails in place
+	beside      bool     // the policy
+	slot        int
+	old         *instance // the instance it replaces; nil if none runs
+	cand        *instance // the new instance
+	holder      *holder   // a reload: the config that holds the process once it serves
+	retireUntil *App      // beside, a reload: the old instance retires until this config is gone
+	answer      func(error)
+	stopBegan   time.Time
+	aborted     error // the process stops altogether (no config, Caddy's exit, a yield)
+	exitMode    bool  // Caddy exits: the new instance boots on to serve the drain
 }
 
-// takeOver makes np serve in place of old for every config that used old:
-// the registry, and the configs' process lists.
-func takeOver(old, np *proc) {
-	registry.Lock()
-	defer registry.Unlock()
-	old.mu.Lock()
-	owners := old.owners
-	old.owners = nil
-	old.mu.Unlock()
-	np.mu.Lock()
-	np.owners = owners
-	np.mu.Unlock()
-	registry.procs[np.name] = np
-	moved()
-	for _, a := range owners {
-		for i, q := range a.procs {
-			if q == old {
-				a.procs[i] = np
+type jobKind int
+
+const (
+	reloadJob  jobKind = iota // a config with a new definition
+	restartJob                // the admin API's restart
+	reviveJob                 // a config that did not take over: the older definition again
+)
+
+// exitCheckEvery is how often a transition that someone waits for looks
+// whether Caddy's process began to exit: Caddy learns of its exit before it
+// can stop a config (a reload that waits for a new instance holds the
+// config lock), and tells nobody.
+const exitCheckEvery = 20 * time.Millisecond
+
+// newReload is the replacement a config with a changed definition needs.
+func newReload(s *service, h holder, ev acquireEv) *job {
+	old := s.slots[0]
+	j := &job{kind: reloadJob, why: "its definition changed", def: h.def, holder: &h, old: old,
+		answer: func(err error) { ev.reply <- err }}
+	j.beside = h.def.blueGreen() && old != nil && old.state == stateReady
+	if len(s.holders) > 0 {
+		j.prevDef = s.current()
+		j.retireUntil = s.holders[len(s.holders)-1].app
+	}
+	if ev.candidate && old == nil {
+		j.why = "it takes the port of a process the config drops"
+	}
+	return j
+}
+
+// adminRestart is the admin API's restart: the same definition, through
+// the same replacement. It answers once the new instance serves.
+func (s *service) adminRestart(reply chan restartAnswer) {
+	in := s.slots[0]
+	switch {
+	case s.exiting:
+		reply <- restartAnswer{err: fmt.Errorf("process %q: %w", s.name, errExiting)}
+		return
+	case s.job != nil:
+		reply <- restartAnswer{err: fmt.Errorf("process %q: a restart or a reload of it runs: %w", s.name, errBusy)}
+		return
+	case in == nil || (in.state != stateStarting && in.state != stateReady):
+		reply <- restartAnswer{err: fmt.Errorf("process %q: %w", s.name, errNotRunning)}
+		return
+	}
+	def := s.current()
+	s.log().Info("restarting process, as asked through the admin API", zap.Int("pid", in.getPID()))
+	s.replace(&job{kind: restartJob, why: "a restart through the admin API", def: def, prevDef: def, old: in,
+		beside: def.blueGreen() && in.state == stateReady,
+		answer: func(err error) {
+			if err != nil {
+				reply <- restartAnswer{err: err}
+				return
 			}
+			reply <- restartAnswer{status: s.status()}
+		}})
+}
+
+// putBack makes the definition in force serve again after the newest
+// config let go of the process without taking over (it failed to start, or
+// was stopped first): the old instance, if it still retires, serves again;
+// else the older definition starts again in place.
+func (s *service) putBack() {
+	key := s.currentKey()
+	in := s.slots[0]
+	if in != nil && in.key == key {
+		return
+	}
+	for _, r := range s.live {
+		if r.state == stateRetiring && r.key == key {
+			r.setState(stateReady)
+			r.retireUntil = nil
+			s.slots[0], s.port = r, r.port
+			s.log().Info("the new config did not take over: the old instance serves on", zap.Int("pid", r.getPID()))
+			if in != nil {
+				s.stopInstance(in, "the new config did not take over")
+			}
+			return
 		}
 	}
-}
-
-// switchTo makes np, started by a reload to a's config in place of old,
-// the process the registry (and the dynamic upstream) knows; old keeps
-// serving the old config until that config stops, and serves again if a
-// stops before taking over.
-func (a *App) switchTo(old, np *proc) {
-	registry.Lock()
-	defer registry.Unlock()
-	np.mu.Lock()
-	np.owners = []*App{a}
-	np.mu.Unlock()
-	registry.procs[np.name] = np
-	moved()
-	a.replaced = append(a.replaced, old)
-}
-
-// revive starts prev's definition again in place of prev, which was stopped
-// for a new definition that failed, or whose config failed to start: the
-// configs that used prev use the new instance, and the registry points to
-// it.
-func revive(prev *proc) (*proc, error) {
-	prev.mu.Lock()
-	def, key, logger, port, restarts := prev.def, prev.key, prev.logger, prev.port, prev.restartN
-	prev.mu.Unlock()
-	np := newProc(def, key, logger, port)
-	np.restartN = restarts
-	if err := np.start(); err != nil {
-		return nil, err
+	if s.exiting || s.stopAll != "" || s.yieldedTo != nil || (in == nil && (s.backoff.pending || s.ended)) {
+		return // what serves serves the drain; a restart to come starts the definition in force
 	}
-	takeOver(prev, np)
-	logger.Warn("the new definition did not take over: the previous one was started again", zap.Int("pid", np.getPID()))
-	return np, nil
+	s.replace(&job{kind: reviveJob, why: "the new config did not take over", def: s.current(), old: in})
 }
 
-// reviveReplaced starts again, once a's processes are stopped, the
-// processes of the previous config that a stopped to make room (the same
-// name on a fixed port, or a dropped process whose fixed port a gives to
-// another) if that config still uses them: a failed to start, or was
-// stopped before taking over.
-func (a *App) reviveReplaced() {
-	for _, prev := range a.replaced {
-		if prev.finished() && prev.hasOwners() {
-			if _, err := revive(prev); err != nil {
-				prev.log().Error("starting the previous definition again", zap.Error(err))
-			}
+// replace starts a job: the new instance beside the old one, or the old
+// one's stop first.
+func (s *service) replace(j *job) {
+	s.job = j
+	s.cancelRestart()
+	if j.answer != nil {
+		s.exitTick = time.NewTicker(exitCheckEvery)
+	}
+	if j.beside || j.old == nil || !j.old.live() {
+		s.startCandidate()
+		return
+	}
+	s.slots[j.slot] = nil // on purpose: its exit ends nothing
+	j.stopBegan = time.Now()
+	s.stopInstance(j.old, j.why)
+}
+
+// startCandidate starts the new instance: on a new port beside the old
+// one, or in the old one's place. A revive's instance serves at once, as
+// any instance that starts in place (its failure is a crash).
+func (s *service) startCandidate() {
+	j := s.job
+	port, err := s.portFor(j.def)
+	if j.beside {
+		port, err = j.def.fixedPort()
+	}
+	if err != nil {
+		j.fail(s, fmt.Errorf("process %q: port auto: %v", s.name, err))
+		return
+	}
+	if j.kind == reviveJob {
+		if err := s.startServing(j.def); err != nil {
+			s.log().Error("starting the previous definition again", zap.Error(err))
+		} else {
+			s.log().Warn("the new definition did not take over: the previous one was started again", zap.Int("pid", s.slots[0].getPID()))
 		}
+		s.endJob()
+		return
+	}
+	oldPID := 0
+	if j.old != nil {
+		oldPID = j.old.getPID()
+	}
+	s.log().Info("starting a new instance", zap.String("why", j.why), zap.Int("old_pid", oldPID), zap.Int("port", port))
+	in, err := s.spawn(j.def, port)
+	if err != nil {
+		j.fail(s, fmt.Errorf("process %q: the new instance: %w", s.name, err))
+		return
+	}
+	in.slot = j.slot
+	j.cand = in
+	if in.state == stateReady {
+		j.candidateReady(s) // no probe: ready once started
 	}
 }
 
-// tookPort reports whether a stopped a dropped process of the previous
-// config to give its fixed port to def.
-func (a *App) tookPort(def *Process) bool {
-	for _, prev := range a.replaced {
-		if prev.name != def.Name && strconv.Itoa(prev.port) == def.Port {
+// candidateReady: the new instance takes its place in the serving set.
+func (j *job) candidateReady(s *service) {
+	in := j.cand
+	old := s.slots[j.slot] // beside: the old one, or what a crash restart started meanwhile
+	s.slots[j.slot], s.port = in, in.port
+	j.cand = nil
+	if j.exitMode {
+		s.endJob()
+		return
+	}
+	oldPID := 0
+	if j.old != nil {
+		oldPID = j.old.getPID()
+	}
+	s.log().Info("the new instance is ready and serves", zap.Int("pid", in.getPID()), zap.Int("old_pid", oldPID))
+	if old != nil {
+		s.retire(old, j.retireUntil)
+	}
+	if j.holder != nil {
+		s.hold(*j.holder)
+	}
+	if j.kind == restartJob {
+		s.history.restarts++
+	}
+	j.reply(nil)
+	s.endJob()
+}
+
+// retire takes a replaced instance out of service: it stops at once, or,
+// until the old config's servers finished what they sent it (until != nil),
+// it retires.
+func (s *service) retire(old *instance, until *App) {
+	if until == nil || old.state != stateReady {
+		s.stopInstance(old, "replaced by a new instance")
+		return
+	}
+	old.setState(stateRetiring)
+	old.retireUntil = until
+	if !s.holds(until) {
+		s.retireAfterDrain(old, until)
+	}
+}
+
+// holds reports whether config a holds the process.
+func (s *service) holds(a *App) bool {
+	for _, h := range s.holders {
+		if h.app == a {
 			return true
 		}
 	}
 	return false
 }
 
-// stopDroppedOnPorts stops, before a starts anything, each process of the
-// previous config that a drops and whose fixed port one of a's processes
-// takes (the new one could not bind it); reviveReplaced brings it back if a
-// fails.
-func (a *App) stopDroppedOnPorts() {
-	names, ports := make(map[string]bool), make(map[int]bool)
-	for _, def := range a.Processes {
-		names[def.Name] = true
-		if n, err := strconv.Atoi(def.Port); err == nil {
-			ports[n] = true
+// instanceExited handles the exit of the job's old or new instance.
+func (j *job) instanceExited(s *service, in *instance, fields []zap.Field) {
+	if in == j.old {
+		j.old = nil
+		switch {
+		case j.kind == restartJob:
+			s.log().Info("process exited for the restart asked through the admin API", fields...)
+		default:
+			s.log().Info("process exited", fields...)
+			if j.kind == reloadJob {
+				s.log().Info("previous process stopped; starting the new definition",
+					zap.Int("old_pid", in.getPID()), zap.Duration("stop_took", time.Since(j.stopBegan)))
+			}
 		}
+		if j.aborted != nil {
+			j.reply(j.aborted)
+			s.endJob()
+			return
+		}
+		s.startCandidate()
+		return
 	}
-	for _, p := range allProcs() {
-		p.mu.Lock()
-		port := p.port
-		p.mu.Unlock()
-		if names[p.name] || !ports[port] || p.finished() {
-			continue
+	j.cand = nil
+	if j.aborted != nil || j.exitMode {
+		s.log().Info("process exited", fields...)
+		j.fail(s, j.aborted)
+		return
+	}
+	s.log().Error("the new instance exited before it was ready", fields...)
+	j.fail(s, s.candidateError(in))
+}
+
+// fail ends a job whose new instance failed (it has exited): beside, the
+// old instance serves on; in place, the definition that ran before starts
+// again.
+func (j *job) fail(s *service, err error) {
+	switch {
+	case j.aborted != nil || j.exitMode:
+		j.reply(err)
+	case j.beside:
+		j.reply(fmt.Errorf("%v; the old instance still serves", err))
+	case j.prevDef == nil || s.exiting:
+		j.reply(err)
+	default:
+		if rerr := s.startServing(j.prevDef); rerr != nil {
+			j.reply(fmt.Errorf("%v; starting the previous definition again failed too: %v", err, rerr))
+			break
 		}
-		p.log().Info("stopping the process: the new config drops it and gives its port to another", zap.Int("port", port))
-		p.stop("its port goes to another process of the new config")
-		a.replaced = append(a.replaced, p)
+		s.log().Warn("the new definition did not take over: the previous one was started again", zap.Int("pid", s.slots[0].getPID()))
+		j.reply(fmt.Errorf("%v; the previous definition was started again", err))
+	}
+	s.endJob()
+}
+
+// reply answers whoever waits for the job, once.
+func (j *job) reply(err error) {
+	if j.answer != nil {
+		j.answer(err)
+		j.answer = nil
 	}
 }
 
-// candidateError explains why a new instance failed: err, its exit status
-// if it exited, and its last output lines. The old instance still serves.
-func (p *proc) candidateError(err error) error {
-	st := p.status()
-	p.mu.Lock()
-	notReady, readyTimeout := p.notReady, time.Duration(p.def.ReadyTimeout)
-	p.mu.Unlock()
-	if notReady {
-		err = fmt.Errorf("process %q: the new instance was not ready within ready_timeout %s", p.name, readyTimeout)
+// abort: the process stops altogether (no config holds it, Caddy's exit,
+// a yield) while the job runs: its new instance stops; the job ends with
+// err once its instances are gone.
+func (j *job) abort(s *service, err error) {
+	j.aborted = err
+	switch {
+	case j.cand != nil:
+		s.stopInstance(j.cand, "the transition was called off")
+	case j.old != nil && j.old.live():
+		// the old one stops already; its exit ends the job
+	default:
+		j.reply(err)
+		s.endJob()
 	}
-	status := "it did not exit on its own"
-	if st.LastExit != nil {
-		status = fmt.Sprintf("exit status %d", *st.LastExit)
-	}
-	return fmt.Errorf("%v (%s; last output: %s); the old instance still serves", err, status, p.tail.String())
 }
 
-// replace is the admin API's restart of a blue/green process: a new
-// instance of the same definition; once it serves, p stops. One runs at a
-// time (see restart).
-func (p *proc) replace(def *Process, logger *zap.Logger) (*proc, error) {
-	p.mu.Lock()
-	running := p.running && !p.stopping
-	p.mu.Unlock()
-	if !running {
-		return nil, fmt.Errorf("process %q: %w", p.name, errNotRunning)
+// callerExits: Caddy's process began to exit while the job runs. Beside,
+// the new instance serves nothing yet: it stops now and the old one serves
+// the drain. In place, nothing else serves: the new one boots on and serves
+// the drain. Either way the reload or restart fails at once, so that Caddy
+// can go on with its exit.
+func (j *job) callerExits(s *service) {
+	if j.answer == nil {
+		return
 	}
-	np, err := startCandidate(def, p.key, logger, p.status().Restarts+1, "a restart through the admin API", p.getPID())
-	if err != nil {
-		return nil, err
+	s.stopExitTick()
+	if j.beside {
+		j.abort(s, fmt.Errorf("process %q: the new instance: %w; the old instance gets the exit sequence", s.name, errExiting))
+		return
 	}
-	takeOver(p, np)
-	p.stop("replaced by a restart")
-	return np, nil
+	j.exitMode = true
+	j.reply(fmt.Errorf("process %q: %w; the new instance boots on and serves the drain", s.name, errExiting))
 }
+
+// noticeExit runs while someone waits for a job: Caddy's exit calls it
+// off (see callerExits).
+func (s *service) noticeExit() {
+	if s.job != nil && callerExiting() {
+		s.job.callerExits(s)
+	}
+}
+
+func (s *service) stopExitTick() {
+	if s.exitTick != nil {
+		s.exitTick.Stop()
+		s.exitTick = nil
+	}
+}
+
+// endJob ends the job; then a config that waited for it goes on, or the
+// definition in force changed meanwhile.
+func (s *service) endJob() {
+	s.job = nil
+	s.stopExitTick()
+	if s.reconcile {
+		s.reconcile = false
+		s.putBack()
+	}
+	for len(s.queue) > 0 && s.job == nil {
+		next := s.queue[0]
+		s.queue = s.queue[1:]
+		s.acquire(next)
+	}
+}
+
+// candidateError explains why a new instance failed: it exited before it
+// was ready, or was not ready within ready_timeout; its exit status and
+// last output lines.
+func (s *service) candidateError(in *instance) error {
+	what := "exited before it was ready"
+	if in.notReady {
+		what = fmt.Sprintf("was not ready within ready_timeout %s", in.def.ReadyTimeout)
+	}
+	return fmt.Errorf("process %q: the new instance %s (exit status %d; last output: %s)", s.name, what, in.result.code, in.tail.String())
+}
+
+// blueGreen reports whether a definition is replaced beside the running
+// instance: it needs a port of its own and a way to know it is ready.
+func (p *Process) blueGreen() bool { return p.Port == "auto" && p.Ready != nil }

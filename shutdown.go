@@ -2,9 +2,7 @@ package supervise
 
 import (
 	"context"
-	"maps"
 	"os"
-	"slices"
 	"sync"
 	"time"
 
@@ -19,7 +17,7 @@ func (a *App) beginExit(began time.Time) {
 		if !a.hasHTTP {
 			a.endDrain("no HTTP servers to drain")
 		}
-		go a.exitSequence(began)
+		go exitSequence(a, began)
 	})
 }
 
@@ -32,55 +30,61 @@ func (a *App) endDrain(why string) {
 }
 
 // exitSequence is the whole shutdown of the supervised processes when
-// Caddy's process exits (SIGTERM, the first SIGINT, `caddy stop`). For each
-// process, in parallel, so that the slowest one sets the total time:
+// Caddy's process exits (SIGTERM, the first SIGINT, `caddy stop`), driven by
+// final, the config Caddy stops last. For each process, in parallel, so
+// that the slowest one sets the total time:
 //
-//  1. Keep it running while Caddy's HTTP servers stop accepting and finish
+//  1. It learns that Caddy exits: nothing new starts; a reload or admin
+//     restart that waits for a new instance fails; a new instance booting
+//     beside one that serves stops at once (the one that serves takes the
+//     drain), one booting in place of one already stopped boots on and
+//     serves the drain (see replace.go).
+//  2. It keeps serving while Caddy's HTTP servers stop accepting and finish
 //     their in-flight requests (shutdown_delay and grace_period included):
-//     until the http app has stopped, or until drain_timeout has passed since
-//     the exit began, whichever comes first.
-//  2. Send stop_signal to its process group.
-//  3. Wait up to stop_timeout for it to exit; then SIGKILL the group.
+//     until final's HTTP servers have drained, or drain_timeout has passed
+//     since the exit began, whichever comes first. (A crash meanwhile is
+//     restarted as its policy says: the drain needs the app.)
+//  3. Every instance gets stop_signal to its process group, then up to
+//     stop_timeout to exit, then SIGKILL to the group.
 //
 // Meanwhile Caddy goes on stopping its apps; at the very end of its exit,
 // waitForChildren holds the process until every group is gone.
-func (a *App) exitSequence(began time.Time) {
-	var wg sync.WaitGroup
-	for _, p := range a.currentProcs() {
-		wg.Go(func() {
-			def, _ := p.current()
-			drainTimeout := time.Duration(def.DrainTimeout)
+func exitSequence(final *App, began time.Time) {
+	for _, s := range allServices() {
+		go func() {
+			if !s.post(exitEv{}) {
+				return
+			}
+			drainTimeout := DefaultDrainTimeout
+			if def := s.current(); def != nil {
+				drainTimeout = time.Duration(def.DrainTimeout)
+			}
 			timer := time.NewTimer(time.Until(began.Add(drainTimeout)))
 			defer timer.Stop()
 			select {
-			case <-a.drained:
-				p.log().Info("drain over", zap.String("why", a.drainedWhy),
-					zap.Duration("since_exit_began", time.Since(began)))
+			case <-final.drained:
+				s.log().Info("drain over", zap.String("why", final.drainedWhy), zap.Duration("since_exit_began", time.Since(began)))
 			case <-timer.C:
-				p.log().Warn("drain_timeout passed before Caddy's HTTP servers finished draining",
-					zap.Duration("drain_timeout", drainTimeout))
-			case <-p.exited:
+				s.log().Warn("drain_timeout passed before Caddy's HTTP servers finished draining", zap.Duration("drain_timeout", drainTimeout))
+			case <-s.done:
+				return
 			}
-			p.mu.Lock()
-			p.lastDrain = time.Since(began)
-			p.mu.Unlock()
-			p.stop("Caddy is exiting")
-		})
+			s.post(stopAllEv{reason: "Caddy is exiting", drained: time.Since(began)})
+		}()
 	}
-	wg.Wait()
 }
 
 // waitForChildren runs as a process-exit callback of Caddy, after every app
 // has stopped and every module was cleaned up, just before Caddy's process
-// exits. Caddy's servers have drained by then, so any process still running
-// is stopped now; it returns when every process group is gone.
+// exits. Caddy's servers have drained by then, so any instance still
+// running is stopped now; it returns when every process group is gone.
 func waitForChildren(context.Context) {
 	var wg sync.WaitGroup
-	registry.Lock()
-	live := slices.Collect(maps.Keys(registry.live))
-	registry.Unlock()
-	for _, p := range live {
-		wg.Go(func() { p.stop("Caddy is exiting") })
+	for _, s := range allServices() {
+		wg.Go(func() {
+			s.post(stopAllEv{reason: "Caddy is exiting"})
+			<-s.done
+		})
 	}
 	wg.Wait()
 	closeSockets()

@@ -7,7 +7,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -22,19 +21,28 @@ import (
 // and keeps it open across restarts, crashes and reloads that keep the
 // address, so that connections that arrive while no instance accepts wait
 // in the kernel's accept queue instead of being refused. It is closed (a
-// unix socket's file removed) once no config uses it, or when Caddy exits
-// after its processes.
+// unix socket's file removed) once no config uses it and no instance has
+// it, or when Caddy exits after its processes.
+//
+// Its users: a config while it starts (App.Start opens its sockets before
+// anything starts), each service whose configs name it, each instance
+// that has it. A socket that only configs and services use may be closed
+// to make room for a new one on the same port or path (a reload that moves
+// the socket, or from `port 3000` to `socket :3000`): the old instance has
+// stopped first (its replacement is in place), and it is opened again if
+// the old definition comes back.
 
 // socketFD is the descriptor an instance gets its socket as.
 const socketFD = 3
 
 // heldSocket is one listening socket Caddy holds.
 type heldSocket struct {
-	file  *os.File    // the listening socket, in blocking mode; Caddy never accepts on it
-	path  string      // a unix socket's path, "" for TCP
-	node  fs.FileInfo // the unix socket's file as created, to remove only that one
-	mode  fs.FileMode // the unix socket's file's mode
-	users []*App      // the configs that use it
+	file     *os.File    // the listening socket, in blocking mode; Caddy never accepts on it
+	path     string      // a unix socket's path, "" for TCP
+	endpoint string      // what it binds (Process.endpoint)
+	node     fs.FileInfo // the unix socket's file as created, to remove only that one
+	mode     fs.FileMode // the unix socket's file's mode
+	users    map[any]bool
 }
 
 // sockets are the held sockets by address (the key socketKey).
@@ -158,15 +166,21 @@ func (p *Process) socketDial() string {
 	return net.JoinHostPort(host, strconv.FormatUint(uint64(p.sockAddr.StartPort), 10))
 }
 
-// holdSockets opens, or keeps, the sockets of a's processes for a. If one
-// cannot be opened, a holds none and the error names the process, the
-// option and the value: nothing has started yet.
+// holdSockets opens, or keeps, the sockets of a's processes for a, before
+// anything starts. If one cannot be opened, a holds none and the error
+// names the process, the option and the value. An address that a process
+// of the same name still binds is left to that process's replacement, which
+// stops the old instance first.
 func (a *App) holdSockets() error {
 	for _, def := range a.Processes {
 		if def.Socket == "" {
 			continue
 		}
-		if err := holdSocket(a, def); err != nil {
+		err := useSocket(a, def)
+		if err != nil && errors.Is(err, syscall.EADDRINUSE) && a.boundByOwnName(def) {
+			continue
+		}
+		if err != nil {
 			releaseSockets(a)
 			return fmt.Errorf("process %q: socket %q: %v", def.Name, def.Socket, err)
 		}
@@ -174,22 +188,122 @@ func (a *App) holdSockets() error {
 	return nil
 }
 
-func holdSocket(a *App, def *Process) error {
+// boundByOwnName reports whether the process of def's name binds what def's
+// socket needs: its port, or its socket's address.
+func (a *App) boundByOwnName(def *Process) bool {
+	s := serviceNamed(def.Name)
+	if s == nil {
+		return false
+	}
+	st := s.view.Load().status
+	return def.takes(st.Port, st.Socket)
+}
+
+// useSocket makes user a user of def's socket, opening it if it is not
+// open. A socket that conflicts with it (same port, same path) and that no
+// instance has is closed first.
+func useSocket(user any, def *Process) error {
 	sockets.Lock()
 	defer sockets.Unlock()
 	key := def.socketKey()
 	if s := sockets.held[key]; s != nil {
-		s.users = append(s.users, a)
+		s.users[user] = true
 		return s.setMode(def.sockMode)
 	}
+	endpoint := def.endpoint(0)
+	clearEndpoint(endpoint)
 	s, err := openSocket(def.sockAddr, def.sockMode)
 	if err != nil {
 		return err
 	}
-	s.users = []*App{a}
-	s.mode = def.sockMode
+	s.endpoint, s.mode, s.users = endpoint, def.sockMode, map[any]bool{user: true}
 	sockets.held[key] = s
 	return nil
+}
+
+// clearEndpoint closes the held sockets that bind endpoint and that no
+// instance has, so that something else can bind it. The caller holds the
+// lock.
+func clearEndpoint(endpoint string) {
+	if endpoint == "" {
+		return
+	}
+	for key, s := range sockets.held {
+		if s.endpoint != endpoint {
+			continue
+		}
+		inUse := false
+		for u := range s.users {
+			_, inUse = u.(*instance)
+			if inUse {
+				break
+			}
+		}
+		if !inUse {
+			s.close()
+			delete(sockets.held, key)
+		}
+	}
+}
+
+// takeSocket gives a new instance its socket (opening it if a change of
+// address closed it), or, for an instance on a fixed port, closes a held
+// socket on that port that no instance has.
+func takeSocket(in *instance) error {
+	if in.def.Socket == "" {
+		sockets.Lock()
+		defer sockets.Unlock()
+		if in.def.Port != "" && in.def.Port != "auto" {
+			clearEndpoint(in.def.endpoint(0))
+		}
+		return nil
+	}
+	return useSocket(in, in.def)
+}
+
+// dropSocket ends an instance's use of its socket.
+func dropSocket(in *instance) { dropUser(in) }
+
+// holdServiceSockets makes service s a user of the sockets its configs
+// name, and of no other: a socket stays open while a config has it, also
+// when no instance runs (a restart back-off, a process that ended).
+func holdServiceSockets(s *service) {
+	keys := make(map[string]bool)
+	for _, h := range s.holders {
+		if h.def.Socket != "" {
+			keys[h.def.socketKey()] = true
+		}
+	}
+	sockets.Lock()
+	defer sockets.Unlock()
+	for key, hs := range sockets.held {
+		if keys[key] {
+			hs.users[s] = true
+		} else if hs.users[s] {
+			delete(hs.users, s)
+			closeUnused(key, hs)
+		}
+	}
+}
+
+// dropUser ends user's use of every socket; those nobody uses close.
+func dropUser(user any) {
+	sockets.Lock()
+	defer sockets.Unlock()
+	for key, s := range sockets.held {
+		if s.users[user] {
+			delete(s.users, user)
+			closeUnused(key, s)
+		}
+	}
+}
+
+// closeUnused closes a socket nobody uses. The caller holds the lock.
+func closeUnused(key string, s *heldSocket) {
+	if len(s.users) == 0 {
+		s.close()
+		delete(sockets.held, key)
+	}
 }
 
 // openSocket opens a listening socket. A unix socket's file gets its mode
@@ -323,19 +437,9 @@ func (s *heldSocket) close() {
 	}
 }
 
-// releaseSockets gives up a's claim on its sockets; those no config uses
-// any more are closed.
-func releaseSockets(a *App) {
-	sockets.Lock()
-	defer sockets.Unlock()
-	for key, s := range sockets.held {
-		s.users = slices.DeleteFunc(s.users, func(u *App) bool { return u == a })
-		if len(s.users) == 0 {
-			s.close()
-			delete(sockets.held, key)
-		}
-	}
-}
+// releaseSockets ends a config's own use of its sockets (its services hold
+// them once it started).
+func releaseSockets(a *App) { dropUser(a) }
 
 // closeSockets closes every held socket: at Caddy's exit, once every
 // process is gone.

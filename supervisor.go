@@ -1,113 +1,667 @@
 package supervise
 
 import (
-	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"os"
-	"os/exec"
-	"runtime"
+	"maps"
 	"slices"
-	"strconv"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
-	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 )
 
-// proc is one supervised process: the child that runs now, and the ones
-// that replace it when it restarts. Exactly one goroutine starts and waits
-// for its children, on a locked OS thread, so that the parent-death signal
-// stays armed for as long as a child lives.
-type proc struct {
-	name string
-	key  string // identity across config reloads: what the child is started from
+// The lifecycle engine.
+//
+// A service is everything about one process name, across config reloads:
+// the configs that hold it (each with its definition of the process; the
+// newest one's is in force), its serving set (the instance that serves;
+// one slot today), the other instances that still run (a new one a
+// transition brings up, old ones that retire or stop), its history
+// (restarts, exits) and its port. One goroutine, the service's loop, takes
+// every event about it in order: a config starts with it (acquire) or
+// stops (release); the admin API asks for a restart or a signal; an
+// instance is ready, not ready, or has exited; a restart is due; Caddy
+// exits. Nothing else changes a service, so no two events ever interleave.
+// Readers (the admin API, metrics, the dynamic upstream) see a snapshot
+// that the loop publishes after every event (view).
+//
+// The rules, in one place each:
+//   - an instance's states and their allowed moves: instance.go;
+//   - what an exit means: instanceExited below. An instance in the serving
+//     set that exits has failed: the restart policy and on_end apply. Any
+//     instance the service stops on purpose leaves the serving set first,
+//     so its exit means nothing (a retiring instance's death never ends
+//     Caddy);
+//   - every replacement of an instance (a reload with a new definition, an
+//     admin restart, a revive, a new config that does not take over):
+//     replace.go, one path, with its policy "beside the old one" or "stop
+//     the old one first";
+//   - Caddy's exit: exitSequence in shutdown.go.
+type service struct {
+	name   string
+	events chan any      // every event, in order
+	done   chan struct{} // closed when the loop has ended
+	view   atomic.Pointer[view]
+	def    atomic.Pointer[Process]    // the definition in force
+	logger atomic.Pointer[zap.Logger] // the logger in force
 
-	exited chan struct{} // closed once no child runs and none will: the run loop ended
-	done   chan struct{} // closed once stop has seen the whole process group gone
-	stopCh chan struct{} // closed by stop: no more restarts
-	stopMu sync.Mutex    // serialises stop sequences
-
-	mu      sync.Mutex
-	def     *Process // current definition; settings other than the key follow reloads
-	logger  *zap.Logger
-	owners  []*App           // configs that use this process, oldest first
-	pid     int              // PID and process group of the current or last child
-	running bool             // the child's leader has not exited yet
-	pinned  bool             // pid is ours to signal: its leader is not reaped yet (see signal)
-	execed  bool             // the shim has exec'd the program (see awaitExec)
-	held    []syscall.Signal // signals sent before that
-	// when a stop or an admin restart began, the moment its stop_timeout ends
-	groupDeadline time.Time
-	candidate     bool // a new instance not serving yet: if it exits, no restart, no on_end
-	notReady      bool // the last child failed its readiness probe
-	tail          outputTail
-	port          int    // the process's port (`port`), 0 if none
-	state         string // starting, ready, stopping, exited
-	stopping      bool   // Caddy asked it to stop: its exit is expected
-	restarts      []time.Time
-
-	// for the admin API and metrics
-	startedAt   time.Time     // when the current or last child started
-	restartN    int           // restarts so far (policy and admin API), carried over to a replacement
-	lastExit    *int          // the last child's exit status
-	exits       map[int]int   // exit statuses seen, and how often
-	restartReq  bool          // the admin API asked for a restart in place
-	restartAt   time.Time     // when it asked
-	changed     chan struct{} // closed and replaced on each state change
-	lastStopDur time.Duration // how long the last stop took
-	lastDrain   time.Duration // how long it was kept up while Caddy drained, at exit
+	// owned by the loop
+	holders   []holder
+	slots     []*instance // the serving set: nil while no instance serves
+	live      []*instance // every instance whose process group may exist
+	job       *job        // the transition that runs (replace.go)
+	queue     []acquireEv // configs waiting for the job
+	reconcile bool        // once the job is over, the definition in force changed
+	port      int         // the port of an instance started in place
+	history   history
+	backoff   backoff
+	ended     bool   // ended for good: no instance runs, none will start by itself
+	yieldedTo *App   // a new config took this process's port: it stays stopped
+	exiting   bool   // Caddy exits: nothing new starts
+	stopAll   string // every instance stops, for this reason: no config holds the process, or Caddy exits
+	gone      []chan struct{}
+	lastSeen  *instance // the instance the status shows while none serves
+	exitTick  *time.Ticker
 }
 
-// registry holds the processes of the whole Caddy process by name, so that
-// a config reload finds the children the previous config started.
+// holder is a config that holds the process, with its definition.
+type holder struct {
+	app    *App
+	def    *Process
+	key    string
+	logger *zap.Logger
+}
+
+// history is what a service remembers across its instances.
+type history struct {
+	restarts  int         // restarts: by the restart policy and the admin API
+	exits     map[int]int // exit statuses of every instance, and how often
+	lastExit  *int
+	lastStop  time.Duration // how long the last stop took
+	lastDrain time.Duration // at Caddy's exit: how long it served while Caddy drained
+	window    []time.Time   // restarts within restart_window (max_restarts)
+}
+
+// backoff is the restart policy's state: the delay of the last restart,
+// and the restart that is due (gen tells a stale timer from the current).
+type backoff struct {
+	delay   time.Duration
+	timer   *time.Timer
+	gen     int
+	pending bool
+}
+
+// Events. Requests carry the channel their answer goes to.
+type (
+	acquireEv struct {
+		app       *App
+		def       *Process
+		candidate bool // a first start that fails fails the config (it took another process's port)
+		reply     chan error
+	}
+	releaseEv struct {
+		app   *App
+		reply chan struct{}
+	}
+	yieldEv struct {
+		app   *App
+		reply chan struct{}
+	}
+	restartEv struct {
+		reply chan restartAnswer
+	}
+	signalEv struct {
+		sig   syscall.Signal
+		name  string
+		reply chan error
+	}
+	exitEv    struct{}
+	stopAllEv struct {
+		reason  string
+		drained time.Duration // at Caddy's exit: how long the process served while Caddy drained
+	}
+	restartDue struct{ gen int }
+	retireDone struct{ in *instance }
+
+	instanceReady    struct{ in *instance }
+	instanceNotReady struct{ in *instance }
+	instanceExited   struct{ in *instance }
+)
+
+type restartAnswer struct {
+	status Status
+	err    error
+}
+
+// registry is every service of the Caddy process, by name.
 var registry = struct {
 	sync.Mutex
-	procs map[string]*proc // the instance that serves, by name
-	// every process whose run loop runs: those that serve, candidates not
-	// serving yet, instances a reload replaced that wait for the old
-	// config's servers; Caddy's exit stops them all
-	live map[*proc]bool
-	// a replacement of the process of that name runs (see lockName)
-	changing map[string]bool
-	// closed and replaced when procs or changing change (see moved)
-	movedCh chan struct{}
-}{procs: make(map[string]*proc), live: make(map[*proc]bool), changing: make(map[string]bool), movedCh: make(chan struct{})}
+	services map[string]*service
+}{services: make(map[string]*service)}
 
-// moved wakes those waiting for a change of the registry. The caller holds
-// the registry's lock.
-func moved() {
-	close(registry.movedCh)
-	registry.movedCh = make(chan struct{})
-}
-
-// lockName makes the caller the one transition of the process name (a
-// reload's replacement, a restart through the admin API) until it calls
-// the returned function. With wait, it waits for the transition that runs;
-// without, it reports false at once if one runs.
-func lockName(name string, wait bool) (unlock func(), ok bool) {
+// serviceNamed returns the service of name, or nil.
+func serviceNamed(name string) *service {
 	registry.Lock()
 	defer registry.Unlock()
-	for registry.changing[name] {
-		if !wait {
-			return nil, false
+	return registry.services[name]
+}
+
+// allServices returns every service, by name.
+func allServices() []*service {
+	registry.Lock()
+	defer registry.Unlock()
+	return slices.SortedFunc(maps.Values(registry.services), func(a, b *service) int {
+		if a.name < b.name {
+			return -1
 		}
-		changed := registry.movedCh
+		return 1
+	})
+}
+
+// ask sends a request to the service of name, making the service if there
+// is none (or it just ended), and returns the service that took it.
+func ask(name string, ev any) *service {
+	for {
+		registry.Lock()
+		s := registry.services[name]
+		if s == nil {
+			s = newService(name)
+			registry.services[name] = s
+			registry.Unlock()
+			go s.loop(ev)
+			return s
+		}
 		registry.Unlock()
-		<-changed
-		registry.Lock()
+		if s.post(ev) {
+			return s
+		}
 	}
-	registry.changing[name] = true
-	moved()
-	return func() {
-		registry.Lock()
-		defer registry.Unlock()
-		delete(registry.changing, name)
-		moved()
-	}, true
+}
+
+func newService(name string) *service {
+	s := &service{name: name, events: make(chan any), done: make(chan struct{}), slots: make([]*instance, 1)}
+	s.logger.Store(zap.NewNop())
+	s.publish()
+	return s
+}
+
+// post sends an event to the loop; false if the loop has ended.
+func (s *service) post(ev any) bool {
+	select {
+	case s.events <- ev:
+		return true
+	case <-s.done:
+		return false
+	}
+}
+
+// current is the definition in force (safe from any goroutine).
+func (s *service) current() *Process { return s.def.Load() }
+
+// log is the logger in force (safe from any goroutine).
+func (s *service) log() *zap.Logger { return s.logger.Load() }
+
+// loop takes the service's events in order, from the one it was made
+// for, until nothing is left to supervise.
+func (s *service) loop(first any) {
+	s.handle(first)
+	for {
+		s.publish()
+		if s.finished() {
+			registry.Lock()
+			if registry.services[s.name] == s {
+				delete(registry.services, s.name)
+			}
+			close(s.done)
+			registry.Unlock()
+			return
+		}
+		var tick <-chan time.Time
+		if s.exitTick != nil {
+			tick = s.exitTick.C
+		}
+		select {
+		case ev := <-s.events:
+			s.handle(ev)
+		case <-tick:
+			s.noticeExit()
+		}
+	}
+}
+
+// finished: no instance is left, and none will come: no config holds the
+// process, or every instance had to stop.
+func (s *service) finished() bool {
+	return len(s.live) == 0 && s.job == nil && len(s.queue) == 0 && (len(s.holders) == 0 || s.stopAll != "")
+}
+
+func (s *service) handle(ev any) {
+	switch ev := ev.(type) {
+	case acquireEv:
+		s.acquire(ev)
+	case releaseEv:
+		s.release(ev.app)
+		s.whenGone(ev.reply)
+	case yieldEv:
+		s.yield(ev.app)
+		s.whenGone(ev.reply)
+	case restartEv:
+		s.adminRestart(ev.reply)
+	case signalEv:
+		ev.reply <- s.adminSignal(ev)
+	case exitEv:
+		s.exiting = true
+		for _, q := range s.queue {
+			q.reply <- fmt.Errorf("process %q: %w", s.name, errExiting)
+		}
+		s.queue = nil
+		if s.job != nil {
+			s.job.callerExits(s)
+		}
+	case stopAllEv:
+		if ev.drained > 0 {
+			s.history.lastDrain = ev.drained
+		}
+		s.stopEverything(ev.reason)
+	case restartDue:
+		if ev.gen == s.backoff.gen && s.backoff.pending {
+			s.backoff.pending = false
+			s.restartNow()
+		}
+	case retireDone:
+		if ev.in.state == stateRetiring {
+			s.stopInstance(ev.in, "replaced by a new instance")
+		}
+	case instanceReady:
+		if ev.in.state != stateStarting {
+			return // a probe that succeeds once the stop began changes nothing
+		}
+		ev.in.setState(stateReady)
+		if s.job != nil && s.job.cand == ev.in {
+			s.job.candidateReady(s)
+		}
+	case instanceNotReady:
+		if ev.in.state != stateStarting {
+			return
+		}
+		s.log().Error("process not ready within ready_timeout; stopping it as failed", zap.Int("pid", ev.in.getPID()),
+			zap.Duration("ready_timeout", time.Duration(ev.in.def.ReadyTimeout)))
+		ev.in.notReady = true
+		s.stopInstance(ev.in, "not ready within ready_timeout")
+	case instanceExited:
+		s.instanceExited(ev.in)
+	case func(*service): // something to do in the loop, between two events (tests)
+		ev(s)
+	}
+}
+
+// acquire: a config starts with this process. It keeps the instance that
+// runs if the definition is the same; starts one if none runs; else the
+// instance is replaced (replace.go). The answer comes once the config may
+// go on: the instance runs (a first start), or serves (a replacement).
+func (s *service) acquire(ev acquireEv) {
+	if s.job != nil {
+		if len(s.queue) == 0 {
+			s.log().Info("waiting for the restart of the process that runs")
+		}
+		s.queue = append(s.queue, ev)
+		return
+	}
+	h := holder{app: ev.app, def: ev.def, key: spawnKey(ev.def), logger: ev.app.logger.Named(ev.def.Name)}
+	in := s.slots[0]
+	switch {
+	case in != nil && in.key == h.key && (in.state == stateStarting || in.state == stateReady):
+		s.hold(h)
+		s.log().Info("process kept running across config change", zap.Int("pid", in.getPID()))
+		ev.reply <- nil
+	case in == nil && s.backoff.pending && s.currentKey() == h.key && s.yieldedTo == nil:
+		s.hold(h) // restarting after a crash: the restart goes on
+		ev.reply <- nil
+	case in == nil && (len(s.holders) == 0 || s.ended || s.yieldedTo != nil) && !ev.candidate:
+		// nothing runs: a first start, or a process that ended for good
+		if s.exiting {
+			ev.reply <- fmt.Errorf("process %q: %w", s.name, errExiting)
+			return
+		}
+		s.hold(h)
+		s.yieldedTo, s.ended = nil, false
+		if err := s.startServing(h.def); err != nil {
+			s.unhold(ev.app)
+			ev.reply <- err
+			return
+		}
+		ev.reply <- nil
+	default:
+		s.replace(newReload(s, h, ev))
+	}
+}
+
+// hold adds a config that holds the process; its definition is in force.
+func (s *service) hold(h holder) {
+	s.holders = append(s.holders, h)
+	s.inForce()
+	holdServiceSockets(s)
+}
+
+// unhold removes a config; it reports whether it was the newest.
+func (s *service) unhold(a *App) (held, newest bool) {
+	i := slices.IndexFunc(s.holders, func(h holder) bool { return h.app == a })
+	if i < 0 {
+		return false, false
+	}
+	newest = i == len(s.holders)-1
+	s.holders = slices.Delete(s.holders, i, i+1)
+	s.inForce()
+	holdServiceSockets(s)
+	return true, newest
+}
+
+// currentKey is the spawn key of the definition in force.
+func (s *service) currentKey() string {
+	if len(s.holders) == 0 {
+		return ""
+	}
+	return s.holders[len(s.holders)-1].key
+}
+
+// inForce sets the definition and logger in force: the newest holder's.
+func (s *service) inForce() {
+	if len(s.holders) == 0 {
+		return
+	}
+	h := s.holders[len(s.holders)-1]
+	s.def.Store(h.def)
+	s.logger.Store(h.logger)
+	for _, in := range s.live {
+		if in.key == h.key {
+			in.settings.Store(h.def) // timeouts and signals follow reloads
+		}
+	}
+}
+
+// release: a config that held the process stops (a reload replaced it, or
+// it failed to start, or it was dropped). If it was the last, every
+// instance stops. If it was the newest (it did not take over), the older
+// config's definition is in force again. If it was an older one, the
+// instances it was served by retire for good once its servers drained.
+func (s *service) release(a *App) {
+	if s.yieldedTo == a {
+		// the config that took this process's port is gone: the process
+		// comes back, if a config still holds it
+		s.yieldedTo = nil
+		if len(s.holders) > 0 && !s.exiting && s.stopAll == "" {
+			if err := s.startServing(s.current()); err != nil {
+				s.log().Error("starting the process again", zap.Error(err))
+			}
+		}
+	}
+	held, newest := s.unhold(a)
+	switch {
+	case !held:
+	case len(s.holders) == 0:
+		s.stopEverything("no longer in the config")
+	case newest && s.job != nil:
+		s.reconcile = true
+	case newest:
+		s.putBack()
+	default:
+		for _, in := range s.live {
+			if in.state == stateRetiring && in.retireUntil == a {
+				s.retireAfterDrain(in, a)
+			}
+		}
+	}
+}
+
+// whenGone answers reply once no instance the service stopped is left (at
+// once if none is stopping): a config's Stop returns once the processes it
+// dropped are gone, so that the next config can take their ports.
+func (s *service) whenGone(reply chan struct{}) {
+	if s.stopAll == "" && s.yieldedTo == nil || len(s.live) == 0 {
+		close(reply)
+		return
+	}
+	s.gone = append(s.gone, reply)
+}
+
+// yield: a new config drops this process and gives its port (or socket
+// address) to another: the process stops now, so that the other can bind
+// it, and stays stopped unless that config fails (release).
+func (s *service) yield(a *App) {
+	s.yieldedTo = a
+	s.cancelRestart()
+	if s.job != nil {
+		s.job.abort(s, fmt.Errorf("process %q: its port goes to another process of the new config", s.name))
+	}
+	for i, in := range s.slots {
+		if in != nil {
+			s.slots[i] = nil
+			s.log().Info("stopping the process: the new config drops it and gives its port to another", zap.Int("port", in.port))
+			s.stopInstance(in, "its port goes to another process of the new config")
+		}
+	}
+}
+
+// stopEverything stops every instance, for good: no config holds the
+// process, or Caddy exits.
+func (s *service) stopEverything(reason string) {
+	s.stopAll = reason
+	s.cancelRestart()
+	if s.job != nil {
+		s.job.abort(s, fmt.Errorf("process %q: %w", s.name, errExiting))
+	}
+	for _, q := range s.queue {
+		q.reply <- fmt.Errorf("process %q: %w", s.name, errExiting)
+	}
+	s.queue = nil
+	for i := range s.slots {
+		s.slots[i] = nil
+	}
+	for _, in := range s.live {
+		s.stopInstance(in, reason)
+	}
+}
+
+// stopInstance sends an instance its stop signal (stop_timeout, then
+// SIGKILL). Whether its exit matters depends on where it is (see
+// instanceExited): an instance stopped on purpose is first taken out of
+// the serving set by the caller.
+func (s *service) stopInstance(in *instance, reason string) {
+	if in.state == stateStopping || in.state == stateExited {
+		return
+	}
+	in.setState(stateStopping)
+	def := in.settings.Load()
+	if in.stop() {
+		in.stopBegan = time.Now()
+		s.log().Info("stopping process", zap.Int("pid", in.getPID()), zap.String("reason", reason),
+			zap.String("signal", def.StopSignal), zap.Duration("stop_timeout", time.Duration(def.StopTimeout)))
+	}
+}
+
+// startServing starts an instance of def in the serving set, in place:
+// a first start, a restart after a crash, a revive. Its failure is a crash
+// (the restart policy applies).
+func (s *service) startServing(def *Process) error {
+	port, err := s.portFor(def)
+	if err != nil {
+		return fmt.Errorf("process %q: port auto: %v", def.Name, err)
+	}
+	in, err := s.spawn(def, port)
+	if err != nil {
+		return err
+	}
+	s.slots[0] = in
+	s.port = port
+	return nil
+}
+
+// portFor is the port of a new instance started in place: the one the
+// process had if its definition still asks for it, else a new one.
+func (s *service) portFor(def *Process) (int, error) {
+	if def.Port == "auto" && s.port != 0 && s.lastSeen != nil && s.lastSeen.def.Port == "auto" {
+		return s.port, nil
+	}
+	return def.fixedPort()
+}
+
+// spawn starts an instance of def on port, and counts it as live.
+func (s *service) spawn(def *Process, port int) (*instance, error) {
+	in := &instance{svc: s, def: def, key: spawnKey(def), port: port, restarts: s.history.restarts}
+	in.settings.Store(def)
+	if s.currentKey() == in.key {
+		in.settings.Store(s.current())
+	}
+	if err := takeSocket(in); err != nil {
+		return nil, fmt.Errorf("process %q: socket %q: %v", def.Name, def.Socket, err)
+	}
+	if err := in.start(); err != nil {
+		dropSocket(in)
+		return nil, err
+	}
+	s.live = append(s.live, in)
+	s.lastSeen = in
+	holdServiceSockets(s)
+	if def.Ready != nil {
+		in.setState(stateStarting)
+	} else {
+		in.setState(stateReady)
+	}
+	return in, nil
+}
+
+// instanceExited is the one place that decides what an exit means.
+func (s *service) instanceExited(in *instance) {
+	r := in.result
+	if s.history.exits == nil {
+		s.history.exits = make(map[int]int)
+	}
+	s.history.exits[r.code]++
+	code := r.code
+	s.history.lastExit = &code
+	if !in.stopBegan.IsZero() {
+		s.history.lastStop = time.Since(in.stopBegan)
+	}
+	in.setState(stateExited)
+	s.live = slices.DeleteFunc(s.live, func(x *instance) bool { return x == in })
+	dropSocket(in)
+	fields := []zap.Field{zap.Int("pid", in.getPID()), zap.Int("exit_status", r.code), zap.String("exit", r.how), zap.Duration("up_for", r.upFor)}
+	switch {
+	case s.job != nil && (s.job.cand == in || s.job.old == in):
+		s.job.instanceExited(s, in, fields)
+	case s.slots[in.slot] == in:
+		s.slots[in.slot] = nil
+		s.log().Error("process exited unexpectedly", fields...)
+		s.crashed(in)
+	default:
+		s.log().Info("process exited", fields...)
+	}
+	if len(s.live) == 0 {
+		for _, c := range s.gone {
+			close(c)
+		}
+		s.gone = nil
+	}
+}
+
+// crashed applies the restart policy to an instance of the serving set
+// that exited (or failed to be ready): a restart after the back-off, or
+// the end, and on_end.
+func (s *service) crashed(in *instance) {
+	def := s.current()
+	wait, why := s.nextRestart(def, in.result.code, in.result.upFor)
+	if why != "" {
+		s.ended = true
+		s.log().Error("process ended for good", zap.String("why", why), zap.Int("exit_status", in.result.code))
+		go processEnded(def, s.log(), in.result.code)
+		return
+	}
+	s.log().Info("restarting process", zap.Duration("after", wait), zap.Int("restarts", s.history.restarts+1))
+	s.backoff.gen++
+	s.backoff.pending = true
+	gen := s.backoff.gen
+	s.backoff.timer = time.AfterFunc(wait, func() { s.post(restartDue{gen}) })
+}
+
+// restartNow starts the instance a crash restart is due for.
+func (s *service) restartNow() {
+	if s.slots[0] != nil || s.stopAll != "" || s.yieldedTo != nil || s.job != nil {
+		return
+	}
+	s.history.restarts++
+	if err := s.startServing(s.current()); err != nil {
+		s.log().Error("restarting process failed", zap.Error(err))
+		s.crashed(&instance{result: exitResult{code: 127, how: "not started"}})
+	}
+}
+
+func (s *service) cancelRestart() {
+	if s.backoff.timer != nil {
+		s.backoff.timer.Stop()
+	}
+	s.backoff.pending = false
+	s.backoff.gen++
+}
+
+// nextRestart applies the restart policy to an exit: it returns how long to
+// wait before the restart, or why there is none.
+func (s *service) nextRestart(def *Process, code int, upFor time.Duration) (time.Duration, string) {
+	switch {
+	case def.Restart == RestartNever:
+		return 0, "restart is never"
+	case def.Restart == RestartOnFailure && code == 0:
+		return 0, "exited successfully and restart is on_failure"
+	}
+	if upFor >= restartResetAfter || s.backoff.delay == 0 {
+		s.backoff.delay = restartFirstDelay
+	} else {
+		s.backoff.delay = min(2*s.backoff.delay, restartMaxDelay)
+	}
+	if def.MaxRestarts > 0 {
+		now := time.Now()
+		window := time.Duration(def.RestartWindow)
+		s.history.window = slices.DeleteFunc(s.history.window, func(t time.Time) bool { return now.Sub(t) > window })
+		if len(s.history.window) >= def.MaxRestarts {
+			return 0, fmt.Sprintf("restarted %d times within restart_window %s (max_restarts)", len(s.history.window), window)
+		}
+		s.history.window = append(s.history.window, now.Add(s.backoff.delay))
+	}
+	return s.backoff.delay, ""
+}
+
+// retireAfterDrain stops a retiring instance once the config a has no
+// request in flight that may still reach it (its servers drained), or after
+// drain_timeout.
+func (s *service) retireAfterDrain(in *instance, a *App) {
+	timeout := time.Duration(s.current().DrainTimeout)
+	go func() {
+		timer := time.NewTimer(timeout)
+		defer timer.Stop()
+		select {
+		case <-a.serversDrained:
+		case <-timer.C:
+		case <-in.exited:
+			return
+		}
+		s.post(retireDone{in})
+	}()
+}
+
+// adminSignal sends a signal asked through the admin API to the instance
+// that serves.
+func (s *service) adminSignal(ev signalEv) error {
+	in := s.slots[0]
+	if in == nil || (in.state != stateStarting && in.state != stateReady) {
+		return fmt.Errorf("process %q: %w", s.name, errNotRunning)
+	}
+	s.log().Info("sending a signal asked through the admin API", zap.Int("pid", in.getPID()), zap.String("signal", ev.name))
+	if err := in.signal(ev.sig); err != nil {
+		return fmt.Errorf("process %q: %v", s.name, err)
+	}
+	return nil
 }
 
 // spawnKey is what must be equal for a reload to keep a child running: what
@@ -125,566 +679,4 @@ func spawnKey(def *Process) string {
 		Socket   string
 	}{def.args, def.dir, def.vars, def.UnsetEnv, fmt.Sprintf("%+v", def.id), def.Port, def.Socket})
 	return string(b)
-}
-
-// acquire returns the running process for def on behalf of app a: the one a
-// previous config started if it was started from the same definition,
-// otherwise a new one, after gracefully stopping a differing one of the same
-// name so that the new one can bind the same port.
-func acquire(a *App, def *Process) (*proc, error) {
-	key := spawnKey(def)
-	logger := a.logger.Named(def.Name)
-	unlock, free := lockName(def.Name, false)
-	if !free {
-		logger.Info("waiting for the restart of the process that runs")
-		unlock, _ = lockName(def.Name, true)
-	}
-	defer unlock()
-
-	registry.Lock()
-	old := registry.procs[def.Name]
-	if old != nil && old.key == key && !old.finished() {
-		old.adopt(a, def, logger)
-		registry.Unlock()
-		logger.Info("process kept running across config change", zap.Int("pid", old.getPID()))
-		return old, nil
-	}
-	registry.Unlock()
-
-	if old != nil && !old.finished() && def.blueGreen() {
-		np, err := startCandidate(def, key, logger, old.status().Restarts, "its definition changed", old.getPID())
-		if err != nil {
-			return nil, err
-		}
-		a.switchTo(old, np)
-		return np, nil // old stops with the old config (see replace.go)
-	}
-
-	if old != nil && !old.finished() {
-		// the new instance needs the old one's port: stop it first; if the
-		// new one fails, start the old definition again
-		began := time.Now()
-		old.stop("its definition changed")
-		logger.Info("previous process stopped; starting the new definition",
-			zap.Int("old_pid", old.getPID()), zap.Duration("stop_took", time.Since(began)))
-		np, err := startCandidate(def, key, logger, old.status().Restarts, "its definition changed", old.getPID())
-		if err != nil {
-			if caddy.Exiting() {
-				// the old config's exit sequence follows; nothing to bring back
-				return nil, err
-			}
-			if _, rerr := revive(old); rerr != nil {
-				return nil, fmt.Errorf("%v; starting the previous definition again failed too: %v", err, rerr)
-			}
-			return nil, fmt.Errorf("%v; the previous definition was started again", err)
-		}
-		a.switchTo(old, np)
-		return np, nil
-	}
-
-	port, err := def.fixedPort()
-	if err != nil {
-		return nil, fmt.Errorf("process %q: port auto: %v", def.Name, err)
-	}
-	var p *proc
-	if a.tookPort(def) {
-		// a dropped process was stopped for this port: this one is a
-		// candidate, and if it fails, the reload fails and that one returns
-		if p, err = startCandidate(def, key, logger, 0, "it takes the port of a process the config drops", 0); err != nil {
-			return nil, err
-		}
-	} else {
-		p = newProc(def, key, logger, port)
-		if err := p.start(); err != nil {
-			return nil, err
-		}
-	}
-	registry.Lock()
-	p.mu.Lock()
-	p.owners = []*App{a}
-	p.mu.Unlock()
-	registry.procs[def.Name] = p
-	moved()
-	registry.Unlock()
-	return p, nil
-}
-
-// newProc returns a process of definition def, not started yet.
-func newProc(def *Process, key string, logger *zap.Logger, port int) *proc {
-	return &proc{
-		name: def.Name, key: key, def: def, logger: logger, port: port,
-		changed: make(chan struct{}), exited: make(chan struct{}), done: make(chan struct{}), stopCh: make(chan struct{}),
-	}
-}
-
-// release gives up app a's claim on p; it reports whether a was the last
-// owner, in which case the caller must stop p.
-func release(a *App, p *proc) (last bool) {
-	registry.Lock()
-	defer registry.Unlock()
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.owners = slices.DeleteFunc(p.owners, func(o *App) bool { return o == a })
-	if len(p.owners) > 0 {
-		owner := p.owners[len(p.owners)-1]
-		p.logger = owner.logger.Named(p.name)
-		if i := slices.IndexFunc(owner.Processes, func(d *Process) bool { return d.Name == p.name }); i >= 0 {
-			p.def = owner.Processes[i]
-		}
-		return false
-	}
-	if registry.procs[p.name] == p {
-		delete(registry.procs, p.name)
-		moved()
-		// a must have failed to start, or was stopped before the old
-		// config it was to replace: the instance p replaced serves again
-		for _, prev := range a.replaced {
-			if prev.name == p.name && !prev.finished() && prev.hasOwners() {
-				registry.procs[p.name] = prev
-				prev.log().Info("the new config did not take over: the old instance serves on", zap.Int("pid", prev.getPID()))
-			}
-		}
-	}
-	return true
-}
-
-// hasOwners reports whether a config still uses p.
-func (p *proc) hasOwners() bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return len(p.owners) > 0
-}
-
-// allProcs returns every process the registry knows.
-func allProcs() []*proc {
-	registry.Lock()
-	defer registry.Unlock()
-	ps := make([]*proc, 0, len(registry.procs))
-	for _, p := range registry.procs {
-		ps = append(ps, p)
-	}
-	return ps
-}
-
-func (p *proc) adopt(a *App, def *Process, logger *zap.Logger) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.owners = append(p.owners, a)
-	p.def, p.logger = def, logger
-}
-
-// setState records and logs a change of state of the child pid.
-func (p *proc) setState(state string, pid int) { p.changeState(state, pid, "") }
-
-// becomeReady records that the child pid passed its readiness probe: only
-// while it is starting. A probe that succeeds once the stop began (or the
-// child exited) changes nothing.
-func (p *proc) becomeReady(pid int) { p.changeState(stateReady, pid, stateStarting) }
-
-// changeState moves the child pid to state, if it is in state from (any
-// state if from is empty).
-func (p *proc) changeState(state string, pid int, from string) {
-	p.mu.Lock()
-	if p.pid != pid || p.state == state || (from != "" && p.state != from) {
-		p.mu.Unlock()
-		return
-	}
-	was := p.state
-	p.state = state
-	logger := p.logger
-	close(p.changed)
-	p.changed = make(chan struct{})
-	p.mu.Unlock()
-	logger.Info("process state", zap.String("from", was), zap.String("to", state), zap.Int("pid", pid))
-}
-
-// readyAddress is where the process serves while it is ready, else "".
-func (p *proc) readyAddress() string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.state != stateReady {
-		return ""
-	}
-	return p.def.address(p.port)
-}
-
-// current returns the definition and logger in force.
-func (p *proc) current() (*Process, *zap.Logger) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.def, p.logger
-}
-
-func (p *proc) log() *zap.Logger {
-	_, logger := p.current()
-	return logger
-}
-
-func (p *proc) getPID() int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.pid
-}
-
-func (p *proc) finished() bool {
-	select {
-	case <-p.exited:
-		return true
-	default:
-		return false
-	}
-}
-
-// start starts the run loop and returns once the first child runs (or
-// failed to start).
-func (p *proc) start() error {
-	registry.Lock()
-	if caddy.Exiting() {
-		// waitForChildren may have taken its list already
-		registry.Unlock()
-		close(p.exited)
-		close(p.done)
-		return fmt.Errorf("process %q: %w", p.name, errExiting)
-	}
-	registry.live[p] = true
-	registry.Unlock()
-	started := make(chan error, 1)
-	go p.run(started)
-	return <-started
-}
-
-// run starts the child, waits for it, and restarts it as its restart policy
-// says, until Caddy stops it or it ends for good. It runs on one locked OS
-// thread: the parent-death signal is tied to the thread that forked, so the
-// thread must live as long as the children. The goroutine never unlocks the
-// thread; when it returns, Go ends the thread.
-func (p *proc) run(started chan<- error) {
-	runtime.LockOSThread()
-	defer func() {
-		registry.Lock()
-		delete(registry.live, p)
-		registry.Unlock()
-		close(p.exited)
-	}()
-	var delay time.Duration // the last restart back-off
-	for n := 0; ; n++ {
-		def, logger := p.current()
-		cmd, execNotice, err := p.command(def, p.port)
-		var out *output
-		if err == nil {
-			out, err = p.attachOutput(cmd, def)
-		}
-		p.mu.Lock()
-		stopping := p.stopping
-		if err == nil && !stopping {
-			err = cmd.Start()
-		}
-		if err == nil && !stopping {
-			p.pid, p.running, p.startedAt = cmd.Process.Pid, true, time.Now()
-			if n > 0 {
-				p.restartN++
-			}
-			p.pinned, p.execed, p.held = true, execNotice == nil, nil
-			keepGroup(cmd.Process.Pid, logger)
-		}
-		p.mu.Unlock()
-		// the child has its copies of the pipes and descriptors, or nothing
-		// will start: close the parent's
-		closeParentEnds(cmd, out)
-		if (err != nil || stopping) && execNotice != nil {
-			execNotice.Close()
-		}
-		if stopping {
-			return
-		}
-		if n == 0 {
-			if err != nil {
-				close(p.done)
-				started <- fmt.Errorf("starting process %q (%s): %v", def.Name, def.path, startError(def, err))
-				return
-			}
-			started <- nil
-		}
-
-		var code int
-		var upFor time.Duration
-		if err != nil {
-			code = 127
-			logger.Error("restarting process failed", zap.Error(startError(def, err)))
-		} else {
-			pid := cmd.Process.Pid
-			if execNotice != nil {
-				go p.awaitExec(pid, execNotice)
-			}
-			logger.Info("process started", zap.Int("pid", pid), zap.Strings("command", def.argsFor(p.port)), zap.Int("restarts", p.status().Restarts))
-			probeCtx, probeDone := context.WithCancel(context.Background())
-			if def.Ready != nil {
-				p.setState(stateStarting, pid)
-				go p.probeReady(probeCtx, def, pid, p.port, logger)
-			} else {
-				p.setState(stateReady, pid)
-			}
-			began := time.Now()
-			_ = waitLeader(cmd) // the leader exited; unreaped, it keeps its group's ID ours
-			probeDone()
-			upFor = time.Since(began)
-			p.mu.Lock()
-			p.running = false
-			p.mu.Unlock()
-			p.setState(stateExited, pid)
-			p.endGroup(pid, out)
-			_ = reap(cmd) // the only Wait; the status is in cmd.ProcessState
-			var how string
-			code, how = exitStatus(cmd.ProcessState)
-			fields := []zap.Field{zap.Int("pid", pid), zap.Int("exit_status", code), zap.String("exit", how), zap.Duration("up_for", upFor)}
-			p.mu.Lock()
-			expected, restartReq := p.stopping, p.restartReq
-			p.restartReq = false
-			p.lastExit = &code
-			if p.exits == nil {
-				p.exits = make(map[int]int)
-			}
-			p.exits[code]++
-			def, logger = p.def, p.logger
-			p.mu.Unlock()
-			if expected {
-				logger.Info("process exited", fields...)
-				return
-			}
-			p.mu.Lock()
-			candidate := p.candidate
-			p.mu.Unlock()
-			if candidate {
-				// the instance it was to replace still serves
-				logger.Error("the new instance exited before it was ready", fields...)
-				return
-			}
-			if restartReq {
-				p.mu.Lock()
-				p.lastStopDur = time.Since(p.restartAt)
-				p.mu.Unlock()
-				logger.Info("process exited for the restart asked through the admin API", fields...)
-				continue
-			}
-			logger.Error("process exited unexpectedly", fields...)
-		}
-
-		wait, why := p.nextRestart(def, code, upFor, &delay)
-		if why != "" {
-			logger.Error("process ended for good", zap.String("why", why), zap.Int("exit_status", code))
-			go processEnded(def, logger, code)
-			return
-		}
-		logger.Info("restarting process", zap.Duration("after", wait), zap.Int("restarts", p.status().Restarts+1))
-		timer := time.NewTimer(wait)
-		select {
-		case <-timer.C:
-		case <-p.stopCh:
-			timer.Stop()
-			return
-		}
-	}
-}
-
-// closeParentEnds closes the parent's copies of what the child was given:
-// the output pipes' write ends (so that the streams reach EOF when the child
-// and everything that inherited them exit) and the extra descriptors.
-func closeParentEnds(cmd *exec.Cmd, out *output) {
-	if out != nil {
-		out.started()
-	}
-	if cmd != nil {
-		for _, f := range cmd.ExtraFiles {
-			f.Close()
-		}
-	}
-}
-
-// endGroup finishes the process group pid once its leader has exited: what
-// is left of the group gets the stop signal (unless a stop or restart already
-// sent it) and SIGKILL at the deadline; then the output is logged to its
-// last line, bounded by stop_timeout once the group is gone (a process that
-// left the group may hold the pipes); then the group is unregistered from
-// the keeper and stops being ours to signal. The caller reaps the leader
-// right after: only then can its ID be reused.
-func (p *proc) endGroup(pid int, out *output) {
-	p.mu.Lock()
-	def, logger := p.def, p.logger
-	signalled, deadline := p.stopping || p.restartReq, p.groupDeadline
-	p.mu.Unlock()
-	timeout := time.Duration(def.StopTimeout)
-	if othersInGroup(pid) {
-		if !signalled {
-			// what is left is orphaned, and may hold the process's port
-			logger.Warn("stopping the rest of the exited process's group", zap.Int("pgid", pid))
-			_ = p.signal(pid, def.signal)
-			deadline = time.Now().Add(timeout)
-		}
-		if !waitGroupGone(pid, deadline) {
-			logger.Warn("process group outlived stop_timeout; killing it", zap.Int("pgid", pid))
-			_ = p.signal(pid, syscall.SIGKILL)
-			waitGroupGone(pid, time.Now().Add(time.Second))
-		}
-	}
-	if out != nil && !out.wait(timeout) {
-		logger.Warn("output still open stop_timeout after the process group ended (a process that left the group holds it); not waiting for the rest",
-			zap.Int("pgid", pid), zap.Duration("stop_timeout", timeout))
-	}
-	releaseGroup(pid)
-	p.mu.Lock()
-	p.pinned, p.held = false, nil
-	p.mu.Unlock()
-}
-
-// errNotRunning: the process group a signal was meant for is not ours now.
-var errNotRunning = errors.New("not running")
-
-// errExiting: Caddy's process is exiting; nothing new starts.
-var errExiting = errors.New("Caddy is exiting")
-
-// signal sends sig to the process group pid, if pid is the current group
-// and still ours: from its start until endGroup saw it gone, the unreaped
-// leader keeps the ID from being reused. Until the shim has exec'd the
-// program, signals other than SIGKILL are held and sent right after.
-// Every signal to a child goes through here.
-func (p *proc) signal(pid int, sig syscall.Signal) error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if !p.pinned || p.pid != pid {
-		return errNotRunning
-	}
-	if !p.execed && sig != syscall.SIGKILL {
-		if !slices.Contains(p.held, sig) {
-			p.held = append(p.held, sig)
-		}
-		return nil
-	}
-	err := signalGroup(pid, sig)
-	if errors.Is(err, syscall.ESRCH) {
-		return errNotRunning
-	}
-	return err
-}
-
-// awaitExec reads the exec notice of child pid: EOF once the program
-// replaced the shim, or the shim exited. Then the held signals go out.
-func (p *proc) awaitExec(pid int, r *os.File) {
-	var b [1]byte
-	_, _ = r.Read(b[:])
-	r.Close()
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.pid != pid || !p.pinned {
-		return
-	}
-	p.execed = true
-	p.logger.Debug("the program replaced the exec shim", zap.Int("pid", pid))
-	for _, sig := range p.held {
-		_ = signalGroup(pid, sig)
-	}
-	p.held = nil
-}
-
-// nextRestart applies the restart policy to an exit: it returns how long to
-// wait before the restart, or why there is none.
-func (p *proc) nextRestart(def *Process, code int, upFor time.Duration, delay *time.Duration) (time.Duration, string) {
-	switch {
-	case def.Restart == RestartNever:
-		return 0, "restart is never"
-	case def.Restart == RestartOnFailure && code == 0:
-		return 0, "exited successfully and restart is on_failure"
-	}
-	if upFor >= restartResetAfter || *delay == 0 {
-		*delay = restartFirstDelay
-	} else {
-		*delay = min(2**delay, restartMaxDelay)
-	}
-	if def.MaxRestarts > 0 {
-		now := time.Now()
-		window := time.Duration(def.RestartWindow)
-		p.restarts = slices.DeleteFunc(p.restarts, func(t time.Time) bool { return now.Sub(t) > window })
-		if len(p.restarts) >= def.MaxRestarts {
-			return 0, fmt.Sprintf("restarted %d times within restart_window %s (max_restarts)", len(p.restarts), window)
-		}
-		p.restarts = append(p.restarts, now.Add(*delay))
-	}
-	return *delay, ""
-}
-
-// stop ends the process: no more restarts; the stop signal to the current
-// child's process group, up to stop_timeout for the group to exit, then
-// SIGKILL to the group. It returns when the group is gone and reaped.
-// Concurrent and repeated calls are safe; all return when the group is gone.
-func (p *proc) stop(reason string) {
-	p.stopMu.Lock()
-	defer p.stopMu.Unlock()
-	select {
-	case <-p.done:
-		return
-	default:
-	}
-
-	def, logger := p.current()
-	timeout := time.Duration(def.StopTimeout)
-	stopBegan := time.Now()
-	p.mu.Lock()
-	if !p.stopping {
-		p.stopping = true
-		p.groupDeadline = stopBegan.Add(timeout)
-		close(p.stopCh)
-	}
-	pid, running := p.pid, p.running
-	p.mu.Unlock()
-	if running {
-		p.setState(stateStopping, pid)
-		logger.Info("stopping process", zap.Int("pid", pid), zap.String("reason", reason),
-			zap.String("signal", def.StopSignal), zap.Duration("stop_timeout", timeout))
-		if err := p.signal(pid, def.signal); err != nil && err != errNotRunning {
-			logger.Warn("sending stop signal", zap.Int("pid", pid), zap.Error(err))
-		}
-	}
-	timer := time.NewTimer(timeout)
-	select {
-	case <-p.exited:
-		timer.Stop()
-	case <-timer.C:
-		if p.signal(pid, syscall.SIGKILL) == nil {
-			logger.Warn("process group did not exit within stop_timeout; killing its process group",
-				zap.Int("pgid", pid), zap.Duration("stop_timeout", timeout))
-		}
-		<-p.exited
-	}
-	p.mu.Lock()
-	p.lastStopDur = time.Since(stopBegan)
-	p.mu.Unlock()
-	close(p.done)
-}
-
-// waitGroupGone waits until no process but the unreaped leader is left in
-// the group, or the deadline passes. Members of the group are not our
-// children, so nothing notifies us of their exit: this is the one place that
-// polls, with a short back-off, and only when a group outlives its leader.
-func waitGroupGone(pgid int, deadline time.Time) bool {
-	for wait := time.Millisecond; othersInGroup(pgid); wait = min(2*wait, 50*time.Millisecond) {
-		if time.Now().After(deadline) {
-			return false
-		}
-		time.Sleep(min(wait, time.Until(deadline)+time.Millisecond))
-	}
-	return true
-}
-
-// newCommand returns the exec.Cmd every platform starts from: stdin from
-// /dev/null, the merged environment. Output is attached by attachOutput.
-func newCommand(def *Process, path string, args []string, port int, extraEnv ...string) *exec.Cmd {
-	if port != 0 {
-		extraEnv = append(extraEnv, "PORT="+strconv.Itoa(port))
-	}
-	return &exec.Cmd{
-		Path:  path,
-		Args:  args,
-		Dir:   def.dir,
-		Env:   append(slices.Clip(def.env), extraEnv...),
-		Stdin: nil, // os/exec opens the null device
-	}
 }

@@ -17,6 +17,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -69,20 +70,87 @@ func (w *logWatch) wait(t *testing.T, msg string, n int, timeout time.Duration) 
 	}
 }
 
-// testProc starts def's process in this test process, as acquire does.
-func testProc(t *testing.T, def *Process) (*proc, *logWatch) {
+// testService is a process supervised by this test process: a service
+// that a config (a bare App) holds, as Caddy's Start does.
+type testService struct {
+	t   testing.TB
+	s   *service
+	app *App
+}
+
+// testProc starts def's process in this test process, as a config's Start
+// does; the test's end stops it.
+func testProc(t *testing.T, def *Process) (*testService, *logWatch) {
 	t.Helper()
+	logger, w := newLogWatch()
+	return testProcLogger(t, def, logger), w
+}
+
+func testProcLogger(t testing.TB, def *Process, logger *zap.Logger) *testService {
+	t.Helper()
+	if def.Name == "" {
+		// a service of its own: processes of a test never meet
+		def.Name = fmt.Sprintf("test-%d", testServices.Add(1))
+	}
 	if err := def.provision(0); err != nil {
 		t.Fatal(err)
 	}
-	logger, w := newLogWatch()
-	port, _ := def.fixedPort()
-	p := newProc(def, spawnKey(def), logger, port)
-	if err := p.start(); err != nil {
+	ts := &testService{t: t, app: &App{logger: logger, started: make(chan struct{}), serversDrained: make(chan struct{})}}
+	reply := make(chan error, 1)
+	ts.s = ask(def.Name, acquireEv{app: ts.app, def: def, reply: reply})
+	if err := <-reply; err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { p.stop("the test is over") })
-	return p, w
+	t.Cleanup(func() { ts.stop() })
+	return ts
+}
+
+var testServices atomic.Int64
+
+// stop lets go of the process, as a config's Stop does: it returns once
+// the process is gone.
+func (ts *testService) stop() {
+	reply := make(chan struct{})
+	if ts.s.post(releaseEv{app: ts.app, reply: reply}) {
+		<-reply
+	}
+	<-ts.s.done
+}
+
+func (ts *testService) status() Status { return ts.s.view.Load().status }
+
+func (ts *testService) getPID() int { return ts.status().PID }
+
+// waitEnded waits until the process ended for good.
+func (ts *testService) waitEnded(timeout time.Duration) {
+	ts.t.Helper()
+	deadline := time.After(timeout)
+	for {
+		v := ts.s.view.Load()
+		if v.status.State == stateExited && !v.pending {
+			return
+		}
+		select {
+		case <-v.changed:
+		case <-deadline:
+			ts.t.Fatalf("the process did not end within %s: %+v", timeout, v.status)
+		}
+	}
+}
+
+// restart asks for a restart, as the admin API does.
+func (ts *testService) restart() (Status, error) {
+	reply := make(chan restartAnswer, 1)
+	ts.s.post(restartEv{reply: reply})
+	a := <-reply
+	return a.status, a.err
+}
+
+// inLoop runs f in the service's loop, between two events.
+func (ts *testService) inLoop(f func(s *service)) {
+	done := make(chan struct{})
+	ts.s.post(func(s *service) { f(s); close(done) })
+	<-done
 }
 
 // reusePID starts a stranger, a process group of its own, with the given
@@ -140,9 +208,9 @@ func unharmed(t *testing.T, stranger *exec.Cmd) {
 // reload, at Caddy's exit) signals no one.
 func TestStopAfterEndSignalsNoOne(t *testing.T) {
 	p, _ := testProc(t, &Process{Command: []string{"true"}, Restart: RestartNever, OnEnd: OnEndKeepRunning, StopTimeout: Duration(200 * time.Millisecond)})
-	<-p.exited
+	p.waitEnded(5 * time.Second)
 	stranger := reusePID(t, p.getPID())
-	p.stop("test")
+	p.stop()
 	unharmed(t, stranger)
 }
 
@@ -151,7 +219,7 @@ func TestStopDuringBackoffSignalsNoOne(t *testing.T) {
 	p, w := testProc(t, &Process{Command: []string{"sh", "-c", "exit 3"}, Restart: RestartAlways, StopTimeout: Duration(200 * time.Millisecond)})
 	w.wait(t, "restarting process", 1, 5*time.Second)
 	stranger := reusePID(t, p.getPID())
-	p.stop("test")
+	p.stop()
 	unharmed(t, stranger)
 }
 
@@ -189,7 +257,7 @@ func TestRestartInPlaceKillsNoStranger(t *testing.T) {
 // stop signal, and once it is gone the group leaves the keeper.
 func TestLeftoversLeaveTheKeeper(t *testing.T) {
 	p, w := testProc(t, &Process{Command: []string{"sh", "-c", "sleep 30 & exit 3"}, Restart: RestartNever, OnEnd: OnEndKeepRunning})
-	<-p.exited
+	p.waitEnded(10 * time.Second)
 	if w.logs.FilterMessage("stopping the rest of the exited process's group").Len() != 1 {
 		t.Error("the leftover sleep was not stopped")
 	}
@@ -241,18 +309,12 @@ func (c slowCore) Write(e zapcore.Entry, fields []zapcore.Field) error {
 // process wrote is still logged, and before its exit.
 func TestOutputSlowLogWriter(t *testing.T) {
 	def := &Process{Command: []string{"seq", "1", "5000"}, Restart: RestartNever, OnEnd: OnEndKeepRunning}
-	if err := def.provision(0); err != nil {
-		t.Fatal(err)
-	}
 	core, logs := observer.New(zapcore.DebugLevel)
 	gate := make(chan struct{})
-	p := newProc(def, spawnKey(def), zap.New(slowCore{core, gate}), 0)
-	if err := p.start(); err != nil {
-		t.Fatal(err)
-	}
+	p := testProcLogger(t, def, zap.New(slowCore{core, gate}))
 	time.Sleep(2 * time.Second) // the slow writer: the first line's write takes this long
 	close(gate)
-	<-p.exited
+	p.waitEnded(10 * time.Second)
 	var lines []string
 	exited := false
 	for _, e := range logs.All() {
@@ -293,7 +355,7 @@ func TestStopSignalBeforeExecIsHeld(t *testing.T) {
 				break
 			}
 		}
-		p.stop("test")
+		p.stop()
 		if !inShim {
 			continue
 		}
@@ -401,11 +463,15 @@ func TestReadyPathOnOwnPort(t *testing.T) {
 func TestReadyNeverAfterStop(t *testing.T) {
 	p, w := testProc(t, &Process{Command: []string{"sleep", "60"}, Ready: &ReadyProbe{TCP: ptr("127.0.0.1:1")}, Restart: RestartNever, OnEnd: OnEndKeepRunning})
 	w.wait(t, "process state", 1, 5*time.Second) // starting
-	pid := p.getPID()
-	p.setState(stateStopping, pid)
-	p.becomeReady(pid) // what a probe that succeeds now does
-	if st := p.status(); st.State != stateStopping {
-		t.Errorf("state %s after a late probe success, want stopping", st.State)
+	var after state
+	p.inLoop(func(s *service) {
+		in := s.slots[0]
+		s.stopInstance(in, "test")
+		s.handle(instanceReady{in}) // what a probe that succeeds now does
+		after = in.state
+	})
+	if after != stateStopping {
+		t.Errorf("state %s after a late probe success, want stopping", after)
 	}
 }
 

@@ -3,6 +3,7 @@ package supervise
 import (
 	"fmt"
 	"net/http"
+	"slices"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -15,7 +16,7 @@ func init() {
 }
 
 // Upstreams is a reverse_proxy dynamic upstream source that returns the
-// address of a supervised process while it is ready. While it starts,
+// addresses of a supervised process's ready instances. While it starts,
 // restarts, or is being replaced (a reload or an admin restart), a request
 // waits here until an instance is ready, up to `wait`, and is then sent to
 // it at once: no 502, and no request of a config being unloaded left
@@ -36,7 +37,8 @@ type Upstreams struct {
 	// when no instance of it is ready. Default: `30s`.
 	Wait Duration `json:"wait,omitempty"`
 
-	ctx caddy.Context
+	ctx  caddy.Context
+	link *configLink
 }
 
 // DefaultUpstreamWait is how long a request waits for a ready instance.
@@ -50,7 +52,8 @@ func (Upstreams) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// Provision checks the configuration.
+// Provision checks the configuration: the name must be one of the config's
+// supervised processes (checked once the supervise app is provisioned too).
 func (u *Upstreams) Provision(ctx caddy.Context) error {
 	if u.Name == "" {
 		return fmt.Errorf("dynamic supervise: name: the name of a supervised process is required")
@@ -62,51 +65,86 @@ func (u *Upstreams) Provision(ctx caddy.Context) error {
 		u.Wait = Duration(DefaultUpstreamWait)
 	}
 	u.ctx = ctx
+	u.link = linkConfig(ctx)
+	return u.link.addUpstream(u)
+}
+
+// Cleanup unlinks the module from its config.
+func (u *Upstreams) Cleanup() error {
+	if u.link != nil {
+		u.link.unlink()
+	}
 	return nil
 }
 
-// GetUpstreams returns the address of the process's ready instance,
-// waiting for one while the process starts, restarts or is replaced.
-func (u *Upstreams) GetUpstreams(r *http.Request) ([]*reverseproxy.Upstream, error) {
-	if addr := u.readyAddress(r); addr != "" {
-		return []*reverseproxy.Upstream{{Dial: addr}}, nil
+// checkName checks that the config's supervise app has a process named
+// u.Name.
+func (u *Upstreams) checkName(a *App) error {
+	if slices.ContainsFunc(a.Processes, func(p *Process) bool { return p.Name == u.Name }) {
+		return nil
 	}
-	return nil, nil
+	return fmt.Errorf("dynamic supervise %q: no supervised process of that name in this config (its processes: %s)", u.Name, a.names())
 }
 
-func (u *Upstreams) readyAddress(r *http.Request) string {
-	var limit <-chan time.Time
+// GetUpstreams returns the addresses of the process's ready instances,
+// waiting for one while the process starts, restarts or is replaced.
+func (u *Upstreams) GetUpstreams(r *http.Request) ([]*reverseproxy.Upstream, error) {
+	addrs := u.readyAddresses(r)
+	ups := make([]*reverseproxy.Upstream, len(addrs))
+	for i, a := range addrs {
+		ups[i] = &reverseproxy.Upstream{Dial: a}
+	}
+	return ups, nil
+}
+
+// readyAddresses waits, up to wait, until the process has a ready
+// instance, and returns where they serve; nothing if none will come by
+// itself (the process ended for good, or no config has it).
+func (u *Upstreams) readyAddresses(r *http.Request) []string {
+	deadline := time.NewTimer(time.Duration(u.Wait))
+	defer deadline.Stop()
 	for {
-		registry.Lock()
-		p, changing, moved := registry.procs[u.Name], registry.changing[u.Name], registry.movedCh
-		registry.Unlock()
 		var changed <-chan struct{}
-		if p != nil {
-			if addr := p.readyAddress(); addr != "" {
-				return addr
+		s := serviceNamed(u.Name)
+		switch a := u.link.getApp(); {
+		case s != nil:
+			v := s.view.Load()
+			if len(v.addrs) > 0 {
+				return v.addrs
 			}
-			p.mu.Lock()
-			changed = p.changed
-			p.mu.Unlock()
+			if !v.pending {
+				return nil
+			}
+			changed = v.changed
+		case a != nil && !isClosed(a.started):
+			changed = a.started // the config's processes start (Caddy may start its apps in any order)
+		default:
+			return nil
 		}
-		if !changing && (p == nil || p.finished()) {
-			return "" // nothing will come back by itself
-		}
-		if limit == nil {
-			timer := time.NewTimer(time.Duration(u.Wait))
-			defer timer.Stop()
-			limit = timer.C
+		var ended <-chan struct{}
+		if s != nil {
+			ended = s.done
 		}
 		select {
-		case <-moved:
 		case <-changed:
+		case <-ended:
 		case <-r.Context().Done():
-			return ""
+			return nil
 		case <-u.ctx.Done():
-			return ""
-		case <-limit:
-			return ""
+			return nil
+		case <-deadline.C:
+			return nil
 		}
+	}
+}
+
+// isClosed reports whether c is closed.
+func isClosed(c <-chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
 	}
 }
 
@@ -149,5 +187,6 @@ func (u *Upstreams) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 var (
 	_ caddy.Provisioner           = (*Upstreams)(nil)
 	_ reverseproxy.UpstreamSource = (*Upstreams)(nil)
+	_ caddy.CleanerUpper          = (*Upstreams)(nil)
 	_ caddyfile.Unmarshaler       = (*Upstreams)(nil)
 )

@@ -1,0 +1,378 @@
+package supervise
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"runtime"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// An instance is one run of a process's program: one process group, from
+// its start until the group is gone. Its service decides what happens to
+// it (see supervisor.go); the instance carries the decisions out and
+// reports what its process does.
+//
+// One goroutine starts the child, waits for it and reaps it, on a locked OS
+// thread that lives as long as the child: the parent-death signal is tied
+// to the thread that forked. Every signal to the group goes through
+// signal, which sends nothing once the group is no longer ours.
+type instance struct {
+	svc      *service
+	def      *Process                // what it was started from
+	settings atomic.Pointer[Process] // its stop signal, timeouts: def, or a newer definition of the same key
+	key      string                  // spawnKey(def)
+	port     int                     // its port (`port`), 0 if none
+	slot     int                     // its place in the service's serving set
+
+	// owned by the service's loop
+	state       state
+	startedAt   time.Time
+	stopBegan   time.Time // when its stop signal went out, if it did
+	retireUntil *App      // a retiring instance stops once this config is gone and drained
+	notReady    bool      // it failed its readiness probe
+	restarts    int       // the service's restarts when it started, for its log
+
+	exited chan struct{} // closed once the group is gone and the leader reaped
+	result exitResult    // set before exited is closed
+	tail   outputTail    // its last output lines, for errors
+
+	mu       sync.Mutex
+	pid      int              // its PID, which is also its process group's ID
+	pinned   bool             // the leader is not reaped yet: pid is ours to signal
+	execed   bool             // the shim has exec'd the program (see awaitExec)
+	held     []syscall.Signal // signals sent before that
+	stopping bool             // its stop signal went out: its exit is expected
+	deadline time.Time        // then SIGKILL
+	killer   *time.Timer
+}
+
+// exitResult is how an instance's leader ended.
+type exitResult struct {
+	code  int           // its exit status, as a shell reports it
+	how   string        // "exit code 3", "killed by SIGKILL"
+	upFor time.Duration // from the start to the leader's exit
+}
+
+// The states of an instance. A move that the table below does not allow
+// is a bug: setState refuses it and logs an error.
+type state string
+
+const (
+	stateNone     state = ""
+	stateStarting state = "starting" // started; its readiness probe has not passed yet
+	stateReady    state = "ready"    // ready: it serves (or is about to, a new instance of a transition)
+	stateRetiring state = "retiring" // replaced: it finishes what was sent to it, nothing new is
+	stateStopping state = "stopping" // its stop signal went out
+	stateExited   state = "exited"   // its process group is gone
+)
+
+// moves are the allowed state changes. A retiring instance that serves
+// again is one a failed reload puts back.
+var moves = map[state][]state{
+	stateNone:     {stateStarting, stateReady},
+	stateStarting: {stateReady, stateStopping, stateExited},
+	stateReady:    {stateRetiring, stateStopping, stateExited},
+	stateRetiring: {stateReady, stateStopping, stateExited},
+	stateStopping: {stateExited},
+}
+
+// setState moves the instance to state to and logs the change. Called by
+// the service's loop only.
+func (in *instance) setState(to state) {
+	if in.state == to {
+		return
+	}
+	if !slices.Contains(moves[in.state], to) {
+		in.svc.log().Error("invalid instance state change (a bug)", zap.String("from", string(in.state)),
+			zap.String("to", string(to)), zap.Int("pid", in.getPID()))
+		return
+	}
+	from := in.state
+	in.state = to
+	in.svc.log().Info("process state", zap.String("from", string(from)), zap.String("to", string(to)), zap.Int("pid", in.getPID()))
+}
+
+// live reports whether the instance's group may still exist.
+func (in *instance) live() bool { return in.state != stateExited }
+
+func (in *instance) getPID() int {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	return in.pid
+}
+
+// address is where the instance serves, for the dynamic upstream.
+func (in *instance) address() string { return in.def.address(in.port) }
+
+// start starts the instance's process and returns once it runs (or failed
+// to start). From then on its goroutine reports to the service: ready or
+// not ready (the probe), and exited.
+func (in *instance) start() error {
+	in.exited = make(chan struct{})
+	started := make(chan error, 1)
+	go in.run(started)
+	err := <-started
+	if err == nil {
+		in.startedAt = time.Now()
+	}
+	return err
+}
+
+// run starts the child, waits for its leader, finishes its group, reaps
+// it, and reports its exit. It runs on one locked OS thread, which Go ends
+// when it returns (the goroutine never unlocks it).
+func (in *instance) run(started chan<- error) {
+	runtime.LockOSThread()
+	def, logger := in.def, in.svc.log()
+	cmd, execNotice, err := in.command(def, in.port)
+	var out *output
+	if err == nil {
+		out, err = in.attachOutput(cmd, def)
+	}
+	if err == nil {
+		err = cmd.Start()
+	}
+	if err == nil {
+		in.mu.Lock()
+		in.pid, in.pinned, in.execed = cmd.Process.Pid, true, execNotice == nil
+		in.mu.Unlock()
+		keepGroup(cmd.Process.Pid, logger)
+	}
+	// the child has its copies of the pipes and descriptors, or nothing
+	// will start: close the parent's
+	closeParentEnds(cmd, out)
+	if err != nil {
+		if execNotice != nil {
+			execNotice.Close()
+		}
+		close(in.exited)
+		started <- fmt.Errorf("starting process %q (%s): %v", def.Name, def.path, startError(def, err))
+		return
+	}
+	pid := cmd.Process.Pid
+	if execNotice != nil {
+		go in.awaitExec(pid, execNotice)
+	}
+	logger.Info("process started", zap.Int("pid", pid), zap.Strings("command", def.argsFor(in.port)), zap.Int("restarts", in.restarts))
+	probeCtx, probeDone := context.WithCancel(context.Background())
+	if def.Ready != nil {
+		go in.probe(probeCtx, def)
+	}
+	started <- nil
+
+	began := time.Now()
+	_ = waitLeader(cmd) // the leader exited; unreaped, it keeps its group's ID ours
+	probeDone()
+	upFor := time.Since(began)
+	in.endGroup(pid, out)
+	_ = reap(cmd) // the only Wait; the status is in cmd.ProcessState
+	code, how := exitStatus(cmd.ProcessState)
+	in.result = exitResult{code: code, how: how, upFor: upFor}
+	close(in.exited)
+	in.svc.post(instanceExited{in})
+}
+
+// closeParentEnds closes the parent's copies of what a child was given:
+// the output pipes' write ends (so that the streams reach EOF when the
+// child and everything that inherited them exit) and the extra
+// descriptors.
+func closeParentEnds(cmd *exec.Cmd, out *output) {
+	if out != nil {
+		out.started()
+	}
+	if cmd != nil {
+		for _, f := range cmd.ExtraFiles {
+			f.Close()
+		}
+	}
+}
+
+// endGroup finishes the process group pid once its leader has exited: what
+// is left of the group gets the stop signal (unless a stop already sent
+// it) and SIGKILL at the deadline; then the output is logged to its last
+// line, bounded by stop_timeout once the group is gone (a process that
+// left the group may hold the pipes); then the group is unregistered from
+// the keeper and stops being ours to signal. The caller reaps the leader
+// right after: only then can its ID be reused.
+func (in *instance) endGroup(pid int, out *output) {
+	def, logger := in.settings.Load(), in.svc.log()
+	timeout := time.Duration(def.StopTimeout)
+	in.mu.Lock()
+	signalled, deadline := in.stopping, in.deadline
+	in.mu.Unlock()
+	if othersInGroup(pid) {
+		if !signalled {
+			// what is left is orphaned, and may hold the process's port
+			logger.Warn("stopping the rest of the exited process's group", zap.Int("pgid", pid))
+			_ = in.signal(def.signal)
+			deadline = time.Now().Add(timeout)
+		}
+		if !waitGroupGone(pid, deadline) {
+			logger.Warn("process group outlived stop_timeout; killing it", zap.Int("pgid", pid))
+			_ = in.signal(syscall.SIGKILL)
+			waitGroupGone(pid, time.Now().Add(time.Second))
+		}
+	}
+	if out != nil && !out.wait(timeout) {
+		logger.Warn("output still open stop_timeout after the process group ended (a process that left the group holds it); not waiting for the rest",
+			zap.Int("pgid", pid), zap.Duration("stop_timeout", timeout))
+	}
+	releaseGroup(pid)
+	in.mu.Lock()
+	in.pinned, in.held = false, nil
+	if in.killer != nil {
+		in.killer.Stop()
+	}
+	in.mu.Unlock()
+}
+
+// waitGroupGone waits until no process but the unreaped leader is left in
+// the group, or the deadline passes. Members of the group are not our
+// children, so nothing notifies us of their exit: this is the one place that
+// polls, with a short back-off, and only when a group outlives its leader.
+func waitGroupGone(pgid int, deadline time.Time) bool {
+	for wait := time.Millisecond; othersInGroup(pgid); wait = min(2*wait, 50*time.Millisecond) {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(min(wait, time.Until(deadline)+time.Millisecond))
+	}
+	return true
+}
+
+// errNotRunning: the process group a signal was meant for is not ours now.
+var errNotRunning = errors.New("not running")
+
+// errExiting: Caddy's process is exiting; nothing new starts.
+var errExiting = errors.New("Caddy is exiting")
+
+// signal sends sig to the instance's process group while it is ours: from
+// its start until endGroup saw it gone, the unreaped leader keeps the ID
+// from being reused. Until the shim has exec'd the program, signals other
+// than SIGKILL are held and sent right after. Every signal to a child goes
+// through here.
+func (in *instance) signal(sig syscall.Signal) error {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	if !in.pinned {
+		return errNotRunning
+	}
+	if !in.execed && sig != syscall.SIGKILL {
+		if !slices.Contains(in.held, sig) {
+			in.held = append(in.held, sig)
+		}
+		return nil
+	}
+	err := signalGroup(in.pid, sig)
+	if errors.Is(err, syscall.ESRCH) {
+		return errNotRunning
+	}
+	return err
+}
+
+// awaitExec reads the exec notice of child pid: EOF once the program
+// replaced the shim, or the shim exited. Then the held signals go out.
+func (in *instance) awaitExec(pid int, r *os.File) {
+	var b [1]byte
+	_, _ = r.Read(b[:])
+	r.Close()
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	if !in.pinned {
+		return
+	}
+	in.execed = true
+	in.svc.log().Debug("the program replaced the exec shim", zap.Int("pid", pid))
+	for _, sig := range in.held {
+		_ = signalGroup(pid, sig)
+	}
+	in.held = nil
+}
+
+// stop sends the stop signal to the instance's group and arms SIGKILL for
+// stop_timeout later; the instance reports its exit as always. Stopping an
+// instance that is stopping already changes nothing. It reports whether a
+// signal went out now.
+func (in *instance) stop() bool {
+	def := in.settings.Load()
+	timeout := time.Duration(def.StopTimeout)
+	in.mu.Lock()
+	if in.stopping || !in.pinned {
+		in.mu.Unlock()
+		return false
+	}
+	in.stopping, in.deadline = true, time.Now().Add(timeout)
+	in.killer = time.AfterFunc(timeout, func() {
+		if in.signal(syscall.SIGKILL) == nil {
+			in.svc.log().Warn("process group did not exit within stop_timeout; killing its process group",
+				zap.Int("pgid", in.getPID()), zap.Duration("stop_timeout", timeout))
+		}
+	})
+	in.mu.Unlock()
+	if err := in.signal(def.signal); err != nil && err != errNotRunning {
+		in.svc.log().Warn("sending stop signal", zap.Int("pid", in.getPID()), zap.Error(err))
+	}
+	return true
+}
+
+// probe runs the readiness probe until it succeeds, the leader exits (ctx),
+// or ready_timeout passes, and reports ready or not ready to the service.
+func (in *instance) probe(ctx context.Context, def *Process) {
+	timeout := time.Duration(def.ReadyTimeout)
+	deadline := time.Now().Add(timeout)
+	check := tcpCheck(def.probeTarget(in.port))
+	if def.Ready.HTTP != nil {
+		check = httpCheck(def.probeTarget(in.port), def.probeDial())
+	}
+	for wait := 10 * time.Millisecond; ; wait = min(2*wait, 250*time.Millisecond) {
+		// each check ends by ready_timeout, and within probeAttempt: a
+		// black-holed address would otherwise hold the dial for minutes
+		end := deadline
+		if d := time.Now().Add(probeAttempt); d.Before(end) {
+			end = d
+		}
+		attempt, cancel := context.WithDeadline(ctx, end)
+		ok := check(attempt)
+		cancel()
+		if ok {
+			in.svc.post(instanceReady{in})
+			return
+		}
+		if time.Now().After(deadline) {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(min(wait, time.Until(deadline)+time.Millisecond)):
+		}
+	}
+	if ctx.Err() == nil {
+		in.svc.post(instanceNotReady{in})
+	}
+}
+
+// newCommand returns the exec.Cmd every platform starts from: stdin from
+// /dev/null, the merged environment. Output is attached by attachOutput.
+func newCommand(def *Process, path string, args []string, port int, extraEnv ...string) *exec.Cmd {
+	if port != 0 {
+		extraEnv = append(extraEnv, "PORT="+strconv.Itoa(port))
+	}
+	return &exec.Cmd{
+		Path:  path,
+		Args:  args,
+		Dir:   def.dir,
+		Env:   append(slices.Clip(def.env), extraEnv...),
+		Stdin: nil, // os/exec opens the null device
+	}
+}

@@ -1,0 +1,92 @@
+package supervise
+
+import (
+	"maps"
+	"time"
+)
+
+// view is what the readers of a service see: a snapshot its loop publishes
+// after every event. The dynamic upstream, the admin API and the metrics
+// read it without a lock; changed is closed when the next one replaces it,
+// so a reader that waits for a change cannot miss one.
+type view struct {
+	addrs   []string // where the ready instances of the serving set serve
+	pending bool     // none is ready now, but one will be by itself (starting, restarting, replaced)
+	status  Status
+	metrics viewMetrics
+	changed chan struct{}
+}
+
+// viewMetrics are the figures /metrics reports of a service.
+type viewMetrics struct {
+	up, ready bool
+	restarts  int
+	exits     map[int]int
+	startedAt time.Time
+	lastStop  time.Duration
+	lastDrain time.Duration
+}
+
+// publish replaces the service's view with one of its state now.
+func (s *service) publish() {
+	v := &view{changed: make(chan struct{}), status: s.status()}
+	serving := false
+	for _, in := range s.slots {
+		if in == nil {
+			continue
+		}
+		serving = true
+		if in.state == stateReady {
+			v.addrs = append(v.addrs, in.address())
+		}
+	}
+	v.pending = len(v.addrs) == 0 && len(s.holders) > 0 && s.stopAll == "" && s.yieldedTo == nil && !s.ended &&
+		(serving || s.job != nil || s.backoff.pending)
+	in := s.slots[0]
+	v.metrics = viewMetrics{
+		up:        in != nil && in.live(),
+		ready:     in != nil && in.state == stateReady,
+		restarts:  s.history.restarts,
+		exits:     maps.Clone(s.history.exits),
+		lastStop:  s.history.lastStop,
+		lastDrain: s.history.lastDrain,
+	}
+	if shown := s.shown(); shown != nil {
+		v.metrics.startedAt = shown.startedAt
+	}
+	if old := s.view.Swap(v); old != nil {
+		close(old.changed)
+	}
+}
+
+// shown is the instance the status tells about: the one that serves, else
+// one that is being started in its place, else the last one.
+func (s *service) shown() *instance {
+	if s.slots[0] != nil {
+		return s.slots[0]
+	}
+	if s.job != nil && s.job.cand != nil && !s.job.beside {
+		return s.job.cand
+	}
+	return s.lastSeen
+}
+
+// status is the admin API's status of the service.
+func (s *service) status() Status {
+	st := Status{Name: s.name, Restarts: s.history.restarts, LastExit: s.history.lastExit, State: stateExited}
+	if def := s.current(); def != nil {
+		st.Socket, st.StopSignal = def.Socket, def.StopSignal
+	}
+	in := s.shown()
+	if in == nil {
+		return st
+	}
+	st.PID, st.State, st.Port = in.getPID(), in.state, in.port
+	st.Ready = in.state == stateReady && in == s.slots[0]
+	st.Command = in.def.argsFor(in.port)
+	if !in.startedAt.IsZero() {
+		t := in.startedAt
+		st.StartedAt = &t
+	}
+	return st
+}
