@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -292,11 +293,28 @@ func socketEndpoint(socket string) string {
 // active config before it stops its apps). A config that is stopped while
 // another is active is one a reload replaced, or one that failed to start.
 func isFinalStop() bool {
-	return callerExiting() && caddy.ActiveContext().Context == nil
+	return callerExiting() && !configActive()
 }
 
 // callerExiting reports whether Caddy's process began to exit.
-func callerExiting() bool { return caddy.Exiting() }
+func callerExiting() bool {
+	if testCaddy.set.Load() {
+		return testCaddy.exiting.Load()
+	}
+	return caddy.Exiting()
+}
+
+// configActive reports whether Caddy runs a config.
+func configActive() bool {
+	if testCaddy.set.Load() {
+		return testCaddy.active.Load()
+	}
+	return caddy.ActiveContext().Context != nil
+}
+
+// testCaddy stands for Caddy's process state in tests of the engine, which
+// run without one.
+var testCaddy struct{ set, exiting, active atomic.Bool }
 
 // stoppingHandler receives Caddy's "stopping" event.
 type stoppingHandler struct{ a *App }

@@ -254,6 +254,7 @@ func (s *service) handle(ev any) {
 		ev.reply <- s.adminSignal(ev)
 	case exitEv:
 		s.exiting = true
+		s.log().Info("Caddy is exiting: the process serves until the drain is over")
 		for _, q := range s.queue {
 			q.reply <- fmt.Errorf("process %q: %w", s.name, errExiting)
 		}
@@ -320,6 +321,8 @@ func (s *service) acquire(ev acquireEv) {
 	case in == nil && s.backoff.pending && s.currentKey() == h.key && s.yieldedTo == nil:
 		s.hold(h) // restarting after a crash: the restart goes on
 		ev.reply <- nil
+	case s.stopAll != "":
+		ev.reply <- fmt.Errorf("process %q: %w", s.name, errExiting)
 	case in == nil && (len(s.holders) == 0 || s.ended || s.yieldedTo != nil) && !ev.candidate:
 		// nothing runs: a first start, or a process that ended for good
 		if s.exiting {
