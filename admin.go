@@ -55,6 +55,19 @@ type Status struct {
 	Socket     string     `json:"socket,omitempty"`
 	Command    []string   `json:"command"`
 	StopSignal string     `json:"stop_signal"`
+	// Instances are every instance whose process group runs: the one that
+	// serves, a new one a restart or reload brings up, old ones that retire
+	// or stop.
+	Instances []InstanceStatus `json:"instances"`
+}
+
+// InstanceStatus is one running instance of a process.
+type InstanceStatus struct {
+	PID       int        `json:"pid"`
+	State     state      `json:"state"`
+	Serving   bool       `json:"serving"`
+	Port      int        `json:"port,omitempty"`
+	StartedAt *time.Time `json:"started_at,omitempty"`
 }
 
 func (a *AdminAPI) serve(w http.ResponseWriter, r *http.Request) error {

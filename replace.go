@@ -223,6 +223,7 @@ func (j *job) candidateReady(s *service) {
 	if j.kind == restartJob {
 		s.history.restarts++
 	}
+	s.backoff.delay = 0 // a new instance that got ready: a crash of it starts the back-off over
 	j.reply(nil)
 	s.endJob()
 }

@@ -99,7 +99,10 @@ func (u *Upstreams) GetUpstreams(r *http.Request) ([]*reverseproxy.Upstream, err
 
 // readyAddresses waits, up to wait, until the process has a ready
 // instance, and returns where they serve; nothing if none will come by
-// itself (the process ended for good, or no config has it).
+// itself (the process ended for good, or no config has it), or once the
+// client is gone. A request keeps waiting when its own config is unloaded
+// meanwhile (a reload that failed, say): its server still finishes it, and
+// the process, which another config holds, serves it.
 func (u *Upstreams) readyAddresses(r *http.Request) []string {
 	deadline := time.NewTimer(time.Duration(u.Wait))
 	defer deadline.Stop()
@@ -129,8 +132,6 @@ func (u *Upstreams) readyAddresses(r *http.Request) []string {
 		case <-changed:
 		case <-ended:
 		case <-r.Context().Done():
-			return nil
-		case <-u.ctx.Done():
 			return nil
 		case <-deadline.C:
 			return nil

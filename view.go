@@ -2,6 +2,7 @@ package supervise
 
 import (
 	"maps"
+	"slices"
 	"time"
 )
 
@@ -76,6 +77,15 @@ func (s *service) status() Status {
 	st := Status{Name: s.name, Restarts: s.history.restarts, LastExit: s.history.lastExit, State: stateExited}
 	if def := s.current(); def != nil {
 		st.Socket, st.StopSignal = def.Socket, def.StopSignal
+	}
+	st.Instances = []InstanceStatus{}
+	for _, in := range s.live {
+		is := InstanceStatus{PID: in.getPID(), State: in.state, Serving: slices.Contains(s.slots, in), Port: in.port}
+		if !in.startedAt.IsZero() {
+			t := in.startedAt
+			is.StartedAt = &t
+		}
+		st.Instances = append(st.Instances, is)
 	}
 	in := s.shown()
 	if in == nil {

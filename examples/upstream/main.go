@@ -93,7 +93,7 @@ func main() {
 		}
 		mux.ServeHTTP(w, r)
 	})
-	srv := &http.Server{Handler: inflight.track(handler)}
+	srv := &http.Server{Handler: inflight.track(handler), ConnState: inflight.connState}
 	go func() { _ = srv.Serve(ln) }()
 	log.Printf("upstream pid %d listening on %s", os.Getpid(), ln.Addr())
 	rep.send(map[string]any{"ev": "ready", "pid": os.Getpid(), "ppid": os.Getppid(), "addr": ln.Addr().String(), "activated": activated, "t": time.Now().UnixNano()})
@@ -132,11 +132,29 @@ func listen(addr string) (net.Listener, bool, error) {
 	return ln, false, err
 }
 
-// requests counts the requests in flight.
+// requests counts the requests in flight: from the handler's start until
+// the response was written out (the connection is idle again, or closed).
 type requests struct {
-	mu   sync.Mutex
-	cond *sync.Cond
-	n    int
+	mu     sync.Mutex
+	cond   *sync.Cond
+	n      int               // handlers running
+	active map[net.Conn]bool // connections with a request whose response is not written yet
+}
+
+// connState follows each connection: a response is written out once its
+// connection leaves StateActive.
+func (rs *requests) connState(c net.Conn, st http.ConnState) {
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	if rs.active == nil {
+		rs.active = make(map[net.Conn]bool)
+	}
+	if st == http.StateActive {
+		rs.active[c] = true
+	} else {
+		delete(rs.active, c)
+	}
+	rs.cond.Broadcast()
 }
 
 func (rs *requests) track(h http.Handler) http.Handler {
@@ -154,11 +172,12 @@ func (rs *requests) track(h http.Handler) http.Handler {
 	})
 }
 
-// wait returns once no request is in flight.
+// wait returns once no request is in flight and every response was
+// written out.
 func (rs *requests) wait() {
 	rs.mu.Lock()
 	defer rs.mu.Unlock()
-	for rs.n > 0 {
+	for rs.n > 0 || len(rs.active) > 0 {
 		rs.cond.Wait()
 	}
 }
