@@ -37,21 +37,15 @@ const drainSettle = time.Millisecond
 //
 // Without HTTP servers there is nothing to drain.
 //
-// serversDrained is closed by the first signal too, on a reload as well: a
-// process that a reload replaced stops only once the old config's servers
-// finished what they had in flight (see releaseAll). Where nothing can be
-// tracked, it is closed at once.
+// (On a reload, an instance that a new one replaces waits for its own
+// requests instead: see retire.)
 func (a *App) hookHTTP(ctx caddy.Context) {
-	a.serversDrained = make(chan struct{})
-	serversDone := sync.OnceFunc(func() { close(a.serversDrained) })
 	httpApp, err := ctx.AppIfConfigured("http")
 	if err != nil {
-		serversDone()
 		return
 	}
 	servers := httpApp.(*caddyhttp.App).Servers
 	if len(servers) == 0 {
-		serversDone()
 		return
 	}
 	a.hasHTTP = true
@@ -61,13 +55,9 @@ func (a *App) hookHTTP(ctx caddy.Context) {
 	}
 	sort.Strings(names)
 	// The stop hooks of all servers run once, after all servers stopped: one is enough.
-	// (On a reload they run at once, as the servers begin to shut down: then
-	// they tell nothing, unless connections cannot be counted.)
+	// (On a reload they run at once, as the servers begin to shut down.)
 	tracked := !slices.ContainsFunc(slices.Collect(maps.Values(servers)), mayServeHTTP3)
 	servers[names[0]].RegisterOnStop(func(context.Context) error {
-		if caddy.Exiting() || !tracked {
-			serversDone()
-		}
 		if caddy.Exiting() {
 			a.endDrain("http app stopped")
 		}
@@ -77,7 +67,6 @@ func (a *App) hookHTTP(ctx caddy.Context) {
 		return
 	}
 	t := &connTracker{servers: len(servers), conns: make(map[net.Conn]bool), drained: func() {
-		serversDone()
 		if caddy.Exiting() {
 			a.endDrain("the last connection closed")
 		}

@@ -37,8 +37,7 @@ func playCaddy(t *testing.T) {
 // Provision leaves it (without HTTP servers, unless the test says).
 func testApp(t *testing.T, logger *zap.Logger, defs ...*Process) *App {
 	t.Helper()
-	a := &App{Processes: defs, logger: logger, started: make(chan struct{}), drained: make(chan struct{}),
-		serversDrained: make(chan struct{}), link: &configLink{}}
+	a := &App{Processes: defs, logger: logger, started: make(chan struct{}), drained: make(chan struct{}), link: &configLink{}}
 	for i, d := range defs {
 		if err := d.provision(i); err != nil {
 			t.Fatal(err)
@@ -229,7 +228,7 @@ func TestUpstreamNeverMissesReady(t *testing.T) {
 		for range 50 {
 			wg.Go(func() {
 				began := time.Now()
-				if addrs := u.readyAddresses(req); len(addrs) == 0 {
+				if targets := u.readyTargets(req); len(targets) == 0 {
 					t.Errorf("round %d: no address", round)
 				}
 				mu.Lock()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"runtime"
@@ -35,12 +36,18 @@ type instance struct {
 	slot     int                     // its place in the service's serving set
 
 	// owned by the service's loop
-	state       state
-	startedAt   time.Time
-	stopBegan   time.Time // when its stop signal went out, if it did
-	retireUntil *App      // a retiring instance stops once this config is gone and drained
-	notReady    bool      // it failed its readiness probe
-	restarts    int       // the service's restarts when it started, for its log
+	state        state
+	startedAt    time.Time
+	stopBegan    time.Time // when its stop signal went out, if it did
+	retireUntil  *App      // a retiring instance stays until this config is gone (a failed reload may put it back)
+	retireReason string    // why it retires, for its stop
+	retireTimer  bool      // its drain_timeout to retire runs
+	notReady     bool      // it failed its readiness probe
+	restarts     int       // the service's restarts when it started, for its log
+
+	// the dynamic upstream's requests (see admit)
+	accepting atomic.Bool  // it serves: requests may be sent to it
+	inflight  atomic.Int64 // requests sent to it that have not ended
 
 	exited chan struct{} // closed once the group is gone and the leader reaped
 	result exitResult    // set before exited is closed
@@ -71,7 +78,7 @@ const (
 	stateNone     state = ""
 	stateStarting state = "starting" // started; its readiness probe has not passed yet
 	stateReady    state = "ready"    // ready: it serves (or is about to, a new instance of a transition)
-	stateRetiring state = "retiring" // replaced: it finishes what was sent to it, nothing new is
+	stateRetiring state = "retiring" // out of service: it finishes the requests sent to it, then stops
 	stateStopping state = "stopping" // its stop signal went out
 	stateExited   state = "exited"   // its process group is gone
 )
@@ -100,6 +107,30 @@ func (in *instance) setState(to state) {
 	from := in.state
 	in.state = to
 	in.svc.log().Info("process state", zap.String("from", string(from)), zap.String("to", string(to)), zap.Int("pid", in.getPID()))
+}
+
+// admit counts a request the dynamic upstream sends to the instance, until
+// the request ends; it reports false, and counts nothing, if the instance
+// left service meanwhile. With the service's side (retire: out of service
+// first, then a look at the count), either the request sees that the
+// instance left, or the service sees the request: no request is sent to an
+// instance that got its stop signal.
+func (in *instance) admit(r *http.Request) bool {
+	in.inflight.Add(1)
+	if !in.accepting.Load() {
+		in.requestEnded()
+		return false
+	}
+	context.AfterFunc(r.Context(), in.requestEnded)
+	return true
+}
+
+// requestEnded uncounts a request; the last one of an instance that left
+// service tells its service.
+func (in *instance) requestEnded() {
+	if in.inflight.Add(-1) == 0 && !in.accepting.Load() {
+		in.svc.post(instanceIdle{in})
+	}
 }
 
 // live reports whether the instance's group may still exist.

@@ -53,9 +53,6 @@ type App struct {
 	drained    chan struct{} // closed when the exit's drain is over
 	drainOnce  sync.Once     // closes drained once
 	drainedWhy string        // why the drain is over; read after <-drained
-	// closed when this config's HTTP servers have finished their requests
-	// (at a reload or at the exit; see hookHTTP)
-	serversDrained chan struct{}
 }
 
 // CaddyModule returns the Caddy module information.

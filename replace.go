@@ -50,7 +50,7 @@ type job struct {
 	old         *instance // the instance it replaces; nil if none runs
 	cand        *instance // the new instance
 	holder      *holder   // a reload: the config that holds the process once it serves
-	retireUntil *App      // beside, a reload: the old instance retires until this config is gone
+	retireUntil *App      // beside, a reload: the old instance stays until this config is gone
 	answer      func(error)
 	stopBegan   time.Time
 	aborted     error // the process stops altogether (no config, Caddy's exit, a yield)
@@ -132,7 +132,7 @@ func (s *service) putBack() {
 			s.slots[0], s.port = r, r.port
 			s.log().Info("the new config did not take over: the old instance serves on", zap.Int("pid", r.getPID()))
 			if in != nil {
-				s.stopInstance(in, "the new config did not take over")
+				s.retire(in, nil, "the new config did not take over")
 			}
 			return
 		}
@@ -157,7 +157,7 @@ func (s *service) replace(j *job) {
 	}
 	s.slots[j.slot] = nil // on purpose: its exit ends nothing
 	j.stopBegan = time.Now()
-	s.stopInstance(j.old, j.why)
+	s.retire(j.old, nil, j.why)
 }
 
 // startCandidate starts the new instance: on a new port beside the old
@@ -215,7 +215,7 @@ func (j *job) candidateReady(s *service) {
 	}
 	s.log().Info("the new instance is ready and serves", zap.Int("pid", in.getPID()), zap.Int("old_pid", oldPID))
 	if old != nil {
-		s.retire(old, j.retireUntil)
+		s.retire(old, j.retireUntil, "replaced by a new instance")
 	}
 	if j.holder != nil {
 		s.hold(*j.holder)
@@ -226,21 +226,6 @@ func (j *job) candidateReady(s *service) {
 	s.backoff.delay = 0 // a new instance that got ready: a crash of it starts the back-off over
 	j.reply(nil)
 	s.endJob()
-}
-
-// retire takes a replaced instance out of service: it stops at once, or,
-// until the old config's servers finished what they sent it (until != nil),
-// it retires.
-func (s *service) retire(old *instance, until *App) {
-	if until == nil || old.state != stateReady {
-		s.stopInstance(old, "replaced by a new instance")
-		return
-	}
-	old.setState(stateRetiring)
-	old.retireUntil = until
-	if !s.holds(until) {
-		s.retireAfterDrain(old, until)
-	}
 }
 
 // holds reports whether config a holds the process.

@@ -37,6 +37,7 @@ func TestCaddySuperviseArgumentsVerbatim(t *testing.T) {
 		"HTTP_PORT="+strconv.Itoa(httpPort), "TARGET_PORT="+strconv.Itoa(appPort), "ARGV_OUT="+out,
 		"SUPERVISE_T_HOSTILE=}\n\trespond injected\n}\n", "TLS_DOMAIN=")
 	c.waitLog(`"msg":"written"`, 20*time.Second)
+	c.waitLog(`"msg":"server running"`, 20*time.Second) // Caddy starts its apps in any order
 	b, err := os.ReadFile(out)
 	if err != nil {
 		t.Fatal(err)

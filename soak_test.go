@@ -233,8 +233,8 @@ func (st *soak) settle() {
 		t.Fatalf("the serving instance %d runs release %q, the config %q", s.PID, env["RELEASE"], st.release)
 	}
 	for series, want := range map[string]float64{
-		`caddy_supervise_process_up{name="web"}`:               1,
-		`caddy_supervise_process_ready{name="web"}`:            1,
+		`caddy_supervise_process_up{name="web"}`:                 1,
+		`caddy_supervise_process_ready{name="web"}`:              1,
 		`caddy_supervise_process_start_time_seconds{name="web"}`: float64(s.StartedAt.UnixNano()) / 1e9,
 	} {
 		if got := metricValue(t, st.cfg, series); got != want {

@@ -296,3 +296,55 @@ func TestSocketKeptAfterEnd(t *testing.T) {
 	c.signal(syscall.SIGTERM)
 	c.wait(10 * time.Second)
 }
+
+// A reload that moves a process to an address that binds the same port
+// (`:PORT` to `0.0.0.0:PORT`, to `port PORT`, to `127.0.0.1:PORT`) works:
+// the old instance stops first, its socket closes, the new one binds. Under
+// load no request fails: they wait in the dynamic upstream through the gap.
+// A broken release on the way brings the old definition back, socket and
+// all.
+func TestSocketMovesOnSamePort(t *testing.T) {
+	s := newSink(t)
+	httpPort, appPort := freePort(t), freePort(t)
+	web := func(release, socket string) map[string]any {
+		script := `if [ "$RELEASE" = broken ]; then echo "boom"; exit 3; fi; exec "$UPSTREAM" -events "$EVENTS" -delay 200ms`
+		p := map[string]any{"name": "web", "command": []string{"sh", "-c", script}, "restart": "on_failure", "stop_timeout": "5s",
+			"env": map[string]string{"RELEASE": release, "UPSTREAM": upstreamBin, "EVENTS": s.addr()}, "ready": map[string]any{"http": ""}}
+		if socket == "" {
+			p["port"], p["ready"] = strconv.Itoa(appPort), map[string]any{"tcp": ""}
+		} else {
+			p["socket"] = socket
+		}
+		return p
+	}
+	cfg, c, up, l := serveUnderLoad(t, s, httpPort, web("v1", fmt.Sprintf(":%d", appPort)), 8)
+	if !up.activated {
+		t.Fatal("the first instance did not get its socket")
+	}
+	for i, step := range []struct{ release, socket string }{
+		{"v2", fmt.Sprintf("0.0.0.0:%d", appPort)},
+		{"broken", ""},
+		{"v3", ""},
+		{"v4", fmt.Sprintf("127.0.0.1:%d", appPort)},
+	} {
+		next := proxyToSupervised(t, httpPort, "web", web(step.release, step.socket))
+		next["admin"] = cfg["admin"]
+		code, body := c.tryLoad(t, next)
+		if step.release == "broken" {
+			if code == 200 || !strings.Contains(body, "the previous definition was started again") {
+				t.Fatalf("step %d: the broken release: %d %s", i, code, body)
+			}
+		} else if code != 200 {
+			t.Fatalf("step %d: reload to %+v: %d %s", i, step, code, body)
+		}
+		up.dead(t, 10*time.Second)
+		up = s.next(t, 10*time.Second)
+		want := step.socket != "" || step.release == "broken" // the broken one brings the socket back
+		if up.activated != want {
+			t.Errorf("step %d (%+v): the instance got a socket: %v, want %v", i, step, up.activated, want)
+		}
+		c.waitLog(fmt.Sprintf(`"to":"ready","pid":%d`, up.ppidOrSelf()), 10*time.Second)
+		l.waitOK(t, l.ok.Load()+50, 10*time.Second)
+	}
+	finishUnderLoad(t, c, l, 0, 10*time.Second)
+}

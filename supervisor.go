@@ -126,6 +126,8 @@ type (
 	restartDue struct{ gen int }
 	retireDone struct{ in *instance }
 
+	instanceIdle struct{ in *instance }
+
 	instanceReady    struct{ in *instance }
 	instanceNotReady struct{ in *instance }
 	instanceExited   struct{ in *instance }
@@ -274,8 +276,12 @@ func (s *service) handle(ev any) {
 		}
 	case retireDone:
 		if ev.in.state == stateRetiring {
-			s.stopInstance(ev.in, "replaced by a new instance")
+			s.log().Warn("requests sent to the retiring instance still run after drain_timeout; stopping it",
+				zap.Int("pid", ev.in.getPID()), zap.Int64("requests", ev.in.inflight.Load()))
+			s.stopInstance(ev.in, ev.in.retireReason)
 		}
+	case instanceIdle:
+		s.stopIfRetired(ev.in)
 	case instanceReady:
 		if ev.in.state != stateStarting {
 			return // a probe that succeeds once the stop began changes nothing
@@ -412,8 +418,8 @@ func (s *service) release(a *App) {
 		s.putBack()
 	default:
 		for _, in := range s.live {
-			if in.state == stateRetiring && in.retireUntil == a {
-				s.retireAfterDrain(in, a)
+			if in.retireUntil == a {
+				s.stopIfRetired(in) // the reload took: nothing will put it back
 			}
 		}
 	}
@@ -443,7 +449,7 @@ func (s *service) yield(a *App) {
 		if in != nil {
 			s.slots[i] = nil
 			s.log().Info("stopping the process: the new config drops it and gives its port to another", zap.Int("port", in.port))
-			s.stopInstance(in, "its port goes to another process of the new config")
+			s.retire(in, nil, "its port goes to another process of the new config")
 		}
 	}
 }
@@ -460,11 +466,49 @@ func (s *service) stopEverything(reason string) {
 		q.reply <- fmt.Errorf("process %q: %w", s.name, errExiting)
 	}
 	s.queue = nil
-	for i := range s.slots {
+	for i, in := range s.slots {
 		s.slots[i] = nil
+		if in != nil && reason != "Caddy is exiting" {
+			s.retire(in, nil, reason) // its requests finish first; at Caddy's exit they did already
+		}
 	}
 	for _, in := range s.live {
-		s.stopInstance(in, reason)
+		if in.state != stateRetiring || reason == "Caddy is exiting" {
+			s.stopInstance(in, reason)
+		}
+	}
+}
+
+// retire takes an instance out of service: the dynamic upstream sends it
+// nothing new, and it gets its stop signal once the requests it was sent
+// have ended (or drain_timeout passed), and no config that may still put
+// it back (until) holds the process. A stop signal that came with requests
+// still on their way would fail them: connections in its listen queue are
+// reset as it closes its listener, and kept-alive ones it closes race with
+// new requests on them.
+func (s *service) retire(in *instance, until *App, reason string) {
+	if in.state != stateReady && in.state != stateRetiring {
+		s.stopInstance(in, reason) // it served nothing
+		return
+	}
+	in.setState(stateRetiring)
+	in.retireUntil, in.retireReason = until, reason
+	s.publish() // out of service before its count is read
+	s.stopIfRetired(in)
+}
+
+// stopIfRetired stops a retiring instance once nothing keeps it.
+func (s *service) stopIfRetired(in *instance) {
+	if in.state != stateRetiring || (in.retireUntil != nil && s.holds(in.retireUntil)) {
+		return
+	}
+	if in.inflight.Load() == 0 {
+		s.stopInstance(in, in.retireReason)
+		return
+	}
+	if !in.retireTimer {
+		in.retireTimer = true
+		time.AfterFunc(time.Duration(in.settings.Load().DrainTimeout), func() { s.post(retireDone{in}) })
 	}
 }
 
@@ -478,6 +522,9 @@ func (s *service) stopInstance(in *instance, reason string) {
 	}
 	in.setState(stateStopping)
 	def := in.settings.Load()
+	// readers learn that it is out of service before it hears of it: no
+	// request is sent to it once it may have stopped accepting
+	s.publish()
 	if in.stop() {
 		in.stopBegan = time.Now()
 		s.log().Info("stopping process", zap.Int("pid", in.getPID()), zap.String("reason", reason),
@@ -633,24 +680,6 @@ func (s *service) nextRestart(def *Process, code int, upFor time.Duration) (time
 		s.history.window = append(s.history.window, now.Add(s.backoff.delay))
 	}
 	return s.backoff.delay, ""
-}
-
-// retireAfterDrain stops a retiring instance once the config a has no
-// request in flight that may still reach it (its servers drained), or after
-// drain_timeout.
-func (s *service) retireAfterDrain(in *instance, a *App) {
-	timeout := time.Duration(s.current().DrainTimeout)
-	go func() {
-		timer := time.NewTimer(timeout)
-		defer timer.Stop()
-		select {
-		case <-a.serversDrained:
-		case <-timer.C:
-		case <-in.exited:
-			return
-		}
-		s.post(retireDone{in})
-	}()
 }
 
 // adminSignal sends a signal asked through the admin API to the instance

@@ -95,7 +95,7 @@ func testProcLogger(t testing.TB, def *Process, logger *zap.Logger) *testService
 	if err := def.provision(0); err != nil {
 		t.Fatal(err)
 	}
-	ts := &testService{t: t, app: &App{logger: logger, started: make(chan struct{}), serversDrained: make(chan struct{})}}
+	ts := &testService{t: t, app: &App{logger: logger, started: make(chan struct{})}}
 	reply := make(chan error, 1)
 	ts.s = ask(def.Name, acquireEv{app: ts.app, def: def, reply: reply})
 	if err := <-reply; err != nil {

@@ -89,21 +89,26 @@ func (u *Upstreams) checkName(a *App) error {
 // GetUpstreams returns the addresses of the process's ready instances,
 // waiting for one while the process starts, restarts or is replaced.
 func (u *Upstreams) GetUpstreams(r *http.Request) ([]*reverseproxy.Upstream, error) {
-	addrs := u.readyAddresses(r)
-	ups := make([]*reverseproxy.Upstream, len(addrs))
-	for i, a := range addrs {
-		ups[i] = &reverseproxy.Upstream{Dial: a}
+	for {
+		targets := u.readyTargets(r)
+		if len(targets) == 0 {
+			return nil, nil
+		}
+		// counted until the request ends: an instance that leaves service
+		// gets its stop signal once its requests ended (see retire)
+		if in := targets[0]; in.admit(r) {
+			return []*reverseproxy.Upstream{{Dial: in.address()}}, nil
+		}
 	}
-	return ups, nil
 }
 
-// readyAddresses waits, up to wait, until the process has a ready
-// instance, and returns where they serve; nothing if none will come by
+// readyTargets waits, up to wait, until the process has a ready
+// instance, and returns them; nothing if none will come by
 // itself (the process ended for good, or no config has it), or once the
 // client is gone. A request keeps waiting when its own config is unloaded
 // meanwhile (a reload that failed, say): its server still finishes it, and
 // the process, which another config holds, serves it.
-func (u *Upstreams) readyAddresses(r *http.Request) []string {
+func (u *Upstreams) readyTargets(r *http.Request) []*instance {
 	deadline := time.NewTimer(time.Duration(u.Wait))
 	defer deadline.Stop()
 	for {
@@ -112,8 +117,8 @@ func (u *Upstreams) readyAddresses(r *http.Request) []string {
 		switch a := u.link.getApp(); {
 		case s != nil:
 			v := s.view.Load()
-			if len(v.addrs) > 0 {
-				return v.addrs
+			if len(v.targets) > 0 {
+				return v.targets
 			}
 			if !v.pending {
 				return nil

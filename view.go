@@ -11,8 +11,9 @@ import (
 // read it without a lock; changed is closed when the next one replaces it,
 // so a reader that waits for a change cannot miss one.
 type view struct {
-	addrs   []string // where the ready instances of the serving set serve
-	pending bool     // none is ready now, but one will be by itself (starting, restarting, replaced)
+	targets []*instance // the ready instances of the serving set
+	addrs   []string    // where they serve
+	pending bool        // none is ready now, but one will be by itself (starting, restarting, replaced)
 	status  Status
 	metrics viewMetrics
 	changed chan struct{}
@@ -32,12 +33,16 @@ type viewMetrics struct {
 func (s *service) publish() {
 	v := &view{changed: make(chan struct{}), status: s.status()}
 	serving := false
+	for _, in := range s.live {
+		in.accepting.Store(in.state == stateReady && slices.Contains(s.slots, in))
+	}
 	for _, in := range s.slots {
 		if in == nil {
 			continue
 		}
 		serving = true
 		if in.state == stateReady {
+			v.targets = append(v.targets, in)
 			v.addrs = append(v.addrs, in.address())
 		}
 	}
