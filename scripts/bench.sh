@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
 # Benchmarks with a real Caddy (built without the race detector) and print
-# their figures; the README quotes them. About five minutes on two cores.
+# their figures; docs/benchmarks.md quotes them. Then the long randomized
+# transition soak (issue 18): 170 steps of each variant (510 in all) with
+# the example upstream, and 60 of each with Debian's Puma. About 25 minutes
+# on two cores. SUPERVISE_SOAK_SEED repeats a soak.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bash scripts/deps.sh
 go test -run '^$' -benchtime 1x -timeout 30m \
 	-bench '^Benchmark(ShutdownUnderLoad|ProxyThroughput|Respawn|RSSPerProcess|ReloadsUnderLoad|BlueGreenReload|Socket)$' .
 go test -run '^$' -benchtime 5x -bench '^BenchmarkOutputLines$' .
+SUPERVISE_SOAK_STEPS=170 go test -count=1 -timeout 60m -run '^TestSoak$' -v . | grep -E 'seed|steps in|FAIL|PASS|ok'
+SUPERVISE_SOAK_APP=puma SUPERVISE_SOAK_STEPS=60 go test -count=1 -timeout 60m -run '^TestSoak$' -v . | grep -E 'seed|steps in|FAIL|PASS|ok'
