@@ -87,7 +87,7 @@ func (a *AdminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 		}
 		list := []Status{}
 		for _, s := range allServices() {
-			list = append(list, s.view.Load().status)
+			list = append(list, s.fresh().status)
 		}
 		return writeJSONResponse(w, list)
 	}
@@ -100,7 +100,7 @@ func (a *AdminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 		if err := method(http.MethodGet); err != nil {
 			return err
 		}
-		return writeJSONResponse(w, s.view.Load().status)
+		return writeJSONResponse(w, s.fresh().status)
 	case len(parts) == 2 && parts[1] == "restart":
 		if err := method(http.MethodPost); err != nil {
 			return err
@@ -129,7 +129,7 @@ func (a *AdminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 		if err := <-reply; err != nil {
 			return apiError(statusOf(err), err)
 		}
-		return writeJSONResponse(w, s.view.Load().status)
+		return writeJSONResponse(w, s.fresh().status)
 	}
 	return apiError(http.StatusNotFound, fmt.Errorf("%s: not an endpoint of /supervise/", r.URL.Path))
 }

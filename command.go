@@ -2,7 +2,10 @@ package supervise
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -45,7 +48,7 @@ when the app ends.
 			cmd.Flags().Duration("stop-timeout", 10*time.Second, "how long the app may take to exit after its signal before it is killed")
 			cmd.Flags().Duration("wait", 30*time.Second, "how long a request waits for the app while it boots or restarts (then 503, or BAD_GATEWAY_PAGE)")
 			cmd.Flags().String("public-dir", "./public", "files served straight from disk when they exist (empty: none)")
-			cmd.Flags().String("admin", "", "Caddy's admin endpoint (/supervise/ routes, /metrics), or off (default: a unix socket only Caddy's user can use: $XDG_RUNTIME_DIR/caddy-supervise.sock, else ./tmp/caddy-supervise.sock, else one in a new private directory)")
+			cmd.Flags().String("admin", "", "Caddy's admin endpoint (/supervise/ routes, /metrics), or off (default: a unix socket only Caddy's user can use: $XDG_RUNTIME_DIR/caddy-supervise.sock, else ./tmp/caddy-supervise/admin.sock, else one in a new private directory)")
 			cmd.Flags().String("metrics", "", "also serve Prometheus metrics on this TCP address, e.g. :9090 (no admin API there)")
 			cmd.Flags().String("name", "app", "the supervised process's name (logs, admin API, metrics)")
 			cmd.Flags().Bool("print-caddyfile", false, "print the equivalent Caddyfile and exit")
@@ -72,6 +75,7 @@ func cmdSupervise(cmd *cobra.Command, args []string) (int, error) {
 		return caddy.ExitCodeFailedStartup, err
 	}
 	print, _ := cmd.Flags().GetBool("print-caddyfile")
+	adminDefault := c.AdminAddr == ""
 	cleanup, err := c.resolveAdmin(!print)
 	if err != nil {
 		return caddy.ExitCodeFailedStartup, err
@@ -86,7 +90,7 @@ func cmdSupervise(cmd *cobra.Command, args []string) (int, error) {
 		cleanup()
 		return caddy.ExitCodeFailedStartup, err
 	}
-	if c.AdminAddr != "off" {
+	if adminDefault {
 		path := strings.TrimPrefix(strings.TrimSuffix(c.AdminAddr, "|0600"), "unix/")
 		caddy.Log().Info("admin endpoint (/supervise/ and /metrics) on a unix socket only Caddy's user can use",
 			zap.String("address", c.AdminAddr), zap.String("try", "curl --unix-socket "+path+" http://localhost/supervise/"))
@@ -144,8 +148,8 @@ func (c *thrusterConfig) check(publicDirGiven bool) error {
 		return fmt.Errorf("--stop-timeout %s: must be positive", c.StopTimeout)
 	case c.Wait <= 0:
 		return fmt.Errorf("--wait %s: must be positive", c.Wait)
-	case c.Name == "" || strings.ContainsAny(c.Name, " \t\r\n/{}\"`"):
-		return fmt.Errorf("--name %q: a word without white space, '/', quotes or braces", c.Name)
+	case c.Name == "" || strings.Trim(c.Name, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-") != "":
+		return fmt.Errorf("--name %q: letters, digits, '.', '_' and '-' only", c.Name)
 	}
 	if c.Socket != "" {
 		if err := checkValue("address", c.Socket); err != nil {
@@ -195,40 +199,51 @@ func (c *thrusterConfig) check(publicDirGiven bool) error {
 }
 
 // resolveAdmin picks the admin endpoint when --admin was not given: a unix
-// socket with mode 0600, so that only Caddy's own user (not a sidecar, not
-// another user of the host) can reach an API that can start programs. It
-// goes in $XDG_RUNTIME_DIR (a private directory of the user) if set, else
-// in ./tmp (a Rails app's, which its user can write), else, when create is
-// set, in a new private directory (0700) that cleanup removes; when it is
-// not (--print-caddyfile), the endpoint is off.
+// socket with mode 0600 in a directory only Caddy's user can enter, so
+// that only that user (not a sidecar, not another user of the host) can
+// reach an API that can start programs: $XDG_RUNTIME_DIR (a private
+// directory of the user) if set, else tmp/caddy-supervise/ (0700) in a
+// Rails app's tmp, else, when create is set, a new private directory that
+// cleanup removes; when it is not (--print-caddyfile), the endpoint is
+// off. A socket another Caddy serves there is an error: it would be taken
+// from it.
 func (c *thrusterConfig) resolveAdmin(create bool) (cleanup func(), err error) {
 	cleanup = func() {}
 	if c.AdminAddr != "" {
 		return cleanup, nil
 	}
-	dir := os.Getenv("XDG_RUNTIME_DIR")
-	if fi, err := os.Stat(dir); dir == "" || err != nil || !fi.IsDir() {
-		dir = ""
-	}
-	if fi, err := os.Stat("tmp"); dir == "" && err == nil && fi.IsDir() {
-		dir, _ = filepath.Abs("tmp")
-	}
-	name := "caddy-supervise.sock"
-	if dir == "" && !create {
-		c.AdminAddr = "off"
-		return cleanup, nil
-	}
-	if dir == "" {
-		if dir, err = os.MkdirTemp("", "caddy-supervise-"); err != nil {
+	var path string
+	if dir := os.Getenv("XDG_RUNTIME_DIR"); dir != "" && isPrivateDir(dir) {
+		path = filepath.Join(dir, "caddy-supervise.sock")
+	} else if fi, err := os.Stat("tmp"); err == nil && fi.IsDir() {
+		dir, _ := filepath.Abs(filepath.Join("tmp", "caddy-supervise"))
+		if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+			return cleanup, fmt.Errorf("the admin endpoint's directory %s: %v; set --admin", dir, err)
+		}
+		if !isPrivateDir(dir) {
+			return cleanup, fmt.Errorf("the admin endpoint's directory %s: not a directory of Caddy's user with mode 0700; set --admin", dir)
+		}
+		path = filepath.Join(dir, "admin.sock")
+	} else if create {
+		dir, err := os.MkdirTemp("", "caddy-supervise-")
+		if err != nil {
 			return cleanup, fmt.Errorf("a private directory for the admin endpoint's socket: %v", err)
 		}
 		cleanup = func() { os.RemoveAll(dir) }
-		name = "admin.sock"
+		path = filepath.Join(dir, "admin.sock")
+	} else {
+		c.AdminAddr = "off"
+		return cleanup, nil
 	}
-	if err := checkValue("path", dir); err != nil {
+	if err := checkValue("path", path); err != nil {
 		cleanup()
-		return func() {}, fmt.Errorf("the admin endpoint's directory %q: %v; set --admin", dir, err)
+		return func() {}, fmt.Errorf("the admin endpoint's socket %q: %v; set --admin", path, err)
 	}
-	c.AdminAddr = "unix/" + filepath.Join(dir, name) + "|0600"
+	if conn, err := net.Dial("unix", path); err == nil {
+		conn.Close()
+		cleanup()
+		return func() {}, fmt.Errorf("the admin endpoint's socket %s: another Caddy serves its admin endpoint there; set --admin", path)
+	}
+	c.AdminAddr = "unix/" + path + "|0600"
 	return cleanup, nil
 }

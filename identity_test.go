@@ -196,6 +196,16 @@ func TestNonRootCaddyPrivileges(t *testing.T) {
 			t.Error("a process was started")
 		}
 	})
+	t.Run("root", func(t *testing.T) {
+		root := map[string]any{"name": "root", "command": []string{"sleep", "60"}, "dir": "/", "user": "root"}
+		c := nonRootCaddy(t, caddyBin, testConfig(t, 0, 0, root), "+setuid,+setgid,+kill", false)
+		if code := c.wait(20 * time.Second); code == 0 {
+			t.Fatal("caddy started")
+		}
+		if want := `process \"root\": user root: a Caddy that does not run as root does not start processes as root`; !strings.Contains(c.logs.String(), want) {
+			t.Errorf("caddy's error does not say %s:\n%s", want, c.logs.String())
+		}
+	})
 	t.Run("keeper without CAP_KILL", func(t *testing.T) {
 		setcap, err := exec.LookPath("setcap")
 		if err != nil {

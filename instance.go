@@ -41,7 +41,8 @@ type instance struct {
 	stopBegan    time.Time // when its stop signal went out, if it did
 	retireUntil  *App      // a retiring instance stays until this config is gone (a failed reload may put it back)
 	retireReason string    // why it retires, for its stop
-	retireTimer  bool      // its drain_timeout to retire runs
+	retireGen    int       // its retirements, to tell a stale drain_timeout from the current one
+	retireTimer  int       // the retirement whose drain_timeout runs
 	notReady     bool      // it failed its readiness probe
 	restarts     int       // the service's restarts when it started, for its log
 

@@ -35,7 +35,7 @@ func (collector) Collect(ch chan<- prometheus.Metric) {
 		return 0
 	}
 	for _, s := range allServices() {
-		m, name := s.view.Load().metrics, s.name
+		m, name := s.fresh().metrics, s.name
 		ch <- prometheus.MustNewConstMetric(descUp, prometheus.GaugeValue, bit(m.up), name)
 		ch <- prometheus.MustNewConstMetric(descReady, prometheus.GaugeValue, bit(m.ready), name)
 		ch <- prometheus.MustNewConstMetric(descRestarts, prometheus.CounterValue, float64(m.restarts), name)

@@ -83,6 +83,18 @@ func (a *App) Provision(ctx caddy.Context) error {
 		}
 		names[p.Name] = i
 	}
+	bound := make(map[string]string)
+	for _, p := range a.Processes {
+		e := p.endpoint(0)
+		if other, dup := bound[e]; dup && e != "" {
+			what := fmt.Sprintf("port %s", p.Port)
+			if p.Socket != "" {
+				what = fmt.Sprintf("socket %q", p.Socket)
+			}
+			return fmt.Errorf("process %q: %s: process %q binds it too", p.Name, what, other)
+		}
+		bound[e] = p.Name
+	}
 
 	// Metrics are read from the processes at each scrape; each config has a
 	// registry of its own.
@@ -222,7 +234,7 @@ func (a *App) yieldPorts() {
 		if slices.ContainsFunc(a.Processes, func(d *Process) bool { return d.Name == s.name }) {
 			continue
 		}
-		v := s.view.Load()
+		v := s.fresh()
 		if !slices.ContainsFunc(a.Processes, func(d *Process) bool { return d.takes(v.status.Port, v.status.Socket) }) {
 			continue
 		}
@@ -239,7 +251,7 @@ func (a *App) yieldPorts() {
 // process comes back).
 func (a *App) takesPortOf(def *Process) bool {
 	for _, s := range a.yielded {
-		st := s.view.Load().status
+		st := s.fresh().status
 		if def.takes(st.Port, st.Socket) {
 			return true
 		}

@@ -4,8 +4,12 @@ package supervise
 
 import (
 	"errors"
+	"fmt"
+	"io/fs"
+	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"syscall"
 )
 
@@ -48,3 +52,43 @@ func othersInGroup(pgid int) bool {
 // ephemeralPorts: the range is not read on this platform; `port auto` lets
 // the kernel pick a free port.
 func ephemeralPorts() (lo, hi int, ok bool) { return 0, 0, false }
+
+// bindPrivately binds a unix socket in tmp, a new private directory beside
+// path, gives it mode and links it to path (which fails if anything is
+// there). Outside Linux the directory is used by its path.
+func bindPrivately(tmp, path string, mode fs.FileMode) (net.Listener, error) {
+	bound := filepath.Join(tmp, "s")
+	if len(bound) >= 104 {
+		// the temporary name does not fit a socket address: bind in place
+		// and set the mode at once (the umask's mode holds for that moment)
+		ln, err := net.Listen("unix", path)
+		if err == nil {
+			if err = os.Chmod(path, mode); err != nil {
+				ln.Close()
+			}
+		}
+		return ln, err
+	}
+	defer os.Remove(bound)
+	ln, err := net.Listen("unix", bound)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.Chmod(bound, mode); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	if err := os.Link(bound, path); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	return ln, nil
+}
+
+// chmodSocketFile gives the socket file at path mode, if it is still node.
+func chmodSocketFile(path string, node fs.FileInfo, mode fs.FileMode) error {
+	if fi, err := os.Lstat(path); err != nil || node == nil || !os.SameFile(fi, node) {
+		return fmt.Errorf("%s is no longer the socket Caddy made", path)
+	}
+	return os.Chmod(path, mode)
+}

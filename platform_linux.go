@@ -1,6 +1,9 @@
 package supervise
 
 import (
+	"fmt"
+	"io/fs"
+	"net"
 	"os"
 	"os/exec"
 	"strconv"
@@ -91,4 +94,52 @@ func ephemeralPorts() (lo, hi int, ok bool) {
 	lo, err1 := strconv.Atoi(f[0])
 	hi, err2 := strconv.Atoi(f[1])
 	return lo, hi, err1 == nil && err2 == nil && 1024 <= lo && lo <= hi && hi <= 65535
+}
+
+// bindPrivately binds a unix socket in tmp, a new directory beside path,
+// gives it mode and links it to path (which fails if anything is there).
+// The directory is used through a descriptor, checked to be Caddy's own
+// and private: whoever can write path's directory may rename tmp, but
+// cannot make the bind, the mode or the link act on anything else.
+func bindPrivately(tmp, path string, mode fs.FileMode) (net.Listener, error) {
+	dirfd, err := unix.Open(tmp, unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer unix.Close(dirfd)
+	var st unix.Stat_t
+	if err := unix.Fstat(dirfd, &st); err != nil || int(st.Uid) != os.Geteuid() || st.Mode&0o077 != 0 {
+		return nil, fmt.Errorf("%s changed while the socket was being made", tmp)
+	}
+	defer unix.Unlinkat(dirfd, "s", 0)
+	ln, err := net.Listen("unix", fmt.Sprintf("/proc/self/fd/%d/s", dirfd))
+	if err != nil {
+		return nil, err
+	}
+	if err := unix.Fchmodat(dirfd, "s", uint32(mode), 0); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	if err := unix.Linkat(dirfd, "s", unix.AT_FDCWD, path, 0); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	return ln, nil
+}
+
+// chmodSocketFile gives the socket file at path mode, if it is still node
+// (the file Caddy made): it is opened without following a symlink, checked,
+// and changed through that descriptor.
+func chmodSocketFile(path string, node fs.FileInfo, mode fs.FileMode) error {
+	fd, err := unix.Open(path, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	want, ok := node.Sys().(*syscall.Stat_t)
+	if err := unix.Fstat(fd, &st); err != nil || !ok || st.Dev != want.Dev || st.Ino != want.Ino {
+		return fmt.Errorf("%s is no longer the socket Caddy made", path)
+	}
+	return unix.Chmod(fmt.Sprintf("/proc/self/fd/%d", fd), uint32(mode))
 }

@@ -5,6 +5,8 @@ package supervise
 import (
 	"context"
 	"fmt"
+	"io/fs"
+	"net"
 	"os"
 	"os/exec"
 	"strconv"
@@ -112,3 +114,17 @@ const osName = "windows"
 const socketsSupported = false
 
 func setBlocking(f *os.File) error { return nil }
+
+// isPrivateDir reports whether path is a directory: Windows has no Unix
+// modes to check (the directory's ACL decides who may enter it).
+func isPrivateDir(path string) bool {
+	fi, err := os.Stat(path)
+	return err == nil && fi.IsDir()
+}
+
+// No socket handover on this platform: never called.
+func bindPrivately(tmp, path string, mode fs.FileMode) (net.Listener, error) {
+	return nil, fmt.Errorf("unix sockets for processes are not supported on %s", osName)
+}
+
+func chmodSocketFile(path string, node fs.FileInfo, mode fs.FileMode) error { return nil }

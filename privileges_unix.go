@@ -51,6 +51,11 @@ func (p *Process) checkPrivileges() error {
 	if p.id == nil {
 		return nil
 	}
+	if os.Geteuid() != 0 && (p.id.uid == 0 || p.id.gid == 0 || slices.Contains(p.id.groups, 0)) {
+		// with CAP_SETUID a non-root Caddy could, and so could anyone who
+		// reaches its admin endpoint or runs its binary
+		return fmt.Errorf("process %q: %s: a Caddy that does not run as root does not start processes as root (uid 0, or group 0)", p.Name, p.identityName())
+	}
 	uid, groups := p.id.switches()
 	var need []int
 	if uid {
@@ -80,8 +85,19 @@ func (p *Process) checkPrivileges() error {
 	}
 	if missing, err = missingCaps(pid, capKill); err == nil && len(missing) > 0 {
 		return fmt.Errorf("process %q: the keeper (pid %d, started from Caddy's binary %s) lacks CAP_KILL and could not kill %s's processes if Caddy died: "+
-			"the kernel drops ambient capabilities when it runs a binary that has file capabilities; add cap_kill to the binary's (setcap cap_net_bind_service,cap_setuid,cap_setgid,cap_kill+ep), or use a binary without file capabilities",
+			"the kernel drops ambient capabilities when it runs a binary that has file capabilities; give Caddy CAP_KILL as an ambient capability and use a binary without file capabilities",
 			p.Name, pid, shimPath(), p.identityName())
 	}
 	return err
+}
+
+// isPrivateDir reports whether path is a directory of Caddy's user that
+// no one else may enter (mode 0700, or stricter).
+func isPrivateDir(path string) bool {
+	fi, err := os.Lstat(path)
+	if err != nil || !fi.IsDir() || fi.Mode().Perm()&0o077 != 0 {
+		return false
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	return ok && int(st.Uid) == os.Geteuid()
 }

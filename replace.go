@@ -125,17 +125,22 @@ func (s *service) putBack() {
 	if in != nil && in.key == key {
 		return
 	}
-	for _, r := range s.live {
-		if r.state == stateRetiring && r.key == key {
-			r.setState(stateReady)
-			r.retireUntil = nil
-			s.slots[0], s.port = r, r.port
-			s.log().Info("the new config did not take over: the old instance serves on", zap.Int("pid", r.getPID()))
-			if in != nil {
-				s.retire(in, nil, "the new config did not take over")
-			}
-			return
+	var r *instance
+	for _, c := range s.live { // the one kept for the config in force, else the newest
+		if c.state == stateRetiring && c.key == key && (r == nil || r.retireUntil != s.holders[len(s.holders)-1].app) {
+			r = c
 		}
+	}
+	if r != nil {
+		r.retireGen++ // its drain_timeout no longer counts
+		r.setState(stateReady)
+		r.retireUntil = nil
+		s.slots[0], s.port = r, r.port
+		s.log().Info("the new config did not take over: the old instance serves on", zap.Int("pid", r.getPID()))
+		if in != nil {
+			s.retire(in, nil, "the new config did not take over")
+		}
+		return
 	}
 	if s.exiting || s.stopAll != "" || s.yieldedTo != nil || (in == nil && (s.backoff.pending || s.ended)) {
 		return // what serves serves the drain; a restart to come starts the definition in force
@@ -148,7 +153,7 @@ func (s *service) putBack() {
 func (s *service) replace(j *job) {
 	s.job = j
 	s.cancelRestart()
-	if j.answer != nil {
+	if j.answer != nil && s.exitTick == nil {
 		s.exitTick = time.NewTicker(exitCheckEvery)
 	}
 	if j.beside || j.old == nil || !j.old.live() {
@@ -174,9 +179,7 @@ func (s *service) startCandidate() {
 		return
 	}
 	if j.kind == reviveJob {
-		if err := s.startServing(j.def); err != nil {
-			s.log().Error("starting the previous definition again", zap.Error(err))
-		} else {
+		if s.startOrCrash(j.def, "starting the previous definition again") {
 			s.log().Warn("the new definition did not take over: the previous one was started again", zap.Int("pid", s.slots[0].getPID()))
 		}
 		s.endJob()
@@ -204,6 +207,7 @@ func (j *job) candidateReady(s *service) {
 	in := j.cand
 	old := s.slots[j.slot] // beside: the old one, or what a crash restart started meanwhile
 	s.slots[j.slot], s.port = in, in.port
+	s.cancelRestart() // the old one's crash restart, if it is due: this one serves now
 	j.cand = nil
 	if j.exitMode {
 		s.endJob()
@@ -277,6 +281,8 @@ func (j *job) fail(s *service, err error) {
 	switch {
 	case j.aborted != nil || j.exitMode:
 		j.reply(err)
+	case j.beside && s.slots[j.slot] == nil:
+		j.reply(fmt.Errorf("%v; the old instance exited meanwhile, and its restart policy applies", err))
 	case j.beside:
 		j.reply(fmt.Errorf("%v; the old instance still serves", err))
 	case j.prevDef == nil || s.exiting:
@@ -284,6 +290,7 @@ func (j *job) fail(s *service, err error) {
 	default:
 		if rerr := s.startServing(j.prevDef); rerr != nil {
 			j.reply(fmt.Errorf("%v; starting the previous definition again failed too: %v", err, rerr))
+			s.crashed(&instance{result: exitResult{code: 127, how: "not started"}})
 			break
 		}
 		s.log().Warn("the new definition did not take over: the previous one was started again", zap.Int("pid", s.slots[0].getPID()))
@@ -325,21 +332,32 @@ func (j *job) callerExits(s *service) {
 	if j.answer == nil {
 		return
 	}
-	s.stopExitTick()
 	if j.beside {
-		j.abort(s, fmt.Errorf("process %q: the new instance: %w; the old instance gets the exit sequence", s.name, errExiting))
+		err := fmt.Errorf("process %q: the new instance: %w; the old instance gets the exit sequence", s.name, errExiting)
+		j.reply(err) // at once: the reload holds Caddy's config lock, which its exit needs
+		j.abort(s, err)
 		return
 	}
 	j.exitMode = true
 	j.reply(fmt.Errorf("process %q: %w; the new instance boots on and serves the drain", s.name, errExiting))
 }
 
-// noticeExit runs while someone waits for a job: Caddy's exit calls it
-// off (see callerExits).
+// noticeExit runs while someone waits for a job or for the process (a
+// reload queued behind a restart): Caddy's exit calls them off (see
+// callerExits), so that Caddy, which needs the config lock a waiting
+// reload holds, can go on with its exit.
 func (s *service) noticeExit() {
-	if s.job != nil && callerExiting() {
+	if !callerExiting() {
+		return
+	}
+	for _, q := range s.queue {
+		q.reply <- fmt.Errorf("process %q: %w", s.name, errExiting)
+	}
+	s.queue = nil
+	if s.job != nil {
 		s.job.callerExits(s)
 	}
+	s.stopExitTick()
 }
 
 func (s *service) stopExitTick() {
@@ -353,7 +371,9 @@ func (s *service) stopExitTick() {
 // definition in force changed meanwhile.
 func (s *service) endJob() {
 	s.job = nil
-	s.stopExitTick()
+	if len(s.queue) == 0 {
+		s.stopExitTick()
+	}
 	if s.reconcile {
 		s.reconcile = false
 		s.putBack()

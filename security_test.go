@@ -107,16 +107,22 @@ func TestCaddySuperviseAdminDefault(t *testing.T) {
 				t.Fatalf("the admin endpoint is not a unix socket with mode 0600: %s", line)
 			}
 			path := m[1]
-			if tc.hasTmp && path != filepath.Join(dir, "tmp", "caddy-supervise.sock") {
+			if tc.hasTmp && path != filepath.Join(dir, "tmp", "caddy-supervise", "admin.sock") {
 				t.Errorf("admin socket at %s, want it in the app's tmp", path)
 			}
 			fi, err := os.Lstat(path)
 			if err != nil || fi.Mode().Type() != os.ModeSocket || fi.Mode().Perm() != 0o600 {
 				t.Errorf("admin socket %s: %v %v, want a socket with mode 0600", path, fi.Mode(), err)
 			}
-			if !tc.hasTmp {
-				if d, err := os.Stat(filepath.Dir(path)); err != nil || d.Mode().Perm() != 0o700 {
-					t.Errorf("the admin socket's directory: %v %v, want 0700", d.Mode(), err)
+			if d, err := os.Stat(filepath.Dir(path)); err != nil || d.Mode().Perm() != 0o700 {
+				t.Errorf("the admin socket's directory: %v %v, want 0700", d.Mode(), err)
+			}
+			if tc.hasTmp {
+				// a second one in the same app does not take the first one's socket
+				second := superviseCaddy(t, dir, nil, []string{upstreamBin}, "HTTP_PORT="+strconv.Itoa(freePort(t)),
+					"TARGET_PORT="+strconv.Itoa(freePort(t)), "XDG_RUNTIME_DIR=")
+				if code := second.wait(20 * time.Second); code == 0 || !strings.Contains(second.logs.String(), "another Caddy serves its admin endpoint there") {
+					t.Errorf("a second caddy supervise in the app: exit %d:\n%s", code, second.logs.String())
 				}
 			}
 			if lines := c.logs.lines(`"msg":"admin endpoint started"`); len(lines) != 1 {

@@ -340,7 +340,8 @@ func (st *soak) run(steps int) {
 		{1, "SIGKILL of a new instance while it boots (reload)", func() { st.killCandidate(true) }},
 	}
 	if st.variant == "blue-green" {
-		kills = append(kills, action{2, "SIGKILL of a retiring instance", st.killRetiring})
+		kills = append(kills, action{2, "SIGKILL of a retiring instance", st.killRetiring},
+			action{2, "SIGKILL of the serving instance while a new one boots beside it", st.killServingDuringRestart})
 	}
 	pick := func(list []action) action {
 		total := 0
@@ -396,6 +397,20 @@ func (st *soak) killCandidate(reload bool) {
 		}
 		st.c.waitLogCount(`"msg":"process started"`, starts+2, 10*time.Second)
 	}
+}
+
+// killServingDuringRestart starts an admin restart and, while its new
+// instance boots beside the old one, SIGKILLs the old one: the new one takes
+// over once ready (or the old one's restart serves), and nothing is left.
+func (st *soak) killServingDuringRestart() {
+	t := st.t
+	serving := st.status().PID
+	transitions := len(st.c.logs.lines(`"msg":"starting a new instance"`))
+	answer := make(chan int, 1)
+	go func() { answer <- adminDo(t, st.cfg, "POST", "/supervise/web/restart", nil) }()
+	st.c.waitLogCount(`"msg":"starting a new instance"`, transitions+1, 10*time.Second)
+	syscall.Kill(serving, syscall.SIGKILL)
+	<-answer // either way: the new instance serves, or the restarted old one does
 }
 
 // killRetiring makes a blue/green reload and SIGKILLs the old instance

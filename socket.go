@@ -195,7 +195,7 @@ func (a *App) boundByOwnName(def *Process) bool {
 	if s == nil {
 		return false
 	}
-	st := s.view.Load().status
+	st := s.fresh().status
 	return def.takes(st.Port, st.Socket)
 }
 
@@ -207,8 +207,11 @@ func useSocket(user any, def *Process) error {
 	defer sockets.Unlock()
 	key := def.socketKey()
 	if s := sockets.held[key]; s != nil {
+		if err := s.setMode(def.sockMode); err != nil {
+			return err
+		}
 		s.users[user] = true
-		return s.setMode(def.sockMode)
+		return nil
 	}
 	endpoint := def.endpoint(0)
 	clearEndpoint(endpoint)
@@ -342,7 +345,7 @@ func openSocket(addr caddy.NetworkAddress, mode fs.FileMode) (*heldSocket, error
 // bindUnix binds a unix socket at path with the given mode. The socket is
 // bound in a new private directory beside path, given its mode there, and
 // then linked to path, which fails if anything is there: no moment with the
-// umask's mode, and nothing at path is ever replaced. What is at path may
+// umask's mode, and nothing at path is ever replaced (see bindPrivately). What is at path may
 // only be removed if it is a socket that refuses connections (stale), and
 // is checked again right before.
 func bindUnix(path string, mode fs.FileMode) (net.Listener, error) {
@@ -358,35 +361,15 @@ func bindUnix(path string, mode fs.FileMode) (net.Listener, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer os.RemoveAll(tmp)
-	bound := filepath.Join(tmp, "s")
-	if len(bound) >= 108 {
-		// the temporary name does not fit a socket address: bind in place
-		// and set the mode at once (the umask's mode holds for that moment)
-		ln, err := net.Listen("unix", path)
-		if err == nil {
-			if err = os.Chmod(path, mode); err != nil {
-				ln.Close()
-			}
-		}
-		return ln, err
+	defer os.Remove(tmp)
+	ln, err := bindPrivately(tmp, path, mode)
+	if err != nil && errors.Is(err, fs.ErrExist) {
+		return nil, fmt.Errorf("%s appeared while the socket was being made: %w", path, syscall.EADDRINUSE)
 	}
-	ln, err := net.Listen("unix", bound)
 	if err != nil {
 		return nil, err
 	}
-	if err := os.Chmod(bound, mode); err != nil {
-		ln.Close()
-		return nil, err
-	}
-	if err := os.Link(bound, path); err != nil {
-		ln.Close()
-		if errors.Is(err, fs.ErrExist) {
-			return nil, fmt.Errorf("%s appeared while the socket was being made: %w", path, syscall.EADDRINUSE)
-		}
-		return nil, err
-	}
-	ln.(*net.UnixListener).SetUnlinkOnClose(false) // its name in tmp is gone with tmp; path stays
+	ln.(*net.UnixListener).SetUnlinkOnClose(false) // its name in tmp is gone; path stays
 	return ln, nil
 }
 
@@ -416,10 +399,7 @@ func (s *heldSocket) setMode(mode fs.FileMode) error {
 	if s.path == "" || mode == s.mode {
 		return nil
 	}
-	if fi, err := os.Lstat(s.path); err != nil || s.node == nil || !os.SameFile(fi, s.node) {
-		return fmt.Errorf("%s is no longer the socket Caddy made", s.path)
-	}
-	if err := os.Chmod(s.path, mode); err != nil {
+	if err := chmodSocketFile(s.path, s.node, mode); err != nil {
 		return err
 	}
 	s.mode = mode

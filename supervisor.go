@@ -124,7 +124,10 @@ type (
 		drained time.Duration // at Caddy's exit: how long the process served while Caddy drained
 	}
 	restartDue struct{ gen int }
-	retireDone struct{ in *instance }
+	retireDone struct {
+		in  *instance
+		gen int
+	}
 
 	instanceIdle struct{ in *instance }
 
@@ -275,7 +278,7 @@ func (s *service) handle(ev any) {
 			s.restartNow()
 		}
 	case retireDone:
-		if ev.in.state == stateRetiring {
+		if ev.in.state == stateRetiring && ev.gen == ev.in.retireGen && !(ev.in.retireUntil != nil && s.holds(ev.in.retireUntil)) {
 			s.log().Warn("requests sent to the retiring instance still run after drain_timeout; stopping it",
 				zap.Int("pid", ev.in.getPID()), zap.Int64("requests", ev.in.inflight.Load()))
 			s.stopInstance(ev.in, ev.in.retireReason)
@@ -315,6 +318,9 @@ func (s *service) acquire(ev acquireEv) {
 			s.log().Info("waiting for the restart of the process that runs")
 		}
 		s.queue = append(s.queue, ev)
+		if s.exitTick == nil {
+			s.exitTick = time.NewTicker(exitCheckEvery) // it holds Caddy's config lock: see noticeExit
+		}
 		return
 	}
 	h := holder{app: ev.app, def: ev.def, key: spawnKey(ev.def), logger: ev.app.logger.Named(ev.def.Name)}
@@ -402,9 +408,7 @@ func (s *service) release(a *App) {
 		// comes back, if a config still holds it
 		s.yieldedTo = nil
 		if len(s.holders) > 0 && !s.exiting && s.stopAll == "" {
-			if err := s.startServing(s.current()); err != nil {
-				s.log().Error("starting the process again", zap.Error(err))
-			}
+			s.startOrCrash(s.current(), "starting the process again")
 		}
 	}
 	held, newest := s.unhold(a)
@@ -491,6 +495,9 @@ func (s *service) retire(in *instance, until *App, reason string) {
 		s.stopInstance(in, reason) // it served nothing
 		return
 	}
+	if in.state == stateReady {
+		in.retireGen++ // a drain_timeout of an earlier retirement does not count
+	}
 	in.setState(stateRetiring)
 	in.retireUntil, in.retireReason = until, reason
 	s.publish() // out of service before its count is read
@@ -506,9 +513,10 @@ func (s *service) stopIfRetired(in *instance) {
 		s.stopInstance(in, in.retireReason)
 		return
 	}
-	if !in.retireTimer {
-		in.retireTimer = true
-		time.AfterFunc(time.Duration(in.settings.Load().DrainTimeout), func() { s.post(retireDone{in}) })
+	if in.retireTimer != in.retireGen {
+		in.retireTimer = in.retireGen
+		gen := in.retireGen
+		time.AfterFunc(time.Duration(in.settings.Load().DrainTimeout), func() { s.post(retireDone{in, gen}) })
 	}
 }
 
@@ -599,8 +607,9 @@ func (s *service) instanceExited(in *instance) {
 	s.live = slices.DeleteFunc(s.live, func(x *instance) bool { return x == in })
 	dropSocket(in)
 	fields := []zap.Field{zap.Int("pid", in.getPID()), zap.Int("exit_status", r.code), zap.String("exit", r.how), zap.Duration("up_for", r.upFor)}
+	in.accepting.Store(false)
 	switch {
-	case s.job != nil && (s.job.cand == in || s.job.old == in):
+	case s.job != nil && (s.job.cand == in || s.job.old == in && !s.job.beside):
 		s.job.instanceExited(s, in, fields)
 	case s.slots[in.slot] == in:
 		s.slots[in.slot] = nil
@@ -638,14 +647,23 @@ func (s *service) crashed(in *instance) {
 
 // restartNow starts the instance a crash restart is due for.
 func (s *service) restartNow() {
-	if s.slots[0] != nil || s.stopAll != "" || s.yieldedTo != nil || s.job != nil {
-		return
+	if s.slots[0] != nil || s.stopAll != "" || s.yieldedTo != nil || (s.job != nil && !s.job.beside) {
+		return // (a new instance that boots beside takes over from the restarted one once ready)
 	}
 	s.history.restarts++
-	if err := s.startServing(s.current()); err != nil {
-		s.log().Error("restarting process failed", zap.Error(err))
+	s.startOrCrash(s.current(), "restarting process failed")
+}
+
+// startOrCrash starts an instance of def in the serving set; if it cannot
+// start, that counts as a crash (exit status 127): the restart policy
+// applies, and on_end.
+func (s *service) startOrCrash(def *Process, what string) bool {
+	if err := s.startServing(def); err != nil {
+		s.log().Error(what, zap.Error(err))
 		s.crashed(&instance{result: exitResult{code: 127, how: "not started"}})
+		return false
 	}
+	return true
 }
 
 func (s *service) cancelRestart() {

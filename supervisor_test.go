@@ -117,7 +117,7 @@ func (ts *testService) stop() {
 	<-ts.s.done
 }
 
-func (ts *testService) status() Status { return ts.s.view.Load().status }
+func (ts *testService) status() Status { return ts.s.fresh().status }
 
 func (ts *testService) getPID() int { return ts.status().PID }
 

@@ -305,7 +305,8 @@ func (c *thrusterConfig) configJSON() ([]byte, []caddyconfig.Warning, error) {
 func (c *thrusterConfig) render() string {
 	c.Page = ""
 	if c.BadGatewayPage != "" {
-		if abs, err := filepath.Abs(c.BadGatewayPage); err == nil {
+		// the absolute path holds the working directory, which no check saw
+		if abs, err := filepath.Abs(c.BadGatewayPage); err == nil && checkValue("path", abs) == nil {
 			if fi, err := os.Stat(abs); err == nil && !fi.IsDir() {
 				c.Page = abs
 			}

@@ -29,6 +29,18 @@ type viewMetrics struct {
 	lastDrain time.Duration
 }
 
+// fresh returns a view that includes every event the loop took before the
+// call (it waits for the loop to take one more, which costs a round trip):
+// for readers that may have seen an event's log line, such as the admin
+// API's status asked for right after it.
+func (s *service) fresh() *view {
+	done := make(chan struct{})
+	if s.post(func(*service) { close(done) }) {
+		<-done
+	}
+	return s.view.Load()
+}
+
 // publish replaces the service's view with one of its state now.
 func (s *service) publish() {
 	v := &view{changed: make(chan struct{}), status: s.status()}
