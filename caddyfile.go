@@ -40,7 +40,7 @@ func init() {
 //		restart_window <duration>
 //		on_end         stop_caddy|keep_running
 //		port           auto|<number>
-//		ready          tcp [<host:port>] | http [<url>]
+//		ready          tcp [<host:port>] | http [<url>] | off
 //		ready_timeout  <duration>
 //	}
 //
@@ -165,8 +165,12 @@ var subdirectives = map[string]subdirective{
 	}},
 	"ready_timeout": {args: 1, set: durationSetter(func(p *Process) *Duration { return &p.ReadyTimeout })},
 	"ready": {args: -1, set: func(p *Process, a []string) error {
+		if len(a) == 1 && a[0] == "off" {
+			p.Ready = &ReadyProbe{Off: true}
+			return nil
+		}
 		if len(a) < 1 || len(a) > 2 || (a[0] != "tcp" && a[0] != "http") {
-			return fmt.Errorf("%q: want tcp [HOST:PORT] or http [URL]", a)
+			return fmt.Errorf("%q: want tcp [HOST:PORT] or http [URL], or off", a)
 		}
 		addr := ""
 		if len(a) == 2 {

@@ -25,7 +25,7 @@ import (
 func init() {
 	caddycmd.RegisterCommand(caddycmd.Command{
 		Name:  "supervise",
-		Usage: "[--ready <path>] [--blue-green | --socket <address>] [--drain-timeout <d>] [--stop-timeout <d>] [--wait <d>] [--public-dir <dir>] [--admin <address>|off] [--metrics <address>] [--print-caddyfile] -- <command> [<args>...]",
+		Usage: "[--ready <path>] [--blue-green | --socket <address>] [--drain-timeout <d>] [--stop-timeout <d>] [--wait <d>] [--ready-timeout <d>] [--shutdown-delay <d>] [--output inherit|log|discard] [--public-dir <dir>] [--admin <address>|off] [--metrics <address>] [--print-caddyfile] -- <command> [<args>...]",
 		Short: "Runs an app server behind Caddy, configured like Thruster",
 		Long: `
 Starts COMMAND as a supervised process (PORT set to TARGET_PORT, default
@@ -47,6 +47,9 @@ when the app ends.
 			cmd.Flags().Duration("drain-timeout", 30*time.Second, "how long requests in flight may take after SIGTERM before the app is signalled")
 			cmd.Flags().Duration("stop-timeout", 10*time.Second, "how long the app may take to exit after its signal before it is killed")
 			cmd.Flags().Duration("wait", 30*time.Second, "how long a request waits for the app while it boots or restarts (then 503, or BAD_GATEWAY_PAGE)")
+			cmd.Flags().Duration("ready-timeout", DefaultReadyTimeout, "how long the app may take to get ready after a start (a Docker entrypoint's migrations included) before it is stopped as failed")
+			cmd.Flags().Duration("shutdown-delay", 0, "on SIGTERM, keep accepting new connections this long before the drain (while a load balancer takes this instance out)")
+			cmd.Flags().String("output", OutputInherit, "the app's output: inherit (as it is, on Caddy's stdout and stderr, as Thruster passes it), log (as entries of Caddy's log) or discard")
 			cmd.Flags().String("public-dir", "./public", "files served straight from disk when they exist (empty: none)")
 			cmd.Flags().String("admin", "", "Caddy's admin endpoint (/supervise/ routes, /metrics), or off (default: a unix socket only Caddy's user can use: $XDG_RUNTIME_DIR/caddy-supervise.sock, else ./tmp/caddy-supervise/admin.sock, else one in a new private directory)")
 			cmd.Flags().String("metrics", "", "also serve Prometheus metrics on this TCP address, e.g. :9090 (no admin API there)")
@@ -122,6 +125,9 @@ func thrusterFromFlags(cmd *cobra.Command, args []string) (*thrusterConfig, erro
 	c.DrainTimeout, _ = f.GetDuration("drain-timeout")
 	c.StopTimeout, _ = f.GetDuration("stop-timeout")
 	c.Wait, _ = f.GetDuration("wait")
+	c.ReadyTimeout, _ = f.GetDuration("ready-timeout")
+	c.ShutdownDelay, _ = f.GetDuration("shutdown-delay")
+	c.Output, _ = f.GetString("output")
 	c.PublicDir, _ = f.GetString("public-dir")
 	c.AdminAddr, _ = f.GetString("admin")
 	c.Metrics, _ = f.GetString("metrics")
@@ -148,6 +154,12 @@ func (c *thrusterConfig) check(publicDirGiven bool) error {
 		return fmt.Errorf("--stop-timeout %s: must be positive", c.StopTimeout)
 	case c.Wait <= 0:
 		return fmt.Errorf("--wait %s: must be positive", c.Wait)
+	case c.ReadyTimeout <= 0:
+		return fmt.Errorf("--ready-timeout %s: must be positive", c.ReadyTimeout)
+	case c.ShutdownDelay < 0 || c.ShutdownDelay >= c.DrainTimeout:
+		return fmt.Errorf("--shutdown-delay %s: 0 or more, and shorter than --drain-timeout %s (the app is stopped when the drain is over)", c.ShutdownDelay, c.DrainTimeout)
+	case c.Output != OutputInherit && c.Output != OutputLog && c.Output != OutputDiscard:
+		return fmt.Errorf("--output %q: inherit, log or discard", c.Output)
 	case c.Name == "" || strings.Trim(c.Name, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-") != "":
 		return fmt.Errorf("--name %q: letters, digits, '.', '_' and '-' only", c.Name)
 	}

@@ -174,7 +174,10 @@ type Process struct {
 	// configuration (writers, formats, include/exclude) applies to it; a line
 	// longer than 64 KiB is split into entries of 64 KiB, all but the last
 	// with the field `partial: true`. `inherit`: written as they are to
-	// Caddy's own stdout and stderr. `discard`: thrown away. Default: `log`.
+	// Caddy's own stdout and stderr (`caddy supervise`'s default, as
+	// Thruster does). `discard`: thrown away. With `log` and `inherit`, the
+	// last lines and the first lines that look like an error go into the
+	// error of a new instance that fails. Default: `log`.
 	Output string `json:"output,omitempty"`
 
 	// Restart says whether the process is started again when it exits on

@@ -44,6 +44,7 @@ func (a *App) hookHTTP(ctx caddy.Context) {
 	if err != nil {
 		return
 	}
+	a.warnUnsafe(httpApp.(*caddyhttp.App))
 	servers := httpApp.(*caddyhttp.App).Servers
 	if len(servers) == 0 {
 		return

@@ -208,7 +208,7 @@ func TestUpstreamNeverMissesReady(t *testing.T) {
 	playCaddy(t)
 	logger, _ := newLogWatch()
 	name := uniqueName("sleeper")
-	a := testApp(t, logger, &Process{Name: name, Command: []string{"sleep", "60"}, Port: "auto", Restart: RestartAlways, StopTimeout: Duration(time.Second)})
+	a := testApp(t, logger, &Process{Name: name, Command: []string{"sleep", "60"}, Port: "auto", Ready: &ReadyProbe{Off: true}, Restart: RestartAlways, StopTimeout: Duration(time.Second)})
 	if err := a.Start(); err != nil {
 		t.Fatal(err)
 	}

@@ -43,7 +43,7 @@ type instance struct {
 	retireReason string    // why it retires, for its stop
 	retireGen    int       // its retirements, to tell a stale drain_timeout from the current one
 	retireTimer  int       // the retirement whose drain_timeout runs
-	notReady     bool      // it failed its readiness probe
+	notReady     string    // why it failed its readiness probe ("" if it did not)
 	restarts     int       // the service's restarts when it started, for its log
 
 	// the dynamic upstream's requests (see admit)
@@ -107,6 +107,9 @@ func (in *instance) setState(to state) {
 	}
 	from := in.state
 	in.state = to
+	if to == stateReady {
+		in.tail.ready()
+	}
 	in.svc.log().Info("process state", zap.String("from", string(from)), zap.String("to", string(to)), zap.Int("pid", in.getPID()))
 }
 
@@ -359,13 +362,18 @@ func (in *instance) stop() bool {
 
 // probe runs the readiness probe until it succeeds, the leader exits (ctx),
 // or ready_timeout passes, and reports ready or not ready to the service.
+// While it waits it says so every readyProgressEvery: what it probes, what
+// went wrong the last time, and where the app listens if not there.
 func (in *instance) probe(ctx context.Context, def *Process) {
 	timeout := time.Duration(def.ReadyTimeout)
-	deadline := time.Now().Add(timeout)
+	began := time.Now()
+	deadline, nextProgress := began.Add(timeout), began.Add(readyProgressEvery)
+	name := def.probeName(in.port)
 	check := tcpCheck(def.probeTarget(in.port))
 	if def.Ready.HTTP != nil {
 		check = httpCheck(def.probeTarget(in.port), def.probeDial())
 	}
+	var lastErr error
 	for wait := 10 * time.Millisecond; ; wait = min(2*wait, 250*time.Millisecond) {
 		// each check ends by ready_timeout, and within probeAttempt: a
 		// black-holed address would otherwise hold the dial for minutes
@@ -374,14 +382,30 @@ func (in *instance) probe(ctx context.Context, def *Process) {
 			end = d
 		}
 		attempt, cancel := context.WithDeadline(ctx, end)
-		ok := check(attempt)
+		err := check(attempt)
 		cancel()
-		if ok {
+		if err == nil || lastErr == nil || end.Before(deadline) {
+			lastErr = err // (an attempt that ready_timeout cut short tells nothing new)
+		}
+		if err == nil {
 			in.svc.post(instanceReady{in})
 			return
 		}
-		if time.Now().After(deadline) {
+		if ctx.Err() != nil {
+			return
+		}
+		now := time.Now()
+		if now.After(deadline) {
 			break
+		}
+		if now.After(nextProgress) {
+			nextProgress = nextProgress.Add(readyProgressEvery)
+			hint := def.listeningHint(in.getPID(), in.port)
+			msg := fmt.Sprintf("waiting for %s: %s: %v (%s of %s)", def.Name, name, lastErr, now.Sub(began).Round(time.Second), timeout)
+			if hint != "" {
+				msg += "; " + hint
+			}
+			in.svc.log().Info(msg, zap.Int("pid", in.getPID()), zap.String("probe", name), zap.String("error", lastErr.Error()))
 		}
 		select {
 		case <-ctx.Done():
@@ -389,10 +413,16 @@ func (in *instance) probe(ctx context.Context, def *Process) {
 		case <-time.After(min(wait, time.Until(deadline)+time.Millisecond)):
 		}
 	}
-	if ctx.Err() == nil {
-		in.svc.post(instanceNotReady{in})
+	why := fmt.Sprintf("%s: %v", name, lastErr)
+	if hint := def.listeningHint(in.getPID(), in.port); hint != "" {
+		why += "; " + hint
 	}
+	in.svc.post(instanceNotReady{in, why})
 }
+
+// readyProgressEvery is how often a process that is not ready yet says
+// what it waits for.
+const readyProgressEvery = 5 * time.Second
 
 // newCommand returns the exec.Cmd every platform starts from: stdin from
 // /dev/null, the merged environment. Output is attached by attachOutput.

@@ -2,9 +2,12 @@ package supervise
 
 import (
 	"bufio"
+	"bytes"
 	"io"
 	"os"
 	"os/exec"
+	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -31,17 +34,15 @@ type output struct {
 	done       chan struct{} // closed when every forwarded stream reached EOF
 }
 
-// attachOutput sets cmd's stdout and stderr. With `log`, each is a pipe
-// whose read end a goroutine turns into log entries; the child writes into
-// a real file descriptor, so os/exec copies nothing and Wait never waits for
-// a grandchild that holds the pipe.
+// attachOutput sets cmd's stdout and stderr. With `log` and `inherit`, each
+// is a pipe whose read end a goroutine turns into log entries, or copies
+// as it is to Caddy's own stdout or stderr (keeping the last lines for the
+// errors of a new instance that fails); the child writes into a real file
+// descriptor, so os/exec copies nothing and Wait never waits for a
+// grandchild that holds the pipe.
 func (in *instance) attachOutput(cmd *exec.Cmd, def *Process) (*output, error) {
 	out := &output{done: make(chan struct{})}
 	switch def.Output {
-	case OutputInherit:
-		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
-		close(out.done)
-		return out, nil
 	case OutputDiscard:
 		cmd.Stdout, cmd.Stderr = nil, nil // the null device
 		close(out.done)
@@ -62,7 +63,11 @@ func (in *instance) attachOutput(cmd *exec.Cmd, def *Process) (*output, error) {
 	streams := make(chan struct{}, 2)
 	for i, name := range []string{"stdout", "stderr"} {
 		go func() {
-			in.forward(readers[i], name)
+			if def.Output == OutputInherit {
+				in.passThrough(readers[i], []*os.File{os.Stdout, os.Stderr}[i])
+			} else {
+				in.forward(readers[i], name)
+			}
 			readers[i].Close()
 			streams <- struct{}{}
 		}()
@@ -139,35 +144,97 @@ func (in *instance) forward(r io.Reader, stream string) {
 	}
 }
 
-// tailLines is how many of the last output lines a process keeps, for the
-// error of a new instance that failed.
-const tailLines = 10
+// passThrough copies r to w as it comes, and keeps its lines for the
+// errors (see outputTail).
+func (in *instance) passThrough(r io.Reader, w io.Writer) {
+	buf := make([]byte, 32<<10)
+	var line []byte // the line being read, up to maxLine
+	for {
+		n, err := r.Read(buf)
+		if n > 0 {
+			_, _ = w.Write(buf[:n])
+			for rest := buf[:n]; len(rest) > 0; {
+				i := bytes.IndexByte(rest, '\n')
+				if i < 0 {
+					line = append(line, rest[:min(len(rest), maxLine-len(line))]...)
+					break
+				}
+				line = append(line, rest[:min(i, maxLine-len(line))]...)
+				in.tail.add(strings.TrimSuffix(string(line), "\r"))
+				line, rest = line[:0], rest[i+1:]
+			}
+		}
+		if err != nil {
+			if len(line) > 0 {
+				in.tail.add(string(line))
+			}
+			return
+		}
+	}
+}
 
-// outputTail keeps the last lines a process wrote (with `output log`), each
-// cut to 300 bytes.
+// What a process's output tells about its failure, for the error of a new
+// instance that failed (the whole output is in the log): the first lines
+// that look like an error (an exception, a missing file), and the last
+// lines.
+const (
+	tailLines  = 5   // last lines kept
+	errorLines = 2   // first error-like lines kept
+	lineCut    = 240 // bytes of a line kept
+)
+
+// errorLike matches a line that looks like an error.
+var errorLike = regexp.MustCompile(`(?i)(error|exception|fatal|panic|traceback|failed|cannot|can't|couldn't|not found|no such|denied|refused|undefined|invalid|abort)`)
+
+// outputTail keeps what output tells about a failure.
 type outputTail struct {
-	mu    sync.Mutex
-	lines []string
+	mu     sync.Mutex
+	lines  []string // the last tailLines lines
+	errors []string // the first errorLines error-like lines
+	served bool     // the instance got ready: its boot's errors are known (no more lines are matched)
 }
 
 func (t *outputTail) add(line string) {
-	if len(line) > 300 {
-		line = line[:300] + "…"
+	if len(line) > lineCut {
+		line = line[:lineCut] + "…"
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if !t.served && len(t.errors) < errorLines && errorLike.MatchString(line) {
+		t.errors = append(t.errors, line)
+	}
 	if len(t.lines) == tailLines {
 		t.lines = append(t.lines[:0], t.lines[1:]...)
 	}
 	t.lines = append(t.lines, line)
 }
 
-// String is the last lines, joined with " | ", or a note when there are none.
+// ready stops the search for error-like lines: the instance booted, and a
+// pattern match for every line of a busy app costs more than the rest of
+// its logging.
+func (t *outputTail) ready() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.served = true
+}
+
+// String is the error-like lines, if the last lines do not hold them, then
+// the last lines, joined with " | ", or a note when there are none.
 func (t *outputTail) String() string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if len(t.lines) == 0 {
 		return "(no output logged)"
 	}
-	return strings.Join(t.lines, " | ")
+	var first []string
+	for _, e := range t.errors {
+		if !slices.Contains(t.lines, e) {
+			first = append(first, e)
+		}
+	}
+	last := strings.Join(t.lines, " | ")
+	if len(first) == 0 {
+		return last
+	}
+	return strings.Join(first, " | ") + " | … | " + last
 }

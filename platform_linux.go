@@ -1,11 +1,15 @@
 package supervise
 
 import (
+	"bytes"
+	"encoding/binary"
+	"encoding/hex"
 	"fmt"
 	"io/fs"
 	"net"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -142,4 +146,84 @@ func chmodSocketFile(path string, node fs.FileInfo, mode fs.FileMode) error {
 		return fmt.Errorf("%s is no longer the socket Caddy made", path)
 	}
 	return unix.Chmod(fmt.Sprintf("/proc/self/fd/%d", fd), uint32(mode))
+}
+
+// listeningKnown: listeningAddrs can tell.
+const listeningKnown = true
+
+// listeningAddrs lists where the processes of group pgid listen: TCP
+// addresses ("127.0.0.1:9292", "[::]:3000") and unix sockets
+// ("unix//run/app.sock"), read from /proc (the sockets the group's
+// processes hold, and the kernel's tables of listening sockets).
+func listeningAddrs(pgid int) []string {
+	inodes := make(map[string]bool)
+	for _, pid := range groupMembers(pgid) {
+		dir := "/proc/" + strconv.Itoa(pid) + "/fd"
+		entries, _ := os.ReadDir(dir)
+		for _, e := range entries {
+			if l, err := os.Readlink(dir + "/" + e.Name()); err == nil && strings.HasPrefix(l, "socket:[") {
+				inodes[strings.TrimSuffix(strings.TrimPrefix(l, "socket:["), "]")] = true
+			}
+		}
+	}
+	var out []string
+	for _, file := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
+		b, _ := os.ReadFile(file)
+		for _, line := range strings.Split(string(b), "\n")[1:] {
+			f := strings.Fields(line)
+			// sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+			if len(f) < 10 || f[3] != "0A" || !inodes[f[9]] {
+				continue
+			}
+			if a := hexAddr(f[1]); a != "" && !slices.Contains(out, a) {
+				out = append(out, a)
+			}
+		}
+	}
+	b, _ := os.ReadFile("/proc/net/unix")
+	for _, line := range strings.Split(string(b), "\n")[1:] {
+		// Num RefCount Protocol Flags Type St Inode Path; flags 00010000: listening
+		f := strings.Fields(line)
+		if len(f) >= 8 && f[3] == "00010000" && inodes[f[6]] {
+			out = append(out, "unix/"+f[7])
+		}
+	}
+	return out
+}
+
+// groupMembers lists the live processes of group pgid.
+func groupMembers(pgid int) []int {
+	var pids []int
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		stat, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		i := bytes.LastIndexByte(stat, ')')
+		if err != nil || i < 0 {
+			continue
+		}
+		if f := strings.Fields(string(stat[i+1:])); len(f) > 2 && f[2] == strconv.Itoa(pgid) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// hexAddr reads an address of /proc/net/tcp{,6}: the IP as 32-bit words in
+// the host's byte order (little-endian here), then the port.
+func hexAddr(s string) string {
+	ipHex, portHex, ok := strings.Cut(s, ":")
+	port, err := strconv.ParseUint(portHex, 16, 16)
+	raw, err2 := hex.DecodeString(ipHex)
+	if !ok || err != nil || err2 != nil || (len(raw) != 4 && len(raw) != 16) {
+		return ""
+	}
+	ip := make(net.IP, len(raw))
+	for i := 0; i < len(raw); i += 4 {
+		binary.BigEndian.PutUint32(ip[i:], binary.LittleEndian.Uint32(raw[i:]))
+	}
+	return net.JoinHostPort(ip.String(), strconv.FormatUint(port, 10))
 }

@@ -128,3 +128,8 @@ func bindPrivately(tmp, path string, mode fs.FileMode) (net.Listener, error) {
 }
 
 func chmodSocketFile(path string, node fs.FileInfo, mode fs.FileMode) error { return nil }
+
+// listeningKnown: there is no /proc to read listening sockets from.
+const listeningKnown = false
+
+func listeningAddrs(pgid int) []string { return nil }

@@ -59,7 +59,7 @@ func TestRailsThroughCaddySupervise(t *testing.T) {
 	dir := railsDir(t)
 	httpPort, appPort, adminPort := freePort(t), freePort(t), freePort(t)
 	c := superviseCaddy(t, dir,
-		[]string{"--ready", "/up", "--admin", fmt.Sprintf("127.0.0.1:%d", adminPort)},
+		[]string{"--ready", "/up", "--admin", fmt.Sprintf("127.0.0.1:%d", adminPort), "--output", "log"}, // Rails' lines as log entries, for the test to find
 		[]string{"bin/rails", "server"},
 		"HTTP_PORT="+strconv.Itoa(httpPort), "THRUSTER_TARGET_PORT="+strconv.Itoa(appPort), "TARGET_PORT=1",
 		"RAILS_ENV=production", "BOOT_DELAY=2")

@@ -2,11 +2,13 @@ package supervise
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -28,6 +30,11 @@ type ReadyProbe struct {
 	// that path on http://127.0.0.1:<port>. Empty (only with `port`):
 	// http://127.0.0.1:<port>/.
 	HTTP *string `json:"http,omitempty"`
+
+	// Off: no probe; the process counts as ready once started (Caddyfile
+	// `ready off`). A process with `port` is probed with a TCP connection
+	// to its port unless its probe is off.
+	Off bool `json:"off,omitempty"`
 }
 
 // provisionReady checks the probe and the port, and fills in defaults.
@@ -41,9 +48,25 @@ func (p *Process) provisionReady() error {
 	if p.ReadyTimeout < 0 {
 		return fmt.Errorf("ready_timeout %q: must be positive", p.ReadyTimeout)
 	}
+	if p.Ready != nil && p.Ready.Off {
+		if p.Ready.TCP != nil || p.Ready.HTTP != nil {
+			return fmt.Errorf("ready: off, or one of tcp and http")
+		}
+		if p.ReadyTimeout != 0 {
+			return fmt.Errorf("ready_timeout %q: only means something with a probe (ready is off)", p.ReadyTimeout)
+		}
+		p.Ready = nil
+		return nil
+	}
+	if p.Ready == nil && p.Port != "" {
+		// a process with a port is ready once it accepts connections there,
+		// not once it started: a reload or restart waits for that, and with
+		// `port auto` replaces it beside the old one
+		p.Ready = &ReadyProbe{TCP: new(string)}
+	}
 	if p.Ready == nil {
 		if p.ReadyTimeout != 0 {
-			return fmt.Errorf("ready_timeout %q: only means something with ready", p.ReadyTimeout)
+			return fmt.Errorf("ready_timeout %q: only means something with ready (or port)", p.ReadyTimeout)
 		}
 		return nil
 	}
@@ -123,20 +146,25 @@ func (p *Process) address(port int) string {
 // probeAttempt bounds one readiness check.
 const probeAttempt = 2 * time.Second
 
-func tcpCheck(addr string) func(context.Context) bool {
-	return func(ctx context.Context) bool {
+// A check is one attempt of a readiness probe: nil when it passed, else
+// what went wrong, for the log ("connection refused", "503 Service
+// Unavailable").
+type check func(context.Context) error
+
+func tcpCheck(addr string) check {
+	return func(ctx context.Context) error {
 		var d net.Dialer
 		c, err := d.DialContext(ctx, "tcp", addr)
 		if err != nil {
-			return false
+			return netCause(err)
 		}
 		c.Close()
-		return true
+		return nil
 	}
 }
 
 // httpCheck GETs target; if unixPath is set, through that unix socket.
-func httpCheck(target, unixPath string) func(context.Context) bool {
+func httpCheck(target, unixPath string) check {
 	client := &http.Client{Timeout: 2 * time.Second, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	if unixPath != "" {
 		client.Transport = &http.Transport{
@@ -147,18 +175,74 @@ func httpCheck(target, unixPath string) func(context.Context) bool {
 			DisableKeepAlives: true,
 		}
 	}
-	return func(ctx context.Context) bool {
+	return func(ctx context.Context) error {
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, target, nil)
 		if err != nil {
-			return false
+			return err
 		}
 		resp, err := client.Do(req)
 		if err != nil {
-			return false
+			return netCause(err)
 		}
 		resp.Body.Close()
-		return resp.StatusCode >= 200 && resp.StatusCode < 400
+		if resp.StatusCode < 200 || resp.StatusCode >= 400 {
+			return errors.New(resp.Status)
+		}
+		return nil
 	}
+}
+
+// netCause is the part of a network error a person needs: "connection
+// refused", "timed out", rather than the whole chain of operations.
+func netCause(err error) error {
+	var op *net.OpError
+	if errors.As(err, &op) {
+		if op.Timeout() {
+			return errors.New("timed out")
+		}
+		var sys *os.SyscallError
+		if errors.As(op.Err, &sys) {
+			return sys.Err
+		}
+		return op.Err
+	}
+	if errors.Is(err, context.DeadlineExceeded) {
+		return errors.New("timed out")
+	}
+	return err
+}
+
+// probeName says what the readiness probe does: "GET
+// http://127.0.0.1:3000/up", "TCP connect 127.0.0.1:3000".
+func (p *Process) probeName(port int) string {
+	if p.Ready.HTTP != nil {
+		return "GET " + p.probeTarget(port)
+	}
+	return "TCP connect " + p.probeTarget(port)
+}
+
+// listeningHint tells where a process that is not ready listens, when that
+// is not where it is probed (best effort: Linux, TCP and unix sockets of
+// its process group): "the app listens on 127.0.0.1:9292".
+func (p *Process) listeningHint(pgid, port int) string {
+	addrs := listeningAddrs(pgid)
+	target := p.probeTarget(port)
+	if u, err := url.Parse(target); err == nil && u.Host != "" {
+		target = u.Host
+	}
+	host, tport, _ := net.SplitHostPort(target)
+	for _, a := range addrs {
+		if h, port, err := net.SplitHostPort(a); err == nil && port == tport && (h == host || h == "0.0.0.0" || h == "::") {
+			return "" // it listens where it is probed: it does not answer yet
+		}
+	}
+	switch {
+	case len(addrs) > 0:
+		return "the app listens on " + strings.Join(addrs, ", ")
+	case listeningKnown:
+		return "the app listens on no TCP port or unix socket yet"
+	}
+	return ""
 }
 
 // freeLoopbackPort picks a port for `port auto`: one that is free on the

@@ -389,11 +389,12 @@ func (s *service) endJob() {
 // was ready, or was not ready within ready_timeout; its exit status and
 // last output lines.
 func (s *service) candidateError(in *instance) error {
-	what := "exited before it was ready"
-	if in.notReady {
+	what, probe := "exited before it was ready", ""
+	if in.notReady != "" {
 		what = fmt.Sprintf("was not ready within ready_timeout %s", in.def.ReadyTimeout)
+		probe = "; its probe: " + in.notReady
 	}
-	return fmt.Errorf("process %q: the new instance %s (exit status %d; last output: %s)", s.name, what, in.result.code, in.tail.String())
+	return fmt.Errorf("process %q: the new instance %s (exit status %d; last output: %s)%s", s.name, what, in.result.code, in.tail.String(), probe)
 }
 
 // blueGreen reports whether a definition is replaced beside the running

@@ -33,7 +33,7 @@ func TestCaddySuperviseArgumentsVerbatim(t *testing.T) {
 	script := `for a; do printf '%s\0' "$a"; done > "$ARGV_OUT"; echo written; exec sleep 60`
 	args := append([]string{"sh", "-c", script, "sh"}, hostileArgs...)
 	args = append(args, "{supervise.port}", "port={supervise.port}")
-	c := superviseCaddy(t, dir, []string{"--admin", "off", "--wait", "1s"}, args,
+	c := superviseCaddy(t, dir, []string{"--admin", "off", "--wait", "1s", "--output", "log"}, args,
 		"HTTP_PORT="+strconv.Itoa(httpPort), "TARGET_PORT="+strconv.Itoa(appPort), "ARGV_OUT="+out,
 		"SUPERVISE_T_HOSTILE=}\n\trespond injected\n}\n", "TLS_DOMAIN=")
 	c.waitLog(`"msg":"written"`, 20*time.Second)

@@ -127,6 +127,7 @@ func processEnded(def *Process, logger *zap.Logger, code int) {
 	if caddy.Exiting() {
 		return
 	}
-	logger.Error("process ended; shutting Caddy down (on_end stop_caddy)", zap.Int("exit_status", code))
+	logger.Error("process ended; shutting Caddy down (on_end stop_caddy): the SIGTERM in Caddy's next lines is this module's, sent to exit gracefully",
+		zap.Int("exit_status", code))
 	requestExit()
 }

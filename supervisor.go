@@ -132,8 +132,11 @@ type (
 	instanceIdle struct{ in *instance }
 
 	instanceReady    struct{ in *instance }
-	instanceNotReady struct{ in *instance }
-	instanceExited   struct{ in *instance }
+	instanceNotReady struct {
+		in  *instance
+		why string // the probe, its last error, where the app listens instead
+	}
+	instanceExited struct{ in *instance }
 )
 
 type restartAnswer struct {
@@ -298,8 +301,8 @@ func (s *service) handle(ev any) {
 			return
 		}
 		s.log().Error("process not ready within ready_timeout; stopping it as failed", zap.Int("pid", ev.in.getPID()),
-			zap.Duration("ready_timeout", time.Duration(ev.in.def.ReadyTimeout)))
-		ev.in.notReady = true
+			zap.Duration("ready_timeout", time.Duration(ev.in.def.ReadyTimeout)), zap.String("probe", ev.why))
+		ev.in.notReady = ev.why
 		s.stopInstance(ev.in, "not ready within ready_timeout")
 	case instanceExited:
 		s.instanceExited(ev.in)

@@ -72,18 +72,21 @@ type thrusterConfig struct {
 	Page                          string // BadGatewayPage's absolute path, if the file exists
 
 	// flags
-	AdminAddr    string // admin endpoint address, or "off"
-	Metrics      string // --metrics: an address that serves /metrics, or ""
-	MetricsHost  string // its host ("": every interface)
-	MetricsPort  int
-	Ready        string // HTTP readiness path; "" probes the port with TCP
-	BlueGreen    bool   // port auto: restarts start the new instance beside the old one
-	Socket       string // a socket Caddy holds for the app, instead of a port
-	DrainTimeout time.Duration
-	StopTimeout  time.Duration
-	Wait         time.Duration // how long a request waits for the app
-	PublicDir    string        // files served straight from disk
-	Name         string        // the supervised process's name
+	AdminAddr     string // admin endpoint address, or "off"
+	Metrics       string // --metrics: an address that serves /metrics, or ""
+	MetricsHost   string // its host ("": every interface)
+	MetricsPort   int
+	Ready         string // HTTP readiness path; "" probes the port with TCP
+	BlueGreen     bool   // port auto: restarts start the new instance beside the old one
+	Socket        string // a socket Caddy holds for the app, instead of a port
+	DrainTimeout  time.Duration
+	StopTimeout   time.Duration
+	Wait          time.Duration // how long a request waits for the app
+	ReadyTimeout  time.Duration // how long the app may take to get ready
+	ShutdownDelay time.Duration // how long Caddy keeps accepting after SIGTERM
+	Output        string        // the app's output mode
+	PublicDir     string        // files served straight from disk
+	Name          string        // the supervised process's name
 
 	warnings []string // variables accepted that change nothing here
 }
@@ -335,6 +338,9 @@ var caddyfileTemplate = template.Must(template.New("Caddyfile").Funcs(template.F
 	debug
 {{- end}}
 	http_port {{.HTTPPort}}
+{{- if .ShutdownDelay}}
+	shutdown_delay {{.ShutdownDelay}}
+{{- end}}
 	https_port {{.HTTPSPort}}
 {{- if .TLSDomains}}
 	storage file_system {{q .StoragePath}}
@@ -382,8 +388,12 @@ var caddyfileTemplate = template.Must(template.New("Caddyfile").Funcs(template.F
 {{- else if not .Socket}}
 		ready tcp
 {{- end}}
+{{- if or .Ready (not .Socket)}}
+		ready_timeout {{.ReadyTimeout}}
+{{- end}}
 		drain_timeout {{.DrainTimeout}}
 		stop_timeout {{.StopTimeout}}
+		output {{.Output}}
 	}
 }
 
@@ -429,7 +439,9 @@ var caddyfileTemplate = template.Must(template.New("Caddyfile").Funcs(template.F
 			dynamic supervise {{.Name}} {
 				wait {{.Wait}}
 			}
-			lb_try_duration {{.Wait}}
+			# the wait for the app is the upstream's (it ends when the client
+			# goes away); reverse_proxy only retries a request cut by a crash
+			lb_try_duration 2s
 {{- if .XSendfile}}
 			header_up X-Sendfile-Type X-Sendfile
 			@sendfile header X-Sendfile *

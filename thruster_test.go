@@ -17,7 +17,7 @@ import (
 func thrusterFor(t *testing.T, env map[string]string) (*thrusterConfig, error) {
 	t.Helper()
 	c := &thrusterConfig{Command: []string{"bin/rails", "server"}, AdminAddr: "localhost:2019", Name: "app",
-		DrainTimeout: 30 * time.Second, StopTimeout: 10 * time.Second, Wait: 30 * time.Second}
+		DrainTimeout: 30 * time.Second, StopTimeout: 10 * time.Second, Wait: 30 * time.Second, ReadyTimeout: 60 * time.Second, Output: OutputInherit}
 	err := c.readThrusterEnv(func(k string) (string, bool) { v, ok := env[k]; return v, ok })
 	return c, err
 }

@@ -10,5 +10,6 @@ bash scripts/deps.sh
 go test -run '^$' -benchtime 1x -timeout 30m \
 	-bench '^Benchmark(ShutdownUnderLoad|ProxyThroughput|Respawn|RSSPerProcess|ReloadsUnderLoad|BlueGreenReload|Socket)$' .
 go test -run '^$' -benchtime 5x -bench '^BenchmarkOutputLines$' .
-SUPERVISE_SOAK_STEPS=170 go test -count=1 -timeout 60m -run '^TestSoak$' -v . | grep -E 'seed|steps in|FAIL|PASS|ok'
-SUPERVISE_SOAK_APP=puma SUPERVISE_SOAK_STEPS=60 go test -count=1 -timeout 60m -run '^TestSoak$' -v . | grep -E 'seed|steps in|FAIL|PASS|ok'
+soak() { go test -count=1 -timeout 60m -run '^TestSoak$' -v . | grep -vE '^\s+\{' ; }
+SUPERVISE_SOAK_STEPS=170 soak
+SUPERVISE_SOAK_APP=puma SUPERVISE_SOAK_STEPS=60 soak
