@@ -122,6 +122,10 @@ func TestThrusterFlags(t *testing.T) {
 		{"blue-green", func(c *thrusterConfig) { c.BlueGreen, c.Ready = true, "/up" }, []string{"port auto", "ready http /up"}},
 		{"socket", func(c *thrusterConfig) { c.Socket = "unix//run/app.sock" }, []string{"socket unix//run/app.sock"}},
 		{"admin off", func(c *thrusterConfig) { c.AdminAddr = "off" }, []string{"admin off"}},
+		{"a slow entrypoint, a load balancer, Caddy's log", func(c *thrusterConfig) {
+			c.ReadyTimeout, c.ShutdownDelay, c.Output = 3*time.Minute, 5*time.Second, OutputLog
+		}, []string{"ready_timeout 3m0s", "shutdown_delay 5s", "output log"}},
+		{"defaults", func(c *thrusterConfig) {}, []string{"ready_timeout 1m0s", "output inherit", "lb_try_duration 2s"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c, err := thrusterFor(t, nil)
@@ -152,6 +156,9 @@ func TestThrusterFlags(t *testing.T) {
 		{func(c *thrusterConfig) { c.Ready = "up" }, `--ready "up": a path`},
 		{func(c *thrusterConfig) { c.Socket = "127.0.0.1:port" }, `--socket "127.0.0.1:port"`},
 		{func(c *thrusterConfig) { c.PublicDir = "/no/such/dir" }, `--public-dir "/no/such/dir": not a directory`},
+		{func(c *thrusterConfig) { c.ShutdownDelay = 40 * time.Second }, `--shutdown-delay 40s: 0 or more, and shorter than --drain-timeout 30s`},
+		{func(c *thrusterConfig) { c.Output = "json" }, `--output "json": inherit, log or discard`},
+		{func(c *thrusterConfig) { c.Name = "<<x" }, `--name "<<x": letters, digits`},
 	} {
 		c, _ := thrusterFor(t, nil)
 		tc.set(c)
