@@ -2,6 +2,7 @@ package supervise
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -51,7 +52,7 @@ when the app ends.
 			cmd.Flags().Duration("shutdown-delay", 0, "on SIGTERM, keep accepting new connections this long before the drain (while a load balancer takes this instance out)")
 			cmd.Flags().String("output", OutputInherit, "the app's output: inherit (as it is, on Caddy's stdout and stderr, as Thruster passes it), log (as entries of Caddy's log) or discard")
 			cmd.Flags().String("public-dir", "./public", "files served straight from disk when they exist (empty: none)")
-			cmd.Flags().String("admin", "", "Caddy's admin endpoint (/supervise/ routes, /metrics), or off (default: a unix socket only Caddy's user can use: $XDG_RUNTIME_DIR/caddy-supervise.sock, else ./tmp/caddy-supervise/admin.sock, else one in a new private directory)")
+			cmd.Flags().String("admin", "", "Caddy's admin endpoint (/supervise/ routes, /metrics), or off (default: a unix socket only Caddy's user can use: in $XDG_RUNTIME_DIR, else ./tmp/caddy-supervise/admin.sock, else in a new private directory; logged at start)")
 			cmd.Flags().String("metrics", "", "also serve Prometheus metrics on this TCP address, e.g. :9090 (no admin API there)")
 			cmd.Flags().String("name", "app", "the supervised process's name (logs, admin API, metrics)")
 			cmd.Flags().Bool("print-caddyfile", false, "print the equivalent Caddyfile and exit")
@@ -212,30 +213,39 @@ func (c *thrusterConfig) check(publicDirGiven bool) error {
 
 // resolveAdmin picks the admin endpoint when --admin was not given: a unix
 // socket with mode 0600 in a directory only Caddy's user can enter, so
-// that only that user (not a sidecar, not another user of the host) can
-// reach an API that can start programs: $XDG_RUNTIME_DIR (a private
-// directory of the user) if set, else tmp/caddy-supervise/ (0700) in a
-// Rails app's tmp, else, when create is set, a new private directory that
-// cleanup removes; when it is not (--print-caddyfile), the endpoint is
-// off. A socket another Caddy serves there is an error: it would be taken
-// from it.
+// that only that user (not a sidecar, not another user of the host, not
+// the app if it runs as another user) can reach an API that can start
+// programs: $XDG_RUNTIME_DIR (a private directory of the user) if set,
+// named after the process and the working directory; else
+// tmp/caddy-supervise/ (0700) in a Rails app's tmp, if tmp and the
+// directories above it are Caddy's user's or root's and no one else may
+// write them; else, when create is set, a new private directory that
+// cleanup removes; when it is not (--print-caddyfile, which changes
+// nothing), the endpoint is off. A socket another Caddy serves there is an
+// error: it would be taken from it.
 func (c *thrusterConfig) resolveAdmin(create bool) (cleanup func(), err error) {
 	cleanup = func() {}
 	if c.AdminAddr != "" {
 		return cleanup, nil
 	}
 	var path string
+	cwd, _ := os.Getwd()
 	if dir := os.Getenv("XDG_RUNTIME_DIR"); dir != "" && isPrivateDir(dir) {
-		path = filepath.Join(dir, "caddy-supervise.sock")
-	} else if fi, err := os.Stat("tmp"); err == nil && fi.IsDir() {
-		dir, _ := filepath.Abs(filepath.Join("tmp", "caddy-supervise"))
-		if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
-			return cleanup, fmt.Errorf("the admin endpoint's directory %s: %v; set --admin", dir, err)
+		sum := sha256.Sum256([]byte(cwd))
+		path = filepath.Join(dir, fmt.Sprintf("caddy-supervise-%s-%x.sock", c.Name, sum[:3]))
+	} else if tmp := filepath.Join(cwd, "tmp"); ownedPath(tmp) {
+		dir := filepath.Join(tmp, "caddy-supervise")
+		if !create {
+			path = filepath.Join(dir, "admin.sock")
+		} else {
+			if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+				return cleanup, fmt.Errorf("the admin endpoint's directory %s: %v; set --admin", dir, err)
+			}
+			if !isPrivateDir(dir) {
+				return cleanup, fmt.Errorf("the admin endpoint's directory %s: not a directory of Caddy's user with mode 0700; set --admin", dir)
+			}
+			path = filepath.Join(dir, "admin.sock")
 		}
-		if !isPrivateDir(dir) {
-			return cleanup, fmt.Errorf("the admin endpoint's directory %s: not a directory of Caddy's user with mode 0700; set --admin", dir)
-		}
-		path = filepath.Join(dir, "admin.sock")
 	} else if create {
 		dir, err := os.MkdirTemp("", "caddy-supervise-")
 		if err != nil {
@@ -251,7 +261,7 @@ func (c *thrusterConfig) resolveAdmin(create bool) (cleanup func(), err error) {
 		cleanup()
 		return func() {}, fmt.Errorf("the admin endpoint's socket %q: %v; set --admin", path, err)
 	}
-	if conn, err := net.Dial("unix", path); err == nil {
+	if conn, err := net.Dial("unix", path); create && err == nil {
 		conn.Close()
 		cleanup()
 		return func() {}, fmt.Errorf("the admin endpoint's socket %s: another Caddy serves its admin endpoint there; set --admin", path)

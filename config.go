@@ -84,7 +84,10 @@ type Process struct {
 	// describe Caddy's sockets and Caddy's readiness, and a child that used
 	// them would speak for Caddy) and without those in `unset_env`. A
 	// variable set here replaces Caddy's variable of the same name. Caddy's
-	// own environment is never changed. Default: none added.
+	// own environment is never changed. `{supervise.port}` in a value is
+	// the instance's port (with `port`): Rails' `PIDFILE
+	// tmp/pids/server.{supervise.port}.pid` lets a new instance start
+	// beside the old one. Default: none added.
 	Env map[string]string `json:"env,omitempty"`
 
 	// UnsetEnv names variables of Caddy's environment that the child does
@@ -209,15 +212,17 @@ type Process struct {
 	OnEnd string `json:"on_end,omitempty"`
 
 	// resolved at provision time
-	args     []string          // Command with {env.*} expanded
-	dir      string            // Dir with {env.*} expanded
-	vars     map[string]string // env_file and env, expanded: what the child gets on top of Caddy's
-	id       *identity         // user and group, if set
-	path     string            // absolute path of args[0]
-	env      []string          // the child's complete environment
-	signal   syscall.Signal
-	sockAddr caddy.NetworkAddress // Socket, parsed
-	sockMode fs.FileMode          // a unix socket's mode
+	args         []string          // Command with {env.*} expanded
+	dir          string            // Dir with {env.*} expanded
+	vars         map[string]string // env_file and env, expanded: what the child gets on top of Caddy's
+	id           *identity         // user and group, if set
+	path         string            // absolute path of args[0]
+	env          []string          // the child's complete environment
+	envHasPort   bool              // {supervise.port} is in an env or env_file value
+	readyDefault bool              // Ready is the default probe of a process with a port
+	signal       syscall.Signal
+	sockAddr     caddy.NetworkAddress // Socket, parsed
+	sockMode     fs.FileMode          // a unix socket's mode
 }
 
 // provision checks the definition, fills in defaults and resolves the
@@ -271,6 +276,9 @@ func (p *Process) provision(index int) error {
 			if strings.Contains(a, "{supervise.port}") {
 				return fmt.Errorf("%s: command %q: {supervise.port} needs port (auto or a number)", where, a)
 			}
+		}
+		if p.envHasPort {
+			return fmt.Errorf("%s: env: {supervise.port} needs port (auto or a number)", where)
 		}
 	}
 	if _, set := p.vars["PORT"]; set && p.Port != "" {
@@ -398,6 +406,9 @@ func (p *Process) resolveSpawn() error {
 		return slices.Contains(unset, k)
 	})
 	p.env = mergeEnv(base, p.identityVars(), p.vars)
+	for _, v := range p.vars {
+		p.envHasPort = p.envHasPort || strings.Contains(v, "{supervise.port}")
+	}
 	p.path, err = lookPath(p.args[0], p.dir, envValue(p.env, "PATH"))
 	if err != nil {
 		return fmt.Errorf("command %q: %v", p.Command[0], err)

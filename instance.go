@@ -370,8 +370,11 @@ func (in *instance) probe(ctx context.Context, def *Process) {
 	deadline, nextProgress := began.Add(timeout), began.Add(readyProgressEvery)
 	name := def.probeName(in.port)
 	check := tcpCheck(def.probeTarget(in.port))
-	if def.Ready.HTTP != nil {
+	switch {
+	case def.Ready.HTTP != nil:
 		check = httpCheck(def.probeTarget(in.port), def.probeDial())
+	case def.readyDefault:
+		check = portCheck(in.port)
 	}
 	var lastErr error
 	for wait := 10 * time.Millisecond; ; wait = min(2*wait, 250*time.Millisecond) {
@@ -427,14 +430,21 @@ const readyProgressEvery = 5 * time.Second
 // newCommand returns the exec.Cmd every platform starts from: stdin from
 // /dev/null, the merged environment. Output is attached by attachOutput.
 func newCommand(def *Process, path string, args []string, port int, extraEnv ...string) *exec.Cmd {
+	env := slices.Clip(def.env)
 	if port != 0 {
 		extraEnv = append(extraEnv, "PORT="+strconv.Itoa(port))
+		if def.envHasPort {
+			env = slices.Clone(env)
+			for i, kv := range env {
+				env[i] = expandPort(kv, port)
+			}
+		}
 	}
 	return &exec.Cmd{
 		Path:  path,
 		Args:  args,
 		Dir:   def.dir,
-		Env:   append(slices.Clip(def.env), extraEnv...),
+		Env:   append(env, extraEnv...),
 		Stdin: nil, // os/exec opens the null device
 	}
 }

@@ -42,8 +42,14 @@ type output struct {
 // grandchild that holds the pipe.
 func (in *instance) attachOutput(cmd *exec.Cmd, def *Process) (*output, error) {
 	out := &output{done: make(chan struct{})}
-	switch def.Output {
-	case OutputDiscard:
+	switch {
+	case def.Output == OutputInherit && (isTerminal(os.Stdout) || isTerminal(os.Stderr)):
+		// a person watches: the app gets the terminal itself (its colours,
+		// its line buffering), and its failures show there
+		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+		close(out.done)
+		return out, nil
+	case def.Output == OutputDiscard:
 		cmd.Stdout, cmd.Stderr = nil, nil // the null device
 		close(out.done)
 		return out, nil
@@ -78,6 +84,13 @@ func (in *instance) attachOutput(cmd *exec.Cmd, def *Process) (*output, error) {
 		close(out.done)
 	}()
 	return out, nil
+}
+
+// isTerminal reports whether f is a character device: a terminal (or the
+// null device, to which handing the app the file itself changes nothing).
+func isTerminal(f *os.File) bool {
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
 }
 
 // started closes the parent's copies of the pipes' write ends, so that the

@@ -11,6 +11,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 const osName = "this system"
@@ -56,44 +58,41 @@ func ephemeralPorts() (lo, hi int, ok bool) { return 0, 0, false }
 // bindPrivately binds a unix socket in tmp, a new private directory beside
 // path, gives it mode and links it to path (which fails if anything is
 // there). Outside Linux the directory is used by its path.
-func bindPrivately(tmp, path string, mode fs.FileMode) (net.Listener, error) {
+func bindPrivately(tmp, path string, mode fs.FileMode) (net.Listener, fs.FileInfo, error) {
 	bound := filepath.Join(tmp, "s")
 	if len(bound) >= 104 {
 		// the temporary name does not fit a socket address: bind in place
 		// and set the mode at once (the umask's mode holds for that moment)
-		ln, err := net.Listen("unix", path)
-		if err == nil {
-			if err = os.Chmod(path, mode); err != nil {
-				ln.Close()
-			}
-		}
-		return ln, err
+		bound = path
+	} else {
+		defer os.Remove(bound)
 	}
-	defer os.Remove(bound)
 	ln, err := net.Listen("unix", bound)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	if err := os.Chmod(bound, mode); err != nil {
+	node, err := os.Lstat(bound)
+	if err == nil {
+		err = unix.Fchmodat(unix.AT_FDCWD, bound, uint32(mode), unix.AT_SYMLINK_NOFOLLOW)
+	}
+	if err == nil && bound != path {
+		err = os.Link(bound, path)
+	}
+	if err != nil {
 		ln.Close()
-		return nil, err
+		return nil, nil, err
 	}
-	if err := os.Link(bound, path); err != nil {
-		ln.Close()
-		return nil, err
-	}
-	return ln, nil
+	return ln, node, nil
 }
 
-// chmodSocketFile gives the socket file at path mode, if it is still node.
+// chmodSocketFile gives the socket file at path mode, if it is still node;
+// a symlink put in its place is not followed.
 func chmodSocketFile(path string, node fs.FileInfo, mode fs.FileMode) error {
 	if fi, err := os.Lstat(path); err != nil || node == nil || !os.SameFile(fi, node) {
 		return fmt.Errorf("%s is no longer the socket Caddy made", path)
 	}
-	return os.Chmod(path, mode)
+	return unix.Fchmodat(unix.AT_FDCWD, path, uint32(mode), unix.AT_SYMLINK_NOFOLLOW)
 }
 
-// listeningKnown: there is no /proc to read listening sockets from.
-const listeningKnown = false
-
-func listeningAddrs(pgid int) []string { return nil }
+// listeningAddrs: there is no /proc to read listening sockets from.
+func listeningAddrs(pgid int) (addrs []string, known bool) { return nil, false }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io/fs"
 	"net"
@@ -105,30 +106,34 @@ func ephemeralPorts() (lo, hi int, ok bool) {
 // The directory is used through a descriptor, checked to be Caddy's own
 // and private: whoever can write path's directory may rename tmp, but
 // cannot make the bind, the mode or the link act on anything else.
-func bindPrivately(tmp, path string, mode fs.FileMode) (net.Listener, error) {
+func bindPrivately(tmp, path string, mode fs.FileMode) (net.Listener, fs.FileInfo, error) {
 	dirfd, err := unix.Open(tmp, unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer unix.Close(dirfd)
 	var st unix.Stat_t
 	if err := unix.Fstat(dirfd, &st); err != nil || int(st.Uid) != os.Geteuid() || st.Mode&0o077 != 0 {
-		return nil, fmt.Errorf("%s changed while the socket was being made", tmp)
+		return nil, nil, fmt.Errorf("%s changed while the socket was being made", tmp)
 	}
 	defer unix.Unlinkat(dirfd, "s", 0)
-	ln, err := net.Listen("unix", fmt.Sprintf("/proc/self/fd/%d/s", dirfd))
+	inDir := fmt.Sprintf("/proc/self/fd/%d/s", dirfd)
+	ln, err := net.Listen("unix", inDir)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	if err := unix.Fchmodat(dirfd, "s", uint32(mode), 0); err != nil {
+	node, err := os.Lstat(inDir) // the socket's file, as made: only that one is ever removed
+	if err == nil {
+		err = unix.Fchmodat(dirfd, "s", uint32(mode), 0)
+	}
+	if err == nil {
+		err = unix.Linkat(dirfd, "s", unix.AT_FDCWD, path, 0)
+	}
+	if err != nil {
 		ln.Close()
-		return nil, err
+		return nil, nil, err
 	}
-	if err := unix.Linkat(dirfd, "s", unix.AT_FDCWD, path, 0); err != nil {
-		ln.Close()
-		return nil, err
-	}
-	return ln, nil
+	return ln, node, nil
 }
 
 // chmodSocketFile gives the socket file at path mode, if it is still node
@@ -148,25 +153,27 @@ func chmodSocketFile(path string, node fs.FileInfo, mode fs.FileMode) error {
 	return unix.Chmod(fmt.Sprintf("/proc/self/fd/%d", fd), uint32(mode))
 }
 
-// listeningKnown: listeningAddrs can tell.
-const listeningKnown = true
-
 // listeningAddrs lists where the processes of group pgid listen: TCP
 // addresses ("127.0.0.1:9292", "[::]:3000") and unix sockets
 // ("unix//run/app.sock"), read from /proc (the sockets the group's
-// processes hold, and the kernel's tables of listening sockets).
-func listeningAddrs(pgid int) []string {
+// processes hold, and the kernel's tables of listening sockets). known is
+// false when a process's descriptors could not be read (another user's, or
+// not dumpable).
+func listeningAddrs(pgid int) (addrs []string, known bool) {
+	known = true
 	inodes := make(map[string]bool)
 	for _, pid := range groupMembers(pgid) {
 		dir := "/proc/" + strconv.Itoa(pid) + "/fd"
-		entries, _ := os.ReadDir(dir)
+		entries, err := os.ReadDir(dir)
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			known = false
+		}
 		for _, e := range entries {
 			if l, err := os.Readlink(dir + "/" + e.Name()); err == nil && strings.HasPrefix(l, "socket:[") {
 				inodes[strings.TrimSuffix(strings.TrimPrefix(l, "socket:["), "]")] = true
 			}
 		}
 	}
-	var out []string
 	for _, file := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
 		b, _ := os.ReadFile(file)
 		for _, line := range strings.Split(string(b), "\n")[1:] {
@@ -175,20 +182,23 @@ func listeningAddrs(pgid int) []string {
 			if len(f) < 10 || f[3] != "0A" || !inodes[f[9]] {
 				continue
 			}
-			if a := hexAddr(f[1]); a != "" && !slices.Contains(out, a) {
-				out = append(out, a)
+			if a := hexAddr(f[1]); a != "" && !slices.Contains(addrs, a) {
+				addrs = append(addrs, a)
 			}
 		}
 	}
 	b, _ := os.ReadFile("/proc/net/unix")
 	for _, line := range strings.Split(string(b), "\n")[1:] {
-		// Num RefCount Protocol Flags Type St Inode Path; flags 00010000: listening
+		// Num RefCount Protocol Flags Type St Inode Path (which may hold spaces); flags 00010000: listening
 		f := strings.Fields(line)
 		if len(f) >= 8 && f[3] == "00010000" && inodes[f[6]] {
-			out = append(out, "unix/"+f[7])
+			_, path, _ := strings.Cut(line, " "+f[6]+" ")
+			if a := "unix/" + strings.TrimSpace(path); !slices.Contains(addrs, a) {
+				addrs = append(addrs, a)
+			}
 		}
 	}
-	return out
+	return addrs, known
 }
 
 // groupMembers lists the live processes of group pgid.
@@ -213,7 +223,7 @@ func groupMembers(pgid int) []int {
 }
 
 // hexAddr reads an address of /proc/net/tcp{,6}: the IP as 32-bit words in
-// the host's byte order (little-endian here), then the port.
+// the host's byte order, then the port.
 func hexAddr(s string) string {
 	ipHex, portHex, ok := strings.Cut(s, ":")
 	port, err := strconv.ParseUint(portHex, 16, 16)
@@ -223,7 +233,7 @@ func hexAddr(s string) string {
 	}
 	ip := make(net.IP, len(raw))
 	for i := 0; i < len(raw); i += 4 {
-		binary.BigEndian.PutUint32(ip[i:], binary.LittleEndian.Uint32(raw[i:]))
+		binary.BigEndian.PutUint32(ip[i:], binary.NativeEndian.Uint32(raw[i:]))
 	}
 	return net.JoinHostPort(ip.String(), strconv.FormatUint(port, 10))
 }

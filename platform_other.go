@@ -123,13 +123,15 @@ func isPrivateDir(path string) bool {
 }
 
 // No socket handover on this platform: never called.
-func bindPrivately(tmp, path string, mode fs.FileMode) (net.Listener, error) {
-	return nil, fmt.Errorf("unix sockets for processes are not supported on %s", osName)
+func bindPrivately(tmp, path string, mode fs.FileMode) (net.Listener, fs.FileInfo, error) {
+	return nil, nil, fmt.Errorf("unix sockets for processes are not supported on %s", osName)
 }
 
 func chmodSocketFile(path string, node fs.FileInfo, mode fs.FileMode) error { return nil }
 
-// listeningKnown: there is no /proc to read listening sockets from.
-const listeningKnown = false
+// listeningAddrs: there is no /proc to read listening sockets from.
+func listeningAddrs(pgid int) (addrs []string, known bool) { return nil, false }
 
-func listeningAddrs(pgid int) []string { return nil }
+// ownedPath reports whether path is a directory (Windows: its ACL decides
+// who may change it).
+func ownedPath(path string) bool { return isPrivateDir(path) }

@@ -5,6 +5,7 @@ package supervise
 import (
 	"fmt"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"syscall"
@@ -51,7 +52,9 @@ func (p *Process) checkPrivileges() error {
 	if p.id == nil {
 		return nil
 	}
-	if os.Geteuid() != 0 && (p.id.uid == 0 || p.id.gid == 0 || slices.Contains(p.id.groups, 0)) {
+	current, _ := os.Getgroups()
+	rootGroup := os.Getegid() == 0 || slices.Contains(current, 0) // a Caddy in group 0 (OpenShift) keeps it
+	if os.Geteuid() != 0 && (p.id.uid == 0 || !rootGroup && (p.id.gid == 0 || slices.Contains(p.id.groups, 0))) {
 		// with CAP_SETUID a non-root Caddy could, and so could anyone who
 		// reaches its admin endpoint or runs its binary
 		return fmt.Errorf("process %q: %s: a Caddy that does not run as root does not start processes as root (uid 0, or group 0)", p.Name, p.identityName())
@@ -100,4 +103,24 @@ func isPrivateDir(path string) bool {
 	}
 	st, ok := fi.Sys().(*syscall.Stat_t)
 	return ok && int(st.Uid) == os.Geteuid()
+}
+
+// ownedPath reports whether path is a directory (not a symlink) that,
+// with every directory above it, belongs to Caddy's user or to root and
+// that no one else may write (a sticky directory, such as /tmp, aside):
+// no one else can move it away or put something in its place.
+func ownedPath(path string) bool {
+	for p := filepath.Clean(path); ; p = filepath.Dir(p) {
+		fi, err := os.Lstat(p)
+		if err != nil || !fi.IsDir() {
+			return false
+		}
+		st, ok := fi.Sys().(*syscall.Stat_t)
+		if !ok || (int(st.Uid) != os.Geteuid() && st.Uid != 0) || (fi.Mode().Perm()&0o022 != 0 && fi.Mode()&os.ModeSticky == 0) {
+			return false
+		}
+		if p == filepath.Dir(p) {
+			return true
+		}
+	}
 }

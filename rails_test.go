@@ -221,3 +221,27 @@ func TestCaddySuperviseCommand(t *testing.T) {
 	c.signal(syscall.SIGTERM)
 	c.wait(20 * time.Second)
 }
+
+// `caddy supervise --blue-green` with Rails: an admin restart starts the
+// new Rails beside the old one (each with its own pidfile: rails server
+// refuses to start while a pidfile names a live server), and under load no
+// request fails.
+func TestRailsBlueGreenRestart(t *testing.T) {
+	dir := railsDir(t)
+	httpPort, adminPort := freePort(t), freePort(t)
+	cfg := map[string]any{"admin": map[string]any{"listen": fmt.Sprintf("127.0.0.1:%d", adminPort)}}
+	c := superviseCaddy(t, dir,
+		[]string{"--blue-green", "--ready", "/up", "--admin", fmt.Sprintf("127.0.0.1:%d", adminPort), "--output", "log"},
+		[]string{"bin/rails", "server"},
+		"HTTP_PORT="+strconv.Itoa(httpPort), "RAILS_ENV=production", "BOOT_DELAY=1")
+	c.waitLog(`"to":"ready"`, 30*time.Second)
+	l := startLoad(fmt.Sprintf("http://127.0.0.1:%d/slow?ms=20", httpPort), 8)
+	l.waitOK(t, 50, 20*time.Second)
+	before := status(t, cfg, "app")
+	var after Status
+	if code := adminDo(t, cfg, "POST", "/supervise/app/restart", &after); code != 200 || after.PID == before.PID {
+		t.Fatalf("restart: %d %+v (before %+v)", code, after, before)
+	}
+	l.waitOK(t, l.ok.Load()+50, 20*time.Second)
+	finishUnderLoad(t, c, l, 0, 20*time.Second)
+}

@@ -63,6 +63,7 @@ func (p *Process) provisionReady() error {
 		// not once it started: a reload or restart waits for that, and with
 		// `port auto` replaces it beside the old one
 		p.Ready = &ReadyProbe{TCP: new(string)}
+		p.readyDefault = true
 	}
 	if p.Ready == nil {
 		if p.ReadyTimeout != 0 {
@@ -186,7 +187,7 @@ func httpCheck(target, unixPath string) check {
 		}
 		resp.Body.Close()
 		if resp.StatusCode < 200 || resp.StatusCode >= 400 {
-			return errors.New(resp.Status)
+			return errors.New(cut(resp.Status, 100))
 		}
 		return nil
 	}
@@ -212,11 +213,29 @@ func netCause(err error) error {
 	return err
 }
 
+// portCheck is the default probe of a process with a port: a TCP
+// connection to it on either loopback address (an app may listen on
+// 127.0.0.1, on ::1 only, or on both).
+func portCheck(port int) check {
+	v4 := tcpCheck(net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+	v6 := tcpCheck(net.JoinHostPort("::1", strconv.Itoa(port)))
+	return func(ctx context.Context) error {
+		err := v4(ctx)
+		if err != nil && v6(ctx) == nil {
+			return nil
+		}
+		return err
+	}
+}
+
 // probeName says what the readiness probe does: "GET
 // http://127.0.0.1:3000/up", "TCP connect 127.0.0.1:3000".
 func (p *Process) probeName(port int) string {
-	if p.Ready.HTTP != nil {
+	switch {
+	case p.Ready.HTTP != nil:
 		return "GET " + p.probeTarget(port)
+	case p.readyDefault:
+		return fmt.Sprintf("TCP connect 127.0.0.1:%d or [::1]:%d", port, port)
 	}
 	return "TCP connect " + p.probeTarget(port)
 }
@@ -225,7 +244,10 @@ func (p *Process) probeName(port int) string {
 // is not where it is probed (best effort: Linux, TCP and unix sockets of
 // its process group): "the app listens on 127.0.0.1:9292".
 func (p *Process) listeningHint(pgid, port int) string {
-	addrs := listeningAddrs(pgid)
+	if p.Socket != "" && p.sockAddr.IsUnixNetwork() {
+		return "" // it is probed through its socket: nothing to compare
+	}
+	addrs, known := listeningAddrs(pgid)
 	target := p.probeTarget(port)
 	if u, err := url.Parse(target); err == nil && u.Host != "" {
 		target = u.Host
@@ -237,12 +259,22 @@ func (p *Process) listeningHint(pgid, port int) string {
 		}
 	}
 	switch {
+	case len(addrs) > 5:
+		return "the app listens on " + strings.Join(addrs[:5], ", ") + fmt.Sprintf(" and %d more", len(addrs)-5)
 	case len(addrs) > 0:
 		return "the app listens on " + strings.Join(addrs, ", ")
-	case listeningKnown:
+	case known:
 		return "the app listens on no TCP port or unix socket yet"
 	}
 	return ""
+}
+
+// cut shortens s to n bytes.
+func cut(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
 }
 
 // freeLoopbackPort picks a port for `port auto`: one that is free on the

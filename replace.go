@@ -207,6 +207,7 @@ func (j *job) candidateReady(s *service) {
 	in := j.cand
 	old := s.slots[j.slot] // beside: the old one, or what a crash restart started meanwhile
 	s.slots[j.slot], s.port = in, in.port
+	s.ended = false   // the old one may have ended for good meanwhile: this one serves
 	s.cancelRestart() // the old one's crash restart, if it is due: this one serves now
 	j.cand = nil
 	if j.exitMode {
@@ -228,7 +229,7 @@ func (j *job) candidateReady(s *service) {
 		s.history.restarts++
 	}
 	s.backoff.delay = 0 // a new instance that got ready: a crash of it starts the back-off over
-	j.reply(nil)
+	j.reply(s, nil)
 	s.endJob()
 }
 
@@ -257,7 +258,7 @@ func (j *job) instanceExited(s *service, in *instance, fields []zap.Field) {
 			}
 		}
 		if j.aborted != nil {
-			j.reply(j.aborted)
+			j.reply(s, j.aborted)
 			s.endJob()
 			return
 		}
@@ -280,28 +281,30 @@ func (j *job) instanceExited(s *service, in *instance, fields []zap.Field) {
 func (j *job) fail(s *service, err error) {
 	switch {
 	case j.aborted != nil || j.exitMode:
-		j.reply(err)
+		j.reply(s, err)
 	case j.beside && s.slots[j.slot] == nil:
-		j.reply(fmt.Errorf("%v; the old instance exited meanwhile, and its restart policy applies", err))
+		j.reply(s, fmt.Errorf("%v; the old instance exited meanwhile, and its restart policy applies", err))
 	case j.beside:
-		j.reply(fmt.Errorf("%v; the old instance still serves", err))
+		j.reply(s, fmt.Errorf("%v; the old instance still serves", err))
 	case j.prevDef == nil || s.exiting:
-		j.reply(err)
+		j.reply(s, err)
 	default:
 		if rerr := s.startServing(j.prevDef); rerr != nil {
-			j.reply(fmt.Errorf("%v; starting the previous definition again failed too: %v", err, rerr))
+			j.reply(s, fmt.Errorf("%v; starting the previous definition again failed too: %v", err, rerr))
 			s.crashed(&instance{result: exitResult{code: 127, how: "not started"}})
 			break
 		}
 		s.log().Warn("the new definition did not take over: the previous one was started again", zap.Int("pid", s.slots[0].getPID()))
-		j.reply(fmt.Errorf("%v; the previous definition was started again", err))
+		j.reply(s, fmt.Errorf("%v; the previous definition was started again", err))
 	}
 	s.endJob()
 }
 
-// reply answers whoever waits for the job, once.
-func (j *job) reply(err error) {
+// reply answers whoever waits for the job, once, after the service's view
+// shows what the job did: a config that goes on reads it.
+func (j *job) reply(s *service, err error) {
 	if j.answer != nil {
+		s.publish()
 		j.answer(err)
 		j.answer = nil
 	}
@@ -318,7 +321,7 @@ func (j *job) abort(s *service, err error) {
 	case j.old != nil && j.old.live():
 		// the old one stops already; its exit ends the job
 	default:
-		j.reply(err)
+		j.reply(s, err)
 		s.endJob()
 	}
 }
@@ -332,23 +335,23 @@ func (j *job) callerExits(s *service) {
 	if j.answer == nil {
 		return
 	}
-	if j.beside {
+	if j.beside && s.slots[j.slot] != nil {
 		err := fmt.Errorf("process %q: the new instance: %w; the old instance gets the exit sequence", s.name, errExiting)
-		j.reply(err) // at once: the reload holds Caddy's config lock, which its exit needs
+		j.reply(s, err) // at once: the reload holds Caddy's config lock, which its exit needs
 		j.abort(s, err)
 		return
 	}
 	j.exitMode = true
-	j.reply(fmt.Errorf("process %q: %w; the new instance boots on and serves the drain", s.name, errExiting))
+	j.reply(s, fmt.Errorf("process %q: %w; the new instance boots on and serves the drain", s.name, errExiting))
 }
 
 // noticeExit runs while someone waits for a job or for the process (a
 // reload queued behind a restart): Caddy's exit calls them off (see
 // callerExits), so that Caddy, which needs the config lock a waiting
 // reload holds, can go on with its exit.
-func (s *service) noticeExit() {
+func (s *service) noticeExit() bool {
 	if !callerExiting() {
-		return
+		return false
 	}
 	for _, q := range s.queue {
 		q.reply <- fmt.Errorf("process %q: %w", s.name, errExiting)
@@ -358,6 +361,7 @@ func (s *service) noticeExit() {
 		s.job.callerExits(s)
 	}
 	s.stopExitTick()
+	return true
 }
 
 func (s *service) stopExitTick() {
@@ -382,6 +386,9 @@ func (s *service) endJob() {
 		next := s.queue[0]
 		s.queue = s.queue[1:]
 		s.acquire(next)
+	}
+	if s.job == nil && len(s.queue) == 0 {
+		s.stopExitTick()
 	}
 }
 

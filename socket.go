@@ -318,7 +318,7 @@ func openSocket(addr caddy.NetworkAddress, mode fs.FileMode) (*heldSocket, error
 	var err error
 	s := &heldSocket{}
 	if addr.IsUnixNetwork() {
-		ln, err = bindUnix(addr.Host, mode)
+		ln, s.node, err = bindUnix(addr.Host, mode)
 		s.path = addr.Host
 	} else {
 		ln, err = net.Listen(addr.Network, addr.JoinHostPort(0))
@@ -328,7 +328,6 @@ func openSocket(addr caddy.NetworkAddress, mode fs.FileMode) (*heldSocket, error
 	}
 	if ul, ok := ln.(*net.UnixListener); ok {
 		ul.SetUnlinkOnClose(false) // the file stays while Caddy holds the socket
-		s.node, _ = os.Lstat(s.path)
 	}
 	s.file, err = ln.(interface{ File() (*os.File, error) }).File()
 	ln.Close() // s.file is a duplicate: the socket stays open
@@ -348,29 +347,29 @@ func openSocket(addr caddy.NetworkAddress, mode fs.FileMode) (*heldSocket, error
 // umask's mode, and nothing at path is ever replaced (see bindPrivately). What is at path may
 // only be removed if it is a socket that refuses connections (stale), and
 // is checked again right before.
-func bindUnix(path string, mode fs.FileMode) (net.Listener, error) {
+func bindUnix(path string, mode fs.FileMode) (net.Listener, fs.FileInfo, error) {
 	if fi, err := os.Lstat(path); err == nil {
 		if fi.Mode().Type() != fs.ModeSocket {
-			return nil, fmt.Errorf("%s exists and is not a socket", path)
+			return nil, nil, fmt.Errorf("%s exists and is not a socket", path)
 		}
 		if err := removeStaleSocket(path); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	}
 	tmp, err := os.MkdirTemp(filepath.Dir(path), ".caddy-supervise-")
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer os.Remove(tmp)
-	ln, err := bindPrivately(tmp, path, mode)
+	ln, node, err := bindPrivately(tmp, path, mode)
 	if err != nil && errors.Is(err, fs.ErrExist) {
-		return nil, fmt.Errorf("%s appeared while the socket was being made: %w", path, syscall.EADDRINUSE)
+		return nil, nil, fmt.Errorf("%s appeared while the socket was being made: %w", path, syscall.EADDRINUSE)
 	}
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	ln.(*net.UnixListener).SetUnlinkOnClose(false) // its name in tmp is gone; path stays
-	return ln, nil
+	return ln, node, nil
 }
 
 // removeStaleSocket removes the socket file at path if nothing listens on

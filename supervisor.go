@@ -65,6 +65,7 @@ type service struct {
 	gone      []chan struct{}
 	lastSeen  *instance // the instance the status shows while none serves
 	exitTick  *time.Ticker
+	unborn    bool // made for an event it has not taken yet
 }
 
 // holder is a config that holds the process, with its definition.
@@ -190,9 +191,9 @@ func ask(name string, ev any) *service {
 }
 
 func newService(name string) *service {
-	s := &service{name: name, events: make(chan any), done: make(chan struct{}), slots: make([]*instance, 1)}
+	s := &service{name: name, events: make(chan any), done: make(chan struct{}), slots: make([]*instance, 1), unborn: true}
 	s.logger.Store(zap.NewNop())
-	s.publish()
+	s.publish() // pending: a config is acquiring it (readers wait for its first instance)
 	return s
 }
 
@@ -216,8 +217,12 @@ func (s *service) log() *zap.Logger { return s.logger.Load() }
 // for, until nothing is left to supervise.
 func (s *service) loop(first any) {
 	s.handle(first)
+	s.unborn = false
+	changed := true
 	for {
-		s.publish()
+		if changed {
+			s.publish()
+		}
 		if s.finished() {
 			registry.Lock()
 			if registry.services[s.name] == s {
@@ -234,8 +239,9 @@ func (s *service) loop(first any) {
 		select {
 		case ev := <-s.events:
 			s.handle(ev)
+			changed = true
 		case <-tick:
-			s.noticeExit()
+			changed = s.noticeExit() // most ticks change nothing: no view to publish
 		}
 	}
 }
@@ -332,9 +338,11 @@ func (s *service) acquire(ev acquireEv) {
 	case in != nil && in.key == h.key && (in.state == stateStarting || in.state == stateReady):
 		s.hold(h)
 		s.log().Info("process kept running across config change", zap.Int("pid", in.getPID()))
+		s.publish() // before the config goes on: its upstreams read it
 		ev.reply <- nil
 	case in == nil && s.backoff.pending && s.currentKey() == h.key && s.yieldedTo == nil:
 		s.hold(h) // restarting after a crash: the restart goes on
+		s.publish()
 		ev.reply <- nil
 	case s.stopAll != "":
 		ev.reply <- fmt.Errorf("process %q: %w", s.name, errExiting)
@@ -351,6 +359,7 @@ func (s *service) acquire(ev acquireEv) {
 			ev.reply <- err
 			return
 		}
+		s.publish()
 		ev.reply <- nil
 	default:
 		s.replace(newReload(s, h, ev))

@@ -380,6 +380,9 @@ var caddyfileTemplate = template.Must(template.New("Caddyfile").Funcs(template.F
 		socket {{q .Socket}}
 {{- else if .BlueGreen}}
 		port auto
+		# two instances run side by side: Rails' server must not find the
+		# other's pidfile (a Puma config may read PIDFILE too)
+		env PIDFILE tmp/pids/server.{supervise.port}.pid
 {{- else}}
 		port {{.TargetPort}}
 {{- end}}
@@ -441,7 +444,7 @@ var caddyfileTemplate = template.Must(template.New("Caddyfile").Funcs(template.F
 			}
 			# the wait for the app is the upstream's (it ends when the client
 			# goes away); reverse_proxy only retries a request cut by a crash
-			lb_try_duration 2s
+			lb_retries 3
 {{- if .XSendfile}}
 			header_up X-Sendfile-Type X-Sendfile
 			@sendfile header X-Sendfile *

@@ -119,13 +119,13 @@ func TestThrusterFlags(t *testing.T) {
 		set  func(*thrusterConfig)
 		want []string
 	}{
-		{"blue-green", func(c *thrusterConfig) { c.BlueGreen, c.Ready = true, "/up" }, []string{"port auto", "ready http /up"}},
+		{"blue-green", func(c *thrusterConfig) { c.BlueGreen, c.Ready = true, "/up" }, []string{"port auto", "ready http /up", "env PIDFILE tmp/pids/server.{supervise.port}.pid"}},
 		{"socket", func(c *thrusterConfig) { c.Socket = "unix//run/app.sock" }, []string{"socket unix//run/app.sock"}},
 		{"admin off", func(c *thrusterConfig) { c.AdminAddr = "off" }, []string{"admin off"}},
 		{"a slow entrypoint, a load balancer, Caddy's log", func(c *thrusterConfig) {
 			c.ReadyTimeout, c.ShutdownDelay, c.Output = 3*time.Minute, 5*time.Second, OutputLog
 		}, []string{"ready_timeout 3m0s", "shutdown_delay 5s", "output log"}},
-		{"defaults", func(c *thrusterConfig) {}, []string{"ready_timeout 1m0s", "output inherit", "lb_try_duration 2s"}},
+		{"defaults", func(c *thrusterConfig) {}, []string{"ready_timeout 1m0s", "output inherit", "lb_retries 3"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c, err := thrusterFor(t, nil)

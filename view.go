@@ -58,8 +58,8 @@ func (s *service) publish() {
 			v.addrs = append(v.addrs, in.address())
 		}
 	}
-	v.pending = len(v.addrs) == 0 && len(s.holders) > 0 && s.stopAll == "" && s.yieldedTo == nil && !s.ended &&
-		(serving || s.job != nil || s.backoff.pending)
+	v.pending = len(v.addrs) == 0 && (s.unborn || len(s.holders) > 0 && s.stopAll == "" && s.yieldedTo == nil && !s.ended &&
+		(serving || s.job != nil || s.backoff.pending))
 	in := s.slots[0]
 	v.metrics = viewMetrics{
 		up:        in != nil && in.live(),

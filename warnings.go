@@ -33,6 +33,9 @@ func (a *App) warnUnsafe(httpApp *caddyhttp.App) {
 				switch h := h.(type) {
 				case *reverseproxy.Handler:
 					proxies = append(proxies, h)
+					for _, hr := range h.HandleResponse {
+						walk(hr.Routes)
+					}
 				case *caddyhttp.Subroute:
 					walk(h.Routes)
 				}
@@ -41,32 +44,43 @@ func (a *App) warnUnsafe(httpApp *caddyhttp.App) {
 	}
 	for _, srv := range httpApp.Servers {
 		walk(srv.Routes)
+		if srv.Errors != nil {
+			walk(srv.Errors.Routes)
+		}
+		for _, r := range srv.NamedRoutes {
+			if r != nil {
+				walk(caddyhttp.RouteList{*r})
+			}
+		}
 	}
 	budget := time.Duration(httpApp.ShutdownDelay) + time.Duration(httpApp.GracePeriod)
 	for _, p := range a.Processes {
-		if budget > time.Duration(p.DrainTimeout) {
-			a.logger.Warn(fmt.Sprintf("process %s: shutdown_delay + grace_period (%s) is longer than its drain_timeout (%s): it gets its stop signal while Caddy still drains; raise drain_timeout, or lower them",
-				p.Name, budget, p.DrainTimeout))
-		}
 		named := slices.ContainsFunc(proxies, func(h *reverseproxy.Handler) bool {
 			u, ok := h.DynamicUpstreams.(*Upstreams)
 			return ok && u.Name == p.Name
 		})
+		var static []string // static upstreams on its port, on this host
+		for _, h := range proxies {
+			for _, u := range h.Upstreams {
+				host, port, err := net.SplitHostPort(u.Dial)
+				if err == nil && p.Port != "" && port == p.Port && (host == "" || host == "localhost" || net.ParseIP(host).IsLoopback()) {
+					if h.LoadBalancing == nil || (h.LoadBalancing.TryDuration == 0 && h.LoadBalancing.Retries == 0) {
+						static = append(static, u.Dial)
+					}
+				}
+			}
+		}
+		if (named || len(static) > 0) && budget > time.Duration(p.DrainTimeout) {
+			a.logger.Warn(fmt.Sprintf("process %s: shutdown_delay + grace_period (%s) is longer than its drain_timeout (%s): it gets its stop signal while Caddy still drains; raise drain_timeout, or lower them",
+				p.Name, budget, p.DrainTimeout))
+		}
 		if p.Port == "auto" && !named && len(proxies) > 0 {
 			a.logger.Warn(fmt.Sprintf("process %s: port auto, but no reverse_proxy uses `dynamic supervise %s`: nothing else can find its port", p.Name, p.Name))
 		}
-		if p.Port == "" || p.Port == "auto" {
-			continue
-		}
-		for _, h := range proxies {
-			if h.LoadBalancing != nil && (h.LoadBalancing.TryDuration > 0 || h.LoadBalancing.Retries > 0) {
-				continue
-			}
-			for _, u := range h.Upstreams {
-				if _, port, err := net.SplitHostPort(u.Dial); err == nil && port == p.Port {
-					a.logger.Warn(fmt.Sprintf("process %s: port %s behind reverse_proxy %s without lb_try_duration: every request of a restart's gap fails with 502; use `dynamic supervise %s` (or lb_try_duration)",
-						p.Name, p.Port, u.Dial, p.Name))
-				}
+		if p.Port != "auto" {
+			for _, dial := range static {
+				a.logger.Warn(fmt.Sprintf("process %s: port %s behind reverse_proxy %s without lb_try_duration or lb_retries: every request of a restart's gap fails with 502; use `dynamic supervise %s`",
+					p.Name, p.Port, dial, p.Name))
 			}
 		}
 	}
