@@ -135,3 +135,6 @@ func listeningAddrs(pgid int) (addrs []string, known bool) { return nil, false }
 // ownedPath reports whether path is a directory (Windows: its ACL decides
 // who may change it).
 func ownedPath(path string) bool { return isPrivateDir(path) }
+
+// fileID: no inode here; size and modification time tell versions apart.
+func fileID(fi os.FileInfo) ([2]uint64, bool) { return [2]uint64{}, false }

@@ -43,7 +43,7 @@ func pumaProc(t testing.TB, release, port string, extraEnv map[string]string) ma
 	return p
 }
 
-func needPuma(t *testing.T) {
+func needPuma(t testing.TB) {
 	t.Helper()
 	if _, err := exec.LookPath("puma"); err != nil {
 		t.Skip("Debian's puma is not installed (scripts/deps.sh installs it)")

@@ -29,7 +29,7 @@ func railsDir(t testing.TB) string {
 	if exec.Command("ruby", "-e", `require "action_controller/railtie"`).Run() != nil {
 		t.Skip("Debian's ruby-railties is not installed (scripts/deps.sh installs it)")
 	}
-	needPuma(t.(*testing.T))
+	needPuma(t)
 	return dir
 }
 

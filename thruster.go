@@ -64,6 +64,7 @@ type thrusterConfig struct {
 	HTTPSPort                     int
 	XSendfile, Gzip, GzipNoAuth   bool
 	MaxRequestBody                int64
+	CacheSize, MaxCacheItemSize   int64 // of supervise_public's memory cache
 	Idle, Read, Write             time.Duration
 	BadGatewayPage, StoragePath   string
 	ACMEDirectory, EABKID, EABMAC string
@@ -135,8 +136,6 @@ func (c *thrusterConfig) readThrusterEnv(getenv func(string) (string, bool)) err
 		}
 		switch {
 		case !ok:
-		case v.name == "CACHE_SIZE" || v.name == "MAX_CACHE_ITEM_SIZE":
-			c.warnings = append(c.warnings, from+": Caddy keeps no response cache; files under the public directory are served from disk instead")
 		case v.name == "GZIP_COMPRESSION_JITTER" && val != "0":
 			c.warnings = append(c.warnings, from+": Caddy adds no jitter to compressed responses; use GZIP_COMPRESSION_DISABLE_ON_AUTH against BREACH")
 		}
@@ -169,6 +168,8 @@ func (c *thrusterConfig) readThrusterEnv(getenv func(string) (string, bool)) err
 	c.TargetPort, c.HTTPPort, c.HTTPSPort = atoi("TARGET_PORT"), atoi("HTTP_PORT"), atoi("HTTPS_PORT")
 	c.XSendfile, c.Gzip, c.GzipNoAuth = flag("X_SENDFILE_ENABLED"), flag("GZIP_COMPRESSION_ENABLED"), flag("GZIP_COMPRESSION_DISABLE_ON_AUTH")
 	c.MaxRequestBody, _ = strconv.ParseInt(vals["MAX_REQUEST_BODY"], 10, 64)
+	c.CacheSize, _ = strconv.ParseInt(vals["CACHE_SIZE"], 10, 64)
+	c.MaxCacheItemSize, _ = strconv.ParseInt(vals["MAX_CACHE_ITEM_SIZE"], 10, 64)
 	c.Idle, c.Read, c.Write = seconds("HTTP_IDLE_TIMEOUT"), seconds("HTTP_READ_TIMEOUT"), seconds("HTTP_WRITE_TIMEOUT")
 	c.BadGatewayPage, c.StoragePath = vals["BAD_GATEWAY_PAGE"], vals["STORAGE_PATH"]
 	c.ACMEDirectory, c.EABKID, c.EABMAC = vals["ACME_DIRECTORY"], vals["EAB_KID"], vals["EAB_HMAC_KEY"]
@@ -354,6 +355,9 @@ var caddyfileTemplate = template.Must(template.New("Caddyfile").Funcs(template.F
 	}
 {{- end}}
 {{- end}}
+{{- if .PublicDir}}
+	order supervise_public after encode
+{{- end}}
 	servers {
 		timeouts {
 {{- if .Read}}
@@ -361,6 +365,9 @@ var caddyfileTemplate = template.Must(template.New("Caddyfile").Funcs(template.F
 {{- end}}
 {{- if .Write}}
 			write {{.Write}}
+			# the hard write timeout bounds a stalled client, as in Thruster;
+			# Caddy's write_idle would also keep files off sendfile
+			write_idle -1s
 {{- end}}
 {{- if .Idle}}
 			idle {{.Idle}}
@@ -422,19 +429,12 @@ var caddyfileTemplate = template.Must(template.New("Caddyfile").Funcs(template.F
 	@no_request_start not header X-Request-Start *
 	request_header @no_request_start X-Request-Start "t={time.now.unix_ms}"
 {{- if .PublicDir}}
-	@public {
-		file {
-			root {{q .PublicDir}}
-			try_files {path}
-		}
-		not path */
-	}
-	handle @public {
-		root * {{q .PublicDir}}
-		header /assets/* Cache-Control "public, max-age=31536000, immutable"
-		file_server {
-			precompressed br gzip
-		}
+	# files of the public directory, small ones from memory; other
+	# requests go on to the app
+	supervise_public {{q .PublicDir}} {
+		cache_size {{.CacheSize}}
+		max_item_size {{.MaxCacheItemSize}}
+		immutable /assets/
 	}
 {{- end}}
 	handle {

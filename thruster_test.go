@@ -33,7 +33,7 @@ func TestThrusterCaddyfile(t *testing.T) {
 	}{
 		{"defaults", nil, []string{
 			"http://:80 {", "port 3000", "ready tcp", "encode zstd gzip", "header_up X-Sendfile-Type X-Sendfile",
-			"rewrite * {rp.header.X-Sendfile}", "read_body 30s", "write 30s", "idle 1m0s", "log\n",
+			"rewrite * {rp.header.X-Sendfile}", "read_body 30s", "write 30s", "write_idle -1s", "idle 1m0s", "log\n",
 			"trusted_proxies static", `request_header @no_request_start X-Request-Start "t={time.now.unix_ms}"`,
 		}, []string{"request_body", "storage", "debug", "h2c"}},
 		{"TLS", map[string]string{"TLS_DOMAIN": "example.com, www.example.com", "ACME_DIRECTORY": "https://acme.test/dir",
@@ -48,6 +48,8 @@ func TestThrusterCaddyfile(t *testing.T) {
 			"HTTP_IDLE_TIMEOUT": "5"}, []string{
 			"header_up -X-Sendfile-Type", "max_size 1048576", "debug", "idle 5s",
 		}, []string{"encode", "handle_response", "log\n", "trusted_proxies"}},
+		// no hard write timeout: Caddy's write_idle stays, against stalled clients
+		{"no write timeout", map[string]string{"HTTP_WRITE_TIMEOUT": "0"}, []string{"read_body 30s"}, []string{"\t\t\twrite ", "write_idle"}},
 		{"gzip not on auth", map[string]string{"GZIP_COMPRESSION_DISABLE_ON_AUTH": "true"},
 			[]string{"not header Cookie *", "not header Authorization *", "encode @compress zstd gzip"}, nil},
 	} {
@@ -90,9 +92,15 @@ func TestThrusterEnvErrors(t *testing.T) {
 			t.Errorf("%v: %v, want %q", tc.env, err, tc.want)
 		}
 	}
-	c, err := thrusterFor(t, map[string]string{"CACHE_SIZE": "1000", "GZIP_COMPRESSION_JITTER": "16"})
-	if err != nil || len(c.warnings) != 2 {
-		t.Errorf("accepted variables that change nothing: %v, warnings %q", err, c.warnings)
+	c, err := thrusterFor(t, map[string]string{"GZIP_COMPRESSION_JITTER": "16"})
+	if err != nil || len(c.warnings) != 1 {
+		t.Errorf("an accepted variable that changes nothing: %v, warnings %q", err, c.warnings)
+	}
+	// Thruster's cache sizes are supervise_public's
+	c, err = thrusterFor(t, map[string]string{"CACHE_SIZE": "1000", "MAX_CACHE_ITEM_SIZE": "10"})
+	c.PublicDir = "public"
+	if err != nil || len(c.warnings) != 0 || !strings.Contains(c.caddyfile(), "cache_size 1000\n\t\tmax_item_size 10\n") {
+		t.Errorf("CACHE_SIZE, MAX_CACHE_ITEM_SIZE: %v, warnings %q", err, c.warnings)
 	}
 }
 

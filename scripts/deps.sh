@@ -2,7 +2,8 @@
 # Installs the real app servers the tests run, from Debian's packages, when
 # they are missing: Puma 5.6 (and Ruby's Rack), gunicorn 20.1, uvicorn 0.17,
 # Rails 6.1 (ruby-railties: a one-file app is a real Rails stack), and
-# setcap (libcap2-bin) for the capability tests.
+# setcap (libcap2-bin) for the capability tests, strace to see which
+# system calls send files; `deps.sh bench` adds wrk for scripts/bench.sh.
 # Needs root (or sudo) and
 # apt-get; elsewhere the tests that need a package skip and say which.
 set -euo pipefail
@@ -12,6 +13,8 @@ command -v puma >/dev/null 2>&1 || need+=(puma)
 /usr/bin/python3 -c "import uvicorn" >/dev/null 2>&1 || need+=(python3-uvicorn)
 ruby -e 'require "action_controller/railtie"' >/dev/null 2>&1 || need+=(ruby-railties)
 command -v setcap >/dev/null 2>&1 || [ -x /usr/sbin/setcap ] || need+=(libcap2-bin)
+command -v strace >/dev/null 2>&1 || need+=(strace)
+[ "${1:-}" != bench ] || command -v wrk >/dev/null 2>&1 || need+=(wrk)
 [ ${#need[@]} -eq 0 ] && exit 0
 if ! command -v apt-get >/dev/null 2>&1; then
 	echo "deps: no apt-get; tests that need ${need[*]} will skip" >&2

@@ -5,6 +5,7 @@
 #   GET /up          200 once booted (the health check)
 #   GET /report      send_file of files/report.txt: with X-Sendfile-Type, an
 #                    empty body and an X-Sendfile header
+#   GET /blob        send_file of $BLOB_FILE (application/octet-stream)
 #   GET /big         a 240 kB text page
 #   GET /slow?ms=N   answers after N milliseconds
 #   GET /headers     the request headers the app got, one per line
@@ -28,6 +29,7 @@ class TestApp < Rails::Application
     get "/" => "pages#index"
     get "/up" => "pages#up"
     get "/report" => "pages#report"
+    get "/blob" => "pages#blob"
     get "/big" => "pages#big"
     get "/slow" => "pages#slow"
     get "/headers" => "pages#request_headers"
@@ -45,6 +47,10 @@ class PagesController < ActionController::Base
 
   def report
     send_file Rails.root.join("files", "report.txt"), type: "text/plain", disposition: "attachment"
+  end
+
+  def blob
+    send_file ENV.fetch("BLOB_FILE"), type: "application/octet-stream"
   end
 
   def big

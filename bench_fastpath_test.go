@@ -1,0 +1,227 @@
+package supervise
+
+import (
+	"crypto/rand"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	neturl "net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// BenchmarkOneLine measures, side by side in one run, what a Rails user
+// of `caddy supervise` gets on Thruster's own ground (issue 20): the one
+// line in front of Debian's Puma running the test Rails app, against
+// hand-written Caddy configs in front of the same app instance, with wrk
+// (scripts/deps.sh bench installs it). Each figure is the median of
+// rounds of 5 s, the configs taking turns within a round:
+//
+//   - X-Sendfile of a 5 MB file (4 connections): the one line vs a minimal
+//     Caddyfile (reverse_proxy with only the handle_response + file_server
+//     part; Caddy's defaults otherwise), and vs a plain file_server of the
+//     same file (the ceiling: no round trip to the app);
+//   - a 20 KB asset of public/ (16 connections): the one line vs a plain
+//     file_server;
+//   - a proxied dynamic request, GET / (16 connections): the one line vs
+//     the same generated config with a static upstream and no supervised
+//     process (the cost of the dynamic upstream), and vs a bare
+//     reverse_proxy (what the generated extras cost); and a bare Caddy
+//     reverse_proxy vs Go's httputil.ReverseProxy (Thruster's proxy) run
+//     in the benchmark's process.
+//
+// Request logs are off in the one line (LOG_REQUESTS=false), as in the
+// hand-written configs, which run in one Caddy with the generated global
+// options (so write_idle is off there too: their files go out through
+// sendfile as well). Then the RSS of both Caddy processes, idle and after
+// the load.
+func BenchmarkOneLine(b *testing.B) {
+	wrk, err := exec.LookPath("wrk")
+	if err != nil {
+		b.Skip("wrk is not installed (bash scripts/deps.sh bench installs it)")
+	}
+	dir := railsDir(b)
+	blob := filepath.Join(b.TempDir(), "blob.bin")
+	data := make([]byte, 5_000_000)
+	rand.Read(data)
+	if err := os.WriteFile(blob, data, 0o644); err != nil {
+		b.Fatal(err)
+	}
+	// the plain file_server's root: the blob and a copy of the asset
+	asset, err := os.ReadFile(filepath.Join(dir, "public", "assets", "app-4567cdef.js"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(filepath.Dir(blob), "app-4567cdef.js"), asset, 0o644); err != nil {
+		b.Fatal(err)
+	}
+	rounds := 3
+	if n, err := strconv.Atoi(os.Getenv("SUPERVISE_BENCH_ROUNDS")); err == nil && n > 0 {
+		rounds = n
+	}
+	for b.Loop() {
+		oneLinePort, appPort := freePort(b), freePort(b)
+		env := []string{"HTTP_PORT=" + strconv.Itoa(oneLinePort), "TARGET_PORT=" + strconv.Itoa(appPort),
+			"RAILS_ENV=production", "BLOB_FILE=" + blob, "LOG_REQUESTS=false"}
+		flags := []string{"--ready", "/up", "--admin", "off"}
+		command := []string{"bin/rails", "server"}
+		c := superviseCaddy(b, dir, flags, command, env...)
+		c.waitLog(`"to":"ready"`, 60*time.Second)
+
+		// the same generated config, with a static upstream and no supervise
+		print := exec.Command(caddyBin, append(append(append([]string{"supervise", "--print-caddyfile"}, flags...), "--"), command...)...)
+		print.Dir, print.Env = dir, append(os.Environ(), env...)
+		out, err := print.Output()
+		if err != nil {
+			b.Fatal(err)
+		}
+		static, bare, minimal, plain := freePort(b), freePort(b), freePort(b), freePort(b)
+		gen := regexp.MustCompile(`(?m)^\s*#.*\n`).ReplaceAllString(string(out), "")
+		gen = regexp.MustCompile(`(?s)\n\tsupervise .*?\n\t}\n`).ReplaceAllString(gen, "\n")
+		gen = regexp.MustCompile(`(?s)dynamic supervise app \{.*?\}`).ReplaceAllString(gen, "to 127.0.0.1:"+strconv.Itoa(appPort))
+		gen = strings.ReplaceAll(gen, "http_port "+strconv.Itoa(oneLinePort), "http_port "+strconv.Itoa(static))
+		gen = strings.ReplaceAll(gen, "http://:"+strconv.Itoa(oneLinePort), "http://:"+strconv.Itoa(static))
+		gen = strings.ReplaceAll(gen, "\n\tlog\n", "\n")
+		if strings.Contains(gen, "dynamic supervise") || strings.Contains(gen, "\tsupervise ") {
+			b.Fatalf("the static variant still names supervise:\n%s", gen)
+		}
+		hand := fmt.Sprintf(`http://:%[1]d {
+	reverse_proxy 127.0.0.1:%[4]d
+}
+http://:%[2]d {
+	reverse_proxy 127.0.0.1:%[4]d {
+		header_up X-Sendfile-Type X-Sendfile
+		@sendfile header X-Sendfile *
+		handle_response @sendfile {
+			root * /
+			rewrite * {rp.header.X-Sendfile}
+			file_server
+		}
+	}
+}
+http://:%[3]d {
+	root * %[5]s
+	file_server
+}
+`, bare, minimal, plain, appPort, filepath.Dir(blob))
+		path := filepath.Join(b.TempDir(), "Caddyfile")
+		if err := os.WriteFile(path, []byte(gen+"\n"+hand), 0o644); err != nil {
+			b.Fatal(err)
+		}
+		plainCaddy := startCaddyFile(b, path, "caddyfile")
+		oneIdle, plainIdle := rssKiB(b, c.cmd.Process.Pid), rssKiB(b, plainCaddy.cmd.Process.Pid)
+
+		// Go's httputil.ReverseProxy (Thruster's proxy), in this process
+		goProxy := freePort(b)
+		target, _ := neturl.Parse(fmt.Sprintf("http://127.0.0.1:%d", appPort))
+		srv := &http.Server{Addr: fmt.Sprintf("127.0.0.1:%d", goProxy), Handler: httputil.NewSingleHostReverseProxy(target)}
+		ln, err := net.Listen("tcp", srv.Addr)
+		if err != nil {
+			b.Fatal(err)
+		}
+		go srv.Serve(ln)
+		b.Cleanup(func() { srv.Close() })
+
+		url := func(port int, p string) string { return fmt.Sprintf("http://127.0.0.1:%d%s", port, p) }
+		blobPath := "/" + filepath.Base(blob)
+
+		figures := []struct {
+			name  string
+			conns int
+			urls  []string // the one line first
+			size  int      // bytes a response carries, for MB/s
+		}{
+			{"xsendfile", 4, []string{url(oneLinePort, "/blob"), url(minimal, "/blob"), url(plain, blobPath)}, len(data)},
+			{"asset", 16, []string{url(oneLinePort, "/assets/app-4567cdef.js"), url(plain, "/app-4567cdef.js")}, 0},
+			{"proxied", 16, []string{url(oneLinePort, "/"), url(static, "/"), url(bare, "/"), url(goProxy, "/")}, 0},
+		}
+		for _, f := range figures {
+			rates := make([][]float64, len(f.urls))
+			p99s := make([][]float64, len(f.urls))
+			for range rounds {
+				for i, u := range f.urls {
+					r, p99 := runWrk(b, wrk, u, f.conns, 5*time.Second)
+					rates[i] = append(rates[i], r)
+					p99s[i] = append(p99s[i], p99)
+				}
+			}
+			one := medianOf(rates[0])
+			switch f.name {
+			case "xsendfile":
+				mb := func(r float64) float64 { return r * float64(f.size) / 1e6 }
+				b.ReportMetric(mb(one), "MB/s-xsendfile-one-line")
+				b.ReportMetric(mb(medianOf(rates[1])), "MB/s-xsendfile-minimal")
+				b.ReportMetric(mb(medianOf(rates[2])), "MB/s-file-server-ceiling")
+				b.ReportMetric(one/medianOf(rates[1]), "ratio-xsendfile-one-line/minimal")
+				b.ReportMetric(one/medianOf(rates[2]), "ratio-xsendfile-one-line/file-server")
+			case "asset":
+				b.ReportMetric(one, "req/s-asset-one-line")
+				b.ReportMetric(medianOf(rates[1]), "req/s-asset-file-server")
+				b.ReportMetric(one/medianOf(rates[1]), "ratio-asset-one-line/file-server")
+			case "proxied":
+				b.ReportMetric(one, "req/s-proxied-one-line")
+				b.ReportMetric(medianOf(p99s[0]), "ms-p99-proxied-one-line")
+				b.ReportMetric(medianOf(rates[1]), "req/s-proxied-static")
+				b.ReportMetric(medianOf(rates[2]), "req/s-proxied-bare")
+				b.ReportMetric(one/medianOf(rates[1]), "ratio-proxied-one-line/static")
+				b.ReportMetric(one/medianOf(rates[2]), "ratio-proxied-one-line/bare")
+				b.ReportMetric(medianOf(rates[3]), "req/s-proxied-go-httputil")
+				b.ReportMetric(medianOf(rates[2])/medianOf(rates[3]), "ratio-proxied-bare-caddy/go-httputil")
+			}
+		}
+		// memory: the one line's Caddy and the hand-written configs' Caddy
+		// (no supervise app; the same kinds of requests), idle and after
+		b.ReportMetric(float64(oneIdle)/1024, "MiB-rss-one-line-idle")
+		b.ReportMetric(float64(plainIdle)/1024, "MiB-rss-plain-idle")
+		b.ReportMetric(float64(rssKiB(b, c.cmd.Process.Pid))/1024, "MiB-rss-one-line-after")
+		b.ReportMetric(float64(rssKiB(b, plainCaddy.cmd.Process.Pid))/1024, "MiB-rss-plain-after")
+	}
+}
+
+var (
+	wrkRate = regexp.MustCompile(`Requests/sec:\s+([0-9.]+)`)
+	wrkP99  = regexp.MustCompile(`\s99%\s+([0-9.]+)(us|ms|s)`)
+	wrkErrs = regexp.MustCompile(`Non-2xx or 3xx responses: (\d+)|Socket errors: .*`)
+)
+
+// runWrk loads url with conns connections for d and returns the rate of
+// requests and the 99th percentile latency in ms; any error fails.
+func runWrk(b *testing.B, wrk, url string, conns int, d time.Duration) (rate, p99 float64) {
+	b.Helper()
+	out, err := exec.Command(wrk, "-t2", "-c"+strconv.Itoa(conns), "-d"+d.String(), "--latency", url).CombinedOutput()
+	if err != nil {
+		b.Fatalf("wrk %s: %v\n%s", url, err, out)
+	}
+	if m := wrkErrs.Find(out); m != nil {
+		b.Fatalf("wrk %s: %s\n%s", url, m, out)
+	}
+	m := wrkRate.FindSubmatch(out)
+	if m == nil {
+		b.Fatalf("wrk %s: no rate in\n%s", url, out)
+	}
+	rate, _ = strconv.ParseFloat(string(m[1]), 64)
+	if m := wrkP99.FindSubmatch(out); m != nil {
+		p99, _ = strconv.ParseFloat(string(m[1]), 64)
+		switch string(m[2]) {
+		case "us":
+			p99 /= 1000
+		case "s":
+			p99 *= 1000
+		}
+	}
+	return rate, p99
+}
+
+func medianOf(xs []float64) float64 {
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	return s[len(s)/2]
+}

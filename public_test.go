@@ -1,0 +1,233 @@
+package supervise
+
+import (
+	"bytes"
+	"compress/gzip"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+)
+
+// publicFor provisions supervise_public over a new directory with files.
+func publicFor(t *testing.T, files map[string]string, setup func(*Public)) (*Public, string) {
+	t.Helper()
+	dir := t.TempDir()
+	for name, content := range files {
+		path := filepath.Join(dir, "public", filepath.FromSlash(name))
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p := &Public{Root: filepath.Join(dir, "public")}
+	if setup != nil {
+		setup(p)
+	}
+	if err := p.Provision(caddy.Context{}); err != nil {
+		t.Fatal(err)
+	}
+	return p, filepath.Join(dir, "public")
+}
+
+// serve sends a request through p; a request p hands on gets 418 from
+// the next handler.
+func serve(t *testing.T, p *Public, method, target string, header ...string) *httptest.ResponseRecorder {
+	t.Helper()
+	r := httptest.NewRequest(method, target, nil)
+	for i := 0; i+1 < len(header); i += 2 {
+		r.Header.Set(header[i], header[i+1])
+	}
+	w := httptest.NewRecorder()
+	next := handlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		w.WriteHeader(http.StatusTeapot)
+		return nil
+	})
+	if err := p.ServeHTTP(w, r, next); err != nil {
+		t.Fatalf("%s %s: %v", method, target, err)
+	}
+	return w
+}
+
+type handlerFunc func(http.ResponseWriter, *http.Request) error
+
+func (f handlerFunc) ServeHTTP(w http.ResponseWriter, r *http.Request) error { return f(w, r) }
+
+func gz(t *testing.T, s string) string {
+	var b bytes.Buffer
+	zw := gzip.NewWriter(&b)
+	zw.Write([]byte(s))
+	zw.Close()
+	return b.String()
+}
+
+func TestPublicServesFilesAndHandsOnTheRest(t *testing.T) {
+	big := strings.Repeat("0123456789", 20_000) // above max_item_size: from disk
+	p, root := publicFor(t, map[string]string{
+		"robots.txt":          "User-agent: *\n",
+		"assets/app-1.css":    "body{}",
+		"assets/app-1.css.gz": gz(t, "body{}"),
+		"big.txt":             big,
+		".hidden":             "dot",
+		"dir/index.html":      "index",
+	}, func(p *Public) { p.MaxItemSize = 1000; p.Immutable = []string{"/assets/"} })
+	if err := os.WriteFile(filepath.Join(filepath.Dir(root), "secret"), []byte("outside"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	for _, tc := range []struct {
+		method, target string
+		header         []string
+		status         int
+		body           string
+	}{
+		{"GET", "/robots.txt", nil, 200, "User-agent: *\n"},
+		{"HEAD", "/robots.txt", nil, 200, ""},
+		{"POST", "/robots.txt", nil, 418, ""},         // the app's
+		{"GET", "/missing", nil, 418, ""},             // the app's
+		{"GET", "/dir", nil, 418, ""},                 // a directory: the app's
+		{"GET", "/dir/", nil, 418, ""},                // the app's
+		{"GET", "/../secret", nil, 418, ""},           // never outside the root
+		{"GET", "/%2e%2e/secret", nil, 418, ""},       // decoded, the same
+		{"GET", "/assets/../../secret", nil, 418, ""}, // cleaned, the same
+		{"GET", "/big.txt", nil, 200, big},
+		{"GET", "/big.txt", []string{"Range", "bytes=199990-"}, 206, "0123456789"},
+		{"GET", "/robots.txt", []string{"Range", "bytes=0-9"}, 206, "User-agen"[:9] + "t"},
+		{"GET", "/robots.txt", []string{"Range", "bytes=100-"}, 416, ""},
+	} {
+		w := serve(t, p, tc.method, tc.target, tc.header...)
+		if w.Code != tc.status || (tc.body != "" && w.Body.String() != tc.body) {
+			t.Errorf("%s %s %v: %d %q, want %d %q", tc.method, tc.target, tc.header, w.Code, cut(w.Body.String(), 40), tc.status, cut(tc.body, 40))
+		}
+	}
+
+	// the precompressed variant, to a client that takes it
+	w := serve(t, p, "GET", "/assets/app-1.css", "Accept-Encoding", "br;q=1, gzip;q=0.8")
+	if w.Code != 200 || w.Header().Get("Content-Encoding") != "gzip" || w.Body.String() != gz(t, "body{}") ||
+		w.Header().Get("Vary") != "Accept-Encoding" || !strings.Contains(w.Header().Get("Cache-Control"), "immutable") ||
+		w.Header().Get("Content-Type") != "text/css; charset=utf-8" {
+		t.Errorf("the gzip variant: %d %v", w.Code, w.Header())
+	}
+	for _, ae := range []string{"", "identity", "gzip;q=0", "*;q=0", "br"} {
+		w := serve(t, p, "GET", "/assets/app-1.css", "Accept-Encoding", ae)
+		if w.Header().Get("Content-Encoding") != "" || w.Body.String() != "body{}" || w.Header().Get("Vary") != "Accept-Encoding" {
+			t.Errorf("Accept-Encoding %q: %v %q", ae, w.Header(), w.Body.String())
+		}
+	}
+	if w := serve(t, p, "GET", "/robots.txt", "Accept-Encoding", "gzip"); w.Header().Get("Vary") != "Accept-Encoding" ||
+		w.Header().Get("Cache-Control") != "" || w.Header().Get("Content-Encoding") != "" || w.Header().Get("Content-Length") != "14" {
+		t.Errorf("a file with no variants, outside the immutable prefix: %v", w.Header())
+	}
+
+	// conditional requests
+	w = serve(t, p, "GET", "/robots.txt")
+	etag, modified := w.Header().Get("Etag"), w.Header().Get("Last-Modified")
+	if etag == "" || modified == "" {
+		t.Fatalf("no validators: %v", w.Header())
+	}
+	if w := serve(t, p, "GET", "/robots.txt", "If-None-Match", etag); w.Code != 304 {
+		t.Errorf("If-None-Match: %d", w.Code)
+	}
+	if w := serve(t, p, "GET", "/robots.txt", "If-Modified-Since", modified); w.Code != 304 {
+		t.Errorf("If-Modified-Since: %d", w.Code)
+	}
+	if w := serve(t, p, "GET", "/robots.txt", "Range", "bytes=0-3", "If-Range", `"other"`); w.Code != 200 {
+		t.Errorf("If-Range with another ETag: %d, want the whole file", w.Code)
+	}
+
+	// a file that changes on disk: served anew, with a new ETag, though in
+	// the cache; the same size and a new time too
+	path := filepath.Join(root, "robots.txt")
+	for i, content := range []string{"User-agent: x\n", "Disallow: /\n\n"} {
+		if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		when := time.Now().Add(time.Duration(i+1) * time.Hour)
+		os.Chtimes(path, when, when)
+		w := serve(t, p, "GET", "/robots.txt", "If-None-Match", etag)
+		if w.Code != 200 || w.Body.String() != content || w.Header().Get("Etag") == etag {
+			t.Errorf("after a change: %d %q %s", w.Code, w.Body.String(), w.Header().Get("Etag"))
+		}
+		etag = w.Header().Get("Etag")
+	}
+	// replaced by a new file (a deploy's rename), and removed
+	next := filepath.Join(root, "robots.new")
+	os.WriteFile(next, []byte("renamed in\n"), 0o644)
+	if err := os.Rename(next, path); err != nil {
+		t.Fatal(err)
+	}
+	if w := serve(t, p, "GET", "/robots.txt"); w.Body.String() != "renamed in\n" {
+		t.Errorf("after a rename: %q", w.Body.String())
+	}
+	os.Remove(path)
+	if w := serve(t, p, "GET", "/robots.txt"); w.Code != 418 {
+		t.Errorf("a removed file: %d, want the app's", w.Code)
+	}
+}
+
+// The cache holds at most cache_size bytes, the least recently used leaving.
+func TestPublicCacheIsBounded(t *testing.T) {
+	c := newFileCache(100, 60)
+	dir := t.TempDir()
+	info := func(name string, n int) os.FileInfo {
+		path := filepath.Join(dir, name)
+		os.WriteFile(path, bytes.Repeat([]byte("x"), n), 0o644)
+		fi, err := os.Stat(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fi
+	}
+	a, b, d := info("a", 40), info("b", 40), info("d", 40)
+	c.put("a", a, make([]byte, 40))
+	c.put("b", b, make([]byte, 40))
+	c.get("a", a) // a is now the most recent
+	c.put("d", d, make([]byte, 40))
+	if _, ok := c.get("b", b); ok {
+		t.Error("b, the least recently used, is still held")
+	}
+	if _, ok := c.get("a", a); !ok {
+		t.Error("a left the cache")
+	}
+	if c.used > 100 {
+		t.Errorf("%d bytes held, more than 100", c.used)
+	}
+	c.put("e", info("e", 70), make([]byte, 70))
+	if _, ok := c.files["e"]; ok {
+		t.Error("a file above max_item_size went in")
+	}
+}
+
+// Bad options are errors that name the option and the value.
+func TestPublicOptions(t *testing.T) {
+	for _, tc := range []struct{ src, want string }{
+		{"supervise_public public {\n cache_size lots\n}", `cache_size "lots"`},
+		{"supervise_public public {\n max_item_size\n}", "wrong argument count"},
+		{"supervise_public public {\n colour blue\n}", `unknown option "colour"`},
+		{"supervise_public a b", "wrong argument count"},
+	} {
+		p := new(Public)
+		if err := p.UnmarshalCaddyfile(caddyfile.NewTestDispenser(tc.src)); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q: %v, want %q", tc.src, err, tc.want)
+		}
+	}
+	p := &Public{Immutable: []string{"assets/"}}
+	if err := p.Provision(caddy.Context{}); err == nil || !strings.Contains(err.Error(), `immutable "assets/"`) {
+		t.Errorf("immutable without /: %v", err)
+	}
+	p = new(Public)
+	if err := p.UnmarshalCaddyfile(caddyfile.NewTestDispenser("supervise_public {\n cache_size 0\n max_item_size 2KiB\n immutable /assets/ /packs/\n}")); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Provision(caddy.Context{}); err != nil || p.cache != nil || p.MaxItemSize != 2048 || len(p.Immutable) != 2 || !strings.HasSuffix(p.root, "public") {
+		t.Errorf("%+v: %v", p, err)
+	}
+}
