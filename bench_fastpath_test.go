@@ -27,10 +27,12 @@ import (
 //
 //   - X-Sendfile of a 5 MB file (4 connections): the one line vs a minimal
 //     Caddyfile (reverse_proxy with only the handle_response + file_server
-//     part; Caddy's defaults otherwise), and vs a plain file_server of the
-//     same file (the ceiling: no round trip to the app);
+//     part), with Caddy's defaults and "tuned" (with the one line's global
+//     options, under which files go out through sendfile), and vs a tuned
+//     plain file_server of the same file (the ceiling: no round trip to
+//     the app);
 //   - a 20 KB asset of public/ (16 connections): the one line vs a plain
-//     file_server;
+//     file_server, with Caddy's defaults and tuned;
 //   - a proxied dynamic request, GET / (16 connections): the one line vs
 //     the same generated config with a static upstream and no supervised
 //     process (the cost of the dynamic upstream), and vs a bare
@@ -39,10 +41,9 @@ import (
 //     in the benchmark's process.
 //
 // Request logs are off in the one line (LOG_REQUESTS=false), as in the
-// hand-written configs, which run in one Caddy with the generated global
-// options (so write_idle is off there too: their files go out through
-// sendfile as well). Then the RSS of both Caddy processes, idle and after
-// the load.
+// hand-written configs. Then the RSS of the one line's Caddy and of the
+// Caddy of the hand-written configs with Caddy's defaults (no supervise
+// app), idle and after the load.
 func BenchmarkOneLine(b *testing.B) {
 	wrk, err := exec.LookPath("wrk")
 	if err != nil {
@@ -83,7 +84,8 @@ func BenchmarkOneLine(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		static, bare, minimal, plain := freePort(b), freePort(b), freePort(b), freePort(b)
+		static, bare := freePort(b), freePort(b)
+		minimal, minimalTuned, plain, plainTuned := freePort(b), freePort(b), freePort(b), freePort(b)
 		gen := regexp.MustCompile(`(?m)^\s*#.*\n`).ReplaceAllString(string(out), "")
 		gen = regexp.MustCompile(`(?s)\n\tsupervise .*?\n\t}\n`).ReplaceAllString(gen, "\n")
 		gen = regexp.MustCompile(`(?s)dynamic supervise app \{.*?\}`).ReplaceAllString(gen, "to 127.0.0.1:"+strconv.Itoa(appPort))
@@ -93,11 +95,9 @@ func BenchmarkOneLine(b *testing.B) {
 		if strings.Contains(gen, "dynamic supervise") || strings.Contains(gen, "\tsupervise ") {
 			b.Fatalf("the static variant still names supervise:\n%s", gen)
 		}
-		hand := fmt.Sprintf(`http://:%[1]d {
-	reverse_proxy 127.0.0.1:%[4]d
-}
-http://:%[2]d {
-	reverse_proxy 127.0.0.1:%[4]d {
+		minimalSite := func(port int) string {
+			return fmt.Sprintf(`http://:%d {
+	reverse_proxy 127.0.0.1:%d {
 		header_up X-Sendfile-Type X-Sendfile
 		@sendfile header X-Sendfile *
 		handle_response @sendfile {
@@ -107,16 +107,25 @@ http://:%[2]d {
 		}
 	}
 }
-http://:%[3]d {
-	root * %[5]s
-	file_server
-}
-`, bare, minimal, plain, appPort, filepath.Dir(blob))
-		path := filepath.Join(b.TempDir(), "Caddyfile")
-		if err := os.WriteFile(path, []byte(gen+"\n"+hand), 0o644); err != nil {
-			b.Fatal(err)
+`, port, appPort)
 		}
-		plainCaddy := startCaddyFile(b, path, "caddyfile")
+		plainSite := func(port int) string {
+			return fmt.Sprintf("http://:%d {\n\troot * %s\n\tfile_server\n}\n", port, filepath.Dir(blob))
+		}
+		// the hand-written configs as a user writes them: Caddy's defaults
+		hand := fmt.Sprintf("{\n\tadmin off\n}\nhttp://:%d {\n\treverse_proxy 127.0.0.1:%d\n}\n", bare, appPort) +
+			minimalSite(minimal) + plainSite(plain)
+		// and with the one line's global options (files through sendfile)
+		tuned := gen + "\n" + minimalSite(minimalTuned) + plainSite(plainTuned)
+		var caddys []*caddyProc
+		for i, src := range []string{hand, tuned} {
+			path := filepath.Join(b.TempDir(), fmt.Sprintf("Caddyfile%d", i))
+			if err := os.WriteFile(path, []byte(src), 0o644); err != nil {
+				b.Fatal(err)
+			}
+			caddys = append(caddys, startCaddyFile(b, path, "caddyfile"))
+		}
+		plainCaddy := caddys[0]
 		oneIdle, plainIdle := rssKiB(b, c.cmd.Process.Pid), rssKiB(b, plainCaddy.cmd.Process.Pid)
 
 		// Go's httputil.ReverseProxy (Thruster's proxy), in this process
@@ -139,8 +148,8 @@ http://:%[3]d {
 			urls  []string // the one line first
 			size  int      // bytes a response carries, for MB/s
 		}{
-			{"xsendfile", 4, []string{url(oneLinePort, "/blob"), url(minimal, "/blob"), url(plain, blobPath)}, len(data)},
-			{"asset", 16, []string{url(oneLinePort, "/assets/app-4567cdef.js"), url(plain, "/app-4567cdef.js")}, 0},
+			{"xsendfile", 4, []string{url(oneLinePort, "/blob"), url(minimal, "/blob"), url(minimalTuned, "/blob"), url(plainTuned, blobPath)}, len(data)},
+			{"asset", 16, []string{url(oneLinePort, "/assets/app-4567cdef.js"), url(plain, "/app-4567cdef.js"), url(plainTuned, "/app-4567cdef.js")}, 0},
 			{"proxied", 16, []string{url(oneLinePort, "/"), url(static, "/"), url(bare, "/"), url(goProxy, "/")}, 0},
 		}
 		for _, f := range figures {
@@ -159,13 +168,17 @@ http://:%[3]d {
 				mb := func(r float64) float64 { return r * float64(f.size) / 1e6 }
 				b.ReportMetric(mb(one), "MB/s-xsendfile-one-line")
 				b.ReportMetric(mb(medianOf(rates[1])), "MB/s-xsendfile-minimal")
-				b.ReportMetric(mb(medianOf(rates[2])), "MB/s-file-server-ceiling")
+				b.ReportMetric(mb(medianOf(rates[2])), "MB/s-xsendfile-minimal-tuned")
+				b.ReportMetric(mb(medianOf(rates[3])), "MB/s-file-server-ceiling")
 				b.ReportMetric(one/medianOf(rates[1]), "ratio-xsendfile-one-line/minimal")
-				b.ReportMetric(one/medianOf(rates[2]), "ratio-xsendfile-one-line/file-server")
+				b.ReportMetric(one/medianOf(rates[2]), "ratio-xsendfile-one-line/minimal-tuned")
+				b.ReportMetric(one/medianOf(rates[3]), "ratio-xsendfile-one-line/file-server")
 			case "asset":
 				b.ReportMetric(one, "req/s-asset-one-line")
 				b.ReportMetric(medianOf(rates[1]), "req/s-asset-file-server")
+				b.ReportMetric(medianOf(rates[2]), "req/s-asset-file-server-tuned")
 				b.ReportMetric(one/medianOf(rates[1]), "ratio-asset-one-line/file-server")
+				b.ReportMetric(one/medianOf(rates[2]), "ratio-asset-one-line/file-server-tuned")
 			case "proxied":
 				b.ReportMetric(one, "req/s-proxied-one-line")
 				b.ReportMetric(medianOf(p99s[0]), "ms-p99-proxied-one-line")
