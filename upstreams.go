@@ -22,12 +22,12 @@ func init() {
 // it at once: no 502, and no request of a config being unloaded left
 // waiting in reverse_proxy's retry loop when that config goes (Caddy ends
 // such retries with 503). A process that has ended for good, or that no
-// config has, gives no address at once. reverse_proxy's lb_try_duration
-// still applies after that:
+// config has, gives no address at once. reverse_proxy's retries still
+// apply after that (a GET cut by a crash is retried):
 //
 //	reverse_proxy {
 //		dynamic supervise web
-//		lb_try_duration 30s
+//		lb_retries 3
 //	}
 type Upstreams struct {
 	// Name of the supervised process. Required.
