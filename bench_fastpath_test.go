@@ -37,8 +37,10 @@ import (
 //     the same generated config with a static upstream and no supervised
 //     process (the cost of the dynamic upstream), and vs a bare
 //     reverse_proxy (what the generated extras cost); and a bare Caddy
-//     reverse_proxy vs Go's httputil.ReverseProxy (Thruster's proxy) run
-//     in the benchmark's process.
+//     reverse_proxy and the one line vs Go's httputil.ReverseProxy
+//     (Thruster's proxy) run in the benchmark's process;
+//   - a 240 kB page with Accept-Encoding: gzip (16 connections): the one
+//     line vs `encode gzip` + reverse_proxy.
 //
 // Request logs are off in the one line (LOG_REQUESTS=false), as in the
 // hand-written configs. Then the RSS of the one line's Caddy and of the
@@ -84,7 +86,7 @@ func BenchmarkOneLine(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		static, bare := freePort(b), freePort(b)
+		static, bare, gzipped := freePort(b), freePort(b), freePort(b)
 		minimal, minimalTuned, plain, plainTuned := freePort(b), freePort(b), freePort(b), freePort(b)
 		gen := regexp.MustCompile(`(?m)^\s*#.*\n`).ReplaceAllString(string(out), "")
 		gen = regexp.MustCompile(`(?s)\n\tsupervise .*?\n\t}\n`).ReplaceAllString(gen, "\n")
@@ -114,6 +116,7 @@ func BenchmarkOneLine(b *testing.B) {
 		}
 		// the hand-written configs as a user writes them: Caddy's defaults
 		hand := fmt.Sprintf("{\n\tadmin off\n}\nhttp://:%d {\n\treverse_proxy 127.0.0.1:%d\n}\n", bare, appPort) +
+			fmt.Sprintf("http://:%d {\n\tencode gzip\n\treverse_proxy 127.0.0.1:%d\n}\n", gzipped, appPort) +
 			minimalSite(minimal) + plainSite(plain)
 		// and with the one line's global options (files through sendfile)
 		tuned := gen + "\n" + minimalSite(minimalTuned) + plainSite(plainTuned)
@@ -143,21 +146,23 @@ func BenchmarkOneLine(b *testing.B) {
 		blobPath := "/" + filepath.Base(blob)
 
 		figures := []struct {
-			name  string
-			conns int
-			urls  []string // the one line first
-			size  int      // bytes a response carries, for MB/s
+			name   string
+			conns  int
+			urls   []string // the one line first
+			size   int      // bytes a response carries, for MB/s
+			header string   // a request header, if any
 		}{
-			{"xsendfile", 4, []string{url(oneLinePort, "/blob"), url(minimal, "/blob"), url(minimalTuned, "/blob"), url(plainTuned, blobPath)}, len(data)},
-			{"asset", 16, []string{url(oneLinePort, "/assets/app-4567cdef.js"), url(plain, "/app-4567cdef.js"), url(plainTuned, "/app-4567cdef.js")}, 0},
-			{"proxied", 16, []string{url(oneLinePort, "/"), url(static, "/"), url(bare, "/"), url(goProxy, "/")}, 0},
+			{"xsendfile", 4, []string{url(oneLinePort, "/blob"), url(minimal, "/blob"), url(minimalTuned, "/blob"), url(plainTuned, blobPath)}, len(data), ""},
+			{"asset", 16, []string{url(oneLinePort, "/assets/app-4567cdef.js"), url(plain, "/app-4567cdef.js"), url(plainTuned, "/app-4567cdef.js")}, 0, ""},
+			{"proxied", 16, []string{url(oneLinePort, "/"), url(static, "/"), url(bare, "/"), url(goProxy, "/")}, 0, ""},
+			{"gzip", 16, []string{url(oneLinePort, "/big"), url(gzipped, "/big")}, 0, "Accept-Encoding: gzip"},
 		}
 		for _, f := range figures {
 			rates := make([][]float64, len(f.urls))
 			p99s := make([][]float64, len(f.urls))
 			for range rounds {
 				for i, u := range f.urls {
-					r, p99 := runWrk(b, wrk, u, f.conns, 5*time.Second)
+					r, p99 := runWrk(b, wrk, u, f.header, f.conns, 5*time.Second)
 					rates[i] = append(rates[i], r)
 					p99s[i] = append(p99s[i], p99)
 				}
@@ -188,6 +193,11 @@ func BenchmarkOneLine(b *testing.B) {
 				b.ReportMetric(one/medianOf(rates[2]), "ratio-proxied-one-line/bare")
 				b.ReportMetric(medianOf(rates[3]), "req/s-proxied-go-httputil")
 				b.ReportMetric(medianOf(rates[2])/medianOf(rates[3]), "ratio-proxied-bare-caddy/go-httputil")
+				b.ReportMetric(one/medianOf(rates[3]), "ratio-proxied-one-line/go-httputil")
+			case "gzip":
+				b.ReportMetric(one, "req/s-gzip-page-one-line")
+				b.ReportMetric(medianOf(rates[1]), "req/s-gzip-page-encode-gzip")
+				b.ReportMetric(one/medianOf(rates[1]), "ratio-gzip-page-one-line/encode-gzip")
 			}
 		}
 		// memory: the one line's Caddy and the hand-written configs' Caddy
@@ -207,9 +217,13 @@ var (
 
 // runWrk loads url with conns connections for d and returns the rate of
 // requests and the 99th percentile latency in ms; any error fails.
-func runWrk(b *testing.B, wrk, url string, conns int, d time.Duration) (rate, p99 float64) {
+func runWrk(b *testing.B, wrk, url, header string, conns int, d time.Duration) (rate, p99 float64) {
 	b.Helper()
-	out, err := exec.Command(wrk, "-t2", "-c"+strconv.Itoa(conns), "-d"+d.String(), "--latency", url).CombinedOutput()
+	args := []string{"-t2", "-c" + strconv.Itoa(conns), "-d" + d.String(), "--latency"}
+	if header != "" {
+		args = append(args, "-H", header)
+	}
+	out, err := exec.Command(wrk, append(args, url)...).CombinedOutput()
 	if err != nil {
 		b.Fatalf("wrk %s: %v\n%s", url, err, out)
 	}

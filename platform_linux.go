@@ -237,3 +237,6 @@ func hexAddr(s string) string {
 	}
 	return net.JoinHostPort(ip.String(), strconv.FormatUint(port, 10))
 }
+
+// statCtime is a file's change time.
+func statCtime(st *syscall.Stat_t) (sec, nsec int64) { return int64(st.Ctim.Sec), int64(st.Ctim.Nsec) }

@@ -137,4 +137,4 @@ func listeningAddrs(pgid int) (addrs []string, known bool) { return nil, false }
 func ownedPath(path string) bool { return isPrivateDir(path) }
 
 // fileID: no inode here; size and modification time tell versions apart.
-func fileID(fi os.FileInfo) ([2]uint64, bool) { return [2]uint64{}, false }
+func fileID(fi os.FileInfo) ([4]int64, bool) { return [4]int64{}, false }

@@ -209,11 +209,12 @@ func dupCloseOnExec(f *os.File) (*os.File, error) {
 	return os.NewFile(uintptr(fd), f.Name()), nil
 }
 
-// fileID is the device and inode of a file.
-func fileID(fi os.FileInfo) ([2]uint64, bool) {
+// fileID is the device, inode and change time of a file.
+func fileID(fi os.FileInfo) ([4]int64, bool) {
 	st, ok := fi.Sys().(*syscall.Stat_t)
 	if !ok {
-		return [2]uint64{}, false
+		return [4]int64{}, false
 	}
-	return [2]uint64{uint64(st.Dev), uint64(st.Ino)}, true
+	sec, nsec := statCtime(st)
+	return [4]int64{int64(st.Dev), int64(st.Ino), sec, nsec}, true
 }

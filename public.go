@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -30,24 +31,28 @@ func init() {
 // before a request reaches the app, and hands every other request on: a
 // GET or HEAD whose path names a regular file under Root gets the file;
 // anything else (another method, a directory, a path with no file) goes
-// to the next handler, the app's reverse_proxy. It costs a request for the
-// app one stat(2) of a path that does not exist.
+// to the next handler, the app's reverse_proxy, with nothing added to its
+// response. A request for the app costs one stat(2) of a path that does
+// not exist.
 //
-// Small files are held in memory (`cache_size`, `max_item_size`), and
-// every request checks the file on disk first (one stat(2)): a file that
-// changed (size, modification time or inode) is read again, a file that
-// is gone is not served. Larger files go out through sendfile(2). A
-// precompressed variant beside a file (`FILE.br`, `FILE.gz`) is served to
-// a client that accepts it; every file gets `Vary: Accept-Encoding`, as
-// with file_server's `precompressed`. Ranges and
-// conditional requests (`If-None-Match`, `If-Modified-Since`, `If-Range`)
-// are answered as Go's http.ServeContent answers them, with an ETag made
-// of the file's modification time and size.
+// Every request checks the file on disk: one stat(2), and one for each
+// precompressed variant (`FILE.br`, then `FILE.gz`) the client accepts. A
+// file that changed (size, modification time, inode, and on Linux its
+// change time) is read again; a file that is gone is not served. Small
+// files are held in memory (`cache_size`, `max_item_size`), read in whole
+// (at most four at once) and kept only if they did not change meanwhile;
+// larger ones are served from disk (through sendfile(2) where Caddy can).
+// Every file gets `Vary: Accept-Encoding`; a file whose extension has no
+// known type gets no Content-Type (none is guessed from its content).
+// Ranges and conditional requests (`If-None-Match`, `If-Modified-Since`,
+// `If-Range`) are answered as Go's http.ServeContent answers them, with an
+// ETag made of the file's modification time and size.
 //
 // Thruster's cache holds cacheable responses of the app; this one holds
 // files of public/ only: responses of the app are never cached.
 //
-//	supervise_public public {
+//	supervise_public {
+//		root /srv/app/public
 //		cache_size 64MiB
 //		max_item_size 1MiB
 //		immutable /assets/
@@ -55,7 +60,9 @@ func init() {
 //
 // In a Caddyfile the directive needs a place in the handler order (it is
 // not one of Caddy's): `order supervise_public after encode` in the global
-// options, or use it inside `route`.
+// options, or use it inside `route`. `supervise_public DIR` names a
+// relative root; Caddy reads a first argument starting with / as a path
+// matcher.
 type Public struct {
 	// Root is the directory whose files are served. Placeholders are not
 	// expanded. Default: `public`.
@@ -173,14 +180,13 @@ func (p *Public) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhtt
 		if vfi, err = f.Stat(); err != nil {
 			return caddyhttp.Error(http.StatusInternalServerError, err)
 		}
-		content = f // large: ServeContent hands the *os.File to sendfile(2)
-		if p.cache.fits(vfi.Size()) {
-			data = make([]byte, vfi.Size())
-			if _, err := io.ReadFull(f, data); err != nil {
+		content = f // from disk: ServeContent hands the *os.File to sendfile(2) where it can
+		if data, cached = p.cache.load(variant, f, vfi); !cached {
+			if _, err := f.Seek(0, io.SeekStart); err != nil {
 				return caddyhttp.Error(http.StatusInternalServerError, err)
 			}
-			p.cache.put(variant, vfi, data)
-			content, cached = bytes.NewReader(data), true
+		} else {
+			content = bytes.NewReader(data)
 		}
 	}
 
@@ -188,9 +194,15 @@ func (p *Public) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhtt
 	h.Add("Vary", "Accept-Encoding") // as file_server's precompressed: any file may have variants
 	if encoding != "" {
 		h.Set("Content-Encoding", encoding)
+		if _, ranged := r.Header["Range"]; !ranged {
+			// ServeContent leaves it out of an encoded response
+			h.Set("Content-Length", strconv.FormatInt(vfi.Size(), 10))
+		}
 	}
 	if ctype := mime.TypeByExtension(filepath.Ext(name)); ctype != "" {
 		h.Set("Content-Type", ctype)
+	} else {
+		h["Content-Type"] = nil // as file_server: no type guessed from the content (an upload of HTML)
 	}
 	h.Set("Etag", fmt.Sprintf(`"%x-%x"`, vfi.ModTime().UnixNano(), vfi.Size()))
 	for _, prefix := range p.Immutable {
@@ -201,8 +213,11 @@ func (p *Public) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhtt
 	}
 	if cached && !hasConditions(r.Header) {
 		// the common case, without ServeContent's copy loop: the whole
-		// file, in one write
-		h.Set("Last-Modified", vfi.ModTime().UTC().Format(http.TimeFormat))
+		// file, in one write, with the headers ServeContent gives it
+		if mt := vfi.ModTime(); !mt.IsZero() && !mt.Equal(time.Unix(0, 0)) {
+			h.Set("Last-Modified", mt.UTC().Format(http.TimeFormat))
+		}
+		h.Set("Accept-Ranges", "bytes")
 		h.Set("Content-Length", strconv.Itoa(len(data)))
 		w.WriteHeader(http.StatusOK)
 		if r.Method != http.MethodHead {
@@ -254,7 +269,9 @@ func acceptsEncoding(header, enc string) bool {
 }
 
 // sameFile reports whether a and b describe the same version of a file:
-// same inode, size and modification time.
+// same size and modification time, and (Unix) the same device, inode and
+// change time, which a write sets even when it restores the modification
+// time (cp -p, rsync --inplace -t).
 func sameFile(a, b os.FileInfo) bool {
 	if a.Size() != b.Size() || !a.ModTime().Equal(b.ModTime()) {
 		return false
@@ -274,7 +291,14 @@ type fileCache struct {
 	used    int64
 	lru     list.List // of *cachedFile, most recently used first
 	files   map[string]*list.Element
+	loading map[string]bool // files being read in; at most maxLoads
 }
+
+// maxLoads is how many files are read into the cache at once; a request
+// for a file that is not in it while as many loads run (or while its own
+// load runs) is served from disk. The memory reads take beyond the cache's
+// size is so bounded.
+const maxLoads = 4
 
 type cachedFile struct {
 	name string
@@ -283,7 +307,7 @@ type cachedFile struct {
 }
 
 func newFileCache(size, maxItem int64) *fileCache {
-	return &fileCache{size: size, maxItem: maxItem, files: make(map[string]*list.Element)}
+	return &fileCache{size: size, maxItem: maxItem, files: make(map[string]*list.Element), loading: make(map[string]bool)}
 }
 
 // fits reports whether a file of n bytes goes into the cache.
@@ -307,6 +331,37 @@ func (c *fileCache) get(name string, info os.FileInfo) ([]byte, bool) {
 	}
 	c.lru.MoveToFront(e)
 	return f.data, true
+}
+
+// load reads open file f, of name in the version info describes, into the
+// cache and returns its contents; ok is false when the file does not go
+// into the cache (too large, other loads running, or it changed while it
+// was read): the caller serves it from disk.
+func (c *fileCache) load(name string, f *os.File, info os.FileInfo) (data []byte, ok bool) {
+	if !c.fits(info.Size()) {
+		return nil, false
+	}
+	c.mu.Lock()
+	if c.loading[name] || len(c.loading) >= maxLoads {
+		c.mu.Unlock()
+		return nil, false
+	}
+	c.loading[name] = true
+	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		delete(c.loading, name)
+		c.mu.Unlock()
+	}()
+	data = make([]byte, info.Size())
+	if _, err := io.ReadFull(f, data); err != nil {
+		return nil, false // truncated meanwhile
+	}
+	if after, err := f.Stat(); err != nil || !sameFile(after, info) {
+		return nil, false // written meanwhile: what was read may be torn
+	}
+	c.put(name, info, data)
+	return data, true
 }
 
 // put holds data, the contents of file name in the version info describes.
@@ -377,10 +432,11 @@ func (p *Public) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			p.MaxItemSize = n
 		case "immutable":
-			p.Immutable = append(p.Immutable, d.RemainingArgs()...)
-			if len(p.Immutable) == 0 {
+			prefixes := d.RemainingArgs()
+			if len(prefixes) == 0 {
 				return d.ArgErr()
 			}
+			p.Immutable = append(p.Immutable, prefixes...)
 		default:
 			return d.Errf("supervise_public: unknown option %q", d.Val())
 		}

@@ -7,7 +7,10 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"runtime"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -229,5 +232,119 @@ func TestPublicOptions(t *testing.T) {
 	}
 	if err := p.Provision(caddy.Context{}); err != nil || p.cache != nil || p.MaxItemSize != 2048 || len(p.Immutable) != 2 || !strings.HasSuffix(p.root, "public") {
 		t.Errorf("%+v: %v", p, err)
+	}
+}
+
+// A rewrite that keeps the size and restores the modification time (cp -p,
+// rsync --inplace -t) and a same-size file renamed in with the old time are
+// new versions: the change time and the inode tell (Linux).
+func TestPublicSeesRewritesThatKeepSizeAndTime(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("the change time is read on Linux")
+	}
+	p, root := publicFor(t, map[string]string{"app.js": "version-1"}, nil)
+	path := filepath.Join(root, "app.js")
+	fi, _ := os.Stat(path)
+	if w := serve(t, p, "GET", "/app.js"); w.Body.String() != "version-1" {
+		t.Fatalf("%q", w.Body.String())
+	}
+	if err := os.WriteFile(path, []byte("VERSION-2"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	os.Chtimes(path, fi.ModTime(), fi.ModTime())
+	if w := serve(t, p, "GET", "/app.js"); w.Body.String() != "VERSION-2" {
+		t.Errorf("after a rewrite in place with the old time: %q", w.Body.String())
+	}
+	next := filepath.Join(root, "app.new")
+	os.WriteFile(next, []byte("version-3"), 0o644)
+	os.Chtimes(next, fi.ModTime(), fi.ModTime())
+	if err := os.Rename(next, path); err != nil {
+		t.Fatal(err)
+	}
+	if w := serve(t, p, "GET", "/app.js"); w.Body.String() != "version-3" {
+		t.Errorf("after a rename with the old time: %q", w.Body.String())
+	}
+}
+
+// Headers: both variants (br first), Content-Length on an encoded response
+// served from disk, no type guessed for an unknown extension, dotfiles
+// served (as file_server), Accept-Ranges on the quick path.
+func TestPublicHeaders(t *testing.T) {
+	files := map[string]string{
+		"app.css": "body{}", "app.css.br": "BR", "app.css.gz": "GZ",
+		"upload":                   "<html><script>alert(1)</script></html>",
+		".well-known/security.txt": "Contact: x",
+	}
+	for _, cache := range []int64{0, DefaultPublicCacheSize} {
+		p, _ := publicFor(t, files, func(p *Public) { p.CacheSize = &cache })
+		for _, tc := range []struct{ ae, body, enc string }{
+			{"gzip, br", "BR", "br"}, {"gzip", "GZ", "gzip"}, {"br;q=0, gzip", "GZ", "gzip"}, {"zstd", "body{}", ""},
+		} {
+			w := serve(t, p, "GET", "/app.css", "Accept-Encoding", tc.ae)
+			if w.Body.String() != tc.body || w.Header().Get("Content-Encoding") != tc.enc || w.Header().Get("Content-Length") != strconv.Itoa(len(tc.body)) {
+				t.Errorf("cache %d, Accept-Encoding %q: %q %v", cache, tc.ae, w.Body.String(), w.Header())
+			}
+		}
+		for _, method := range []string{"GET", "HEAD"} {
+			w := serve(t, p, method, "/upload")
+			if w.Header().Get("Content-Type") != "" || w.Code != 200 {
+				t.Errorf("cache %d, %s a file without an extension: %d %v", cache, method, w.Code, w.Header())
+			}
+			if w.Header().Get("Accept-Ranges") != "bytes" || w.Header().Get("Last-Modified") == "" {
+				t.Errorf("cache %d, %s: %v", cache, method, w.Header())
+			}
+		}
+		if w := serve(t, p, "GET", "/.well-known/security.txt"); w.Code != 200 || w.Body.String() != "Contact: x" {
+			t.Errorf("a dotfile directory: %d", w.Code)
+		}
+	}
+}
+
+// Many requests at once, while a file changes: every answer is a whole
+// version of the file, and the race detector sees the cache shared.
+func TestPublicConcurrent(t *testing.T) {
+	a, b := strings.Repeat("a", 5000), strings.Repeat("b", 7000)
+	p, root := publicFor(t, map[string]string{"x.txt": a, "y.txt": "y"}, func(p *Public) { n := int64(6000); p.CacheSize = &n })
+	var writer, readers sync.WaitGroup
+	stop := make(chan struct{})
+	writer.Add(1)
+	go func() {
+		defer writer.Done()
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			content := a
+			if i%2 == 1 {
+				content = b
+			}
+			tmp := filepath.Join(root, "x.tmp")
+			os.WriteFile(tmp, []byte(content), 0o644)
+			os.Rename(tmp, filepath.Join(root, "x.txt"))
+		}
+	}()
+	for range 8 {
+		readers.Add(1)
+		go func() {
+			defer readers.Done()
+			for range 200 {
+				for _, target := range []string{"/x.txt", "/y.txt"} {
+					r := httptest.NewRequest("GET", target, nil)
+					w := httptest.NewRecorder()
+					p.ServeHTTP(w, r, handlerFunc(func(http.ResponseWriter, *http.Request) error { return nil }))
+					if body := w.Body.String(); body != a && body != b && body != "y" {
+						t.Errorf("%s: a torn answer of %d bytes", target, len(body))
+					}
+				}
+			}
+		}()
+	}
+	readers.Wait() // while the writer changed x.txt all along
+	close(stop)
+	writer.Wait()
+	if p.cache.used > 6000 {
+		t.Errorf("%d bytes held, more than cache_size", p.cache.used)
 	}
 }

@@ -170,6 +170,9 @@ func (c *thrusterConfig) readThrusterEnv(getenv func(string) (string, bool)) err
 	c.MaxRequestBody, _ = strconv.ParseInt(vals["MAX_REQUEST_BODY"], 10, 64)
 	c.CacheSize, _ = strconv.ParseInt(vals["CACHE_SIZE"], 10, 64)
 	c.MaxCacheItemSize, _ = strconv.ParseInt(vals["MAX_CACHE_ITEM_SIZE"], 10, 64)
+	if c.MaxCacheItemSize == 0 {
+		c.CacheSize = 0 // as Thruster: nothing fits
+	}
 	c.Idle, c.Read, c.Write = seconds("HTTP_IDLE_TIMEOUT"), seconds("HTTP_READ_TIMEOUT"), seconds("HTTP_WRITE_TIMEOUT")
 	c.BadGatewayPage, c.StoragePath = vals["BAD_GATEWAY_PAGE"], vals["STORAGE_PATH"]
 	c.ACMEDirectory, c.EABKID, c.EABMAC = vals["ACME_DIRECTORY"], vals["EAB_KID"], vals["EAB_HMAC_KEY"]
@@ -365,9 +368,12 @@ var caddyfileTemplate = template.Must(template.New("Caddyfile").Funcs(template.F
 {{- end}}
 {{- if .Write}}
 			write {{.Write}}
+{{- if not .TLSDomains}}
 			# the hard write timeout bounds a stalled client, as in Thruster;
-			# Caddy's write_idle would also keep files off sendfile
+			# Caddy's write_idle would also keep files off sendfile (with
+			# TLS there is no sendfile, and HTTP/3 needs write_idle)
 			write_idle -1s
+{{- end}}
 {{- end}}
 {{- if .Idle}}
 			idle {{.Idle}}
@@ -431,7 +437,8 @@ var caddyfileTemplate = template.Must(template.New("Caddyfile").Funcs(template.F
 {{- if .PublicDir}}
 	# files of the public directory, small ones from memory; other
 	# requests go on to the app
-	supervise_public {{q .PublicDir}} {
+	supervise_public {
+		root {{q .PublicDir}}
 		cache_size {{.CacheSize}}
 		max_item_size {{.MaxCacheItemSize}}
 		immutable /assets/

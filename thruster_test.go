@@ -48,6 +48,8 @@ func TestThrusterCaddyfile(t *testing.T) {
 			"HTTP_IDLE_TIMEOUT": "5"}, []string{
 			"header_up -X-Sendfile-Type", "max_size 1048576", "debug", "idle 5s",
 		}, []string{"encode", "handle_response", "log\n", "trusted_proxies"}},
+		// with TLS, HTTP/3 needs write_idle for a write timeout at all
+		{"TLS keeps write_idle", map[string]string{"TLS_DOMAIN": "example.com"}, []string{"write 30s"}, []string{"write_idle"}},
 		// no hard write timeout: Caddy's write_idle stays, against stalled clients
 		{"no write timeout", map[string]string{"HTTP_WRITE_TIMEOUT": "0"}, []string{"read_body 30s"}, []string{"\t\t\twrite ", "write_idle"}},
 		{"gzip not on auth", map[string]string{"GZIP_COMPRESSION_DISABLE_ON_AUTH": "true"},
@@ -101,6 +103,10 @@ func TestThrusterEnvErrors(t *testing.T) {
 	c.PublicDir = "public"
 	if err != nil || len(c.warnings) != 0 || !strings.Contains(c.caddyfile(), "cache_size 1000\n\t\tmax_item_size 10\n") {
 		t.Errorf("CACHE_SIZE, MAX_CACHE_ITEM_SIZE: %v, warnings %q", err, c.warnings)
+	}
+	c, _ = thrusterFor(t, map[string]string{"MAX_CACHE_ITEM_SIZE": "0"})
+	if c.PublicDir = "public"; !strings.Contains(c.caddyfile(), "cache_size 0\n") {
+		t.Errorf("MAX_CACHE_ITEM_SIZE=0 keeps a cache")
 	}
 }
 
@@ -322,5 +328,23 @@ func TestThrusterHostileValues(t *testing.T) {
 		if err := c.check(true); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%v, want %q", err, tc.want)
 		}
+	}
+}
+
+// The public directory, absolute as a Dockerfile's WORKDIR makes it, is
+// supervise_public's root (a first argument starting with / would be read
+// by Caddy as a path matcher).
+func TestThrusterPublicDirAbsolute(t *testing.T) {
+	c, err := thrusterFor(t, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.PublicDir = "/srv/app/public"
+	out, _, err := (caddyfile.Adapter{ServerType: httpcaddyfile.ServerType{}}).Adapt([]byte(c.caddyfile()), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(out), `"max_item_size":1048576,"root":"/srv/app/public"}`) || strings.Contains(string(out), `"path":["/srv/app/public"]`) {
+		t.Errorf("the public directory is not the handler's root:\n%s", out)
 	}
 }
