@@ -28,10 +28,15 @@ func TestOneLineSendsFilesWithSendfile(t *testing.T) {
 	dir := railsDir(t)
 	strace := needStrace(t)
 	httpPort, adminPort := freePort(t), freePort(t)
+	blob := filepath.Join(t.TempDir(), "blob.bin")
+	blobData := bytes.Repeat([]byte("binary\x00\x01\x02"), 100_000) // compressible, but not a type encode compresses
+	if err := os.WriteFile(blob, blobData, 0o644); err != nil {
+		t.Fatal(err)
+	}
 	c := superviseCaddy(t, dir,
 		[]string{"--ready", "/up", "--admin", fmt.Sprintf("127.0.0.1:%d", adminPort), "--output", "log"},
 		[]string{"bin/rails", "server"},
-		"HTTP_PORT="+strconv.Itoa(httpPort), "RAILS_ENV=production", "MAX_CACHE_ITEM_SIZE=16384")
+		"HTTP_PORT="+strconv.Itoa(httpPort), "RAILS_ENV=production", "MAX_CACHE_ITEM_SIZE=16384", "BLOB_FILE="+blob)
 	c.waitLog(`"to":"ready"`, 30*time.Second)
 	base := fmt.Sprintf("http://127.0.0.1:%d", httpPort)
 	report, err := os.ReadFile(filepath.Join(dir, "files", "report.txt"))
@@ -54,7 +59,7 @@ func TestOneLineSendsFilesWithSendfile(t *testing.T) {
 		return resp, body
 	}
 
-	for _, path := range []string{"/report", "/assets/app-4567cdef.js"} {
+	for _, path := range []string{"/report", "/blob", "/assets/app-4567cdef.js"} {
 		calls := countSyscalls(t, strace, c.cmd.Process.Pid, "sendfile", func() {
 			for range 5 {
 				resp, body := get(path)
@@ -77,6 +82,12 @@ func TestOneLineSendsFilesWithSendfile(t *testing.T) {
 		}
 	}); calls != 0 {
 		t.Errorf("GET /robots.txt: %d openat calls in Caddy: it is not served from memory", calls)
+	}
+
+	// binary content is sent as it is, even to a client that takes gzip
+	if resp, body := get("/blob", "Accept-Encoding", "gzip"); resp.StatusCode != 200 || resp.Header.Get("Content-Encoding") != "" ||
+		resp.ContentLength != int64(len(blobData)) || !bytes.Equal(body, blobData) {
+		t.Errorf("GET /blob: %s, Content-Encoding %q, Content-Length %d, %d bytes", resp.Status, resp.Header.Get("Content-Encoding"), resp.ContentLength, len(body))
 	}
 
 	resp, body := get("/report")
