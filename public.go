@@ -3,7 +3,9 @@ package supervise
 import (
 	"bytes"
 	"container/list"
+	"encoding/binary"
 	"fmt"
+	"hash/fnv"
 	"io"
 	"mime"
 	"net/http"
@@ -43,10 +45,12 @@ func init() {
 // (at most four at once) and kept only if they did not change meanwhile;
 // larger ones are served from disk (through sendfile(2) where Caddy can).
 // Every file gets `Vary: Accept-Encoding`; a file whose extension has no
-// known type gets no Content-Type (none is guessed from its content).
+// known type is `application/octet-stream` with `X-Content-Type-Options:
+// nosniff` (no type is guessed from its content).
 // Ranges and conditional requests (`If-None-Match`, `If-Modified-Since`,
 // `If-Range`) are answered as Go's http.ServeContent answers them, with an
-// ETag made of the file's modification time and size.
+// ETag made of the file's modification time, size, and (Unix) inode and
+// change time.
 //
 // Thruster's cache holds cacheable responses of the app; this one holds
 // files of public/ only: responses of the app are never cached.
@@ -169,24 +173,35 @@ func (p *Public) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhtt
 
 	var content io.ReadSeeker
 	data, cached := p.cache.get(variant, vfi)
+	size := int64(len(data))
 	if cached {
 		content = bytes.NewReader(data)
 	} else {
 		f, err := os.Open(variant)
+		if err != nil && encoding != "" {
+			// the variant went away meanwhile: the file itself
+			variant, encoding = name, ""
+			f, err = os.Open(variant)
+		}
 		if err != nil {
 			return next.ServeHTTP(w, r) // gone meanwhile
 		}
 		defer f.Close()
-		if vfi, err = f.Stat(); err != nil {
-			return caddyhttp.Error(http.StatusInternalServerError, err)
+		if vfi, err = f.Stat(); err != nil || !vfi.Mode().IsRegular() {
+			return next.ServeHTTP(w, r) // replaced by a directory meanwhile
 		}
-		content = f // from disk: ServeContent hands the *os.File to sendfile(2) where it can
-		if data, cached = p.cache.load(variant, f, vfi); !cached {
-			if _, err := f.Seek(0, io.SeekStart); err != nil {
+		if data, cached = p.cache.load(variant, f, vfi); cached {
+			content, size = bytes.NewReader(data), int64(len(data))
+		} else {
+			// from disk: ServeContent hands the *os.File to sendfile(2)
+			// where it can; the size is what ServeContent will see
+			if size, err = f.Seek(0, io.SeekEnd); err == nil {
+				_, err = f.Seek(0, io.SeekStart)
+			}
+			if err != nil {
 				return caddyhttp.Error(http.StatusInternalServerError, err)
 			}
-		} else {
-			content = bytes.NewReader(data)
+			content = f
 		}
 	}
 
@@ -194,17 +209,20 @@ func (p *Public) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhtt
 	h.Add("Vary", "Accept-Encoding") // as file_server's precompressed: any file may have variants
 	if encoding != "" {
 		h.Set("Content-Encoding", encoding)
-		if _, ranged := r.Header["Range"]; !ranged {
+		if !hasConditions(r.Header) {
 			// ServeContent leaves it out of an encoded response
-			h.Set("Content-Length", strconv.FormatInt(vfi.Size(), 10))
+			h.Set("Content-Length", strconv.FormatInt(size, 10))
 		}
 	}
 	if ctype := mime.TypeByExtension(filepath.Ext(name)); ctype != "" {
 		h.Set("Content-Type", ctype)
 	} else {
-		h["Content-Type"] = nil // as file_server: no type guessed from the content (an upload of HTML)
+		// no type guessed from the content (encode would guess one): an
+		// uploaded HTML file is not served as a page
+		h.Set("Content-Type", "application/octet-stream")
+		h.Set("X-Content-Type-Options", "nosniff")
 	}
-	h.Set("Etag", fmt.Sprintf(`"%x-%x"`, vfi.ModTime().UnixNano(), vfi.Size()))
+	h.Set("Etag", etag(vfi))
 	for _, prefix := range p.Immutable {
 		if strings.HasPrefix(rel, prefix) {
 			h.Set("Cache-Control", "public, max-age=31536000, immutable")
@@ -218,7 +236,7 @@ func (p *Public) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhtt
 			h.Set("Last-Modified", mt.UTC().Format(http.TimeFormat))
 		}
 		h.Set("Accept-Ranges", "bytes")
-		h.Set("Content-Length", strconv.Itoa(len(data)))
+		h.Set("Content-Length", strconv.FormatInt(size, 10))
 		w.WriteHeader(http.StatusOK)
 		if r.Method != http.MethodHead {
 			_, _ = w.Write(data)
@@ -227,6 +245,21 @@ func (p *Public) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhtt
 	}
 	http.ServeContent(w, r, name, vfi.ModTime(), content)
 	return nil
+}
+
+// etag is a file version's entity tag: its modification time and size,
+// and (Unix) a digest of its inode and change time, so that a rewrite that
+// restores the modification time gets a new one.
+func etag(fi os.FileInfo) string {
+	tag := fmt.Sprintf(`"%x-%x`, fi.ModTime().UnixNano(), fi.Size())
+	if id, ok := fileID(fi); ok {
+		h := fnv.New32a()
+		for _, v := range id {
+			binary.Write(h, binary.LittleEndian, v)
+		}
+		tag += fmt.Sprintf("-%x", h.Sum32())
+	}
+	return tag + `"`
 }
 
 // hasConditions reports whether a request asks for a part or under a

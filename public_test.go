@@ -248,12 +248,13 @@ func TestPublicSeesRewritesThatKeepSizeAndTime(t *testing.T) {
 	if w := serve(t, p, "GET", "/app.js"); w.Body.String() != "version-1" {
 		t.Fatalf("%q", w.Body.String())
 	}
+	old := serve(t, p, "GET", "/app.js").Header().Get("Etag")
 	if err := os.WriteFile(path, []byte("VERSION-2"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	os.Chtimes(path, fi.ModTime(), fi.ModTime())
-	if w := serve(t, p, "GET", "/app.js"); w.Body.String() != "VERSION-2" {
-		t.Errorf("after a rewrite in place with the old time: %q", w.Body.String())
+	if w := serve(t, p, "GET", "/app.js", "If-None-Match", old); w.Code != 200 || w.Body.String() != "VERSION-2" || w.Header().Get("Etag") == old {
+		t.Errorf("after a rewrite in place with the old time: %d %q, ETag %s", w.Code, w.Body.String(), w.Header().Get("Etag"))
 	}
 	next := filepath.Join(root, "app.new")
 	os.WriteFile(next, []byte("version-3"), 0o644)
@@ -285,9 +286,14 @@ func TestPublicHeaders(t *testing.T) {
 				t.Errorf("cache %d, Accept-Encoding %q: %q %v", cache, tc.ae, w.Body.String(), w.Header())
 			}
 		}
+		// a failed precondition on a variant: no body, and no length that says otherwise
+		if w := serve(t, p, "GET", "/app.css", "Accept-Encoding", "gzip", "If-Match", `"other"`); w.Code != 412 ||
+			(w.Header().Get("Content-Length") != "" && w.Header().Get("Content-Length") != strconv.Itoa(w.Body.Len())) {
+			t.Errorf("cache %d, If-Match on a variant: %d, Content-Length %q, %d bytes", cache, w.Code, w.Header().Get("Content-Length"), w.Body.Len())
+		}
 		for _, method := range []string{"GET", "HEAD"} {
 			w := serve(t, p, method, "/upload")
-			if w.Header().Get("Content-Type") != "" || w.Code != 200 {
+			if w.Header().Get("Content-Type") != "application/octet-stream" || w.Header().Get("X-Content-Type-Options") != "nosniff" || w.Code != 200 {
 				t.Errorf("cache %d, %s a file without an extension: %d %v", cache, method, w.Code, w.Header())
 			}
 			if w.Header().Get("Accept-Ranges") != "bytes" || w.Header().Get("Last-Modified") == "" {
