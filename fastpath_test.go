@@ -3,7 +3,6 @@ package supervise
 import (
 	"bytes"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -45,18 +44,8 @@ func TestOneLineSendsFilesWithSendfile(t *testing.T) {
 	}
 	get := func(path string, header ...string) (*http.Response, []byte) {
 		t.Helper()
-		req, _ := http.NewRequest("GET", base+path, nil)
-		req.Header.Set("Accept-Encoding", "identity") // as it is: nothing to compress
-		for i := 0; i+1 < len(header); i += 2 {
-			req.Header.Set(header[i], header[i+1])
-		}
-		resp, err := rawClient.Do(req)
-		if err != nil {
-			t.Fatalf("GET %s: %v", path, err)
-		}
-		defer resp.Body.Close()
-		body, _ := io.ReadAll(resp.Body)
-		return resp, body
+		// as it is, nothing to compress, unless the test asks
+		return httpGet(t, base+path, append([]string{"Accept-Encoding", "identity"}, header...)...)
 	}
 
 	for _, path := range []string{"/report", "/blob", "/assets/app-4567cdef.js"} {

@@ -158,12 +158,19 @@ func (in *instance) forward(r io.Reader, stream string) {
 }
 
 // passThrough copies r to w as it comes, and keeps its lines for the
-// errors (see outputTail).
+// errors (see outputTail). After a short read it lets the app's next
+// writes gather for outputCoalesce: an app that writes a line at a time
+// (Rails logs three per request) then costs Caddy one read and one write
+// for many lines instead of two system calls each.
 func (in *instance) passThrough(r io.Reader, w io.Writer) {
 	buf := make([]byte, 32<<10)
 	var line []byte // the line being read, up to maxLine
-	for {
+	for short := false; ; {
+		if short {
+			time.Sleep(outputCoalesce)
+		}
 		n, err := r.Read(buf)
+		short = n < len(buf)
 		if n > 0 {
 			_, _ = w.Write(buf[:n])
 			for rest := buf[:n]; len(rest) > 0; {
@@ -185,6 +192,10 @@ func (in *instance) passThrough(r io.Reader, w io.Writer) {
 		}
 	}
 }
+
+// outputCoalesce is how long passThrough lets output gather between reads:
+// the most a line waits before it is passed on.
+const outputCoalesce = 2 * time.Millisecond
 
 // What a process's output tells about its failure, for the error of a new
 // instance that failed (the whole output is in the log): the first lines

@@ -36,6 +36,23 @@ func railsDir(t testing.TB) string {
 // rawClient leaves compression to the test, and gives up after 20 s.
 var rawClient = &http.Client{Transport: &http.Transport{}, Timeout: 20 * time.Second}
 
+// httpGet GETs url through rawClient with the header pairs given (a later
+// pair wins over an earlier one) and returns the response and its body.
+func httpGet(t testing.TB, url string, header ...string) (*http.Response, []byte) {
+	t.Helper()
+	req, _ := http.NewRequest("GET", url, nil)
+	for i := 0; i+1 < len(header); i += 2 {
+		req.Header.Set(header[i], header[i+1])
+	}
+	resp, err := rawClient.Do(req)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp, body
+}
+
 // superviseCaddy runs `caddy supervise FLAGS -- COMMAND` in dir with
 // Thruster's variables in env.
 func superviseCaddy(t testing.TB, dir string, flags, command []string, env ...string) *caddyProc {
@@ -71,17 +88,7 @@ func TestRailsThroughCaddySupervise(t *testing.T) {
 
 	get := func(path string, header ...string) (*http.Response, []byte) {
 		t.Helper()
-		req, _ := http.NewRequest("GET", base+path, nil)
-		for i := 0; i+1 < len(header); i += 2 {
-			req.Header.Set(header[i], header[i+1])
-		}
-		resp, err := rawClient.Do(req)
-		if err != nil {
-			t.Fatalf("GET %s: %v", path, err)
-		}
-		defer resp.Body.Close()
-		body, _ := io.ReadAll(resp.Body)
-		return resp, body
+		return httpGet(t, base+path, header...)
 	}
 
 	if resp, body := get("/"); resp.StatusCode != 200 || !bytes.Contains(body, []byte("hello from rails 6.1")) {
