@@ -135,8 +135,8 @@ func BenchmarkOneLine(b *testing.B) {
 
 		// Go's httputil.ReverseProxy (Thruster's proxy), in this process
 		goProxy := freePort(b)
-		target, _ := neturl.Parse(fmt.Sprintf("http://127.0.0.1:%d", appPort))
-		srv := &http.Server{Addr: fmt.Sprintf("127.0.0.1:%d", goProxy), Handler: httputil.NewSingleHostReverseProxy(target)}
+		app, _ := neturl.Parse(fmt.Sprintf("http://127.0.0.1:%d", appPort))
+		srv := &http.Server{Addr: fmt.Sprintf("127.0.0.1:%d", goProxy), Handler: httputil.NewSingleHostReverseProxy(app)}
 		ln, err := net.Listen("tcp", srv.Addr)
 		if err != nil {
 			b.Fatal(err)
@@ -147,64 +147,55 @@ func BenchmarkOneLine(b *testing.B) {
 		url := func(port int, p string) string { return fmt.Sprintf("http://127.0.0.1:%d%s", port, p) }
 		blobPath := "/" + filepath.Base(blob)
 
+		// each figure: its targets, the one line first, each with the label
+		// its metrics carry
+		type target struct{ label, url string }
 		figures := []struct {
-			name   string
-			conns  int
-			urls   []string // the one line first
-			size   int      // bytes a response carries, for MB/s
-			header string   // a request header, if any
+			name    string
+			conns   int
+			targets []target
+			size    int    // bytes a response carries: MB/s rather than req/s
+			header  string // a request header, if any
 		}{
-			{"xsendfile", 4, []string{url(oneLinePort, "/blob"), url(minimal, "/blob"), url(minimalTuned, "/blob"), url(plainTuned, blobPath)}, len(data), ""},
-			{"asset", 16, []string{url(oneLinePort, "/assets/app-4567cdef.js"), url(plain, "/app-4567cdef.js"), url(plainTuned, "/app-4567cdef.js")}, 0, ""},
-			{"proxied", 16, []string{url(oneLinePort, "/"), url(static, "/"), url(bare, "/"), url(goProxy, "/")}, 0, ""},
-			{"gzip", 16, []string{url(oneLinePort, "/big"), url(gzipped, "/big")}, 0, "Accept-Encoding: gzip"},
+			{"xsendfile", 4, []target{{"one-line", url(oneLinePort, "/blob")}, {"minimal", url(minimal, "/blob")},
+				{"minimal-tuned", url(minimalTuned, "/blob")}, {"file-server-tuned", url(plainTuned, blobPath)}}, len(data), ""},
+			{"asset", 16, []target{{"one-line", url(oneLinePort, "/assets/app-4567cdef.js")}, {"file-server", url(plain, "/app-4567cdef.js")},
+				{"file-server-tuned", url(plainTuned, "/app-4567cdef.js")}}, 0, ""},
+			{"proxied", 16, []target{{"one-line", url(oneLinePort, "/")}, {"static", url(static, "/")}, {"bare", url(bare, "/")},
+				{"go-httputil", url(goProxy, "/")}}, 0, ""},
+			{"gzip-page", 16, []target{{"one-line", url(oneLinePort, "/big")}, {"encode-gzip", url(gzipped, "/big")}}, 0, "Accept-Encoding: gzip"},
 		}
 		for _, f := range figures {
-			rates := make([][]float64, len(f.urls))
-			p99s := make([][]float64, len(f.urls))
+			rates := make([][]float64, len(f.targets))
+			var p99s []float64 // the one line's
 			n := rounds
 			if f.name == "proxied" {
 				n = 2*rounds + 1 // bound by the app: noisier
 			}
 			for k := range n {
-				for j := range f.urls {
-					i := (k + j) % len(f.urls) // each config goes first in turn
-					r, p99 := runWrk(b, wrk, f.urls[i], f.header, f.conns, 5*time.Second)
+				for j := range f.targets {
+					i := (k + j) % len(f.targets) // each config goes first in turn
+					r, p99 := runWrk(b, wrk, f.targets[i].url, f.header, f.conns, 5*time.Second)
 					rates[i] = append(rates[i], r)
-					p99s[i] = append(p99s[i], p99)
+					if i == 0 {
+						p99s = append(p99s, p99)
+					}
 				}
 			}
+			unit, scale := "req/s", 1.0
+			if f.size > 0 {
+				unit, scale = "MB/s", float64(f.size)/1e6
+			}
 			one := medianOf(rates[0])
-			switch f.name {
-			case "xsendfile":
-				mb := func(r float64) float64 { return r * float64(f.size) / 1e6 }
-				b.ReportMetric(mb(one), "MB/s-xsendfile-one-line")
-				b.ReportMetric(mb(medianOf(rates[1])), "MB/s-xsendfile-minimal")
-				b.ReportMetric(mb(medianOf(rates[2])), "MB/s-xsendfile-minimal-tuned")
-				b.ReportMetric(mb(medianOf(rates[3])), "MB/s-file-server-ceiling")
-				b.ReportMetric(one/medianOf(rates[1]), "ratio-xsendfile-one-line/minimal")
-				b.ReportMetric(one/medianOf(rates[2]), "ratio-xsendfile-one-line/minimal-tuned")
-				b.ReportMetric(one/medianOf(rates[3]), "ratio-xsendfile-one-line/file-server")
-			case "asset":
-				b.ReportMetric(one, "req/s-asset-one-line")
-				b.ReportMetric(medianOf(rates[1]), "req/s-asset-file-server")
-				b.ReportMetric(medianOf(rates[2]), "req/s-asset-file-server-tuned")
-				b.ReportMetric(one/medianOf(rates[1]), "ratio-asset-one-line/file-server")
-				b.ReportMetric(one/medianOf(rates[2]), "ratio-asset-one-line/file-server-tuned")
-			case "proxied":
-				b.ReportMetric(one, "req/s-proxied-one-line")
-				b.ReportMetric(medianOf(p99s[0]), "ms-p99-proxied-one-line")
-				b.ReportMetric(medianOf(rates[1]), "req/s-proxied-static")
-				b.ReportMetric(medianOf(rates[2]), "req/s-proxied-bare")
-				b.ReportMetric(one/medianOf(rates[1]), "ratio-proxied-one-line/static")
-				b.ReportMetric(one/medianOf(rates[2]), "ratio-proxied-one-line/bare")
-				b.ReportMetric(medianOf(rates[3]), "req/s-proxied-go-httputil")
+			b.ReportMetric(medianOf(p99s), "ms-p99-"+f.name+"-one-line")
+			for i, t := range f.targets {
+				b.ReportMetric(medianOf(rates[i])*scale, unit+"-"+f.name+"-"+t.label)
+				if i > 0 {
+					b.ReportMetric(one/medianOf(rates[i]), "ratio-"+f.name+"-one-line/"+t.label)
+				}
+			}
+			if f.name == "proxied" {
 				b.ReportMetric(medianOf(rates[2])/medianOf(rates[3]), "ratio-proxied-bare-caddy/go-httputil")
-				b.ReportMetric(one/medianOf(rates[3]), "ratio-proxied-one-line/go-httputil")
-			case "gzip":
-				b.ReportMetric(one, "req/s-gzip-page-one-line")
-				b.ReportMetric(medianOf(rates[1]), "req/s-gzip-page-encode-gzip")
-				b.ReportMetric(one/medianOf(rates[1]), "ratio-gzip-page-one-line/encode-gzip")
 			}
 		}
 		// memory: the one line's Caddy and the hand-written configs' Caddy
