@@ -59,6 +59,12 @@ type Status struct {
 	// serves, a new one a restart or reload brings up, old ones that retire
 	// or stop.
 	Instances []InstanceStatus `json:"instances"`
+	// Retirements counts how instances that left service ended, by outcome:
+	// `idle` (everything sent to it ended by itself), `streams_closed` (its
+	// open streams were ended cleanly: stream_drain_timeout, a newer
+	// retirement, or nothing served in its place), `drain_timeout`
+	// (ordinary requests still ran), `exit` (Caddy exited first).
+	Retirements map[string]int `json:"retirements,omitempty"`
 }
 
 // InstanceStatus is one running instance of a process.
@@ -68,6 +74,12 @@ type InstanceStatus struct {
 	Serving   bool       `json:"serving"`
 	Port      int        `json:"port,omitempty"`
 	StartedAt *time.Time `json:"started_at,omitempty"`
+	// RetiredAt is when it left service, if it did.
+	RetiredAt *time.Time `json:"retired_at,omitempty"`
+	// Streams are its open streams (seen by `supervise_streams`).
+	Streams streamCounts `json:"streams"`
+	// MemoryBytes is the resident memory of its process group (Linux).
+	MemoryBytes int64 `json:"memory_bytes,omitempty"`
 }
 
 func (a *AdminAPI) serve(w http.ResponseWriter, r *http.Request) error {
@@ -87,7 +99,7 @@ func (a *AdminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 		}
 		list := []Status{}
 		for _, s := range allServices() {
-			list = append(list, s.fresh().status)
+			list = append(list, s.fresh().statusNow())
 		}
 		return writeJSONResponse(w, list)
 	}
@@ -100,7 +112,7 @@ func (a *AdminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 		if err := method(http.MethodGet); err != nil {
 			return err
 		}
-		return writeJSONResponse(w, s.fresh().status)
+		return writeJSONResponse(w, s.fresh().statusNow())
 	case len(parts) == 2 && parts[1] == "restart":
 		if err := method(http.MethodPost); err != nil {
 			return err
@@ -129,7 +141,7 @@ func (a *AdminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 		if err := <-reply; err != nil {
 			return apiError(statusOf(err), err)
 		}
-		return writeJSONResponse(w, s.fresh().status)
+		return writeJSONResponse(w, s.fresh().statusNow())
 	}
 	return apiError(http.StatusNotFound, fmt.Errorf("%s: not an endpoint of /supervise/", r.URL.Path))
 }

@@ -33,6 +33,7 @@ func init() {
 //		group          <name|gid>
 //		stop_signal    <signal>
 //		drain_timeout  <duration>
+//		stream_drain_timeout <duration>
 //		stop_timeout   <duration>
 //		output         log|inherit|discard
 //		restart        never|on_failure|always
@@ -145,13 +146,14 @@ var subdirectives = map[string]subdirective{
 		p.StopSignal = a[0]
 		return nil
 	}},
-	"drain_timeout":  {args: 1, set: durationSetter(func(p *Process) *Duration { return &p.DrainTimeout })},
-	"stop_timeout":   {args: 1, set: durationSetter(func(p *Process) *Duration { return &p.StopTimeout })},
-	"restart_window": {args: 1, set: durationSetter(func(p *Process) *Duration { return &p.RestartWindow })},
-	"restart":        {args: 1, set: oneOf(func(p *Process) *string { return &p.Restart }, RestartNever, RestartOnFailure, RestartAlways)},
-	"output":         {args: 1, set: oneOf(func(p *Process) *string { return &p.Output }, OutputLog, OutputInherit, OutputDiscard)},
-	"on_end":         {args: 1, set: oneOf(func(p *Process) *string { return &p.OnEnd }, OnEndStopCaddy, OnEndKeepRunning)},
-	"port":           {args: 1, set: stringSetter(func(p *Process) *string { return &p.Port })},
+	"drain_timeout":        {args: 1, set: durationSetter(func(p *Process) *Duration { return &p.DrainTimeout })},
+	"stop_timeout":         {args: 1, set: durationSetter(func(p *Process) *Duration { return &p.StopTimeout })},
+	"stream_drain_timeout": {args: 1, set: durationSetter(func(p *Process) *Duration { return &p.StreamDrainTimeout })},
+	"restart_window":       {args: 1, set: durationSetter(func(p *Process) *Duration { return &p.RestartWindow })},
+	"restart":              {args: 1, set: oneOf(func(p *Process) *string { return &p.Restart }, RestartNever, RestartOnFailure, RestartAlways)},
+	"output":               {args: 1, set: oneOf(func(p *Process) *string { return &p.Output }, OutputLog, OutputInherit, OutputDiscard)},
+	"on_end":               {args: 1, set: oneOf(func(p *Process) *string { return &p.OnEnd }, OnEndStopCaddy, OnEndKeepRunning)},
+	"port":                 {args: 1, set: stringSetter(func(p *Process) *string { return &p.Port })},
 	"socket": {args: 1, set: func(p *Process, a []string) error {
 		address, _, err := splitSocketMode(a[0])
 		if err != nil {

@@ -20,7 +20,9 @@ import (
 const (
 	DefaultStopSignal   = "SIGTERM"
 	DefaultDrainTimeout = 30 * time.Second
-	DefaultStopTimeout  = 10 * time.Second
+	// DefaultStreamDrainTimeout: see Process.StreamDrainTimeout.
+	DefaultStreamDrainTimeout = 5 * time.Minute
+	DefaultStopTimeout        = 10 * time.Second
 
 	DefaultRestart       = RestartNever
 	DefaultRestartWindow = time.Minute
@@ -166,6 +168,21 @@ type Process struct {
 	// Default: `30s`.
 	DrainTimeout Duration `json:"drain_timeout,omitempty"`
 
+	// StreamDrainTimeout bounds how long an instance that a restart or a
+	// reload replaced beside itself keeps serving its open streams
+	// (WebSockets, server-sent events) while the new instance takes the new
+	// ones. Its ordinary requests finish first, within `drain_timeout`;
+	// once its last stream has ended, or this much time has passed since it
+	// left service, it gets its stop signal; streams still open then are
+	// ended cleanly first (a WebSocket close frame 1001, the end of an SSE
+	// response), so that clients reconnect to the new instance. A newer
+	// replacement ends the streams of an older retiring instance at once:
+	// at most one old instance lingers. Streams are seen by the
+	// `supervise_streams` handler in front of `reverse_proxy`; without it
+	// they count as ordinary requests. At Caddy's exit streams end when the
+	// drain begins, whatever this says. Default: `5m`.
+	StreamDrainTimeout Duration `json:"stream_drain_timeout,omitempty"`
+
 	// StopTimeout is how long the child may take to exit after the stop
 	// signal before its whole process group is killed with SIGKILL. It is a
 	// duration string with a unit. Default: `10s`.
@@ -258,6 +275,12 @@ func (p *Process) provision(index int) error {
 	}
 	if p.DrainTimeout == 0 {
 		p.DrainTimeout = Duration(DefaultDrainTimeout)
+	}
+	if p.StreamDrainTimeout < 0 {
+		return fmt.Errorf("%s: stream_drain_timeout %q: must be positive", where, p.StreamDrainTimeout)
+	}
+	if p.StreamDrainTimeout == 0 {
+		p.StreamDrainTimeout = Duration(DefaultStreamDrainTimeout)
 	}
 	if p.StopTimeout < 0 {
 		return fmt.Errorf("%s: stop_timeout %q: must be positive", where, p.StopTimeout)
@@ -592,6 +615,7 @@ func (p *Process) UnmarshalJSON(b []byte) error {
 	var aux struct {
 		*plain
 		DrainTimeout  json.RawMessage `json:"drain_timeout,omitempty"`
+		StreamDrain   json.RawMessage `json:"stream_drain_timeout,omitempty"`
 		StopTimeout   json.RawMessage `json:"stop_timeout,omitempty"`
 		RestartWindow json.RawMessage `json:"restart_window,omitempty"`
 		ReadyTimeout  json.RawMessage `json:"ready_timeout,omitempty"`
@@ -608,6 +632,7 @@ func (p *Process) UnmarshalJSON(b []byte) error {
 		dst  *Duration
 	}{
 		{"drain_timeout", aux.DrainTimeout, &p.DrainTimeout},
+		{"stream_drain_timeout", aux.StreamDrain, &p.StreamDrainTimeout},
 		{"stop_timeout", aux.StopTimeout, &p.StopTimeout},
 		{"restart_window", aux.RestartWindow, &p.RestartWindow},
 		{"ready_timeout", aux.ReadyTimeout, &p.ReadyTimeout},

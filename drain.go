@@ -55,6 +55,15 @@ func (a *App) hookHTTP(ctx caddy.Context) {
 		names = append(names, name)
 	}
 	sort.Strings(names)
+	// The exit's drain begins when a server begins to shut down, after
+	// shutdown_delay: then streams end (see exitSequence).
+	for _, srv := range servers {
+		srv.RegisterOnShutdown(func() {
+			if caddy.Exiting() {
+				a.beganOnce.Do(func() { close(a.drainBegan) })
+			}
+		})
+	}
 	// The stop hooks of all servers run once, after all servers stopped: one is enough.
 	// (On a reload they run at once, as the servers begin to shut down.)
 	tracked := !slices.ContainsFunc(slices.Collect(maps.Values(servers)), mayServeHTTP3)

@@ -36,19 +36,26 @@ type instance struct {
 	slot     int                     // its place in the service's serving set
 
 	// owned by the service's loop
-	state        state
-	startedAt    time.Time
-	stopBegan    time.Time // when its stop signal went out, if it did
-	retireUntil  *App      // a retiring instance stays until this config is gone (a failed reload may put it back)
-	retireReason string    // why it retires, for its stop
-	retireGen    int       // its retirements, to tell a stale drain_timeout from the current one
-	retireTimer  int       // the retirement whose drain_timeout runs
-	notReady     string    // why it failed its readiness probe ("" if it did not)
-	restarts     int       // the service's restarts when it started, for its log
+	state         state
+	startedAt     time.Time
+	stopBegan     time.Time // when its stop signal went out, if it did
+	retireUntil   *App      // a retiring instance stays until this config is gone (a failed reload may put it back)
+	retireReason  string    // why it retires, for its stop
+	retireGen     int       // its retirements, to tell a stale bound from the current one
+	retireTimer   int       // the retirement whose bounds run
+	retiredAt     time.Time // when it left service
+	keepStreams   bool      // it retires beside its replacement: its streams may go on (see retire.go)
+	streamsClosed string    // why its streams were ended, if they were
+	closedStreams int       // how many
+	notReady      string    // why it failed its readiness probe ("" if it did not)
+	restarts      int       // the service's restarts when it started, for its log
 
 	// the dynamic upstream's requests (see admit)
 	accepting atomic.Bool  // it serves: requests may be sent to it
-	inflight  atomic.Int64 // requests sent to it that have not ended
+	inflight  atomic.Int64 // requests sent to it that have not ended (streams included)
+	streams   atomic.Int64 // those of them that are open streams (see streams.go)
+
+	streamsEnding bool // its streams end as they open; guarded by openStreams
 
 	exited chan struct{} // closed once the group is gone and the leader reaped
 	result exitResult    // set before exited is closed
@@ -124,6 +131,9 @@ func (in *instance) admit(r *http.Request) bool {
 	if !in.accepting.Load() {
 		in.requestEnded()
 		return false
+	}
+	if st := streamOf(r); st != nil {
+		st.inst = in // if it becomes a stream, it is this instance's
 	}
 	context.AfterFunc(r.Context(), in.requestEnded)
 	return true

@@ -19,10 +19,13 @@ var (
 	descStartTime = prometheus.NewDesc("caddy_supervise_process_start_time_seconds", "When the current or last child started, in seconds since the epoch.", []string{"name"}, nil)
 	descStop      = prometheus.NewDesc("caddy_supervise_process_last_stop_seconds", "How long the last stop took, from the stop signal until the process group was gone.", []string{"name"}, nil)
 	descDrain     = prometheus.NewDesc("caddy_supervise_process_last_drain_seconds", "At the last exit of Caddy: how long the process was kept running while Caddy's servers drained.", []string{"name"}, nil)
+	descRetired   = prometheus.NewDesc("caddy_supervise_retirements_total", "Instances that left service, by how their retirement ended: idle, streams_closed, drain_timeout, exit.", []string{"name", "outcome"}, nil)
+	descStreams   = prometheus.NewDesc("caddy_supervise_instance_streams", "Open streams of an instance (seen by supervise_streams), by kind: websocket, sse.", []string{"name", "pid", "state", "kind"}, nil)
+	descMemory    = prometheus.NewDesc("caddy_supervise_instance_memory_bytes", "Resident memory of an instance's process group (Linux).", []string{"name", "pid", "state"}, nil)
 )
 
 func (collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descUp, descReady, descRestarts, descExits, descStartTime, descStop, descDrain} {
+	for _, d := range []*prometheus.Desc{descUp, descReady, descRestarts, descExits, descStartTime, descStop, descDrain, descRetired, descStreams, descMemory} {
 		ch <- d
 	}
 }
@@ -35,7 +38,8 @@ func (collector) Collect(ch chan<- prometheus.Metric) {
 		return 0
 	}
 	for _, s := range allServices() {
-		m, name := s.fresh().metrics, s.name
+		v, name := s.fresh(), s.name
+		m := v.metrics
 		ch <- prometheus.MustNewConstMetric(descUp, prometheus.GaugeValue, bit(m.up), name)
 		ch <- prometheus.MustNewConstMetric(descReady, prometheus.GaugeValue, bit(m.ready), name)
 		ch <- prometheus.MustNewConstMetric(descRestarts, prometheus.CounterValue, float64(m.restarts), name)
@@ -47,5 +51,16 @@ func (collector) Collect(ch chan<- prometheus.Metric) {
 		}
 		ch <- prometheus.MustNewConstMetric(descStop, prometheus.GaugeValue, m.lastStop.Seconds(), name)
 		ch <- prometheus.MustNewConstMetric(descDrain, prometheus.GaugeValue, m.lastDrain.Seconds(), name)
+		for outcome, n := range m.retirements {
+			ch <- prometheus.MustNewConstMetric(descRetired, prometheus.CounterValue, float64(n), name, outcome)
+		}
+		for _, in := range v.statusNow().Instances {
+			pid, state := strconv.Itoa(in.PID), string(in.State)
+			ch <- prometheus.MustNewConstMetric(descStreams, prometheus.GaugeValue, float64(in.Streams.WebSockets), name, pid, state, "websocket")
+			ch <- prometheus.MustNewConstMetric(descStreams, prometheus.GaugeValue, float64(in.Streams.SSE), name, pid, state, "sse")
+			if in.MemoryBytes > 0 {
+				ch <- prometheus.MustNewConstMetric(descMemory, prometheus.GaugeValue, float64(in.MemoryBytes), name, pid, state)
+			}
+		}
 	}
 }

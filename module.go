@@ -50,6 +50,8 @@ type App struct {
 
 	hasHTTP    bool          // the config has HTTP servers to drain on exit
 	exitOnce   sync.Once     // starts the exit sequence once
+	drainBegan chan struct{} // closed when the exit's drain begins: a server of this config begins to shut down
+	beganOnce  sync.Once
 	drained    chan struct{} // closed when the exit's drain is over
 	drainOnce  sync.Once     // closes drained once
 	drainedWhy string        // why the drain is over; read after <-drained
@@ -69,6 +71,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 	a.ctx = ctx
 	a.logger = ctx.Logger()
 	a.drained = make(chan struct{})
+	a.drainBegan = make(chan struct{})
 	a.started = make(chan struct{})
 	names := make(map[string]int, len(a.Processes))
 	for i, p := range a.Processes {

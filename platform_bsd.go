@@ -97,6 +97,9 @@ func chmodSocketFile(path string, node fs.FileInfo, mode fs.FileMode) error {
 // listeningAddrs: there is no /proc to read listening sockets from.
 func listeningAddrs(pgid int) (addrs []string, known bool) { return nil, false }
 
+// groupMemory: not measured on this platform.
+func groupMemory(pgid int) int64 { return 0 }
+
 // statCtime: not read here (its field's name differs between these
 // systems); size, modification time and inode tell versions apart.
 func statCtime(st *syscall.Stat_t) (sec, nsec int64) { return 0, 0 }

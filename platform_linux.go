@@ -204,7 +204,28 @@ func listeningAddrs(pgid int) (addrs []string, known bool) {
 // groupMembers lists the live processes of group pgid.
 func groupMembers(pgid int) []int {
 	var pids []int
+	forGroup(pgid, func(pid int, _ []string) { pids = append(pids, pid) })
+	return pids
+}
+
+// groupMemory is the resident memory of group pgid's processes, in bytes
+// (the sum of their RSS: pages they share count once per process).
+func groupMemory(pgid int) int64 {
+	var pages int64
+	forGroup(pgid, func(_ int, f []string) {
+		if len(f) > 21 { // field 24 of stat, rss in pages
+			n, _ := strconv.ParseInt(f[21], 10, 64)
+			pages += n
+		}
+	})
+	return pages * int64(os.Getpagesize())
+}
+
+// forGroup calls f for each process of group pgid with the fields of its
+// /proc/PID/stat after the command's name (state first).
+func forGroup(pgid int, f func(pid int, fields []string)) {
 	entries, _ := os.ReadDir("/proc")
+	want := strconv.Itoa(pgid)
 	for _, e := range entries {
 		pid, err := strconv.Atoi(e.Name())
 		if err != nil {
@@ -215,11 +236,10 @@ func groupMembers(pgid int) []int {
 		if err != nil || i < 0 {
 			continue
 		}
-		if f := strings.Fields(string(stat[i+1:])); len(f) > 2 && f[2] == strconv.Itoa(pgid) {
-			pids = append(pids, pid)
+		if fields := strings.Fields(string(stat[i+1:])); len(fields) > 2 && fields[2] == want {
+			f(pid, fields)
 		}
 	}
-	return pids
 }
 
 // hexAddr reads an address of /proc/net/tcp{,6}: the IP as 32-bit words in

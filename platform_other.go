@@ -132,6 +132,9 @@ func chmodSocketFile(path string, node fs.FileInfo, mode fs.FileMode) error { re
 // listeningAddrs: there is no /proc to read listening sockets from.
 func listeningAddrs(pgid int) (addrs []string, known bool) { return nil, false }
 
+// groupMemory: not measured on this platform.
+func groupMemory(pgid int) int64 { return 0 }
+
 // ownedPath reports whether path is a directory (Windows: its ACL decides
 // who may change it).
 func ownedPath(path string) bool { return isPrivateDir(path) }

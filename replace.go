@@ -111,7 +111,7 @@ func (s *service) adminRestart(reply chan restartAnswer) {
 				reply <- restartAnswer{err: err}
 				return
 			}
-			reply <- restartAnswer{status: s.status()}
+			reply <- restartAnswer{status: s.view.Load().statusNow()} // published by reply
 		}})
 }
 
@@ -132,9 +132,7 @@ func (s *service) putBack() {
 		}
 	}
 	if r != nil {
-		r.retireGen++ // its drain_timeout no longer counts
-		r.setState(stateReady)
-		r.retireUntil = nil
+		s.serveAgain(r)
 		s.slots[0], s.port = r, r.port
 		s.log().Info("the new config did not take over: the old instance serves on", zap.Int("pid", r.getPID()))
 		if in != nil {

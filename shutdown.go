@@ -43,13 +43,28 @@ func (a *App) endDrain(why string) {
 //     their in-flight requests (shutdown_delay and grace_period included):
 //     until final's HTTP servers have drained, or drain_timeout has passed
 //     since the exit began, whichever comes first. (A crash meanwhile is
-//     restarted as its policy says: the drain needs the app.)
+//     restarted as its policy says: the drain needs the app.) Streams do
+//     not hold the drain: when it begins (the servers begin to shut down,
+//     after shutdown_delay), every open stream ends cleanly, WebSockets
+//     with a close frame 1001 and SSE responses as complete responses, so
+//     that their clients reconnect at once, wherever the load balancer
+//     sends them (see streams.go).
 //  3. Every instance gets stop_signal to its process group, then up to
 //     stop_timeout to exit, then SIGKILL to the group.
 //
 // Meanwhile Caddy goes on stopping its apps; at the very end of its exit,
 // waitForChildren holds the process until every group is gone.
 func exitSequence(final *App, began time.Time) {
+	go func() {
+		select {
+		case <-final.drainBegan:
+		case <-final.drained:
+		}
+		if n := endStreams(nil); n > 0 {
+			final.logger.Info("Caddy's servers begin to drain: ending the open streams cleanly", zap.Int("streams", n),
+				zap.Duration("since_exit_began", time.Since(began)))
+		}
+	}()
 	for _, s := range allServices() {
 		go func() {
 			if !s.post(exitEv{}) {

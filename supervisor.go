@@ -78,12 +78,13 @@ type holder struct {
 
 // history is what a service remembers across its instances.
 type history struct {
-	restarts  int         // restarts: by the restart policy and the admin API
-	exits     map[int]int // exit statuses of every instance, and how often
-	lastExit  *int
-	lastStop  time.Duration // how long the last stop took
-	lastDrain time.Duration // at Caddy's exit: how long it served while Caddy drained
-	window    []time.Time   // restarts within restart_window (max_restarts)
+	restarts    int         // restarts: by the restart policy and the admin API
+	exits       map[int]int // exit statuses of every instance, and how often
+	lastExit    *int
+	lastStop    time.Duration  // how long the last stop took
+	lastDrain   time.Duration  // at Caddy's exit: how long it served while Caddy drained
+	retirements map[string]int // how retirements ended, by outcome (see retire.go)
+	window      []time.Time    // restarts within restart_window (max_restarts)
 }
 
 // backoff is the restart policy's state: the delay of the last restart,
@@ -126,8 +127,9 @@ type (
 	}
 	restartDue struct{ gen int }
 	retireDone struct {
-		in  *instance
-		gen int
+		in      *instance
+		gen     int
+		streams bool // stream_drain_timeout passed, else drain_timeout
 	}
 
 	instanceIdle struct{ in *instance }
@@ -287,11 +289,7 @@ func (s *service) handle(ev any) {
 			s.restartNow()
 		}
 	case retireDone:
-		if ev.in.state == stateRetiring && ev.gen == ev.in.retireGen && !(ev.in.retireUntil != nil && s.holds(ev.in.retireUntil)) {
-			s.log().Warn("requests sent to the retiring instance still run after drain_timeout; stopping it",
-				zap.Int("pid", ev.in.getPID()), zap.Int64("requests", ev.in.inflight.Load()))
-			s.stopInstance(ev.in, ev.in.retireReason)
-		}
+		s.retireDue(ev)
 	case instanceIdle:
 		s.stopIfRetired(ev.in)
 	case instanceReady:
@@ -489,46 +487,12 @@ func (s *service) stopEverything(reason string) {
 		}
 	}
 	for _, in := range s.live {
-		if in.state != stateRetiring || reason == "Caddy is exiting" {
+		switch {
+		case in.state == stateRetiring && reason == "Caddy is exiting":
+			s.endRetirement(in, "exit")
+		case in.state != stateRetiring:
 			s.stopInstance(in, reason)
 		}
-	}
-}
-
-// retire takes an instance out of service: the dynamic upstream sends it
-// nothing new, and it gets its stop signal once the requests it was sent
-// have ended (or drain_timeout passed), and no config that may still put
-// it back (until) holds the process. A stop signal that came with requests
-// still on their way would fail them: connections in its listen queue are
-// reset as it closes its listener, and kept-alive ones it closes race with
-// new requests on them.
-func (s *service) retire(in *instance, until *App, reason string) {
-	if in.state != stateReady && in.state != stateRetiring {
-		s.stopInstance(in, reason) // it served nothing
-		return
-	}
-	if in.state == stateReady {
-		in.retireGen++ // a drain_timeout of an earlier retirement does not count
-	}
-	in.setState(stateRetiring)
-	in.retireUntil, in.retireReason = until, reason
-	s.publish() // out of service before its count is read
-	s.stopIfRetired(in)
-}
-
-// stopIfRetired stops a retiring instance once nothing keeps it.
-func (s *service) stopIfRetired(in *instance) {
-	if in.state != stateRetiring || (in.retireUntil != nil && s.holds(in.retireUntil)) {
-		return
-	}
-	if in.inflight.Load() == 0 {
-		s.stopInstance(in, in.retireReason)
-		return
-	}
-	if in.retireTimer != in.retireGen {
-		in.retireTimer = in.retireGen
-		gen := in.retireGen
-		time.AfterFunc(time.Duration(in.settings.Load().DrainTimeout), func() { s.post(retireDone{in, gen}) })
 	}
 }
 
@@ -540,6 +504,7 @@ func (s *service) stopInstance(in *instance, reason string) {
 	if in.state == stateStopping || in.state == stateExited {
 		return
 	}
+	s.closeStreams(in, reason) // cleanly, before the app hears of its stop
 	in.setState(stateStopping)
 	def := in.settings.Load()
 	// readers learn that it is out of service before it hears of it: no

@@ -15,18 +15,20 @@ type view struct {
 	addrs   []string    // where they serve
 	pending bool        // none is ready now, but one will be by itself (starting, restarting, replaced)
 	status  Status
+	live    []*instance // status.Instances' instances, in order
 	metrics viewMetrics
 	changed chan struct{}
 }
 
 // viewMetrics are the figures /metrics reports of a service.
 type viewMetrics struct {
-	up, ready bool
-	restarts  int
-	exits     map[int]int
-	startedAt time.Time
-	lastStop  time.Duration
-	lastDrain time.Duration
+	up, ready   bool
+	restarts    int
+	exits       map[int]int
+	startedAt   time.Time
+	lastStop    time.Duration
+	lastDrain   time.Duration
+	retirements map[string]int
 }
 
 // fresh returns a view that includes every event the loop took before the
@@ -43,7 +45,7 @@ func (s *service) fresh() *view {
 
 // publish replaces the service's view with one of its state now.
 func (s *service) publish() {
-	v := &view{changed: make(chan struct{}), status: s.status()}
+	v := &view{changed: make(chan struct{}), status: s.status(), live: slices.Clone(s.live)}
 	serving := false
 	for _, in := range s.live {
 		in.accepting.Store(in.state == stateReady && slices.Contains(s.slots, in))
@@ -62,12 +64,13 @@ func (s *service) publish() {
 		(serving || s.job != nil || s.backoff.pending))
 	in := s.slots[0]
 	v.metrics = viewMetrics{
-		up:        in != nil && in.live(),
-		ready:     in != nil && in.state == stateReady,
-		restarts:  s.history.restarts,
-		exits:     maps.Clone(s.history.exits),
-		lastStop:  s.history.lastStop,
-		lastDrain: s.history.lastDrain,
+		up:          in != nil && in.live(),
+		ready:       in != nil && in.state == stateReady,
+		restarts:    s.history.restarts,
+		exits:       maps.Clone(s.history.exits),
+		lastStop:    s.history.lastStop,
+		lastDrain:   s.history.lastDrain,
+		retirements: maps.Clone(s.history.retirements),
 	}
 	if shown := s.shown(); shown != nil {
 		v.metrics.startedAt = shown.startedAt
@@ -102,7 +105,14 @@ func (s *service) status() Status {
 			t := in.startedAt
 			is.StartedAt = &t
 		}
+		if in.state == stateRetiring || in.state == stateStopping && !in.retiredAt.IsZero() {
+			t := in.retiredAt
+			is.RetiredAt = &t
+		}
 		st.Instances = append(st.Instances, is)
+	}
+	if len(s.history.retirements) > 0 {
+		st.Retirements = maps.Clone(s.history.retirements)
 	}
 	in := s.shown()
 	if in == nil {
@@ -114,6 +124,21 @@ func (s *service) status() Status {
 	if !in.startedAt.IsZero() {
 		t := in.startedAt
 		st.StartedAt = &t
+	}
+	return st
+}
+
+// statusNow is the view's status with what changes between events filled
+// in: each instance's open streams and memory.
+func (v *view) statusNow() Status {
+	st := v.status
+	st.Instances = slices.Clone(st.Instances)
+	streams := countStreams()
+	for i, in := range v.live {
+		st.Instances[i].Streams = streams[in]
+		if st.Instances[i].State != stateExited {
+			st.Instances[i].MemoryBytes = groupMemory(st.Instances[i].PID)
+		}
 	}
 	return st
 }

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs the real app servers the tests run, from Debian's packages, when
 # they are missing: Puma 5.6 (and Ruby's Rack), gunicorn 20.1, uvicorn 0.17,
-# Rails 6.1 (ruby-railties: a one-file app is a real Rails stack), and
+# Rails 6.1 (ruby-railties: a one-file app is a real Rails stack) with
+# Action Cable (ruby-actioncable), python3-websockets for uvicorn's
+# WebSockets, Node's ws (node-ws, and nodejs if there is no node), and
 # setcap (libcap2-bin) for the capability tests, strace to see which
 # system calls send files; `deps.sh bench` adds wrk for scripts/bench.sh.
 # Needs root (or sudo) and
@@ -11,7 +13,11 @@ need=()
 command -v puma >/dev/null 2>&1 || need+=(puma)
 [ -x /usr/bin/gunicorn ] || need+=(gunicorn)
 /usr/bin/python3 -c "import uvicorn" >/dev/null 2>&1 || need+=(python3-uvicorn)
+/usr/bin/python3 -c "import websockets" >/dev/null 2>&1 || need+=(python3-websockets)
+command -v node >/dev/null 2>&1 || need+=(nodejs)
+[ -f /usr/share/nodejs/ws/package.json ] || need+=(node-ws)
 ruby -e 'require "action_controller/railtie"' >/dev/null 2>&1 || need+=(ruby-railties)
+ruby -e 'require "action_cable/engine"' >/dev/null 2>&1 || need+=(ruby-actioncable)
 command -v setcap >/dev/null 2>&1 || [ -x /usr/sbin/setcap ] || need+=(libcap2-bin)
 command -v strace >/dev/null 2>&1 || need+=(strace)
 [ "${1:-}" != bench ] || command -v wrk >/dev/null 2>&1 || need+=(wrk)

@@ -1,0 +1,510 @@
+package supervise
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+)
+
+func init() {
+	caddy.RegisterModule(Streams{})
+	httpcaddyfile.RegisterHandlerDirective("supervise_streams", parseStreams)
+	httpcaddyfile.RegisterDirectiveOrder("supervise_streams", httpcaddyfile.Before, "reverse_proxy")
+}
+
+// Streams is an HTTP handler that sees the streams of the requests it
+// passes on to `reverse_proxy`: WebSockets (an upgraded connection, or a
+// WebSocket over HTTP/2's extended CONNECT) and server-sent events (a
+// response of type `text/event-stream`). It changes nothing in them; it
+// lets this module
+//
+//   - count them per instance of a supervised process (the admin API and
+//     metrics show them), so that an instance that a restart or a reload
+//     replaces keeps serving its streams until they end, up to the
+//     process's `stream_drain_timeout`, while new ones go to the new
+//     instance;
+//   - end them cleanly when they must end: a WebSocket gets a close frame
+//     with code 1001 (going away), sent between two of the app's frames,
+//     and an SSE response ends as a complete response (the chunked
+//     terminator, or HTTP/2's END_STREAM), so that clients reconnect at
+//     once instead of seeing a transport error. That happens when Caddy's
+//     exit drain begins (streams never hold the drain), before an instance
+//     gets its stop signal, and at `stream_drain_timeout`.
+//
+// In the Caddyfile it is `supervise_streams`, which sorts itself right
+// before `reverse_proxy`:
+//
+//	example.com {
+//		supervise_streams
+//		reverse_proxy {
+//			dynamic supervise web
+//			stream_close_delay 5m
+//		}
+//	}
+//
+// (`stream_close_delay` keeps a reload of the config from closing the
+// WebSockets: Caddy closes the upgraded connections of a config it unloads
+// unless told to wait.) It has no options.
+type Streams struct{}
+
+// CaddyModule returns the Caddy module information.
+func (Streams) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.supervise_streams",
+		New: func() caddy.Module { return new(Streams) },
+	}
+}
+
+// ServeHTTP passes the request on with a response writer that notices a
+// stream, and a context that can end it. An SSE response that this module
+// ends makes reverse_proxy abort its handler (its read from the app was
+// cancelled): that abort is taken back here, so that the response ends as
+// a complete one.
+func (Streams) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) (err error) {
+	st := &stream{upgrade: wantsWebSocket(r)}
+	st.ResponseWriter = w
+	st.ctx.Context, st.cancel = context.WithCancel(r.Context())
+	st.ctx.st = st
+	defer func() {
+		if st.ended.Load() {
+			if p := recover(); p != nil && p != http.ErrAbortHandler {
+				panic(p)
+			}
+			err = nil
+		}
+		st.finish()
+	}()
+	return next.ServeHTTP(st, r.WithContext(&st.ctx))
+}
+
+// wantsWebSocket reports whether r asks for a WebSocket: an HTTP/1.1
+// upgrade, or an extended CONNECT (HTTP/2, HTTP/3).
+func wantsWebSocket(r *http.Request) bool {
+	if r.Method == http.MethodConnect {
+		return r.Header.Get(":protocol") == "websocket" || r.Proto == "websocket"
+	}
+	return r.Header.Get("Upgrade") != ""
+}
+
+// streamKind is what a request turned out to be.
+type streamKind uint8
+
+const (
+	notStream streamKind = iota
+	wsStream
+	sseStream
+)
+
+func (k streamKind) String() string {
+	switch k {
+	case wsStream:
+		return "websocket"
+	case sseStream:
+		return "sse"
+	}
+	return "request"
+}
+
+// stream is one request through the handler, and the stream it may become.
+type stream struct {
+	caddyhttp.ResponseWriterWrapper
+	ctx     streamCtx
+	cancel  context.CancelFunc
+	upgrade bool      // the request asks for a WebSocket
+	inst    *instance // the instance the dynamic upstream sent it to (see admit); nil if none
+	kind    streamKind
+	ws      *wsTunnel // a WebSocket's way to the client
+	ended   atomic.Bool
+}
+
+// streamCtx is the request's context: it can be cancelled (an SSE
+// response that must end), and it leads the dynamic upstream to the
+// stream (admit records the instance).
+type streamCtx struct {
+	context.Context
+	st *stream
+}
+
+type streamKey struct{}
+
+func (c *streamCtx) Value(key any) any {
+	if key == (streamKey{}) {
+		return c.st
+	}
+	return c.Context.Value(key)
+}
+
+// streamOf returns the stream a request belongs to, or nil.
+func streamOf(r *http.Request) *stream {
+	st, _ := r.Context().Value(streamKey{}).(*stream)
+	return st
+}
+
+// WriteHeader notices an SSE response, and a WebSocket over HTTP/2 or
+// HTTP/3 (whose frames go through Write).
+func (st *stream) WriteHeader(code int) {
+	if st.kind == notStream && code >= 200 && code < 300 {
+		switch {
+		case st.upgrade && code == http.StatusOK:
+			t := &wsTunnel{raw: st.ResponseWriter.Write, flush: func() { _ = http.NewResponseController(st.ResponseWriter).Flush() }, cut: st.cancel}
+			st.ws = t
+			st.open(wsStream)
+		case isEventStream(st.Header().Get("Content-Type")):
+			st.open(sseStream)
+		}
+	}
+	st.ResponseWriter.WriteHeader(code)
+}
+
+// Write passes the response on; a WebSocket's frames over HTTP/2 or
+// HTTP/3 go through its tunnel.
+func (st *stream) Write(p []byte) (int, error) {
+	if st.ws != nil && st.kind == wsStream {
+		return st.ws.write(p)
+	}
+	return st.ResponseWriter.Write(p)
+}
+
+// Hijack hands over the client's connection, for a WebSocket through a
+// tunnel that sees its frames.
+func (st *stream) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	conn, brw, err := http.NewResponseController(st.ResponseWriter).Hijack()
+	if err != nil || !st.upgrade || st.kind != notStream {
+		return conn, brw, err
+	}
+	t := &wsTunnel{raw: conn.Write, cut: func() { conn.Close(); st.cancel() }}
+	st.ws = t
+	st.open(wsStream)
+	return &wsConn{Conn: conn, t: t}, brw, nil
+}
+
+// isEventStream reports whether a Content-Type is text/event-stream.
+func isEventStream(ct string) bool {
+	const sse = "text/event-stream"
+	return len(ct) >= len(sse) && strings.EqualFold(ct[:len(sse)], sse) && (len(ct) == len(sse) || ct[len(sse)] == ';' || ct[len(sse)] == ' ')
+}
+
+// openStreams is every open stream of the Caddy process.
+var openStreams = struct {
+	sync.Mutex
+	set     map[*stream]struct{}
+	exiting bool // Caddy's exit drain began: streams end as they open
+}{set: make(map[*stream]struct{})}
+
+// open makes the request a stream: counted, and ended at once if its
+// instance's streams (or all) are ending.
+func (st *stream) open(kind streamKind) {
+	openStreams.Lock()
+	st.kind = kind
+	openStreams.set[st] = struct{}{}
+	end := openStreams.exiting
+	if in := st.inst; in != nil {
+		in.streams.Add(1)
+		end = end || in.streamsEnding
+	}
+	openStreams.Unlock()
+	if end {
+		st.end()
+	}
+}
+
+// finish: the request is over.
+func (st *stream) finish() {
+	if st.kind != notStream {
+		openStreams.Lock()
+		delete(openStreams.set, st)
+		openStreams.Unlock()
+		if st.inst != nil {
+			st.inst.streams.Add(-1) // before the request's end (cancel): streams ≤ requests
+		}
+		if st.ws != nil {
+			st.ws.stopCut()
+		}
+	}
+	st.cancel()
+}
+
+// end ends the stream cleanly, once; it does not wait.
+func (st *stream) end() {
+	if st.ended.Swap(true) {
+		return
+	}
+	switch st.kind {
+	case sseStream:
+		st.cancel() // reverse_proxy's read from the app ends; ServeHTTP ends the response
+	case wsStream:
+		st.ws.end()
+	}
+}
+
+// endStreams ends the open streams of instance in (every stream if in is
+// nil: Caddy exits), and every stream that opens on it from now on. It
+// returns how many it ended; it does not wait for them.
+func endStreams(in *instance) int {
+	var list []*stream
+	openStreams.Lock()
+	if in == nil {
+		openStreams.exiting = true
+	} else {
+		in.streamsEnding = true
+	}
+	for st := range openStreams.set {
+		if in == nil || st.inst == in {
+			list = append(list, st)
+		}
+	}
+	openStreams.Unlock()
+	for _, st := range list {
+		st.end()
+	}
+	return len(list)
+}
+
+// streamCounts are the open streams of an instance, by kind.
+type streamCounts struct {
+	WebSockets int `json:"websockets"`
+	SSE        int `json:"sse"`
+}
+
+// countStreams counts the open streams per instance.
+func countStreams() map[*instance]streamCounts {
+	openStreams.Lock()
+	defer openStreams.Unlock()
+	m := make(map[*instance]streamCounts)
+	for st := range openStreams.set {
+		c := m[st.inst]
+		if st.kind == wsStream {
+			c.WebSockets++
+		} else {
+			c.SSE++
+		}
+		m[st.inst] = c
+	}
+	return m
+}
+
+// wsCloseWait is how long a WebSocket that this module closes may take
+// to finish its closing handshake (the client answers the close frame, the
+// answer reaches the app, the app closes) before both connections are
+// cut.
+const wsCloseWait = 2 * time.Second
+
+// wsTunnel is the way of a WebSocket's frames from the app to the client.
+// It follows the frames, so that a close frame of its own goes between
+// two of them; after it, what the app still sends is dropped (an endpoint
+// sends nothing after its close frame).
+type wsTunnel struct {
+	raw   func([]byte) (int, error) // write to the client
+	flush func()                    // after the close frame, if the writer buffers
+	cut   func()                    // end both connections at once
+	wait  time.Duration             // how long the closing handshake may take (0: wsCloseWait)
+
+	ending atomic.Bool // end was called: the close frame goes at the next frame boundary
+
+	mu     sync.Mutex // one write at a time
+	frames wsFrames
+	closed bool // the close frame went out
+
+	timerMu sync.Mutex
+	timer   *time.Timer
+	done    bool
+}
+
+// closeGoingAway is a close frame (unmasked: from the server) with code
+// 1001, going away.
+var closeGoingAway = []byte{0x88, 0x02, 0x03, 0xe9}
+
+// write writes what the app sends. Once the tunnel is ending, it writes up
+// to the end of the current frame, then the close frame.
+func (t *wsTunnel) write(p []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		return len(p), nil
+	}
+	if !t.ending.Load() {
+		t.frames.feed(p, false)
+		return t.raw(p)
+	}
+	k := t.frames.feed(p, true)
+	if n, err := t.raw(p[:k]); err != nil {
+		return n, err
+	}
+	t.closeIfBoundary()
+	return len(p), nil
+}
+
+// closeIfBoundary sends the close frame if the tunnel is ending and the
+// last frame is complete. The caller holds mu.
+func (t *wsTunnel) closeIfBoundary() {
+	if t.closed || !t.ending.Load() || !t.frames.boundary() {
+		return
+	}
+	t.closed = true
+	_, _ = t.raw(closeGoingAway)
+	if t.flush != nil {
+		t.flush()
+	}
+}
+
+// end starts the closing handshake: the close frame goes out now, or
+// once the app's current frame is complete; after wsCloseWait both
+// connections are cut, whatever happened.
+func (t *wsTunnel) end() {
+	t.ending.Store(true)
+	t.timerMu.Lock()
+	if !t.done {
+		wait := t.wait
+		if wait == 0 {
+			wait = wsCloseWait
+		}
+		t.timer = time.AfterFunc(wait, t.cut)
+	}
+	t.timerMu.Unlock()
+	go func() { // a write to a slow client may hold mu
+		t.mu.Lock()
+		t.closeIfBoundary()
+		t.mu.Unlock()
+	}()
+}
+
+// stopCut: the WebSocket is over; nothing is left to cut.
+func (t *wsTunnel) stopCut() {
+	t.timerMu.Lock()
+	t.done = true
+	if t.timer != nil {
+		t.timer.Stop()
+	}
+	t.timerMu.Unlock()
+}
+
+// wsConn is the client's hijacked connection, seen through its tunnel.
+// Only net.Conn's methods are promoted (no ReadFrom): every write goes
+// through Write.
+type wsConn struct {
+	net.Conn
+	t *wsTunnel
+}
+
+func (c *wsConn) Write(p []byte) (int, error) { return c.t.write(p) }
+
+// CloseWrite (the app closed its side) and Close send a pending close
+// frame first: the client sees the close frame, not a cut.
+func (c *wsConn) CloseWrite() error {
+	c.t.mu.Lock()
+	c.t.closeIfBoundary()
+	c.t.mu.Unlock()
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}
+
+func (c *wsConn) Close() error {
+	if c.t.mu.TryLock() { // never wait for a write to a client that reads nothing
+		c.t.closeIfBoundary()
+		c.t.mu.Unlock()
+	}
+	return c.Conn.Close()
+}
+
+// wsFrames follows the WebSocket frames of a byte stream (RFC 6455,
+// section 5.2): where one ends and the next begins.
+type wsFrames struct {
+	hdr  [14]byte // the current frame's header so far
+	hn   int      // its bytes seen
+	need int      // its length, once its first two bytes are in
+	left uint64   // payload bytes of the current frame still to come
+}
+
+// boundary reports whether the bytes so far end with a complete frame.
+func (f *wsFrames) boundary() bool { return f.hn == 0 && f.left == 0 }
+
+// feed follows the frames in p and returns how many bytes it took: all
+// of p, or, if stop, up to the end of the first frame that ends in p.
+func (f *wsFrames) feed(p []byte, stop bool) int {
+	n := 0
+	for n < len(p) {
+		if f.left > 0 {
+			k := uint64(len(p) - n)
+			if k > f.left {
+				k = f.left
+			}
+			n += int(k)
+			f.left -= k
+			if f.left == 0 && stop {
+				return n
+			}
+			continue
+		}
+		f.hdr[f.hn] = p[n]
+		f.hn++
+		n++
+		if f.hn == 2 {
+			f.need = 2
+			switch f.hdr[1] & 0x7f {
+			case 126:
+				f.need += 2
+			case 127:
+				f.need += 8
+			}
+			if f.hdr[1]&0x80 != 0 {
+				f.need += 4 // masking key
+			}
+		}
+		if f.hn < 2 || f.hn < f.need {
+			continue
+		}
+		switch l := f.hdr[1] & 0x7f; l {
+		case 126:
+			f.left = uint64(binary.BigEndian.Uint16(f.hdr[2:4]))
+		case 127:
+			f.left = binary.BigEndian.Uint64(f.hdr[2:10])
+		default:
+			f.left = uint64(l)
+		}
+		f.hn, f.need = 0, 0
+		if f.left == 0 && stop {
+			return n
+		}
+	}
+	return n
+}
+
+// parseStreams sets up the handler from Caddyfile tokens.
+func parseStreams(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	var s Streams
+	return s, s.UnmarshalCaddyfile(h.Dispenser)
+}
+
+// Interface guards
+var (
+	_ caddyhttp.MiddlewareHandler = Streams{}
+	_ http.Hijacker               = (*stream)(nil)
+	_ caddyfile.Unmarshaler       = (*Streams)(nil)
+)
+
+// UnmarshalCaddyfile reads the directive, which has no options:
+//
+//	supervise_streams
+func (s *Streams) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next()
+	if d.NextArg() {
+		return d.Errf("supervise_streams: takes no arguments, got %q", d.Val())
+	}
+	if d.NextBlock(0) {
+		return d.Errf("supervise_streams: takes no options, got %q", d.Val())
+	}
+	return nil
+}

@@ -1,0 +1,157 @@
+package supervise
+
+import (
+	"bytes"
+	"encoding/binary"
+	"math/rand/v2"
+	"sync"
+	"testing"
+	"time"
+)
+
+// serverFrame is a WebSocket frame as a server sends it (unmasked), or a
+// client (masked) if mask.
+func serverFrame(op byte, payload []byte, mask bool) []byte {
+	b := []byte{0x80 | op}
+	m := byte(0)
+	if mask {
+		m = 0x80
+	}
+	switch n := len(payload); {
+	case n < 126:
+		b = append(b, m|byte(n))
+	case n < 1<<16:
+		b = append(b, m|126)
+		b = binary.BigEndian.AppendUint16(b, uint16(n))
+	default:
+		b = append(b, m|127)
+		b = binary.BigEndian.AppendUint64(b, uint64(n))
+	}
+	if mask {
+		b = append(b, 1, 2, 3, 4) // the key; the payload is not really masked: only lengths matter
+	}
+	return append(b, payload...)
+}
+
+// The frame follower finds every frame boundary however the bytes are
+// split into writes: frames of every length encoding, masked or not.
+func TestWSFramesBoundaries(t *testing.T) {
+	r := rand.New(rand.NewPCG(1, 2))
+	for round := range 200 {
+		var stream []byte
+		var ends []int // offsets where a frame ends
+		for range 1 + r.IntN(8) {
+			n := []int{0, 1, 125, 126, 127, 65535, 65536, 70000}[r.IntN(8)]
+			stream = append(stream, serverFrame(byte(1+r.IntN(2)), bytes.Repeat([]byte{'x'}, n), r.IntN(2) == 0)...)
+			ends = append(ends, len(stream))
+		}
+		var f wsFrames
+		for off := 0; off < len(stream); {
+			k := min(len(stream)-off, 1+r.IntN(3000))
+			took := f.feed(stream[off:off+k], true)
+			if took < 1 || took > k {
+				t.Fatalf("round %d: feed took %d of %d", round, took, k)
+			}
+			off += took
+			atEnd := false
+			for _, e := range ends {
+				atEnd = atEnd || e == off
+			}
+			if f.boundary() != atEnd {
+				t.Fatalf("round %d: at %d boundary() = %v, want %v", round, off, f.boundary(), atEnd)
+			}
+			if took < k && !atEnd {
+				t.Fatalf("round %d: feed stopped at %d, not at a frame's end", round, off)
+			}
+		}
+	}
+}
+
+// A tunnel that ends sends its close frame between two frames of the app,
+// never inside one; what the app sends after it is dropped; a frame that
+// never completes is cut after the closing handshake's wait.
+func TestWSTunnelClosesBetweenFrames(t *testing.T) {
+	var mu sync.Mutex
+	var out bytes.Buffer
+	cut := make(chan struct{})
+	tun := &wsTunnel{
+		raw:  func(p []byte) (int, error) { mu.Lock(); defer mu.Unlock(); return out.Write(p) },
+		cut:  func() { close(cut) },
+		wait: 100 * time.Millisecond,
+	}
+	first := serverFrame(1, []byte("hello"), false)
+	second := serverFrame(1, bytes.Repeat([]byte{'y'}, 300), false)
+	if _, err := tun.write(first); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tun.write(second[:10]); err != nil { // the app is inside a frame
+		t.Fatal(err)
+	}
+	tun.end()
+	after := serverFrame(1, []byte("after"), false)
+	if n, err := tun.write(append(second[10:], after...)); err != nil || n != len(second)-10+len(after) {
+		t.Fatalf("write: %d, %v", n, err)
+	}
+	want := append(append(append([]byte{}, first...), second...), closeGoingAway...)
+	mu.Lock()
+	got := out.Bytes()
+	mu.Unlock()
+	if !bytes.Equal(got, want) {
+		t.Fatalf("the client got %q, want the two frames then the close frame (%q)", got, want)
+	}
+	select {
+	case <-cut:
+		t.Fatal("cut although the closing handshake had its time")
+	default:
+	}
+	tun.stopCut() // the WebSocket ended
+
+	// an app that stops inside a frame: no close frame can go; the tunnel is cut
+	var stuckOut bytes.Buffer
+	stuckCut := make(chan struct{})
+	stuck := &wsTunnel{raw: stuckOut.Write, cut: func() { close(stuckCut) }, wait: 100 * time.Millisecond}
+	_, _ = stuck.write(second[:10])
+	began := time.Now()
+	stuck.end()
+	select {
+	case <-stuckCut:
+		if d := time.Since(began); d < 90*time.Millisecond {
+			t.Errorf("cut after %s, before the wait", d)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a tunnel stuck inside a frame was not cut")
+	}
+	if bytes.Contains(stuckOut.Bytes(), closeGoingAway) {
+		t.Error("a close frame went inside a frame")
+	}
+}
+
+// A hostile app's frame headers (any bytes, lengths up to 2^64-1) never
+// make the follower take more than it was given, or panic.
+func FuzzWSFrames(f *testing.F) {
+	f.Add([]byte{0x81, 0x05, 'h', 'e', 'l', 'l', 'o'}, 3)
+	f.Add([]byte{0x82, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 1, 2, 3, 4}, 1)
+	f.Add([]byte{0x81, 0x7e, 0x00}, 2)
+	f.Fuzz(func(t *testing.T, data []byte, split int) {
+		var fr wsFrames
+		for off := 0; off < len(data); {
+			k := min(len(data)-off, max(1, split))
+			took := fr.feed(data[off:off+k], split%2 == 0)
+			if took < 1 || took > k {
+				t.Fatalf("feed took %d of %d", took, k)
+			}
+			off += took
+		}
+	})
+}
+
+func TestIsEventStream(t *testing.T) {
+	for ct, want := range map[string]bool{
+		"text/event-stream": true, "text/event-stream; charset=utf-8": true, "Text/Event-Stream": true,
+		"text/event-streams": false, "text/html": false, "": false, "text/event": false,
+	} {
+		if got := isEventStream(ct); got != want {
+			t.Errorf("isEventStream(%q) = %v", ct, got)
+		}
+	}
+}
