@@ -6,6 +6,7 @@ package supervise
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -251,4 +252,131 @@ func TestRailsBlueGreenRestart(t *testing.T) {
 	}
 	l.waitOK(t, l.ok.Load()+50, 20*time.Second)
 	finishUnderLoad(t, c, l, 0, 20*time.Second)
+}
+
+// cable is an Action Cable client subscribed to the test app's PidChannel.
+type cable struct {
+	ws *wsClient
+}
+
+const pidChannel = `{"channel":"PidChannel"}`
+
+// dialCable connects to /cable, subscribes to PidChannel and returns the
+// client with the PID that answered.
+func dialCable(t testing.TB, addr string) (*cable, int) {
+	t.Helper()
+	ws, err := dialWS(addr, "/cable", "Sec-WebSocket-Protocol: actioncable-v1-json", "Origin: http://"+addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ws.Close() })
+	c := &cable{ws}
+	cmd, _ := json.Marshal(map[string]string{"command": "subscribe", "identifier": pidChannel})
+	if err := ws.send(string(cmd)); err != nil {
+		t.Fatal(err)
+	}
+	return c, c.nextPID(t)
+}
+
+// pid asks the channel whoami and returns the PID that answered.
+func (c *cable) pid(t testing.TB) int {
+	t.Helper()
+	cmd, _ := json.Marshal(map[string]string{"command": "message", "identifier": pidChannel, "data": `{"action":"whoami"}`})
+	if err := c.ws.send(string(cmd)); err != nil {
+		t.Fatal(err)
+	}
+	return c.nextPID(t)
+}
+
+// nextPID reads until the channel transmits a PID (welcome, pings and the
+// subscription's confirmation come in between).
+func (c *cable) nextPID(t testing.TB) int {
+	t.Helper()
+	var seen []string
+	for deadline := time.Now().Add(20 * time.Second); ; {
+		m, err := c.ws.read(time.Until(deadline))
+		if err != nil {
+			t.Fatalf("action cable: %v (messages: %q)", err, seen)
+		}
+		seen = append(seen, m)
+		var msg struct {
+			Message struct {
+				PID int `json:"pid"`
+			} `json:"message"`
+		}
+		if json.Unmarshal([]byte(m), &msg) == nil && msg.Message.PID != 0 {
+			return msg.Message.PID
+		}
+	}
+}
+
+// The one line with Action Cable and server-sent events
+// (ActionController::Live) in a real Rails app, blue/green: an admin
+// restart under load leaves the open cable and SSE stream on the old Puma,
+// seconds later, while new cables reach the new one; at SIGTERM every
+// cable gets its close frame 1001 and every SSE response ends cleanly,
+// and Caddy exits in seconds, not the drain budget.
+func TestRailsActionCableAcrossRestartAndExit(t *testing.T) {
+	dir := railsDir(t)
+	if exec.Command("ruby", "-e", `require "action_cable/engine"`).Run() != nil {
+		t.Skip("ruby-actioncable is not installed (scripts/deps.sh installs it)")
+	}
+	httpPort, adminPort := freePort(t), freePort(t)
+	cfg := map[string]any{"admin": map[string]any{"listen": fmt.Sprintf("127.0.0.1:%d", adminPort)}}
+	c := superviseCaddy(t, dir,
+		[]string{"--blue-green", "--ready", "/up", "--admin", fmt.Sprintf("127.0.0.1:%d", adminPort), "--output", "log"},
+		[]string{"bin/rails", "server"},
+		"HTTP_PORT="+strconv.Itoa(httpPort), "RAILS_ENV=production")
+	c.waitLog(`"to":"ready"`, 30*time.Second)
+	addr := fmt.Sprintf("127.0.0.1:%d", httpPort)
+	l := startLoad("http://"+addr+"/slow?ms=20", 8)
+	l.waitOK(t, 50, 20*time.Second)
+	cab, oldPID := dialCable(t, addr)
+	sse, err := openSSE("http://" + addr + "/sse")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sse.Close()
+	if p := ssePID(t, sse); p != oldPID {
+		t.Fatalf("the cable is on %d, the SSE stream on %d", oldPID, p)
+	}
+
+	var st Status
+	if code := adminDo(t, cfg, "POST", "/supervise/app/restart", &st); code != 200 || st.PID == oldPID {
+		t.Fatalf("restart: %d %+v", code, st)
+	}
+	for i := range 10 { // two seconds of events
+		ev, err := sse.next(5 * time.Second)
+		if err != nil || pidIn(t, ev) != oldPID {
+			t.Fatalf("sse event %d after the restart: %q %v, want it from %d", i, ev, err, oldPID)
+		}
+		if i%3 == 0 {
+			if p := cab.pid(t); p != oldPID {
+				t.Fatalf("the cable is answered by %d after the restart, want %d", p, oldPID)
+			}
+		}
+	}
+	cab2, newPID := dialCable(t, addr)
+	if newPID != st.PID {
+		t.Fatalf("a new cable reached %d, want the new instance %d", newPID, st.PID)
+	}
+	if old := instanceOf(t, status(t, cfg, "app"), oldPID); old.Streams != (streamCounts{1, 1}) {
+		t.Errorf("the old instance's streams: %+v", old.Streams)
+	}
+	l.waitOK(t, l.ok.Load()+50, 20*time.Second)
+	st2 := l.stopNoFailures(t)
+	t.Logf("load: %d ok", st2.ok)
+
+	sig := c.signal(syscall.SIGTERM)
+	for _, cb := range []*cable{cab, cab2} {
+		wantClose1001(t, cb.ws, 10*time.Second)
+	}
+	wantCleanEnd(t, sse, 10*time.Second)
+	if code := c.wait(20 * time.Second); code != 0 {
+		t.Errorf("caddy exit code %d", code)
+	}
+	if exit := c.exited.Sub(sig); exit > 5*time.Second {
+		t.Errorf("Caddy's exit took %s", exit)
+	}
+	noFailedRequests(t, c)
 }

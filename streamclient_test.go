@@ -32,8 +32,9 @@ type wsClient struct {
 	closing bool // it sent a close frame: one that comes is the answer
 }
 
-// dialWS opens a WebSocket to ws://addr/path and returns it.
-func dialWS(addr, path string) (*wsClient, error) {
+// dialWS opens a WebSocket to ws://addr/path, with extra header lines
+// ("Name: value"), and returns it.
+func dialWS(addr, path string, header ...string) (*wsClient, error) {
 	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
 	if err != nil {
 		return nil, err
@@ -41,7 +42,11 @@ func dialWS(addr, path string) (*wsClient, error) {
 	key := make([]byte, 16)
 	_, _ = rand.Read(key)
 	k := base64.StdEncoding.EncodeToString(key)
-	fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n", path, addr, k)
+	extra := ""
+	for _, h := range header {
+		extra += h + "\r\n"
+	}
+	fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n%s\r\n", path, addr, k, extra)
 	br := bufio.NewReader(conn)
 	_ = conn.SetReadDeadline(time.Now().Add(20 * time.Second))
 	resp, err := http.ReadResponse(br, nil)

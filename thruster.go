@@ -92,6 +92,10 @@ type thrusterConfig struct {
 	warnings []string // variables accepted that change nothing here
 }
 
+// StreamCloseDelay is how long a reload lets the old config's WebSockets
+// run: as long as the old instance keeps its streams.
+func (c *thrusterConfig) StreamCloseDelay() time.Duration { return DefaultStreamDrainTimeout }
+
 // lookupThruster reads one of Thruster's variables: THRUSTER_NAME, then
 // NAME, then the default. It returns the name it was read from, for
 // errors.
@@ -445,6 +449,9 @@ var caddyfileTemplate = template.Must(template.New("Caddyfile").Funcs(template.F
 	}
 {{- end}}
 	handle {
+		# WebSockets (Action Cable) and server-sent events: kept by the old
+		# instance across restarts and reloads, ended cleanly at exit
+		supervise_streams
 		reverse_proxy {
 			dynamic supervise {{.Name}} {
 				wait {{.Wait}}
@@ -452,6 +459,9 @@ var caddyfileTemplate = template.Must(template.New("Caddyfile").Funcs(template.F
 			# the wait for the app is the upstream's (it ends when the client
 			# goes away); reverse_proxy only retries a request cut by a crash
 			lb_retries 3
+			# a reload keeps the WebSockets open, as long as the old
+			# instance keeps them (stream_drain_timeout)
+			stream_close_delay {{.StreamCloseDelay}}
 {{- if .XSendfile}}
 			header_up X-Sendfile-Type X-Sendfile
 			@sendfile header X-Sendfile *

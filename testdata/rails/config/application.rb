@@ -9,7 +9,10 @@
 #   GET /big         a 240 kB text page
 #   GET /slow?ms=N   answers after N milliseconds
 #   GET /headers     the request headers the app got, one per line
+#   GET /sse         server-sent events (ActionController::Live): "data: pid PID n N" every 200 ms
+#   WS  /cable       Action Cable; PidChannel transmits {"pid": PID} on subscribe and on "whoami"
 require "action_controller/railtie"
+require "action_cable/engine"
 
 sleep Float(ENV.fetch("BOOT_DELAY", "0"))
 
@@ -25,6 +28,8 @@ class TestApp < Rails::Application
   # the request's X-Sendfile-Type header: the app names it, as a Rails 8
   # app's production.rb does behind Thruster
   config.action_dispatch.x_sendfile_header = "X-Sendfile"
+  config.action_cable.cable = { "adapter" => "async" }
+  config.action_cable.disable_request_forgery_protection = true
   routes.append do
     get "/" => "pages#index"
     get "/up" => "pages#up"
@@ -33,6 +38,7 @@ class TestApp < Rails::Application
     get "/big" => "pages#big"
     get "/slow" => "pages#slow"
     get "/headers" => "pages#request_headers"
+    get "/sse" => "events#index"
   end
 end
 
@@ -65,5 +71,41 @@ class PagesController < ActionController::Base
   def request_headers
     lines = request.headers.env.select { |k, _| k.start_with?("HTTP_") }.map { |k, v| "#{k}: #{v}" }
     render plain: lines.sort.join("\n") + "\n"
+  end
+end
+
+class EventsController < ActionController::Base
+  include ActionController::Live
+
+  def index
+    response.headers["Content-Type"] = "text/event-stream"
+    response.headers["Cache-Control"] = "no-cache"
+    # Rack 2.2's ETag middleware buffers a body without Last-Modified
+    response.headers["Last-Modified"] = Time.now.httpdate
+    n = 0
+    loop do
+      response.stream.write("data: pid #{Process.pid} n #{n}\n\n")
+      n += 1
+      sleep 0.2
+    end
+  rescue ActionController::Live::ClientDisconnected, IOError
+    # the client left
+  ensure
+    response.stream.close
+  end
+end
+
+module ApplicationCable
+  class Connection < ActionCable::Connection::Base; end
+  class Channel < ActionCable::Channel::Base; end
+end
+
+class PidChannel < ApplicationCable::Channel
+  def subscribed
+    transmit({ "pid" => Process.pid })
+  end
+
+  def whoami(_data)
+    transmit({ "pid" => Process.pid })
   end
 end
