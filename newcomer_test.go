@@ -118,6 +118,50 @@ http://127.0.0.1:%d {
 			t.Errorf("caddy validate: %s\nwant %q", out, want)
 		}
 	}
+
+	// streams: a proxy without supervise_streams; one with it but a
+	// stream_close_delay shorter than stream_drain_timeout; one right
+	site := func(streams, delay string) string {
+		return fmt.Sprintf(`{
+	admin off
+	supervise sleep 62 {
+		name web
+		port auto
+		ready http /up
+		stream_drain_timeout 2m
+	}
+}
+http://127.0.0.1:%d {
+	%s
+	reverse_proxy {
+		dynamic supervise web
+		%s
+	}
+}
+`, freePort(t), streams, delay)
+	}
+	noStreams := "process web: no supervise_streams before the reverse_proxy with `dynamic supervise web`"
+	shortDelay := "process web: the reverse_proxy's stream_close_delay (1m0s) is shorter than the process's stream_drain_timeout (2m0s)"
+	for _, tc := range []struct {
+		streams, delay string
+		want, not      []string
+	}{
+		{"", "", []string{noStreams}, []string{shortDelay}},
+		{"supervise_streams", "stream_close_delay 1m", []string{shortDelay}, []string{noStreams}},
+		{"route {\n\t\tsupervise_streams\n\t}", "stream_close_delay 2m", nil, []string{noStreams, shortDelay}},
+	} {
+		out := validate(site(tc.streams, tc.delay))
+		for _, w := range tc.want {
+			if !strings.Contains(out, w) {
+				t.Errorf("caddy validate with %q %q: %s\nwant %q", tc.streams, tc.delay, out, w)
+			}
+		}
+		for _, w := range append(tc.not, "Error") {
+			if strings.Contains(out, w) {
+				t.Errorf("caddy validate with %q %q: %s\nwant no %q", tc.streams, tc.delay, out, w)
+			}
+		}
+	}
 }
 
 // A broken release's error carries the program's own error (its first

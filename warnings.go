@@ -3,7 +3,6 @@ package supervise
 import (
 	"fmt"
 	"net"
-	"slices"
 	"time"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -17,7 +16,11 @@ import (
 //     `drain_timeout`: the process is stopped while Caddy still drains;
 //   - a fixed port behind a static `reverse_proxy` without
 //     `lb_try_duration`: every request in a restart's gap fails with 502;
-//   - `port auto` that no `dynamic supervise` names: nothing finds its port.
+//   - `port auto` that no `dynamic supervise` names: nothing finds its port;
+//   - a `dynamic supervise` proxy without `supervise_streams` before it,
+//     or, for a process replaced beside itself, with a
+//     `stream_close_delay` shorter than its `stream_drain_timeout` (see
+//     warnStreams).
 //
 // It reads the http app's provisioned routes (handlers nested in
 // `handle`, `route` and the like are subroutes).
@@ -26,39 +29,47 @@ func (a *App) warnUnsafe(httpApp *caddyhttp.App) {
 		return
 	}
 	var proxies []*reverseproxy.Handler
-	var walk func(routes caddyhttp.RouteList)
-	walk = func(routes caddyhttp.RouteList) {
+	streamsBefore := make(map[*reverseproxy.Handler]bool) // supervise_streams comes before it
+	var walk func(routes caddyhttp.RouteList, covered bool) bool
+	walk = func(routes caddyhttp.RouteList, covered bool) bool {
 		for _, r := range routes {
 			for _, h := range r.Handlers {
 				switch h := h.(type) {
+				case *Streams:
+					covered = true
 				case *reverseproxy.Handler:
 					proxies = append(proxies, h)
+					streamsBefore[h] = covered
 					for _, hr := range h.HandleResponse {
-						walk(hr.Routes)
+						walk(hr.Routes, covered)
 					}
 				case *caddyhttp.Subroute:
-					walk(h.Routes)
+					covered = walk(h.Routes, covered)
 				}
 			}
 		}
+		return covered
 	}
 	for _, srv := range httpApp.Servers {
-		walk(srv.Routes)
+		walk(srv.Routes, false)
 		if srv.Errors != nil {
-			walk(srv.Errors.Routes)
+			walk(srv.Errors.Routes, false)
 		}
 		for _, r := range srv.NamedRoutes {
 			if r != nil {
-				walk(caddyhttp.RouteList{*r})
+				walk(caddyhttp.RouteList{*r}, false)
 			}
 		}
 	}
 	budget := time.Duration(httpApp.ShutdownDelay) + time.Duration(httpApp.GracePeriod)
 	for _, p := range a.Processes {
-		named := slices.ContainsFunc(proxies, func(h *reverseproxy.Handler) bool {
-			u, ok := h.DynamicUpstreams.(*Upstreams)
-			return ok && u.Name == p.Name
-		})
+		var named []*reverseproxy.Handler // the proxies with `dynamic supervise <name>`
+		for _, h := range proxies {
+			if u, ok := h.DynamicUpstreams.(*Upstreams); ok && u.Name == p.Name {
+				named = append(named, h)
+			}
+		}
+		a.warnStreams(p, named, streamsBefore)
 		var static []string // static upstreams on its port, on this host
 		for _, h := range proxies {
 			for _, u := range h.Upstreams {
@@ -70,11 +81,11 @@ func (a *App) warnUnsafe(httpApp *caddyhttp.App) {
 				}
 			}
 		}
-		if (named || len(static) > 0) && budget > time.Duration(p.DrainTimeout) {
+		if (len(named) > 0 || len(static) > 0) && budget > time.Duration(p.DrainTimeout) {
 			a.logger.Warn(fmt.Sprintf("process %s: shutdown_delay + grace_period (%s) is longer than its drain_timeout (%s): it gets its stop signal while Caddy still drains; raise drain_timeout, or lower them",
 				p.Name, budget, p.DrainTimeout))
 		}
-		if p.Port == "auto" && !named && len(proxies) > 0 {
+		if p.Port == "auto" && len(named) == 0 && len(proxies) > 0 {
 			a.logger.Warn(fmt.Sprintf("process %s: port auto, but no reverse_proxy uses `dynamic supervise %s`: nothing else can find its port", p.Name, p.Name))
 		}
 		if p.Port != "auto" {
@@ -82,6 +93,26 @@ func (a *App) warnUnsafe(httpApp *caddyhttp.App) {
 				a.logger.Warn(fmt.Sprintf("process %s: port %s behind reverse_proxy %s without lb_try_duration or lb_retries: every request of a restart's gap fails with 502; use `dynamic supervise %s`",
 					p.Name, p.Port, dial, p.Name))
 			}
+		}
+	}
+}
+
+// warnStreams warns when the streams (WebSockets, SSE) of process p's
+// proxies cannot be kept across transitions or ended cleanly at exit:
+// without `supervise_streams` before the proxy, this module does not see
+// them (a restart cuts them after drain_timeout, and an SSE response holds
+// Caddy's exit drain); with it, a reload of a process replaced beside
+// itself closes the WebSockets after the proxy's `stream_close_delay`
+// (Caddy closes the upgraded connections of a config it unloads).
+func (a *App) warnStreams(p *Process, named []*reverseproxy.Handler, streamsBefore map[*reverseproxy.Handler]bool) {
+	for _, h := range named {
+		switch {
+		case !streamsBefore[h]:
+			a.logger.Warn(fmt.Sprintf("process %s: no supervise_streams before the reverse_proxy with `dynamic supervise %s`: if the app serves WebSockets or server-sent events, a restart cuts them and they hold Caddy's exit drain; add `supervise_streams` to the site (it sorts itself before reverse_proxy)",
+				p.Name, p.Name))
+		case p.blueGreen() && time.Duration(h.StreamCloseDelay) < time.Duration(p.StreamDrainTimeout):
+			a.logger.Warn(fmt.Sprintf("process %s: the reverse_proxy's stream_close_delay (%s) is shorter than the process's stream_drain_timeout (%s): a reload closes its WebSockets after stream_close_delay; set `stream_close_delay %s`",
+				p.Name, time.Duration(h.StreamCloseDelay), time.Duration(p.StreamDrainTimeout), time.Duration(p.StreamDrainTimeout)))
 		}
 	}
 }
