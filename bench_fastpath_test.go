@@ -40,7 +40,9 @@ import (
 //     process (the cost of the dynamic upstream), and vs a bare
 //     reverse_proxy (what the generated extras cost); and a bare Caddy
 //     reverse_proxy and the one line vs Go's httputil.ReverseProxy
-//     (Thruster's proxy) run in the benchmark's process;
+//     (Thruster's proxy) run in the benchmark's process; and the static
+//     config vs the same without supervise_streams (what seeing streams
+//     costs an ordinary request);
 //   - a 240 kB page with Accept-Encoding: gzip (16 connections): the one
 //     line vs `encode gzip` + reverse_proxy.
 //
@@ -88,7 +90,7 @@ func BenchmarkOneLine(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		static, bare, gzipped := freePort(b), freePort(b), freePort(b)
+		static, noStreams, bare, gzipped := freePort(b), freePort(b), freePort(b), freePort(b)
 		minimal, minimalTuned, plain, plainTuned := freePort(b), freePort(b), freePort(b), freePort(b)
 		gen := regexp.MustCompile(`(?m)^\s*#.*\n`).ReplaceAllString(string(out), "")
 		gen = regexp.MustCompile(`(?s)\n\tsupervise .*?\n\t}\n`).ReplaceAllString(gen, "\n")
@@ -99,6 +101,12 @@ func BenchmarkOneLine(b *testing.B) {
 		if strings.Contains(gen, "dynamic supervise") || strings.Contains(gen, "\tsupervise ") {
 			b.Fatalf("the static variant still names supervise:\n%s", gen)
 		}
+		// and the same without supervise_streams: what seeing streams costs
+		plainProxy := strings.ReplaceAll(strings.ReplaceAll(gen, "\t\tsupervise_streams\n", ""), "http://:"+strconv.Itoa(static), "http://:"+strconv.Itoa(noStreams))
+		if plainProxy == gen || strings.Contains(plainProxy, "supervise_streams") {
+			b.Fatalf("no supervise_streams to take out of:\n%s", gen)
+		}
+		_, site, _ := strings.Cut(plainProxy, "\n}\n") // its site only: the global options are gen's
 		minimalSite := func(port int) string {
 			return fmt.Sprintf(`http://:%d {
 	reverse_proxy 127.0.0.1:%d {
@@ -121,7 +129,7 @@ func BenchmarkOneLine(b *testing.B) {
 			fmt.Sprintf("http://:%d {\n\tencode gzip\n\treverse_proxy 127.0.0.1:%d\n}\n", gzipped, appPort) +
 			minimalSite(minimal) + plainSite(plain)
 		// and with the one line's global options (files through sendfile)
-		tuned := gen + "\n" + minimalSite(minimalTuned) + plainSite(plainTuned)
+		tuned := gen + "\n" + site + "\n" + minimalSite(minimalTuned) + plainSite(plainTuned)
 		var caddys []*caddyProc
 		for i, src := range []string{hand, tuned} {
 			path := filepath.Join(b.TempDir(), fmt.Sprintf("Caddyfile%d", i))
@@ -162,7 +170,7 @@ func BenchmarkOneLine(b *testing.B) {
 			{"asset", 16, []target{{"one-line", url(oneLinePort, "/assets/app-4567cdef.js")}, {"file-server", url(plain, "/app-4567cdef.js")},
 				{"file-server-tuned", url(plainTuned, "/app-4567cdef.js")}}, 0, ""},
 			{"proxied", 16, []target{{"one-line", url(oneLinePort, "/")}, {"static", url(static, "/")}, {"bare", url(bare, "/")},
-				{"go-httputil", url(goProxy, "/")}}, 0, ""},
+				{"go-httputil", url(goProxy, "/")}, {"static-no-streams", url(noStreams, "/")}}, 0, ""},
 			{"gzip-page", 16, []target{{"one-line", url(oneLinePort, "/big")}, {"encode-gzip", url(gzipped, "/big")}}, 0, "Accept-Encoding: gzip"},
 		}
 		for _, f := range figures {
@@ -196,6 +204,7 @@ func BenchmarkOneLine(b *testing.B) {
 			}
 			if f.name == "proxied" {
 				b.ReportMetric(medianOf(rates[2])/medianOf(rates[3]), "ratio-proxied-bare-caddy/go-httputil")
+				b.ReportMetric(medianOf(rates[1])/medianOf(rates[4]), "ratio-proxied-static/static-no-streams")
 			}
 		}
 		// memory: the one line's Caddy and the hand-written configs' Caddy

@@ -72,7 +72,7 @@ func (Streams) CaddyModule() caddy.ModuleInfo {
 // cancelled): that abort is taken back here, so that the response ends as
 // a complete one.
 func (Streams) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) (err error) {
-	st := &stream{upgrade: wantsWebSocket(r)}
+	st := &stream{upgrade: wantsWebSocket(r), connect: isExtendedConnect(r)}
 	st.ResponseWriter = w
 	st.ctx.Context, st.cancel = context.WithCancel(r.Context())
 	st.ctx.st = st
@@ -89,12 +89,26 @@ func (Streams) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 }
 
 // wantsWebSocket reports whether r asks for a WebSocket: an HTTP/1.1
-// upgrade, or an extended CONNECT (HTTP/2, HTTP/3).
+// upgrade to websocket, or an extended CONNECT (HTTP/2, HTTP/3). Other
+// upgrades pass through as ordinary requests.
 func wantsWebSocket(r *http.Request) bool {
-	if r.Method == http.MethodConnect {
-		return r.Header.Get(":protocol") == "websocket" || r.Proto == "websocket"
+	if isExtendedConnect(r) {
+		return true
 	}
-	return r.Header.Get("Upgrade") != ""
+	for _, v := range r.Header["Upgrade"] {
+		for tok := range strings.SplitSeq(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(tok), "websocket") {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// isExtendedConnect reports whether r is a WebSocket over HTTP/2 or
+// HTTP/3 (RFC 8441, RFC 9220): its frames go through the response's Write.
+func isExtendedConnect(r *http.Request) bool {
+	return r.Method == http.MethodConnect && (r.Header.Get(":protocol") == "websocket" || r.Proto == "websocket")
 }
 
 // streamKind is what a request turned out to be.
@@ -122,6 +136,7 @@ type stream struct {
 	ctx     streamCtx
 	cancel  context.CancelFunc
 	upgrade bool      // the request asks for a WebSocket
+	connect bool      // over HTTP/2's or HTTP/3's extended CONNECT: its frames go through Write
 	inst    *instance // the instance the dynamic upstream sent it to (see admit); nil if none
 	kind    streamKind
 	ws      *wsTunnel // a WebSocket's way to the client
@@ -156,7 +171,7 @@ func streamOf(r *http.Request) *stream {
 func (st *stream) WriteHeader(code int) {
 	if st.kind == notStream && code >= 200 && code < 300 {
 		switch {
-		case st.upgrade && code == http.StatusOK:
+		case st.connect && code == http.StatusOK:
 			t := &wsTunnel{raw: st.ResponseWriter.Write, flush: func() { _ = http.NewResponseController(st.ResponseWriter).Flush() }, cut: st.cancel}
 			st.ws = t
 			st.open(wsStream)
@@ -170,7 +185,7 @@ func (st *stream) WriteHeader(code int) {
 // Write passes the response on; a WebSocket's frames over HTTP/2 or
 // HTTP/3 go through its tunnel.
 func (st *stream) Write(p []byte) (int, error) {
-	if st.ws != nil && st.kind == wsStream {
+	if st.connect && st.ws != nil {
 		return st.ws.write(p)
 	}
 	return st.ResponseWriter.Write(p)
@@ -180,7 +195,7 @@ func (st *stream) Write(p []byte) (int, error) {
 // tunnel that sees its frames.
 func (st *stream) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	conn, brw, err := http.NewResponseController(st.ResponseWriter).Hijack()
-	if err != nil || !st.upgrade || st.kind != notStream {
+	if err != nil || !st.upgrade || st.connect || st.kind != notStream {
 		return conn, brw, err
 	}
 	t := &wsTunnel{raw: conn.Write, cut: func() { conn.Close(); st.cancel() }}

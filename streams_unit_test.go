@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"math/rand/v2"
+	"net/http/httptest"
 	"sync"
 	"testing"
 	"time"
@@ -152,6 +153,31 @@ func TestIsEventStream(t *testing.T) {
 	} {
 		if got := isEventStream(ct); got != want {
 			t.Errorf("isEventStream(%q) = %v", ct, got)
+		}
+	}
+}
+
+func TestWantsWebSocket(t *testing.T) {
+	for _, tc := range []struct {
+		method, proto string
+		header        map[string]string
+		ws, connect   bool
+	}{
+		{"GET", "HTTP/1.1", map[string]string{"Upgrade": "websocket"}, true, false},
+		{"GET", "HTTP/1.1", map[string]string{"Upgrade": "foo, WebSocket"}, true, false},
+		{"GET", "HTTP/1.1", map[string]string{"Upgrade": "h2c"}, false, false},
+		{"GET", "HTTP/1.1", nil, false, false},
+		{"CONNECT", "HTTP/2.0", map[string]string{":protocol": "websocket"}, true, true},
+		{"CONNECT", "websocket", nil, true, true},
+		{"CONNECT", "HTTP/2.0", nil, false, false},
+	} {
+		r := httptest.NewRequest(tc.method, "http://example.com/ws", nil)
+		r.Proto = tc.proto
+		for k, v := range tc.header {
+			r.Header[k] = []string{v}
+		}
+		if ws, connect := wantsWebSocket(r), isExtendedConnect(r); ws != tc.ws || connect != tc.connect {
+			t.Errorf("%s %s %v: websocket %v, extended connect %v", tc.method, tc.proto, tc.header, ws, connect)
 		}
 	}
 }
