@@ -125,7 +125,7 @@ func (a *AdminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 		if answer.err != nil {
 			return apiError(statusOf(answer.err), answer.err)
 		}
-		return writeJSONResponse(w, answer.status)
+		return writeJSONResponse(w, answer.view.statusNow())
 	case len(parts) == 3 && parts[1] == "signal":
 		if err := method(http.MethodPost); err != nil {
 			return err

@@ -36,24 +36,27 @@ type instance struct {
 	slot     int                     // its place in the service's serving set
 
 	// owned by the service's loop
-	state         state
-	startedAt     time.Time
-	stopBegan     time.Time // when its stop signal went out, if it did
-	retireUntil   *App      // a retiring instance stays until this config is gone (a failed reload may put it back)
-	retireReason  string    // why it retires, for its stop
-	retireGen     int       // its retirements, to tell a stale bound from the current one
-	retireTimer   int       // the retirement whose bounds run
-	retiredAt     time.Time // when it left service
-	keepStreams   bool      // it retires beside its replacement: its streams may go on (see retire.go)
-	streamsClosed string    // why its streams were ended, if they were
-	closedStreams int       // how many
-	notReady      string    // why it failed its readiness probe ("" if it did not)
-	restarts      int       // the service's restarts when it started, for its log
+	state           state
+	startedAt       time.Time
+	stopBegan       time.Time // when its stop signal went out, if it did
+	retireUntil     *App      // a retiring instance stays until this config is gone (a failed reload may put it back)
+	retireReason    string    // why it retires, for its stop
+	retireGen       int       // its retirements, to tell a stale bound from the current one
+	retireTimer     int       // the retirement whose bounds run
+	retiredAt       time.Time // when it left service
+	drainDeadline   time.Time // when its ordinary requests have had drain_timeout
+	keepStreams     bool      // it retires beside its replacement: its streams may go on (see retire.go)
+	streamsClosed   string    // why its streams were ended, if they were
+	streamsClosedAt time.Time // and when
+	closedStreams   int       // how many
+	notReady        string    // why it failed its readiness probe ("" if it did not)
+	restarts        int       // the service's restarts when it started, for its log
 
 	// the dynamic upstream's requests (see admit)
 	accepting atomic.Bool  // it serves: requests may be sent to it
 	inflight  atomic.Int64 // requests sent to it that have not ended (streams included)
 	streams   atomic.Int64 // those of them that are open streams (see streams.go)
+	wsStreams atomic.Int64 // those of them that are WebSockets
 
 	streamsEnding bool // its streams end as they open; guarded by openStreams
 
@@ -132,10 +135,14 @@ func (in *instance) admit(r *http.Request) bool {
 		in.requestEnded()
 		return false
 	}
+	stop := context.AfterFunc(r.Context(), in.requestEnded)
 	if st := streamOf(r); st != nil {
-		st.inst = in // if it becomes a stream, it is this instance's
+		// a retry: the request left the instance it was sent to before
+		if st.uncount != nil && st.uncount() {
+			st.inst.requestEnded()
+		}
+		st.inst, st.uncount = in, stop // if it becomes a stream, it is this instance's
 	}
-	context.AfterFunc(r.Context(), in.requestEnded)
 	return true
 }
 

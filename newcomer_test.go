@@ -149,6 +149,7 @@ http://127.0.0.1:%d {
 		{"", "", []string{noStreams}, []string{shortDelay}},
 		{"supervise_streams", "stream_close_delay 1m", []string{shortDelay}, []string{noStreams}},
 		{"route {\n\t\tsupervise_streams\n\t}", "stream_close_delay 2m", nil, []string{noStreams, shortDelay}},
+		{"handle /ws* {\n\t\tsupervise_streams\n\t}", "stream_close_delay 2m", []string{noStreams}, nil},
 	} {
 		out := validate(site(tc.streams, tc.delay))
 		for _, w := range tc.want {

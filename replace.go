@@ -111,7 +111,7 @@ func (s *service) adminRestart(reply chan restartAnswer) {
 				reply <- restartAnswer{err: err}
 				return
 			}
-			reply <- restartAnswer{status: s.view.Load().statusNow()} // published by reply
+			reply <- restartAnswer{view: s.view.Load()} // published by reply
 		}})
 }
 

@@ -37,7 +37,7 @@ func (s *service) retire(in *instance, until *App, reason string) {
 		return
 	}
 	if in.state == stateReady {
-		in.retireGen++ // the timers of an earlier retirement do not count
+		in.retireGen++ // the bounds of an earlier retirement do not count
 		in.retiredAt = time.Now()
 		in.streamsClosed, in.closedStreams = "", 0
 	}
@@ -46,16 +46,32 @@ func (s *service) retire(in *instance, until *App, reason string) {
 	s.publish() // out of service before its counts are read
 	in.keepStreams = s.slots[in.slot] != nil && s.slots[in.slot] != in
 	if in.keepStreams {
-		for _, o := range s.live {
-			if o != in && o.state == stateRetiring && o.keepStreams {
-				s.closeStreams(o, "a newer instance retires")
-			}
-		}
+		s.dropKeptStreams(in, "a newer instance retires")
 	} else {
 		s.closeStreams(in, "nothing serves in its place")
 	}
 	s.stopIfRetired(in)
 }
+
+// dropKeptStreams ends the streams that retiring instances other than
+// except keep: a newer instance retires, or the process stops altogether
+// (no config holds it, its port goes to another process): nothing is left
+// to reconnect to but the newest instance, or nothing at all.
+func (s *service) dropKeptStreams(except *instance, why string) {
+	for _, o := range s.live {
+		if o != except && o.state == stateRetiring && o.keepStreams {
+			o.keepStreams = false
+			s.closeStreams(o, why)
+		}
+	}
+}
+
+// The bounds of a retirement (retireDone.bound).
+const (
+	boundDrain   = iota // drain_timeout: its ordinary requests have had their time
+	boundStreams        // stream_drain_timeout: its streams have had theirs
+	boundClose          // its streams were asked to end a while ago
+)
 
 // stopIfRetired stops a retiring instance once nothing keeps it, and arms
 // its bounds otherwise.
@@ -65,7 +81,10 @@ func (s *service) stopIfRetired(in *instance) {
 	}
 	if in.inflight.Load() == 0 {
 		outcome := "idle"
-		if in.closedStreams > 0 {
+		switch {
+		case s.exiting:
+			outcome = "exit"
+		case in.closedStreams > 0:
 			outcome = "streams_closed"
 		}
 		s.endRetirement(in, outcome)
@@ -73,13 +92,25 @@ func (s *service) stopIfRetired(in *instance) {
 	}
 	if in.retireTimer != in.retireGen {
 		in.retireTimer = in.retireGen
-		gen, def := in.retireGen, in.settings.Load()
-		time.AfterFunc(time.Duration(def.DrainTimeout), func() { s.post(retireDone{in: in, gen: gen}) })
+		def := in.settings.Load()
+		in.drainDeadline = time.Now().Add(time.Duration(def.DrainTimeout))
+		s.retireAfter(in, time.Duration(def.DrainTimeout), boundDrain)
 		if in.keepStreams {
-			left := time.Until(in.retiredAt.Add(time.Duration(def.StreamDrainTimeout)))
-			time.AfterFunc(left, func() { s.post(retireDone{in: in, gen: gen, streams: true}) })
+			s.retireAfter(in, time.Until(in.retiredAt.Add(time.Duration(def.StreamDrainTimeout))), boundStreams)
 		}
 	}
+}
+
+// retireAfter posts one of the retirement's bounds after d.
+func (s *service) retireAfter(in *instance, d time.Duration, bound int) {
+	gen := in.retireGen
+	time.AfterFunc(d, func() { s.post(retireDone{in: in, gen: gen, bound: bound}) })
+}
+
+// streamsStuck reports whether streams of the instance were asked to end
+// long enough ago that those still open will not.
+func streamsStuck(in *instance) bool {
+	return in.streamsClosed != "" && in.streams.Load() > 0 && time.Since(in.streamsClosedAt) >= wsCloseWait+time.Second
 }
 
 // retireDue: one of a retiring instance's bounds has passed.
@@ -88,42 +119,40 @@ func (s *service) retireDue(ev retireDone) {
 	if in.state != stateRetiring || ev.gen != in.retireGen || (in.retireUntil != nil && s.holds(in.retireUntil)) {
 		return
 	}
-	if ev.streams {
-		if in.streamsClosed == "" {
-			s.closeStreams(in, "stream_drain_timeout passed")
-			// they end within wsCloseWait; then it is idle. If not, this
-			// stops it:
-			gen := in.retireGen
-			time.AfterFunc(wsCloseWait+time.Second, func() { s.post(retireDone{in: in, gen: gen}) })
-		}
-		return
-	}
 	requests := in.inflight.Load() - in.streams.Load()
 	switch {
-	case requests > 0:
+	case ev.bound == boundStreams:
+		s.closeStreams(in, "stream_drain_timeout passed") // once they ended it is idle, and stops
+	case requests > 0 && (ev.bound == boundDrain || time.Now().After(in.drainDeadline)):
 		s.log().Warn("requests sent to the retiring instance still run after drain_timeout; stopping it",
 			zap.Int("pid", in.getPID()), zap.Int64("requests", requests), zap.Int64("streams", in.streams.Load()))
 		s.endRetirement(in, "drain_timeout")
-	case in.streamsClosed == "":
-		// only streams: they have until stream_drain_timeout
-	default:
+	case requests <= 0 && streamsStuck(in):
 		s.log().Warn("streams of the retiring instance did not end when asked; stopping it",
 			zap.Int("pid", in.getPID()), zap.Int64("streams", in.streams.Load()))
 		s.endRetirement(in, "streams_closed")
 	}
+	// else: its ordinary requests still have time, or only streams are left
+	// and they have until stream_drain_timeout
 }
 
 // closeStreams ends the open streams of an instance, and those that open
-// on it later, once per retirement.
+// on it later, once per retirement; a retiring instance whose streams do
+// not end is stopped a while later (boundClose).
 func (s *service) closeStreams(in *instance, why string) {
 	if in.streamsClosed != "" {
 		return
 	}
-	in.streamsClosed = why
-	if n := endStreams(in); n > 0 {
-		in.closedStreams += n
-		s.log().Info("ending the open streams of an instance cleanly", zap.Int("pid", in.getPID()),
-			zap.Int("streams", n), zap.String("why", why))
+	in.streamsClosed, in.streamsClosedAt = why, time.Now()
+	n := endStreams(in)
+	if n == 0 {
+		return
+	}
+	in.closedStreams += n
+	s.log().Info("ending the open streams of an instance cleanly", zap.Int("pid", in.getPID()),
+		zap.Int("streams", n), zap.String("why", why))
+	if in.state == stateRetiring {
+		s.retireAfter(in, wsCloseWait+time.Second, boundClose)
 	}
 }
 
@@ -143,7 +172,7 @@ func (s *service) endRetirement(in *instance, outcome string) {
 func (s *service) serveAgain(in *instance) {
 	in.retireGen++ // its bounds no longer count
 	in.setState(stateReady)
-	in.retireUntil = nil
+	in.retireUntil, in.retiredAt, in.drainDeadline = nil, time.Time{}, time.Time{}
 	in.streamsClosed, in.closedStreams, in.keepStreams = "", 0, false
 	openStreams.Lock()
 	in.streamsEnding = false

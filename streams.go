@@ -37,10 +37,12 @@ func init() {
 //   - end them cleanly when they must end: a WebSocket gets a close frame
 //     with code 1001 (going away), sent between two of the app's frames,
 //     and an SSE response ends as a complete response (the chunked
-//     terminator, or HTTP/2's END_STREAM), so that clients reconnect at
-//     once instead of seeing a transport error. That happens when Caddy's
-//     exit drain begins (streams never hold the drain), before an instance
-//     gets its stop signal, and at `stream_drain_timeout`.
+//     terminator, or HTTP/2's END_STREAM), so that clients reconnect
+//     instead of seeing a transport error. (A WebSocket over HTTP/2's or
+//     HTTP/3's extended CONNECT ends with its stream, without a close
+//     frame.) That happens when Caddy's exit drain begins (streams never
+//     hold the drain), before an instance gets its stop signal, and at
+//     `stream_drain_timeout`.
 //
 // In the Caddyfile it is `supervise_streams`, which sorts itself right
 // before `reverse_proxy`:
@@ -72,6 +74,9 @@ func (Streams) CaddyModule() caddy.ModuleInfo {
 // cancelled): that abort is taken back here, so that the response ends as
 // a complete one.
 func (Streams) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) (err error) {
+	if streamOf(r) != nil {
+		return next.ServeHTTP(w, r) // a second supervise_streams on the way: the first one sees it
+	}
 	st := &stream{upgrade: wantsWebSocket(r), connect: isExtendedConnect(r)}
 	st.ResponseWriter = w
 	st.ctx.Context, st.cancel = context.WithCancel(r.Context())
@@ -135,12 +140,17 @@ type stream struct {
 	caddyhttp.ResponseWriterWrapper
 	ctx     streamCtx
 	cancel  context.CancelFunc
-	upgrade bool      // the request asks for a WebSocket
-	connect bool      // over HTTP/2's or HTTP/3's extended CONNECT: its frames go through Write
-	inst    *instance // the instance the dynamic upstream sent it to (see admit); nil if none
+	upgrade bool        // the request asks for a WebSocket
+	connect bool        // over HTTP/2's or HTTP/3's extended CONNECT: its frames go through Write
+	inst    *instance   // the instance the dynamic upstream sent it to (see admit); nil if none
+	uncount func() bool // stops counting the request on inst (a retry goes to another instance)
 	kind    streamKind
-	ws      *wsTunnel // a WebSocket's way to the client
+	ws      *wsTunnel // an upgraded WebSocket's way to the client
 	ended   atomic.Bool
+
+	mu        sync.Mutex // between end and finish
+	finished  bool       // the handler is done with the response
+	deadlined bool       // end set a write deadline on the response
 }
 
 // streamCtx is the request's context: it can be cancelled (an SSE
@@ -167,28 +177,17 @@ func streamOf(r *http.Request) *stream {
 }
 
 // WriteHeader notices an SSE response, and a WebSocket over HTTP/2 or
-// HTTP/3 (whose frames go through Write).
+// HTTP/3.
 func (st *stream) WriteHeader(code int) {
 	if st.kind == notStream && code >= 200 && code < 300 {
 		switch {
 		case st.connect && code == http.StatusOK:
-			t := &wsTunnel{raw: st.ResponseWriter.Write, flush: func() { _ = http.NewResponseController(st.ResponseWriter).Flush() }, cut: st.cancel}
-			st.ws = t
-			st.open(wsStream)
+			st.open(wsStream) // its frames go through Write; it ends with its stream
 		case isEventStream(st.Header().Get("Content-Type")):
 			st.open(sseStream)
 		}
 	}
 	st.ResponseWriter.WriteHeader(code)
-}
-
-// Write passes the response on; a WebSocket's frames over HTTP/2 or
-// HTTP/3 go through its tunnel.
-func (st *stream) Write(p []byte) (int, error) {
-	if st.connect && st.ws != nil {
-		return st.ws.write(p)
-	}
-	return st.ResponseWriter.Write(p)
 }
 
 // Hijack hands over the client's connection, for a WebSocket through a
@@ -225,7 +224,7 @@ func (st *stream) open(kind streamKind) {
 	openStreams.set[st] = struct{}{}
 	end := openStreams.exiting
 	if in := st.inst; in != nil {
-		in.streams.Add(1)
+		in.countStream(kind, 1)
 		end = end || in.streamsEnding
 	}
 	openStreams.Unlock()
@@ -234,38 +233,57 @@ func (st *stream) open(kind streamKind) {
 	}
 }
 
-// finish: the request is over.
+// finish: the handler is done with the request.
 func (st *stream) finish() {
 	if st.kind != notStream {
 		openStreams.Lock()
 		delete(openStreams.set, st)
+		exiting := openStreams.exiting
 		openStreams.Unlock()
 		if st.inst != nil {
-			st.inst.streams.Add(-1) // before the request's end (cancel): streams ≤ requests
+			st.inst.countStream(st.kind, -1) // before the request's end (cancel): streams ≤ requests
 		}
 		if st.ws != nil {
 			st.ws.stopCut()
 		}
+		st.mu.Lock()
+		st.finished = true
+		if st.deadlined && !exiting {
+			// the connection may carry more requests: end's deadline is not theirs
+			_ = http.NewResponseController(st.ResponseWriter).SetWriteDeadline(time.Time{})
+		}
+		st.mu.Unlock()
 	}
 	st.cancel()
 }
 
-// end ends the stream cleanly, once; it does not wait.
-func (st *stream) end() {
+// end ends the stream cleanly, once; it does not wait, and it reports
+// whether it did anything.
+func (st *stream) end() bool {
 	if st.ended.Swap(true) {
-		return
+		return false
 	}
-	switch st.kind {
-	case sseStream:
-		st.cancel() // reverse_proxy's read from the app ends; ServeHTTP ends the response
-	case wsStream:
+	if st.ws != nil {
 		st.ws.end()
+		return true
 	}
+	// an SSE response (or a WebSocket over extended CONNECT): reverse_proxy's
+	// read from the app ends, and ServeHTTP ends the response. A client that
+	// reads nothing could hold a write, and with it the response: the write
+	// gets a deadline.
+	st.mu.Lock()
+	if !st.finished {
+		st.deadlined = http.NewResponseController(st.ResponseWriter).SetWriteDeadline(time.Now().Add(wsCloseWait)) == nil
+	}
+	st.mu.Unlock()
+	st.cancel()
+	return true
 }
 
 // endStreams ends the open streams of instance in (every stream if in is
 // nil: Caddy exits), and every stream that opens on it from now on. It
-// returns how many it ended; it does not wait for them.
+// returns how many it ended (not counting those ending already); it does
+// not wait for them.
 func endStreams(in *instance) int {
 	var list []*stream
 	openStreams.Lock()
@@ -280,10 +298,13 @@ func endStreams(in *instance) int {
 		}
 	}
 	openStreams.Unlock()
+	n := 0
 	for _, st := range list {
-		st.end()
+		if st.end() {
+			n++
+		}
 	}
-	return len(list)
+	return n
 }
 
 // streamCounts are the open streams of an instance, by kind.
@@ -292,21 +313,19 @@ type streamCounts struct {
 	SSE        int `json:"sse"`
 }
 
-// countStreams counts the open streams per instance.
-func countStreams() map[*instance]streamCounts {
-	openStreams.Lock()
-	defer openStreams.Unlock()
-	m := make(map[*instance]streamCounts)
-	for st := range openStreams.set {
-		c := m[st.inst]
-		if st.kind == wsStream {
-			c.WebSockets++
-		} else {
-			c.SSE++
-		}
-		m[st.inst] = c
+// countStream counts a stream of the instance that opens (+1) or ends
+// (-1).
+func (in *instance) countStream(kind streamKind, delta int64) {
+	in.streams.Add(delta)
+	if kind == wsStream {
+		in.wsStreams.Add(delta)
 	}
-	return m
+}
+
+// openStreamCounts are the instance's open streams now.
+func (in *instance) openStreamCounts() streamCounts {
+	ws := in.wsStreams.Load()
+	return streamCounts{WebSockets: int(ws), SSE: int(in.streams.Load() - ws)}
 }
 
 // wsCloseWait is how long a WebSocket that this module closes may take
@@ -320,10 +339,9 @@ const wsCloseWait = 2 * time.Second
 // two of them; after it, what the app still sends is dropped (an endpoint
 // sends nothing after its close frame).
 type wsTunnel struct {
-	raw   func([]byte) (int, error) // write to the client
-	flush func()                    // after the close frame, if the writer buffers
-	cut   func()                    // end both connections at once
-	wait  time.Duration             // how long the closing handshake may take (0: wsCloseWait)
+	raw  func([]byte) (int, error) // write to the client
+	cut  func()                    // end both connections at once
+	wait time.Duration             // how long the closing handshake may take (0: wsCloseWait)
 
 	ending atomic.Bool // end was called: the close frame goes at the next frame boundary
 
@@ -350,6 +368,7 @@ func (t *wsTunnel) write(p []byte) (int, error) {
 	}
 	if !t.ending.Load() {
 		t.frames.feed(p, false)
+		t.closed = t.frames.closed // the app's own close frame: nothing goes after it
 		return t.raw(p)
 	}
 	k := t.frames.feed(p, true)
@@ -363,14 +382,11 @@ func (t *wsTunnel) write(p []byte) (int, error) {
 // closeIfBoundary sends the close frame if the tunnel is ending and the
 // last frame is complete. The caller holds mu.
 func (t *wsTunnel) closeIfBoundary() {
-	if t.closed || !t.ending.Load() || !t.frames.boundary() {
+	if t.closed || t.frames.closed || !t.ending.Load() || !t.frames.boundary() {
 		return
 	}
 	t.closed = true
 	_, _ = t.raw(closeGoingAway)
-	if t.flush != nil {
-		t.flush()
-	}
 }
 
 // end starts the closing handshake: the close frame goes out now, or
@@ -437,10 +453,12 @@ func (c *wsConn) Close() error {
 // wsFrames follows the WebSocket frames of a byte stream (RFC 6455,
 // section 5.2): where one ends and the next begins.
 type wsFrames struct {
-	hdr  [14]byte // the current frame's header so far
-	hn   int      // its bytes seen
-	need int      // its length, once its first two bytes are in
-	left uint64   // payload bytes of the current frame still to come
+	hdr    [14]byte // the current frame's header so far
+	hn     int      // its bytes seen
+	need   int      // its length, once its first two bytes are in
+	left   uint64   // payload bytes of the current frame still to come
+	close  bool     // the current frame is a close frame
+	closed bool     // a close frame went by, whole
 }
 
 // boundary reports whether the bytes so far end with a complete frame.
@@ -458,8 +476,11 @@ func (f *wsFrames) feed(p []byte, stop bool) int {
 			}
 			n += int(k)
 			f.left -= k
-			if f.left == 0 && stop {
-				return n
+			if f.left == 0 {
+				f.closed = f.closed || f.close
+				if stop {
+					return n
+				}
 			}
 			continue
 		}
@@ -490,8 +511,12 @@ func (f *wsFrames) feed(p []byte, stop bool) int {
 			f.left = uint64(l)
 		}
 		f.hn, f.need = 0, 0
-		if f.left == 0 && stop {
-			return n
+		f.close = f.hdr[0]&0x0f == 0x8
+		if f.left == 0 {
+			f.closed = f.closed || f.close
+			if stop {
+				return n
+			}
 		}
 	}
 	return n

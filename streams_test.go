@@ -513,3 +513,41 @@ func TestStreamsNodeWS(t *testing.T) {
 	}
 	noFailedRequests(t, c)
 }
+
+// A reload that drops the process while an old instance still keeps its
+// streams after a blue/green restart (stream_drain_timeout 5m, the
+// default): the reload does not wait for that bound; the kept streams and
+// the new instance's end cleanly at once, and both instances stop.
+func TestStreamsEndWhenTheProcessLeaves(t *testing.T) {
+	needStreamsApp(t)
+	httpPort := freePort(t)
+	cfg := streamsConfig(t, httpPort, streamsApp(t, "auto", "v1", "", nil))
+	c := startCaddy(t, cfg)
+	c.waitLog(`"to":"ready"`, 30*time.Second)
+	addr := fmt.Sprintf("127.0.0.1:%d", httpPort)
+	ws, sse, oldPID := openBoth(t, addr)
+	if code := adminDo(t, cfg, "POST", "/supervise/web/restart", nil); code != 200 {
+		t.Fatalf("restart: %d", code)
+	}
+	ws2, sse2, newPID := openBoth(t, addr)
+	if newPID == oldPID {
+		t.Fatal("the restart did not replace the instance")
+	}
+
+	none := testConfig(t, 0, 0)
+	none["admin"] = cfg["admin"]
+	began := time.Now()
+	c.load(t, none)
+	if d := time.Since(began); d > 5*time.Second {
+		t.Errorf("the reload that drops the process took %s", d)
+	}
+	for _, w := range []*wsClient{ws, ws2} {
+		wantClose1001(t, w, 5*time.Second)
+	}
+	for _, s := range []*sseClient{sse, sse2} {
+		wantCleanEnd(t, s, 5*time.Second)
+	}
+	for _, pid := range []int{oldPID, newPID} {
+		c.waitLog(fmt.Sprintf(`"msg":"process exited","pid":%d`, pid), 10*time.Second)
+	}
+}

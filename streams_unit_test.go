@@ -4,10 +4,14 @@ import (
 	"bytes"
 	"encoding/binary"
 	"math/rand/v2"
+	"net"
+	"net/http"
 	"net/http/httptest"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
 
 // serverFrame is a WebSocket frame as a server sends it (unmasked), or a
@@ -181,3 +185,60 @@ func TestWantsWebSocket(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkStreamsHandler: what `supervise_streams` adds to an ordinary
+// request, in process: the same handler called directly, and through it.
+func BenchmarkStreamsHandler(b *testing.B) {
+	next := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		w.Header().Set("Content-Type", "text/plain")
+		w.WriteHeader(http.StatusOK)
+		_, err := w.Write([]byte("hello\n"))
+		return err
+	})
+	for _, through := range []bool{false, true} {
+		name := "direct"
+		if through {
+			name = "supervise_streams"
+		}
+		b.Run(name, func(b *testing.B) {
+			r := httptest.NewRequest("GET", "/", nil)
+			w := httptest.NewRecorder()
+			b.ReportAllocs()
+			for b.Loop() {
+				w.Body.Reset()
+				if through {
+					_ = Streams{}.ServeHTTP(w, r, next)
+				} else {
+					_ = next.ServeHTTP(w, r)
+				}
+			}
+		})
+	}
+}
+
+// After the app's own close frame (or Caddy's, at a config unload), the
+// tunnel adds none of its own: an endpoint sends nothing after its close.
+func TestWSTunnelAfterTheAppsClose(t *testing.T) {
+	var out bytes.Buffer
+	tun := &wsTunnel{raw: out.Write, cut: func() {}, wait: time.Hour}
+	appClose := serverFrame(8, []byte{0x03, 0xe8}, false) // 1000
+	if _, err := tun.write(append(serverFrame(1, []byte("bye"), false), appClose[:3]...)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tun.write(appClose[3:]); err != nil {
+		t.Fatal(err)
+	}
+	tun.end()
+	tun.mu.Lock() // end's goroutine has had its turn once this is ours... or will find the tunnel closed
+	tun.mu.Unlock()
+	_ = (&wsConn{Conn: nopConn{}, t: tun}).CloseWrite()
+	if n := bytes.Count(out.Bytes(), []byte{0x88}); n != 1 || bytes.Contains(out.Bytes(), closeGoingAway) {
+		t.Errorf("the client got %q: want the app's close frame only", out.Bytes())
+	}
+	tun.stopCut()
+}
+
+// nopConn is a net.Conn that does nothing.
+type nopConn struct{ net.Conn }
+
+func (nopConn) CloseWrite() error { return nil }

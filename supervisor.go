@@ -127,9 +127,9 @@ type (
 	}
 	restartDue struct{ gen int }
 	retireDone struct {
-		in      *instance
-		gen     int
-		streams bool // stream_drain_timeout passed, else drain_timeout
+		in    *instance
+		gen   int
+		bound int // boundDrain, boundStreams or boundClose (retire.go)
 	}
 
 	instanceIdle struct{ in *instance }
@@ -143,8 +143,8 @@ type (
 )
 
 type restartAnswer struct {
-	status Status
-	err    error
+	view *view // what the restart left (its status is read outside the loop)
+	err  error
 }
 
 // registry is every service of the Caddy process, by name.
@@ -456,6 +456,7 @@ func (s *service) whenGone(reply chan struct{}) {
 func (s *service) yield(a *App) {
 	s.yieldedTo = a
 	s.cancelRestart()
+	s.dropKeptStreams(nil, "its port goes to another process of the new config")
 	if s.job != nil {
 		s.job.abort(s, fmt.Errorf("process %q: its port goes to another process of the new config", s.name))
 	}
@@ -473,6 +474,7 @@ func (s *service) yield(a *App) {
 func (s *service) stopEverything(reason string) {
 	s.stopAll = reason
 	s.cancelRestart()
+	s.dropKeptStreams(nil, reason)
 	if s.job != nil {
 		s.job.abort(s, fmt.Errorf("process %q: %w", s.name, errExiting))
 	}

@@ -143,7 +143,10 @@ func (ts *testService) restart() (Status, error) {
 	reply := make(chan restartAnswer, 1)
 	ts.s.post(restartEv{reply: reply})
 	a := <-reply
-	return a.status, a.err
+	if a.err != nil {
+		return Status{}, a.err
+	}
+	return a.view.statusNow(), nil
 }
 
 // inLoop runs f in the service's loop, between two events.

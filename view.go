@@ -133,9 +133,8 @@ func (s *service) status() Status {
 func (v *view) statusNow() Status {
 	st := v.status
 	st.Instances = slices.Clone(st.Instances)
-	streams := countStreams()
 	for i, in := range v.live {
-		st.Instances[i].Streams = streams[in]
+		st.Instances[i].Streams = in.openStreamCounts()
 		if st.Instances[i].State != stateExited {
 			st.Instances[i].MemoryBytes = groupMemory(st.Instances[i].PID)
 		}

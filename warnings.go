@@ -44,7 +44,11 @@ func (a *App) warnUnsafe(httpApp *caddyhttp.App) {
 						walk(hr.Routes, covered)
 					}
 				case *caddyhttp.Subroute:
-					covered = walk(h.Routes, covered)
+					// what it covers goes on after it only if every request
+					// goes through it (a site or a `handle` has matchers)
+					if inner := walk(h.Routes, covered); len(r.MatcherSets) == 0 {
+						covered = inner
+					}
 				}
 			}
 		}
