@@ -8,6 +8,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/deps.sh
 go test -race -count=1 ./...
-for target in FuzzCaddyfile FuzzProcessJSON FuzzEnvFile; do
+for target in FuzzCaddyfile FuzzProcessJSON FuzzEnvFile FuzzWSFrames; do
 	go test -run '^$' -fuzz "^${target}\$" -fuzztime "${FUZZTIME:-10s}" .
 done
