@@ -75,6 +75,22 @@ func streamsConfig(t testing.TB, httpPort int, procs ...map[string]any) map[stri
 	return cfg
 }
 
+// serveStreams starts Caddy with cfg and waits until the app is ready;
+// with a load path, 8 clients request it in a loop from then on (nil load
+// otherwise). It returns Caddy's HTTP address.
+func serveStreams(t testing.TB, cfg map[string]any, httpPort int, loadPath string) (*caddyProc, string, *load) {
+	t.Helper()
+	c := startCaddy(t, cfg)
+	c.waitLog(`"to":"ready"`, 30*time.Second)
+	addr := fmt.Sprintf("127.0.0.1:%d", httpPort)
+	if loadPath == "" {
+		return c, addr, nil
+	}
+	l := startLoad("http://"+addr+loadPath, 8)
+	l.waitOK(t, 50, 10*time.Second)
+	return c, addr, l
+}
+
 // pidIn reads the PID from an answer of the app: "pid N...".
 func pidIn(t testing.TB, s string) int {
 	t.Helper()
@@ -210,11 +226,7 @@ func TestStreamsKeptAcrossAdminRestart(t *testing.T) {
 	httpPort := freePort(t)
 	broken := filepath.Join(t.TempDir(), "broken")
 	cfg := streamsConfig(t, httpPort, streamsApp(t, "auto", "v1", broken, nil))
-	c := startCaddy(t, cfg)
-	c.waitLog(`"to":"ready"`, 30*time.Second)
-	addr := fmt.Sprintf("127.0.0.1:%d", httpPort)
-	l := startLoad("http://"+addr+"/?ms=20", 8)
-	l.waitOK(t, 50, 10*time.Second)
+	c, addr, l := serveStreams(t, cfg, httpPort, "/?ms=20")
 	ws, sse, oldPID := openBoth(t, addr)
 
 	var st Status
@@ -298,11 +310,7 @@ func TestStreamsKeptAcrossReload(t *testing.T) {
 		return streamsApp(t, "auto", release, broken, map[string]any{"stream_drain_timeout": "3s"})
 	}
 	cfg := streamsConfig(t, httpPort, web("v1"))
-	c := startCaddy(t, cfg)
-	c.waitLog(`"to":"ready"`, 30*time.Second)
-	addr := fmt.Sprintf("127.0.0.1:%d", httpPort)
-	l := startLoad("http://"+addr+"/?ms=20", 8)
-	l.waitOK(t, 50, 10*time.Second)
+	c, addr, l := serveStreams(t, cfg, httpPort, "/?ms=20")
 	l.churn.Store(true) // see serveUnderLoad
 	ws, sse, oldPID := openBoth(t, addr)
 
@@ -374,9 +382,7 @@ func TestStreamsEndAtExit(t *testing.T) {
 			if tc.delay > 0 {
 				cfg["apps"].(map[string]any)["http"].(map[string]any)["shutdown_delay"] = tc.delay.String()
 			}
-			c := startCaddy(t, cfg)
-			c.waitLog(`"to":"ready"`, 30*time.Second)
-			addr := fmt.Sprintf("127.0.0.1:%d", httpPort)
+			c, addr, _ := serveStreams(t, cfg, httpPort, "")
 			ws, sse, pid := openBoth(t, addr)
 			if !tc.ws {
 				ws.closeNormally()
@@ -434,11 +440,7 @@ func TestStreamsEndCleanlyOnInPlaceRestart(t *testing.T) {
 	needStreamsApp(t)
 	httpPort, appPort := freePort(t), freePort(t)
 	cfg := streamsConfig(t, httpPort, streamsApp(t, strconv.Itoa(appPort), "v1", "", nil))
-	c := startCaddy(t, cfg)
-	c.waitLog(`"to":"ready"`, 30*time.Second)
-	addr := fmt.Sprintf("127.0.0.1:%d", httpPort)
-	l := startLoad("http://"+addr+"/?ms=20", 8)
-	l.waitOK(t, 50, 10*time.Second)
+	c, addr, l := serveStreams(t, cfg, httpPort, "/?ms=20")
 	ws, sse, oldPID := openBoth(t, addr)
 
 	restarted := inBackground(func() (*http.Response, error) {
@@ -481,11 +483,7 @@ func TestStreamsNodeWS(t *testing.T) {
 		"env":   map[string]string{"NODE_PATH": "/usr/share/nodejs"},
 		"ready": map[string]any{"http": "/up"}, "stop_timeout": "5s",
 	})
-	c := startCaddy(t, cfg)
-	c.waitLog(`"to":"ready"`, 30*time.Second)
-	addr := fmt.Sprintf("127.0.0.1:%d", httpPort)
-	l := startLoad("http://"+addr+"/", 8)
-	l.waitOK(t, 50, 10*time.Second)
+	c, addr, l := serveStreams(t, cfg, httpPort, "/")
 	ws, sse, oldPID := openBoth(t, addr)
 	var st Status
 	if code := adminDo(t, cfg, "POST", "/supervise/web/restart", &st); code != 200 || st.PID == oldPID {
@@ -522,9 +520,7 @@ func TestStreamsEndWhenTheProcessLeaves(t *testing.T) {
 	needStreamsApp(t)
 	httpPort := freePort(t)
 	cfg := streamsConfig(t, httpPort, streamsApp(t, "auto", "v1", "", nil))
-	c := startCaddy(t, cfg)
-	c.waitLog(`"to":"ready"`, 30*time.Second)
-	addr := fmt.Sprintf("127.0.0.1:%d", httpPort)
+	c, addr, _ := serveStreams(t, cfg, httpPort, "")
 	ws, sse, oldPID := openBoth(t, addr)
 	if code := adminDo(t, cfg, "POST", "/supervise/web/restart", nil); code != 200 {
 		t.Fatalf("restart: %d", code)
