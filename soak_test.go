@@ -158,6 +158,10 @@ func (st *soak) config(release string, busy bool) map[string]any {
 		proc["command"] = append(proc["command"].([]string), "-b", "tcp://127.0.0.1:{supervise.port}")
 	}
 	cfg := proxyToSupervised(st.t, st.httpPort, "web", proc)
+	// with supervise_streams before the proxy, as the configs this module
+	// generates have it: every request goes through it
+	route := cfg["apps"].(map[string]any)["http"].(map[string]any)["servers"].(map[string]any)["srv"].(map[string]any)["routes"].([]any)[0].(map[string]any)
+	route["handle"] = append([]any{map[string]any{"handler": "supervise_streams"}}, route["handle"].([]any)...)
 	if st.cfg != nil {
 		cfg["admin"] = st.cfg["admin"]
 	}
