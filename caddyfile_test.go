@@ -114,6 +114,7 @@ func TestCaddyfileErrors(t *testing.T) {
 		{"unknown subdirective", "supervise app {\n\tusr nobody\n}", `unknown subdirective "usr" (known: dir, drain_timeout, env, env_file, group, literal_args, max_restarts`},
 		{"bad signal", "supervise app {\n\tstop_signal SIGFOO\n}", `stop_signal "SIGFOO": unknown signal`},
 		{"unitless duration", "supervise app {\n\tdrain_timeout 30\n}", `drain_timeout "30": `},
+		{"zero stream_drain_timeout", "supervise app {\n\tstream_drain_timeout 0s\n}", `stream_drain_timeout "0s": must be positive`},
 		{"zero duration", "supervise app {\n\tstop_timeout 0s\n}", `stop_timeout "0s": must be positive`},
 		{"negative duration", "supervise app {\n\tstop_timeout -1s\n}", `stop_timeout "-1s": must be positive`},
 		{"missing value", "supervise app {\n\tname\n}", "name: takes 1 value(s), got 0"},

@@ -74,6 +74,8 @@ func TestJSONErrors(t *testing.T) {
 		{"unitless duration", `{"processes":[{"command":["sleep"],"stop_timeout":"30"}]}`, `stop_timeout "30": `},
 		{"zero duration", `{"processes":[{"command":["sleep"],"stop_timeout":"0s"}]}`, `stop_timeout "0s": must be positive`},
 		{"negative duration", `{"processes":[{"command":["sleep"],"drain_timeout":"-5s"}]}`, `drain_timeout "-5s": must be positive`},
+		{"bare number stream_drain_timeout", `{"processes":[{"command":["sleep"],"stream_drain_timeout":5}]}`, `stream_drain_timeout 5: must be a string with a unit`},
+		{"negative stream_drain_timeout", `{"processes":[{"command":["sleep"],"stream_drain_timeout":"-5s"}]}`, `stream_drain_timeout "-5s": must be positive`},
 		{"same port twice", `{"processes":[{"name":"a","command":["sleep"],"port":"3000"},{"name":"b","command":["sleep"],"socket":":3000"}]}`, `process "b": socket ":3000": process "a" binds it too`},
 		{"duplicate names", `{"processes":[{"command":["sleep"]},{"command":["/bin/sleep"]}]}`, `process 1: name "sleep": already used by process 0`},
 		{"bad name", `{"processes":[{"name":"a b","command":["sleep"]}]}`, `name "a b": must not contain`},
