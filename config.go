@@ -175,7 +175,8 @@ type Process struct {
 	// once its last stream has ended, or this much time has passed since it
 	// left service, it gets its stop signal; streams still open then are
 	// ended cleanly first (a WebSocket close frame 1001, the end of an SSE
-	// response), so that clients reconnect to the new instance. A newer
+	// response), spread over a tenth of this (at most 30 s), so that clients
+	// reconnect to the new instance, not all at once. A newer
 	// replacement ends the streams of an older retiring instance at once:
 	// at most one old instance lingers. Streams are seen by the
 	// `supervise_streams` handler in front of `reverse_proxy`; without it

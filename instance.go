@@ -38,19 +38,20 @@ type instance struct {
 	// owned by the service's loop
 	state           state
 	startedAt       time.Time
-	stopBegan       time.Time // when its stop signal went out, if it did
-	retireUntil     *App      // a retiring instance stays until this config is gone (a failed reload may put it back)
-	retireReason    string    // why it retires, for its stop
-	retireGen       int       // its retirements, to tell a stale bound from the current one
-	retireTimer     int       // the retirement whose bounds run
-	retiredAt       time.Time // when it left service
-	drainDeadline   time.Time // when its ordinary requests have had drain_timeout
-	keepStreams     bool      // it retires beside its replacement: its streams may go on (see retire.go)
-	streamsClosed   string    // why its streams were ended, if they were
-	streamsClosedAt time.Time // and when
-	closedStreams   int       // how many
-	notReady        string    // why it failed its readiness probe ("" if it did not)
-	restarts        int       // the service's restarts when it started, for its log
+	stopBegan       time.Time     // when its stop signal went out, if it did
+	retireUntil     *App          // a retiring instance stays until this config is gone (a failed reload may put it back)
+	retireReason    string        // why it retires, for its stop
+	retireGen       int           // its retirements, to tell a stale bound from the current one
+	retireTimer     int           // the retirement whose bounds run
+	retiredAt       time.Time     // when it left service
+	drainDeadline   time.Time     // when its ordinary requests have had drain_timeout
+	keepStreams     bool          // it retires beside its replacement: its streams may go on (see retire.go)
+	streamsClosed   string        // why its streams were ended, if they were
+	streamsClosedAt time.Time     // and when
+	streamsSpread   time.Duration // over how long
+	closedStreams   int           // how many
+	notReady        string        // why it failed its readiness probe ("" if it did not)
+	restarts        int           // the service's restarts when it started, for its log
 
 	// the dynamic upstream's requests (see admit)
 	accepting atomic.Bool  // it serves: requests may be sent to it

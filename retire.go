@@ -48,7 +48,7 @@ func (s *service) retire(in *instance, until *App, reason string) {
 	if in.keepStreams {
 		s.dropKeptStreams(in, "a newer instance retires")
 	} else {
-		s.closeStreams(in, "nothing serves in its place")
+		s.closeStreams(in, "nothing serves in its place", 0)
 	}
 	s.stopIfRetired(in)
 }
@@ -61,7 +61,11 @@ func (s *service) dropKeptStreams(except *instance, why string) {
 	for _, o := range s.live {
 		if o != except && o.state == stateRetiring && o.keepStreams {
 			o.keepStreams = false
-			s.closeStreams(o, why)
+			spread := time.Duration(0) // the process stops: no time for a spread
+			if except != nil {
+				spread = closeSpread(o)
+			}
+			s.closeStreams(o, why, spread)
 		}
 	}
 }
@@ -110,7 +114,15 @@ func (s *service) retireAfter(in *instance, d time.Duration, bound int) {
 // streamsStuck reports whether streams of the instance were asked to end
 // long enough ago that those still open will not.
 func streamsStuck(in *instance) bool {
-	return in.streamsClosed != "" && in.streams.Load() > 0 && time.Since(in.streamsClosedAt) >= wsCloseWait+time.Second
+	return in.streamsClosed != "" && in.streams.Load() > 0 && time.Since(in.streamsClosedAt) >= in.streamsSpread+wsCloseWait+time.Second
+}
+
+// closeSpread is the window over which a retiring instance that still
+// serves its streams ends them (stream_drain_timeout passed, or a newer
+// instance retires): a tenth of stream_drain_timeout, at most 30 s, so
+// that their clients do not all reconnect at once.
+func closeSpread(in *instance) time.Duration {
+	return min(time.Duration(in.settings.Load().StreamDrainTimeout)/10, 30*time.Second)
 }
 
 // retireDue: one of a retiring instance's bounds has passed.
@@ -122,7 +134,7 @@ func (s *service) retireDue(ev retireDone) {
 	requests := in.inflight.Load() - in.streams.Load()
 	switch {
 	case ev.bound == boundStreams:
-		s.closeStreams(in, "stream_drain_timeout passed") // once they ended it is idle, and stops
+		s.closeStreams(in, "stream_drain_timeout passed", closeSpread(in)) // once they ended it is idle, and stops
 	case requests > 0 && (ev.bound == boundDrain || time.Now().After(in.drainDeadline)):
 		s.log().Warn("requests sent to the retiring instance still run after drain_timeout; stopping it",
 			zap.Int("pid", in.getPID()), zap.Int64("requests", requests), zap.Int64("streams", in.streams.Load()))
@@ -137,22 +149,27 @@ func (s *service) retireDue(ev retireDone) {
 }
 
 // closeStreams ends the open streams of an instance, and those that open
-// on it later, once per retirement; a retiring instance whose streams do
-// not end is stopped a while later (boundClose).
-func (s *service) closeStreams(in *instance, why string) {
-	if in.streamsClosed != "" {
+// on it later, spread over a window (see endStreams); a retiring instance
+// whose streams do not end is stopped a while later (boundClose). Called
+// again (without a spread: the instance stops), it ends at once those
+// whose turn has not come.
+func (s *service) closeStreams(in *instance, why string, spread time.Duration) {
+	first := in.streamsClosed == ""
+	if !first && spread > 0 {
 		return
 	}
-	in.streamsClosed, in.streamsClosedAt = why, time.Now()
-	n := endStreams(in)
+	if first {
+		in.streamsClosed, in.streamsClosedAt, in.streamsSpread = why, time.Now(), spread
+	}
+	n := endStreams(in, spread)
 	if n == 0 {
 		return
 	}
 	in.closedStreams += n
 	s.log().Info("ending the open streams of an instance cleanly", zap.Int("pid", in.getPID()),
-		zap.Int("streams", n), zap.String("why", why))
-	if in.state == stateRetiring {
-		s.retireAfter(in, wsCloseWait+time.Second, boundClose)
+		zap.Int("streams", n), zap.String("why", why), zap.Duration("spread_over", spread))
+	if first && in.state == stateRetiring {
+		s.retireAfter(in, spread+wsCloseWait+time.Second, boundClose)
 	}
 }
 
@@ -173,7 +190,7 @@ func (s *service) serveAgain(in *instance) {
 	in.retireGen++ // its bounds no longer count
 	in.setState(stateReady)
 	in.retireUntil, in.retiredAt, in.drainDeadline = nil, time.Time{}, time.Time{}
-	in.streamsClosed, in.closedStreams, in.keepStreams = "", 0, false
+	in.streamsClosed, in.closedStreams, in.keepStreams, in.streamsSpread = "", 0, false, 0
 	openStreams.Lock()
 	in.streamsEnding = false
 	openStreams.Unlock()

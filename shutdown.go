@@ -60,7 +60,7 @@ func exitSequence(final *App, began time.Time) {
 		case <-final.drainBegan:
 		case <-final.drained:
 		}
-		if n := endStreams(nil); n > 0 {
+		if n := endStreams(nil, 0); n > 0 {
 			final.logger.Info("Caddy's servers begin to drain: ending the open streams cleanly", zap.Int("streams", n),
 				zap.Duration("since_exit_began", time.Since(began)))
 		}

@@ -281,10 +281,12 @@ func (st *stream) end() bool {
 }
 
 // endStreams ends the open streams of instance in (every stream if in is
-// nil: Caddy exits), and every stream that opens on it from now on. It
-// returns how many it ended (not counting those ending already); it does
-// not wait for them.
-func endStreams(in *instance) int {
+// nil: Caddy exits), and every stream that opens on it from now on. With
+// a spread, the ends are spread evenly over it, so that their clients do
+// not all reconnect at once; without, they all end now. It returns how
+// many it ends (not counting those ending already); it does not wait for
+// them.
+func endStreams(in *instance, spread time.Duration) int {
 	var list []*stream
 	openStreams.Lock()
 	if in == nil {
@@ -293,18 +295,19 @@ func endStreams(in *instance) int {
 		in.streamsEnding = true
 	}
 	for st := range openStreams.set {
-		if in == nil || st.inst == in {
+		if (in == nil || st.inst == in) && !st.ended.Load() {
 			list = append(list, st)
 		}
 	}
 	openStreams.Unlock()
-	n := 0
-	for _, st := range list {
-		if st.end() {
-			n++
+	for i, st := range list {
+		if at := spread * time.Duration(i) / time.Duration(len(list)); at > 0 {
+			time.AfterFunc(at, func() { st.end() }) // (a stream that ended meanwhile: nothing to do)
+		} else {
+			st.end()
 		}
 	}
-	return n
+	return len(list)
 }
 
 // streamCounts are the open streams of an instance, by kind.

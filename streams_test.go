@@ -186,14 +186,23 @@ func instanceOf(t testing.TB, st Status, pid int) InstanceStatus {
 // returns when it came.
 func wantClose1001(t testing.TB, ws *wsClient, timeout time.Duration) time.Time {
 	t.Helper()
+	at, err := awaitClose1001(ws, timeout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return at
+}
+
+// awaitClose1001 is wantClose1001 for any goroutine.
+func awaitClose1001(ws *wsClient, timeout time.Duration) (time.Time, error) {
 	for {
 		_, err := ws.read(timeout)
 		var ce *wsCloseError
 		switch {
 		case errors.As(err, &ce) && ce.code == 1001:
-			return time.Now()
+			return time.Now(), nil
 		case err != nil:
-			t.Fatalf("websocket: %v, want a close frame with code 1001", err)
+			return time.Time{}, fmt.Errorf("websocket: %v, want a close frame with code 1001", err)
 		}
 	}
 }
@@ -313,6 +322,18 @@ func TestStreamsKeptAcrossReload(t *testing.T) {
 	c, addr, l := serveStreams(t, cfg, httpPort, "/?ms=20")
 	l.churn.Store(true) // see serveUnderLoad
 	ws, sse, oldPID := openBoth(t, addr)
+	var more []*wsClient // the streams end spread over a tenth of stream_drain_timeout
+	for range 4 {
+		w, err := dialWS(addr, "/ws")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer w.Close()
+		if hello, err := w.read(5 * time.Second); err != nil || pidIn(t, hello) != oldPID {
+			t.Fatalf("another WebSocket: %q %v", hello, err)
+		}
+		more = append(more, w)
+	}
 
 	v2 := streamsConfig(t, httpPort, web("v2"))
 	v2["admin"] = cfg["admin"]
@@ -327,15 +348,38 @@ func TestStreamsKeptAcrossReload(t *testing.T) {
 		t.Errorf("a new request reached %d, want the new instance %d", p, newPID)
 	}
 	stillServedBy(t, ws, sse, oldPID)
-	if old := instanceOf(t, status(t, cfg, "web"), oldPID); old.Streams != (streamCounts{1, 1}) || old.State != stateRetiring {
+	if old := instanceOf(t, status(t, cfg, "web"), oldPID); old.Streams != (streamCounts{5, 1}) || old.State != stateRetiring {
 		t.Errorf("the old instance: %+v", old)
 	}
-	closed := wantClose1001(t, ws, 5*time.Second)
-	ended := wantCleanEnd(t, sse, 5*time.Second)
-	for what, at := range map[string]time.Time{"the WebSocket's close frame": closed, "the SSE response's end": ended} {
-		if d := at.Sub(reloaded); d < 2500*time.Millisecond || d > 4500*time.Millisecond {
-			t.Errorf("%s came %s after the reload, want stream_drain_timeout (3s)", what, d)
+	ends := make(chan time.Time, 6)
+	for _, w := range append(more, ws) {
+		go func() {
+			at, err := awaitClose1001(w, 6*time.Second)
+			if err != nil {
+				t.Error(err)
+			}
+			ends <- at
+		}()
+	}
+	ends <- wantCleanEnd(t, sse, 6*time.Second)
+	var first, last time.Time
+	for range 6 {
+		at := <-ends
+		if at.IsZero() {
+			continue
 		}
+		if d := at.Sub(reloaded); d < 2500*time.Millisecond || d > 4500*time.Millisecond {
+			t.Errorf("a stream ended %s after the reload, want stream_drain_timeout (3s)", d)
+		}
+		if first.IsZero() || at.Before(first) {
+			first = at
+		}
+		if at.After(last) {
+			last = at
+		}
+	}
+	if spread := last.Sub(first); spread < 150*time.Millisecond || spread > 600*time.Millisecond {
+		t.Errorf("the six streams ended within %s of each other, want them spread over about 300 ms", spread)
 	}
 	ws.Close()
 	c.waitLog(fmt.Sprintf(`"msg":"retirement over","pid":%d,"outcome":"streams_closed"`, oldPID), 10*time.Second)

@@ -506,7 +506,7 @@ func (s *service) stopInstance(in *instance, reason string) {
 	if in.state == stateStopping || in.state == stateExited {
 		return
 	}
-	s.closeStreams(in, reason) // cleanly, before the app hears of its stop
+	s.closeStreams(in, reason, 0) // cleanly, before the app hears of its stop (at once, spread or not)
 	in.setState(stateStopping)
 	def := in.settings.Load()
 	// readers learn that it is out of service before it hears of it: no
