@@ -177,8 +177,8 @@ type Process struct {
 	// ended cleanly first (a WebSocket close frame 1001, the end of an SSE
 	// response), spread over a tenth of this (at most 30 s), so that clients
 	// reconnect to the new instance, not all at once. A newer
-	// replacement ends the streams of an older retiring instance at once:
-	// at most one old instance lingers. Streams are seen by the
+	// replacement ends the streams of an older retiring instance the same
+	// way: at most one old instance keeps its streams. Streams are seen by the
 	// `supervise_streams` handler in front of `reverse_proxy`; without it
 	// they count as ordinary requests. At Caddy's exit streams end when the
 	// drain begins, whatever this says. Default: `5m`.

@@ -16,12 +16,13 @@ import (
 //  3. Its ordinary requests finish, up to drain_timeout.
 //  4. Its streams (WebSockets, SSE; see streams.go): when another instance
 //     serves in its place (it was replaced beside itself), it keeps them
-//     until they end, up to stream_drain_timeout since it left service,
-//     and a newer retirement ends them at once (at most one old instance
-//     lingers for its streams). When nothing serves in its place (a stop
-//     first, the process leaving the config, its port going to another
-//     process, Caddy's exit), they end at once. Either way they end
-//     cleanly: a close frame 1001, the end of an SSE response.
+//     until they end, up to stream_drain_timeout since it left service;
+//     then, or when a newer instance retires (at most one old instance
+//     keeps its streams), they end spread over a tenth of that bound, so
+//     that their clients do not all reconnect at once. When nothing serves
+//     in its place (a stop first, the process leaving the config, its port
+//     going to another process, Caddy's exit), they end at once. Either way
+//     they end cleanly: a close frame 1001, the end of an SSE response.
 //  5. Once nothing keeps it, it gets its stop signal (stopInstance, which
 //     ends any stream still open first).
 //
@@ -59,7 +60,8 @@ func (s *service) retire(in *instance, until *App, reason string) {
 // to reconnect to but the newest instance, or nothing at all.
 func (s *service) dropKeptStreams(except *instance, why string) {
 	for _, o := range s.live {
-		if o != except && o.state == stateRetiring && o.keepStreams {
+		// (with the process stopping, also those an earlier call spreads)
+		if o != except && o.state == stateRetiring && (o.keepStreams || except == nil) {
 			o.keepStreams = false
 			spread := time.Duration(0) // the process stops: no time for a spread
 			if except != nil {
@@ -166,8 +168,11 @@ func (s *service) closeStreams(in *instance, why string, spread time.Duration) {
 		return
 	}
 	in.closedStreams += n
-	s.log().Info("ending the open streams of an instance cleanly", zap.Int("pid", in.getPID()),
-		zap.Int("streams", n), zap.String("why", why), zap.Duration("spread_over", spread))
+	what := "ending the open streams of an instance cleanly"
+	if !first {
+		what = "ending the rest of the instance's streams at once"
+	}
+	s.log().Info(what, zap.Int("pid", in.getPID()), zap.Int("streams", n), zap.String("why", why), zap.Duration("spread_over", spread))
 	if first && in.state == stateRetiring {
 		s.retireAfter(in, spread+wsCloseWait+time.Second, boundClose)
 	}

@@ -147,6 +147,7 @@ type stream struct {
 	kind    streamKind
 	ws      *wsTunnel // an upgraded WebSocket's way to the client
 	ended   atomic.Bool
+	picked  bool // endStreams chose it: its end is on its way; guarded by openStreams
 
 	mu        sync.Mutex // between end and finish
 	finished  bool       // the handler is done with the response
@@ -284,10 +285,11 @@ func (st *stream) end() bool {
 // nil: Caddy exits), and every stream that opens on it from now on. With
 // a spread, the ends are spread evenly over it, so that their clients do
 // not all reconnect at once; without, they all end now. It returns how
-// many it ends (not counting those ending already); it does not wait for
-// them.
+// many it ends (not counting those on their way already); it does not
+// wait for them.
 func endStreams(in *instance, spread time.Duration) int {
 	var list []*stream
+	n := 0
 	openStreams.Lock()
 	if in == nil {
 		openStreams.exiting = true
@@ -295,19 +297,32 @@ func endStreams(in *instance, spread time.Duration) int {
 		in.streamsEnding = true
 	}
 	for st := range openStreams.set {
-		if (in == nil || st.inst == in) && !st.ended.Load() {
+		if (in == nil || st.inst == in) && !st.ended.Load() && (spread == 0 || !st.picked) {
 			list = append(list, st)
+			if !st.picked {
+				st.picked = true // its end is on its way: counted once
+				n++
+			}
 		}
 	}
 	openStreams.Unlock()
 	for i, st := range list {
-		if at := spread * time.Duration(i) / time.Duration(len(list)); at > 0 {
-			time.AfterFunc(at, func() { st.end() }) // (a stream that ended meanwhile: nothing to do)
-		} else {
+		at := spread * time.Duration(i) / time.Duration(len(list))
+		if at == 0 {
 			st.end()
+			continue
 		}
+		time.AfterFunc(at, func() {
+			openStreams.Lock()
+			due := openStreams.exiting || in != nil && in.streamsEnding // (a put-back instance keeps them)
+			st.picked = due
+			openStreams.Unlock()
+			if due {
+				st.end() // (a stream that ended meanwhile: nothing to do)
+			}
+		})
 	}
-	return len(list)
+	return n
 }
 
 // streamCounts are the open streams of an instance, by kind.

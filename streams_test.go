@@ -351,23 +351,25 @@ func TestStreamsKeptAcrossReload(t *testing.T) {
 	if old := instanceOf(t, status(t, cfg, "web"), oldPID); old.Streams != (streamCounts{5, 1}) || old.State != stateRetiring {
 		t.Errorf("the old instance: %+v", old)
 	}
-	ends := make(chan time.Time, 6)
+	type end struct {
+		at  time.Time
+		err error
+	}
+	ends := make(chan end, 6)
 	for _, w := range append(more, ws) {
 		go func() {
 			at, err := awaitClose1001(w, 6*time.Second)
-			if err != nil {
-				t.Error(err)
-			}
-			ends <- at
+			ends <- end{at, err}
 		}()
 	}
-	ends <- wantCleanEnd(t, sse, 6*time.Second)
+	ends <- end{wantCleanEnd(t, sse, 6*time.Second), nil}
 	var first, last time.Time
 	for range 6 {
-		at := <-ends
-		if at.IsZero() {
-			continue
+		e := <-ends
+		if e.err != nil {
+			t.Fatal(e.err)
 		}
+		at := e.at
 		if d := at.Sub(reloaded); d < 2500*time.Millisecond || d > 4500*time.Millisecond {
 			t.Errorf("a stream ended %s after the reload, want stream_drain_timeout (3s)", d)
 		}
@@ -556,22 +558,70 @@ func TestStreamsNodeWS(t *testing.T) {
 	noFailedRequests(t, c)
 }
 
-// A reload that drops the process while an old instance still keeps its
-// streams after a blue/green restart (stream_drain_timeout 5m, the
-// default): the reload does not wait for that bound; the kept streams and
-// the new instance's end cleanly at once, and both instances stop.
+// A second restart while the first one's old instance still keeps its
+// streams: at most one old instance keeps them, so the oldest one's end,
+// cleanly, spread over a tenth of stream_drain_timeout (20 s here: 2 s),
+// and it stops; the streams of the instance the second restart replaced
+// stay on it.
+func TestStreamsOneOldInstanceKeepsStreams(t *testing.T) {
+	needStreamsApp(t)
+	httpPort := freePort(t)
+	cfg := streamsConfig(t, httpPort, streamsApp(t, "auto", "v1", "", map[string]any{"stream_drain_timeout": "20s"}))
+	c, addr, l := serveStreams(t, cfg, httpPort, "/?ms=20")
+	ws, sse, a := openBoth(t, addr)
+	if code := adminDo(t, cfg, "POST", "/supervise/web/restart", nil); code != 200 {
+		t.Fatalf("restart: %d", code)
+	}
+	ws2, sse2, b := openBoth(t, addr)
+	began := time.Now()
+	if code := adminDo(t, cfg, "POST", "/supervise/web/restart", nil); code != 200 {
+		t.Fatalf("second restart: %d", code)
+	}
+	closed := wantClose1001(t, ws, 5*time.Second)
+	ended := wantCleanEnd(t, sse, 5*time.Second)
+	for _, at := range []time.Time{closed, ended} {
+		if d := at.Sub(began); d > 4*time.Second {
+			t.Errorf("a stream of the oldest instance ended %s after the second restart, want within its 2 s spread", d)
+		}
+	}
+	ws.Close()
+	stillServedBy(t, ws2, sse2, b)
+	c.waitLog(fmt.Sprintf(`"msg":"retirement over","pid":%d,"outcome":"streams_closed"`, a), 10*time.Second)
+	if old := instanceOf(t, status(t, cfg, "web"), b); old.State != stateRetiring || old.Streams != (streamCounts{1, 1}) {
+		t.Errorf("the instance the second restart replaced: %+v", old)
+	}
+	finishUnderLoad(t, c, l, 0, 10*time.Second)
+}
+
+// A reload that drops the process while old instances still keep their
+// streams after two blue/green restarts (stream_drain_timeout 5m, the
+// default; the oldest one's streams are being ended spread over 30 s): the
+// reload does not wait for either; every stream ends cleanly at once, and
+// the three instances stop.
 func TestStreamsEndWhenTheProcessLeaves(t *testing.T) {
 	needStreamsApp(t)
 	httpPort := freePort(t)
 	cfg := streamsConfig(t, httpPort, streamsApp(t, "auto", "v1", "", nil))
 	c, addr, _ := serveStreams(t, cfg, httpPort, "")
-	ws, sse, oldPID := openBoth(t, addr)
-	if code := adminDo(t, cfg, "POST", "/supervise/web/restart", nil); code != 200 {
-		t.Fatalf("restart: %d", code)
-	}
-	ws2, sse2, newPID := openBoth(t, addr)
-	if newPID == oldPID {
-		t.Fatal("the restart did not replace the instance")
+	var wss []*wsClient
+	var sses []*sseClient
+	var pids []int
+	for i := range 3 {
+		ws, sse, pid := openBoth(t, addr)
+		wss, sses, pids = append(wss, ws), append(sses, sse), append(pids, pid)
+		for range 3 { // more streams: the spread has many turns to come
+			w, err := dialWS(addr, "/ws")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer w.Close()
+			wss = append(wss, w)
+		}
+		if i < 2 {
+			if code := adminDo(t, cfg, "POST", "/supervise/web/restart", nil); code != 200 {
+				t.Fatalf("restart: %d", code)
+			}
+		}
 	}
 
 	none := testConfig(t, 0, 0)
@@ -581,13 +631,13 @@ func TestStreamsEndWhenTheProcessLeaves(t *testing.T) {
 	if d := time.Since(began); d > 5*time.Second {
 		t.Errorf("the reload that drops the process took %s", d)
 	}
-	for _, w := range []*wsClient{ws, ws2} {
-		wantClose1001(t, w, 5*time.Second)
+	for _, w := range wss {
+		wantClose1001(t, w, 5*time.Second) // (after the extra ones' hello)
 	}
-	for _, s := range []*sseClient{sse, sse2} {
+	for _, s := range sses {
 		wantCleanEnd(t, s, 5*time.Second)
 	}
-	for _, pid := range []int{oldPID, newPID} {
+	for _, pid := range pids {
 		c.waitLog(fmt.Sprintf(`"msg":"process exited","pid":%d`, pid), 10*time.Second)
 	}
 }
