@@ -148,10 +148,6 @@ type stream struct {
 	ws      *wsTunnel // an upgraded WebSocket's way to the client
 	ended   atomic.Bool
 	picked  bool // endStreams chose it: its end is on its way; guarded by openStreams
-
-	mu        sync.Mutex // between end and finish
-	finished  bool       // the handler is done with the response
-	deadlined bool       // end set a write deadline on the response
 }
 
 // streamCtx is the request's context: it can be cancelled (an SSE
@@ -239,7 +235,6 @@ func (st *stream) finish() {
 	if st.kind != notStream {
 		openStreams.Lock()
 		delete(openStreams.set, st)
-		exiting := openStreams.exiting
 		openStreams.Unlock()
 		if st.inst != nil {
 			st.inst.countStream(st.kind, -1) // before the request's end (cancel): streams ≤ requests
@@ -247,13 +242,6 @@ func (st *stream) finish() {
 		if st.ws != nil {
 			st.ws.stopCut()
 		}
-		st.mu.Lock()
-		st.finished = true
-		if st.deadlined && !exiting {
-			// the connection may carry more requests: end's deadline is not theirs
-			_ = http.NewResponseController(st.ResponseWriter).SetWriteDeadline(time.Time{})
-		}
-		st.mu.Unlock()
 	}
 	st.cancel()
 }
@@ -269,14 +257,9 @@ func (st *stream) end() bool {
 		return true
 	}
 	// an SSE response (or a WebSocket over extended CONNECT): reverse_proxy's
-	// read from the app ends, and ServeHTTP ends the response. A client that
-	// reads nothing could hold a write, and with it the response: the write
-	// gets a deadline.
-	st.mu.Lock()
-	if !st.finished {
-		st.deadlined = http.NewResponseController(st.ResponseWriter).SetWriteDeadline(time.Now().Add(wsCloseWait)) == nil
-	}
-	st.mu.Unlock()
+	// read from the app ends, and ServeHTTP ends the response. (A write to
+	// a client that reads nothing is bounded by Caddy's write timeouts: a
+	// deadline set from here would race with Caddy's write_idle writer.)
 	st.cancel()
 	return true
 }
