@@ -125,16 +125,6 @@ const (
 	sseStream
 )
 
-func (k streamKind) String() string {
-	switch k {
-	case wsStream:
-		return "websocket"
-	case sseStream:
-		return "sse"
-	}
-	return "request"
-}
-
 // stream is one request through the handler, and the stream it may become.
 type stream struct {
 	caddyhttp.ResponseWriterWrapper
