@@ -65,11 +65,18 @@ type Status struct {
 	// retirement, or nothing served in its place), `drain_timeout`
 	// (ordinary requests still ran), `exit` (Caddy exited first).
 	Retirements map[string]int `json:"retirements,omitempty"`
+	// Recycles counts instances replaced by a limit or a failed health
+	// check, by reason: `max_memory`, `max_lifetime`,
+	// `max_lifetime_requests`, `health`.
+	Recycles map[string]int `json:"recycles,omitempty"`
 }
 
 // InstanceStatus is one running instance of a process.
 type InstanceStatus struct {
-	PID       int        `json:"pid"`
+	PID int `json:"pid"`
+	// Instance is its index among `instances` (0, 1, …): the slot it
+	// serves in, or retires from.
+	Instance  int        `json:"instance"`
 	State     state      `json:"state"`
 	Serving   bool       `json:"serving"`
 	Port      int        `json:"port,omitempty"`
@@ -80,6 +87,12 @@ type InstanceStatus struct {
 	Streams streamCounts `json:"streams"`
 	// MemoryBytes is the resident memory of its process group (Linux).
 	MemoryBytes int64 `json:"memory_bytes,omitempty"`
+	// Requests is how many requests the dynamic upstream sent it.
+	Requests int64 `json:"requests"`
+	// Unhealthy is why it failed its health check, if it did.
+	Unhealthy string `json:"unhealthy,omitempty"`
+	// Recycle is why it is being recycled, if it is.
+	Recycle string `json:"recycle,omitempty"`
 }
 
 func (a *AdminAPI) serve(w http.ResponseWriter, r *http.Request) error {

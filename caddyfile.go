@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
@@ -43,6 +44,12 @@ func init() {
 //		port           auto|<number>
 //		ready          tcp [<host:port>] | http [<url>] | off
 //		ready_timeout  <duration>
+//		instances      <count>|auto
+//		roll_batch     <count>
+//		max_memory     <size>
+//		max_lifetime   <duration>
+//		max_lifetime_requests <count>
+//		health         [tcp [<host:port>] | http [<url>]] [interval <duration>] [timeout <duration>] [fails <count>]
 //	}
 //
 // The block is optional. Values are checked here, so that `caddy adapt`
@@ -185,14 +192,90 @@ var subdirectives = map[string]subdirective{
 		}
 		return nil
 	}},
-	"max_restarts": {args: 1, set: func(p *Process, a []string) error {
+	"max_restarts": {args: 1, set: countSetter(func(p *Process) *int { return &p.MaxRestarts })},
+	"roll_batch":   {args: 1, set: countSetter(func(p *Process) *int { return &p.RollBatch })},
+	"instances": {args: 1, set: func(p *Process, a []string) error {
+		n, err := parseInstances(a[0])
+		if err != nil {
+			return fmt.Errorf("%q: must be a whole number above 0, or auto", a[0])
+		}
+		p.Instances = n
+		return nil
+	}},
+	"max_memory": {args: 1, set: func(p *Process, a []string) error {
+		v, err := parseSize(a[0])
+		p.MaxMemory = v
+		return err
+	}},
+	"max_lifetime": {args: 1, set: durationSetter(func(p *Process) *Duration { return &p.MaxLifetime })},
+	"max_lifetime_requests": {args: 1, set: func(p *Process, a []string) error {
+		n, err := strconv.ParseInt(a[0], 10, 64)
+		if err != nil || n <= 0 {
+			return fmt.Errorf("%q: must be a whole number above 0", a[0])
+		}
+		p.MaxLifetimeRequests = n
+		return nil
+	}},
+	"health": {args: -1, set: parseHealth},
+}
+
+// parseHealth reads `health [tcp [ADDR] | http [URL]] [interval D]
+// [timeout D] [fails N]`.
+func parseHealth(p *Process, a []string) error {
+	h := new(HealthCheck)
+	if len(a) > 0 && (a[0] == "tcp" || a[0] == "http") {
+		kind, target := a[0], ""
+		a = a[1:]
+		if len(a) > 0 && a[0] != "interval" && a[0] != "timeout" && a[0] != "fails" {
+			target, a = a[0], a[1:]
+		}
+		if kind == "tcp" {
+			h.TCP = &target
+		} else {
+			h.HTTP = &target
+		}
+	}
+	for len(a) > 0 {
+		if a[0] != "interval" && a[0] != "timeout" && a[0] != "fails" {
+			return fmt.Errorf("%q: want [tcp [HOST:PORT] | http [URL]] [interval DURATION] [timeout DURATION] [fails COUNT]", a[0])
+		}
+		if len(a) < 2 {
+			return fmt.Errorf("%q: %s needs a value", a, a[0])
+		}
+		var err error
+		switch a[0] {
+		case "interval", "timeout":
+			var v time.Duration
+			if v, err = parseDuration(a[1]); err == nil {
+				if a[0] == "interval" {
+					h.Interval = Duration(v)
+				} else {
+					h.Timeout = Duration(v)
+				}
+			}
+		case "fails":
+			if h.Fails, err = strconv.Atoi(a[1]); err != nil || h.Fails <= 0 {
+				err = fmt.Errorf("%q: must be a whole number above 0", a[1])
+			}
+		}
+		if err != nil {
+			return fmt.Errorf("%s %v", a[0], err)
+		}
+		a = a[2:]
+	}
+	p.Health = h
+	return nil
+}
+
+func countSetter(field func(*Process) *int) func(*Process, []string) error {
+	return func(p *Process, a []string) error {
 		n, err := strconv.Atoi(a[0])
 		if err != nil || n <= 0 {
 			return fmt.Errorf("%q: must be a whole number above 0", a[0])
 		}
-		p.MaxRestarts = n
+		*field(p) = n
 		return nil
-	}},
+	}
 }
 
 func subdirectiveNames() []string {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"maps"
+	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/dustin/go-humanize"
 )
 
 // Defaults for the optional fields of a [Process].
@@ -229,6 +231,55 @@ type Process struct {
 	// Default: `stop_caddy`.
 	OnEnd string `json:"on_end,omitempty"`
 
+	// Instances is how many instances of the process run side by side: a
+	// number, or `auto` for the CPUs Caddy's process may use (its CPU
+	// affinity and its cgroup's CPU quota, rounded up). Each instance gets a
+	// port of its own, so more than one needs `port auto` and a readiness
+	// probe; `{supervise.instance}` (0, 1, …) in the command and in `env`
+	// values is its index, which a replacement takes over. The dynamic
+	// upstream `supervise` sends each request to the ready instance with
+	// the fewest requests in flight. A reload that changes only this adds
+	// or removes instances and leaves the others alone. Not with `socket`
+	// (one socket has one queue, which all instances would share: the
+	// app's own workers, `puma -w`, `gunicorn -w`, do that better).
+	// Default: 1.
+	Instances Instances `json:"instances,omitempty"`
+
+	// RollBatch is how many instances a rolling restart (a reload that
+	// changes the definition, an admin restart) replaces at once, each
+	// beside its predecessor; the next batch starts once the previous
+	// one's old instances are gone, so a roll never runs more than
+	// `instances` + `roll_batch` instances. A new instance that fails stops
+	// the roll: the instances it has not reached never leave the old
+	// release, and a reload that fails puts back the ones it replaced.
+	// Default: 1.
+	RollBatch int `json:"roll_batch,omitempty"`
+
+	// MaxMemory recycles an instance whose process group uses more memory
+	// than this (resident set size, the sum over the group, sampled every
+	// second; Linux only): it is replaced beside itself, as by an admin
+	// restart, never killed. An integer (bytes) or a string such as
+	// `512MiB` or `1.5GB`. Default: no limit.
+	MaxMemory Size `json:"max_memory,omitempty"`
+
+	// MaxLifetime recycles an instance that has served this long (since it
+	// was ready), the way `max_memory` does. Default: no limit.
+	MaxLifetime Duration `json:"max_lifetime,omitempty"`
+
+	// MaxLifetimeRequests recycles an instance once the dynamic upstream
+	// has sent it this many requests, the way `max_memory` does (the name
+	// is not `max_requests`: reverse_proxy uses that for requests in flight).
+	// Default: no limit.
+	MaxLifetimeRequests int64 `json:"max_lifetime_requests,omitempty"`
+
+	// Health is the liveness check: it keeps checking each instance while
+	// it serves. An instance that fails it `fails` times in a row leaves
+	// the dynamic upstream at once, is replaced beside itself, and is
+	// killed with SIGKILL once the new instance serves (a hung process
+	// cannot drain). Requests it held may fail; none are sent to it once
+	// it failed the check. Default: none.
+	Health *HealthCheck `json:"health,omitempty"`
+
 	// resolved at provision time
 	args         []string          // Command with {env.*} expanded
 	dir          string            // Dir with {env.*} expanded
@@ -241,6 +292,8 @@ type Process struct {
 	signal       syscall.Signal
 	sockAddr     caddy.NetworkAddress // Socket, parsed
 	sockMode     fs.FileMode          // a unix socket's mode
+	count        int                  // Instances, resolved
+	envHasIndex  bool                 // {supervise.instance} is in an env or env_file value
 }
 
 // provision checks the definition, fills in defaults and resolves the
@@ -330,6 +383,9 @@ func (p *Process) provision(index int) error {
 		return fmt.Errorf("%s: %v", where, err)
 	}
 	if err := choose("on_end", &p.OnEnd, DefaultOnEnd, OnEndStopCaddy, OnEndKeepRunning); err != nil {
+		return fmt.Errorf("%s: %v", where, err)
+	}
+	if err := p.provisionPool(); err != nil {
 		return fmt.Errorf("%s: %v", where, err)
 	}
 	return nil
@@ -432,6 +488,7 @@ func (p *Process) resolveSpawn() error {
 	p.env = mergeEnv(base, p.identityVars(), p.vars)
 	for _, v := range p.vars {
 		p.envHasPort = p.envHasPort || strings.Contains(v, "{supervise.port}")
+		p.envHasIndex = p.envHasIndex || strings.Contains(v, "{supervise.instance}")
 	}
 	p.path, err = lookPath(p.args[0], p.dir, envValue(p.env, "PATH"))
 	if err != nil {
@@ -609,6 +666,43 @@ func parseDuration(s string) (time.Duration, error) {
 	return v, nil
 }
 
+// Size is an amount of memory: in JSON an integer (bytes) or a string
+// with a unit as Caddy writes sizes elsewhere (`512MiB`, `1.5GB`, `100kB`).
+type Size int64
+
+// UnmarshalJSON implements json.Unmarshaler.
+func (z *Size) UnmarshalJSON(b []byte) error {
+	var n int64
+	if err := json.Unmarshal(b, &n); err == nil {
+		if n <= 0 {
+			return fmt.Errorf("%d: must be positive", n)
+		}
+		*z = Size(n)
+		return nil
+	}
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("%s: must be a number of bytes or a string such as \"512MiB\"", bytes.TrimSpace(b))
+	}
+	v, err := parseSize(s)
+	if err != nil {
+		return err
+	}
+	*z = v
+	return nil
+}
+
+// parseSize parses a positive size with an optional unit (`512MiB`).
+func parseSize(s string) (Size, error) {
+	v, err := humanize.ParseBytes(s)
+	if err != nil || v == 0 || v > math.MaxInt64 {
+		return 0, fmt.Errorf("%q: must be a positive size such as 512MiB or 1GB", s)
+	}
+	return Size(v), nil
+}
+
+func (z Size) String() string { return humanize.IBytes(uint64(z)) }
+
 // UnmarshalJSON decodes a process strictly (unknown fields are errors, as in
 // the rest of Caddy's config) and names the field of any bad value.
 func (p *Process) UnmarshalJSON(b []byte) error {
@@ -620,6 +714,7 @@ func (p *Process) UnmarshalJSON(b []byte) error {
 		StopTimeout   json.RawMessage `json:"stop_timeout,omitempty"`
 		RestartWindow json.RawMessage `json:"restart_window,omitempty"`
 		ReadyTimeout  json.RawMessage `json:"ready_timeout,omitempty"`
+		MaxLifetime   json.RawMessage `json:"max_lifetime,omitempty"`
 	}
 	aux.plain = (*plain)(p)
 	dec := json.NewDecoder(bytes.NewReader(b))
@@ -637,6 +732,7 @@ func (p *Process) UnmarshalJSON(b []byte) error {
 		{"stop_timeout", aux.StopTimeout, &p.StopTimeout},
 		{"restart_window", aux.RestartWindow, &p.RestartWindow},
 		{"ready_timeout", aux.ReadyTimeout, &p.ReadyTimeout},
+		{"max_lifetime", aux.MaxLifetime, &p.MaxLifetime},
 	} {
 		if f.raw == nil {
 			continue

@@ -51,6 +51,9 @@ type instance struct {
 	streamsSpread   time.Duration // over how long
 	closedStreams   int           // how many
 	notReady        string        // why it failed its readiness probe ("" if it did not)
+	unhealthy       string        // why it failed its health check: out of the upstream, killed once replaced
+	recycleReason   string        // why it is recycled: its replacement runs, or waits for another job
+	unwatch         func()        // ends its watch (watch.go)
 	restarts        int           // the service's restarts when it started, for its log
 
 	// the dynamic upstream's requests (see admit)
@@ -58,6 +61,7 @@ type instance struct {
 	inflight  atomic.Int64 // requests sent to it that have not ended (streams included)
 	streams   atomic.Int64 // those of them that are open streams (see streams.go)
 	wsStreams atomic.Int64 // those of them that are WebSockets
+	served    atomic.Int64 // requests sent to it, ever (max_lifetime_requests)
 
 	streamsEnding bool // its streams end as they open; guarded by openStreams
 
@@ -121,6 +125,7 @@ func (in *instance) setState(to state) {
 	if to == stateReady {
 		in.tail.ready()
 	}
+	in.watch() // while it is ready (watch.go)
 	in.svc.log().Info("process state", zap.String("from", string(from)), zap.String("to", string(to)), zap.Int("pid", in.getPID()))
 }
 
@@ -135,6 +140,9 @@ func (in *instance) admit(r *http.Request) bool {
 	if !in.accepting.Load() {
 		in.requestEnded()
 		return false
+	}
+	if n := in.served.Add(1); n == in.settings.Load().MaxLifetimeRequests {
+		go in.svc.post(instanceRecycle{in, "max_lifetime_requests"})
 	}
 	stop := context.AfterFunc(r.Context(), in.requestEnded)
 	if st := streamOf(r); st != nil {
@@ -155,6 +163,13 @@ func (in *instance) requestEnded() {
 	}
 }
 
+// serves reports whether requests may be sent to the instance: it is
+// ready, in the serving set, and did not fail its health check. Called by
+// the service's loop only.
+func (in *instance) serves() bool {
+	return in.state == stateReady && in.unhealthy == "" && slices.Contains(in.svc.slots, in)
+}
+
 // live reports whether the instance's group may still exist.
 func (in *instance) live() bool { return in.state != stateExited }
 
@@ -163,6 +178,9 @@ func (in *instance) getPID() int {
 	defer in.mu.Unlock()
 	return in.pid
 }
+
+// place is where the instance runs: its port and its index.
+func (in *instance) place() place { return place{in.port, in.slot} }
 
 // address is where the instance serves, for the dynamic upstream.
 func (in *instance) address() string { return in.def.address(in.port) }
@@ -187,7 +205,7 @@ func (in *instance) start() error {
 func (in *instance) run(started chan<- error) {
 	runtime.LockOSThread()
 	def, logger := in.def, in.svc.log()
-	cmd, execNotice, err := in.command(def, in.port)
+	cmd, execNotice, err := in.command(def, in.place())
 	var out *output
 	if err == nil {
 		out, err = in.attachOutput(cmd, def)
@@ -216,7 +234,7 @@ func (in *instance) run(started chan<- error) {
 	if execNotice != nil {
 		go in.awaitExec(pid, execNotice)
 	}
-	logger.Info("process started", zap.Int("pid", pid), zap.Strings("command", def.argsFor(in.port)), zap.Int("restarts", in.restarts))
+	logger.Info("process started", zap.Int("pid", pid), zap.Strings("command", def.argsFor(in.place())), zap.Int("restarts", in.restarts))
 	probeCtx, probeDone := context.WithCancel(context.Background())
 	if def.Ready != nil {
 		go in.probe(probeCtx, def)
@@ -378,6 +396,14 @@ func (in *instance) stop() bool {
 	return true
 }
 
+// kill sends SIGKILL to the instance's group: its exit is expected.
+func (in *instance) kill() {
+	in.mu.Lock()
+	in.stopping = true
+	in.mu.Unlock()
+	_ = in.signal(syscall.SIGKILL)
+}
+
 // probe runs the readiness probe until it succeeds, the leader exits (ctx),
 // or ready_timeout passes, and reports ready or not ready to the service.
 // While it waits it says so every readyProgressEvery: what it probes, what
@@ -386,14 +412,7 @@ func (in *instance) probe(ctx context.Context, def *Process) {
 	timeout := time.Duration(def.ReadyTimeout)
 	began := time.Now()
 	deadline, nextProgress := began.Add(timeout), began.Add(readyProgressEvery)
-	name := def.probeName(in.port)
-	check := tcpCheck(def.probeTarget(in.port))
-	switch {
-	case def.Ready.HTTP != nil:
-		check = httpCheck(def.probeTarget(in.port), def.probeDial())
-	case def.readyDefault:
-		check = portCheck(in.port)
-	}
+	check, name := def.checkOf(def.Ready, def.readyDefault, in.port, probeAttempt)
 	var lastErr error
 	for wait := 10 * time.Millisecond; ; wait = min(2*wait, 250*time.Millisecond) {
 		// each check ends by ready_timeout, and within probeAttempt: a
@@ -447,15 +466,15 @@ const readyProgressEvery = 5 * time.Second
 
 // newCommand returns the exec.Cmd every platform starts from: stdin from
 // /dev/null, the merged environment. Output is attached by attachOutput.
-func newCommand(def *Process, path string, args []string, port int, extraEnv ...string) *exec.Cmd {
+func newCommand(def *Process, path string, args []string, at place, extraEnv ...string) *exec.Cmd {
 	env := slices.Clip(def.env)
-	if port != 0 {
-		extraEnv = append(extraEnv, "PORT="+strconv.Itoa(port))
-		if def.envHasPort {
-			env = slices.Clone(env)
-			for i, kv := range env {
-				env[i] = expandPort(kv, port)
-			}
+	if at.port != 0 {
+		extraEnv = append(extraEnv, "PORT="+strconv.Itoa(at.port))
+	}
+	if def.envHasPort && at.port != 0 || def.envHasIndex {
+		env = slices.Clone(env)
+		for i, kv := range env {
+			env[i] = at.expand(kv)
 		}
 	}
 	return &exec.Cmd{

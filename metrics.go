@@ -22,10 +22,13 @@ var (
 	descRetired   = prometheus.NewDesc("caddy_supervise_retirements_total", "Instances that left service, by how their retirement ended: idle, streams_closed, drain_timeout, exit.", []string{"name", "outcome"}, nil)
 	descStreams   = prometheus.NewDesc("caddy_supervise_instance_streams", "Open streams of an instance (seen by supervise_streams), by kind: websocket, sse.", []string{"name", "pid", "state", "kind"}, nil)
 	descMemory    = prometheus.NewDesc("caddy_supervise_instance_memory_bytes", "Resident memory of an instance's process group (Linux).", []string{"name", "pid", "state"}, nil)
+	descServing   = prometheus.NewDesc("caddy_supervise_process_instances_serving", "Instances of the process that are ready and in the dynamic upstream.", []string{"name"}, nil)
+	descRecycles  = prometheus.NewDesc("caddy_supervise_recycles_total", "Instances replaced by a recycling limit or a failed health check, by reason: max_memory, max_lifetime, max_lifetime_requests, health.", []string{"name", "reason"}, nil)
+	descRequests  = prometheus.NewDesc("caddy_supervise_instance_requests_total", "Requests the dynamic upstream sent to an instance.", []string{"name", "pid", "instance", "state"}, nil)
 )
 
 func (collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descUp, descReady, descRestarts, descExits, descStartTime, descStop, descDrain, descRetired, descStreams, descMemory} {
+	for _, d := range []*prometheus.Desc{descUp, descReady, descRestarts, descExits, descStartTime, descStop, descDrain, descRetired, descStreams, descMemory, descServing, descRecycles, descRequests} {
 		ch <- d
 	}
 }
@@ -54,10 +57,15 @@ func (collector) Collect(ch chan<- prometheus.Metric) {
 		for outcome, n := range m.retirements {
 			ch <- prometheus.MustNewConstMetric(descRetired, prometheus.CounterValue, float64(n), name, outcome)
 		}
+		ch <- prometheus.MustNewConstMetric(descServing, prometheus.GaugeValue, float64(len(v.targets)), name)
+		for reason, n := range m.recycles {
+			ch <- prometheus.MustNewConstMetric(descRecycles, prometheus.CounterValue, float64(n), name, reason)
+		}
 		for _, in := range v.statusNow().Instances {
 			pid, state := strconv.Itoa(in.PID), string(in.State)
 			ch <- prometheus.MustNewConstMetric(descStreams, prometheus.GaugeValue, float64(in.Streams.WebSockets), name, pid, state, "websocket")
 			ch <- prometheus.MustNewConstMetric(descStreams, prometheus.GaugeValue, float64(in.Streams.SSE), name, pid, state, "sse")
+			ch <- prometheus.MustNewConstMetric(descRequests, prometheus.CounterValue, float64(in.Requests), name, pid, strconv.Itoa(in.Instance), state)
 			if in.MemoryBytes > 0 {
 				ch <- prometheus.MustNewConstMetric(descMemory, prometheus.GaugeValue, float64(in.MemoryBytes), name, pid, state)
 			}

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -103,3 +104,6 @@ func groupMemory(pgid int) int64 { return 0 }
 // statCtime: not read here (its field's name differs between these
 // systems); size, modification time and inode tell versions apart.
 func statCtime(st *syscall.Stat_t) (sec, nsec int64) { return 0, 0 }
+
+// usableCPUs is what `instances auto` means: the CPUs this process may use.
+func usableCPUs() int { return runtime.NumCPU() }

@@ -10,6 +10,8 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -260,3 +262,31 @@ func hexAddr(s string) string {
 
 // statCtime is a file's change time.
 func statCtime(st *syscall.Stat_t) (sec, nsec int64) { return int64(st.Ctim.Sec), int64(st.Ctim.Nsec) }
+
+// usableCPUs is what `instances auto` means: the CPUs this process may run
+// on (its affinity), fewer if its cgroup (or a parent's, cgroup v2) has a
+// CPU quota, rounded up.
+func usableCPUs() int {
+	n := runtime.NumCPU()
+	own, err := os.ReadFile("/proc/self/cgroup")
+	if err != nil {
+		return n
+	}
+	path := ""
+	for _, line := range strings.Split(string(own), "\n") {
+		if p, ok := strings.CutPrefix(line, "0::"); ok {
+			path = p
+		}
+	}
+	for dir := filepath.Join("/sys/fs/cgroup", filepath.Clean("/"+path)); strings.HasPrefix(dir, "/sys/fs/cgroup"); dir = filepath.Dir(dir) {
+		if b, err := os.ReadFile(filepath.Join(dir, "cpu.max")); err == nil {
+			if q := cpuQuota(string(b)); q > 0 && q < n {
+				n = q
+			}
+		}
+		if dir == "/sys/fs/cgroup" {
+			break
+		}
+	}
+	return max(n, 1)
+}

@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -65,8 +66,8 @@ func exitStatus(ps *os.ProcessState) (int, string) {
 }
 
 // command builds the child's exec.Cmd; there is no shim, so no exec notice.
-func (in *instance) command(def *Process, port int) (*exec.Cmd, *os.File, error) {
-	return newCommand(def, def.path, def.argsFor(port), port), nil, nil
+func (in *instance) command(def *Process, at place) (*exec.Cmd, *os.File, error) {
+	return newCommand(def, def.path, def.argsFor(at), at), nil, nil
 }
 
 // requestExit makes Caddy exit. Windows gives no way to start Caddy's own
@@ -141,3 +142,6 @@ func ownedPath(path string) bool { return isPrivateDir(path) }
 
 // fileID: no inode here; size and modification time tell versions apart.
 func fileID(fi os.FileInfo) ([4]int64, bool) { return [4]int64{}, false }
+
+// usableCPUs is what `instances auto` means: the CPUs this process may use.
+func usableCPUs() int { return runtime.NumCPU() }

@@ -60,12 +60,12 @@ func exitStatus(ps *os.ProcessState) (int, string) {
 // own process group, so that signals reach wrappers' children and a
 // terminal's Ctrl-C does not reach it before the drain. The returned file
 // is the read end of the exec notice (see shim.Env and awaitExec).
-func (in *instance) command(def *Process, port int) (*exec.Cmd, *os.File, error) {
+func (in *instance) command(def *Process, at place) (*exec.Cmd, *os.File, error) {
 	r, w, err := os.Pipe()
 	if err != nil {
 		return nil, nil, err
 	}
-	args := append([]string{shim.Arg0, def.path}, def.argsFor(port)...)
+	args := append([]string{shim.Arg0, def.path}, def.argsFor(at)...)
 	// ExtraFiles[i] is descriptor 3+i: the socket first (the protocol wants
 	// it at 3), then the exec notice
 	var env []string
@@ -91,7 +91,7 @@ func (in *instance) command(def *Process, port int) (*exec.Cmd, *os.File, error)
 	if def.id != nil {
 		notice += "," + shim.NoNewPrivs
 	}
-	cmd := newCommand(def, shimPath(), args, port, append(env, notice)...)
+	cmd := newCommand(def, shimPath(), args, at, append(env, notice)...)
 	cmd.ExtraFiles = extra
 	cmd.SysProcAttr = sysProcAttr()
 	if def.id != nil {

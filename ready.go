@@ -74,27 +74,32 @@ func (p *Process) provisionReady() error {
 	if p.ReadyTimeout == 0 {
 		p.ReadyTimeout = Duration(DefaultReadyTimeout)
 	}
+	return p.checkProbe("ready", p.Ready)
+}
+
+// checkProbe checks the target of probe r, set by option (ready, health).
+func (p *Process) checkProbe(option string, r *ReadyProbe) error {
 	switch {
-	case (p.Ready.TCP == nil) == (p.Ready.HTTP == nil):
-		return fmt.Errorf("ready: set exactly one of tcp and http")
-	case p.Ready.TCP != nil && *p.Ready.TCP == "" && p.Port == "" && p.Socket == "",
-		p.Ready.HTTP != nil && *p.Ready.HTTP == "" && p.Port == "" && p.Socket == "":
-		return fmt.Errorf("ready: an address is needed without port or socket")
-	case p.Ready.HTTP != nil && strings.HasPrefix(*p.Ready.HTTP, "/"):
+	case (r.TCP == nil) == (r.HTTP == nil):
+		return fmt.Errorf("%s: set exactly one of tcp and http", option)
+	case r.TCP != nil && *r.TCP == "" && p.Port == "" && p.Socket == "",
+		r.HTTP != nil && *r.HTTP == "" && p.Port == "" && p.Socket == "":
+		return fmt.Errorf("%s: an address is needed without port or socket", option)
+	case r.HTTP != nil && strings.HasPrefix(*r.HTTP, "/"):
 		if p.Port == "" && p.Socket == "" {
-			return fmt.Errorf("ready http %q: a path alone is probed on the process's port or socket: set port or socket, or give a whole URL", *p.Ready.HTTP)
+			return fmt.Errorf("%s http %q: a path alone is probed on the process's port or socket: set port or socket, or give a whole URL", option, *r.HTTP)
 		}
-		if u, err := url.Parse(*p.Ready.HTTP); err != nil || u.Host != "" || u.Scheme != "" {
-			return fmt.Errorf("ready http %q: not a valid path", *p.Ready.HTTP)
+		if u, err := url.Parse(*r.HTTP); err != nil || u.Host != "" || u.Scheme != "" {
+			return fmt.Errorf("%s http %q: not a valid path", option, *r.HTTP)
 		}
-	case p.Ready.TCP != nil && *p.Ready.TCP != "":
-		if _, _, err := net.SplitHostPort(*p.Ready.TCP); err != nil {
-			return fmt.Errorf("ready tcp %q: %v", *p.Ready.TCP, err)
+	case r.TCP != nil && *r.TCP != "":
+		if _, _, err := net.SplitHostPort(*r.TCP); err != nil {
+			return fmt.Errorf("%s tcp %q: %v", option, *r.TCP, err)
 		}
-	case p.Ready.HTTP != nil && *p.Ready.HTTP != "":
-		u, err := url.Parse(*p.Ready.HTTP)
+	case r.HTTP != nil && *r.HTTP != "":
+		u, err := url.Parse(*r.HTTP)
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			return fmt.Errorf("ready http %q: must be an http:// or https:// URL", *p.Ready.HTTP)
+			return fmt.Errorf("%s http %q: must be an http:// or https:// URL", option, *r.HTTP)
 		}
 	}
 	return nil
@@ -102,7 +107,11 @@ func (p *Process) provisionReady() error {
 
 // probeTarget is what the readiness probe checks: the address or URL as
 // written, else the process's port (a path alone: that path on it).
-func (p *Process) probeTarget(port int) string {
+func (p *Process) probeTarget(port int) string { return p.targetOf(p.Ready, port) }
+
+// targetOf is what probe r checks (the readiness probe, or the health
+// check): the address or URL as written, else the process's port.
+func (p *Process) targetOf(r *ReadyProbe, port int) string {
 	own := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 	if p.Socket != "" {
 		own = p.socketDial()
@@ -111,16 +120,31 @@ func (p *Process) probeTarget(port int) string {
 		}
 	}
 	switch {
-	case p.Ready.TCP != nil && *p.Ready.TCP != "":
-		return *p.Ready.TCP
-	case p.Ready.TCP != nil:
+	case r.TCP != nil && *r.TCP != "":
+		return *r.TCP
+	case r.TCP != nil:
 		return own
-	case strings.HasPrefix(*p.Ready.HTTP, "/"):
-		return "http://" + own + *p.Ready.HTTP
-	case *p.Ready.HTTP != "":
-		return *p.Ready.HTTP
+	case strings.HasPrefix(*r.HTTP, "/"):
+		return "http://" + own + *r.HTTP
+	case *r.HTTP != "":
+		return *r.HTTP
 	}
 	return "http://" + own + "/"
+}
+
+// checkOf is the check of probe r for an instance on port (dflt: r is the
+// default probe of a process with a port), each attempt bounded by
+// timeout, and what it does, for logs ("GET http://127.0.0.1:3000/up",
+// "TCP connect 127.0.0.1:3000").
+func (p *Process) checkOf(r *ReadyProbe, dflt bool, port int, timeout time.Duration) (check, string) {
+	target := p.targetOf(r, port)
+	switch {
+	case r.HTTP != nil:
+		return httpCheck(target, p.dialOf(r), timeout), "GET " + target
+	case dflt:
+		return portCheck(port), fmt.Sprintf("TCP connect 127.0.0.1:%d or [::1]:%d", port, port)
+	}
+	return tcpCheck(target), "TCP connect " + target
 }
 
 // address is where the process serves, for the dynamic upstream: its port
@@ -165,8 +189,8 @@ func tcpCheck(addr string) check {
 }
 
 // httpCheck GETs target; if unixPath is set, through that unix socket.
-func httpCheck(target, unixPath string) check {
-	client := &http.Client{Timeout: 2 * time.Second, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+func httpCheck(target, unixPath string, timeout time.Duration) check {
+	client := &http.Client{Timeout: timeout, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	if unixPath != "" {
 		client.Transport = &http.Transport{
 			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
@@ -231,13 +255,8 @@ func portCheck(port int) check {
 // probeName says what the readiness probe does: "GET
 // http://127.0.0.1:3000/up", "TCP connect 127.0.0.1:3000".
 func (p *Process) probeName(port int) string {
-	switch {
-	case p.Ready.HTTP != nil:
-		return "GET " + p.probeTarget(port)
-	case p.readyDefault:
-		return fmt.Sprintf("TCP connect 127.0.0.1:%d or [::1]:%d", port, port)
-	}
-	return "TCP connect " + p.probeTarget(port)
+	_, name := p.checkOf(p.Ready, p.readyDefault, port, probeAttempt)
+	return name
 }
 
 // listeningHint tells where a process that is not ready listens, when that
@@ -315,9 +334,17 @@ func kernelPickedPort() (int, error) {
 	return ln.Addr().(*net.TCPAddr).Port, nil
 }
 
-// expandPort replaces {supervise.port} in an argument.
-func expandPort(arg string, port int) string {
-	return strings.ReplaceAll(arg, "{supervise.port}", strconv.Itoa(port))
+// place is where an instance runs: its port (0 if none) and its index in
+// the serving set.
+type place struct{ port, index int }
+
+// expand replaces {supervise.port} and {supervise.instance} in an argument
+// or an env value.
+func (at place) expand(arg string) string {
+	if at.port != 0 {
+		arg = strings.ReplaceAll(arg, "{supervise.port}", strconv.Itoa(at.port))
+	}
+	return strings.ReplaceAll(arg, "{supervise.instance}", strconv.Itoa(at.index))
 }
 
 // fixedPort is the port a new process of this definition gets: the
@@ -332,26 +359,22 @@ func (p *Process) fixedPort() (int, error) {
 	return strconv.Atoi(p.Port)
 }
 
-// probeDial is the unix socket an HTTP probe of the process's own socket
+// dialOf is the unix socket an HTTP check r of the process's own socket
 // dials, else "".
-func (p *Process) probeDial() string {
-	if p.Socket == "" || !p.sockAddr.IsUnixNetwork() || p.Ready.HTTP == nil ||
-		(*p.Ready.HTTP != "" && !strings.HasPrefix(*p.Ready.HTTP, "/")) {
+func (p *Process) dialOf(r *ReadyProbe) string {
+	if p.Socket == "" || !p.sockAddr.IsUnixNetwork() || r.HTTP == nil ||
+		(*r.HTTP != "" && !strings.HasPrefix(*r.HTTP, "/")) {
 		return ""
 	}
 	return p.sockAddr.Host
 }
 
-// argsFor is the command with {supervise.port} and {supervise.fd} replaced.
-func (p *Process) argsFor(port int) []string {
-	if port == 0 && p.Socket == "" {
-		return p.args
-	}
+// argsFor is the command with {supervise.port}, {supervise.instance} and
+// {supervise.fd} replaced.
+func (p *Process) argsFor(at place) []string {
 	args := make([]string, len(p.args))
 	for i, a := range p.args {
-		if port != 0 {
-			a = expandPort(a, port)
-		}
+		a = at.expand(a)
 		if p.Socket != "" {
 			a = strings.ReplaceAll(a, "{supervise.fd}", strconv.Itoa(socketFD))
 		}

@@ -2,6 +2,7 @@ package supervise
 
 import (
 	"fmt"
+	"slices"
 	"time"
 
 	"go.uber.org/zap"
@@ -39,22 +40,45 @@ import (
 // there is). Either way the reload or restart fails with "Caddy is
 // exiting".
 
-// job is one replacement.
+// A pool's instances are replaced in a roll: one slot of the serving set
+// at a time (roll_batch at a time), each beside its predecessor. The next
+// batch starts once the old instances of the previous one are gone, so
+// that a roll never runs more than instances + roll_batch processes; an
+// old instance the roll goes on from ends its streams at once (see
+// retire.go: the old instances of the last batch keep theirs). A new
+// instance that fails stops the roll: the others of its batch stop, the
+// slots it has not reached keep their instances, and the job fails with
+// how far it got. A reload that fails that way is not taken by Caddy, and
+// the definition in force (the old one) comes back on the slots the roll
+// replaced (putBack). One instance is a roll of one slot.
+
+// job is one replacement: a roll over one or more slots.
 type job struct {
 	kind        jobKind
-	why         string   // for logs
-	def         *Process // what the new instance runs
-	prevDef     *Process // what ran before: revived if the new one fails in place
-	beside      bool     // the policy
-	slot        int
-	old         *instance // the instance it replaces; nil if none runs
-	cand        *instance // the new instance
-	holder      *holder   // a reload: the config that holds the process once it serves
-	retireUntil *App      // beside, a reload: the old instance stays until this config is gone
+	why         string      // for logs
+	def         *Process    // what the new instances run
+	prevDef     *Process    // what ran before: revived if the new one fails in place
+	beside      bool        // the policy
+	todo        []int       // the slots the roll has not reached
+	steps       []*step     // the batch that runs
+	waiting     bool        // the next batch waits for old instances to be gone (see oldsLeft)
+	urgent      bool        // it replaces an instance that failed its health check: it waits for nothing
+	total, done int         // slots in the roll, slots replaced
+	holder      *holder     // a reload: the config that holds the process once it serves
+	held        bool        // the holder holds it: the first batch switched
+	retireUntil *App        // beside, a reload: the last batch's old instances stay until this config is gone
 	answer      func(error)
-	stopBegan   time.Time
 	aborted     error // the process stops altogether (no config, Caddy's exit, a yield)
 	exitMode    bool  // Caddy exits: the new instance boots on to serve the drain
+}
+
+// step is the replacement of one slot.
+type step struct {
+	slot      int
+	old       *instance // the instance it replaces; nil if none runs
+	cand      *instance // the new instance
+	ready     bool      // the new instance is ready; it waits for the rest of its batch
+	stopBegan time.Time
 }
 
 type jobKind int
@@ -63,6 +87,7 @@ const (
 	reloadJob  jobKind = iota // a config with a new definition
 	restartJob                // the admin API's restart
 	reviveJob                 // a config that did not take over: the older definition again
+	recycleJob                // an instance is recycled or failed its health check (watch.go)
 )
 
 // exitCheckEvery is how often a transition that someone waits for looks
@@ -71,26 +96,36 @@ const (
 // config lock), and tells nobody.
 const exitCheckEvery = 20 * time.Millisecond
 
-// newReload is the replacement a config with a changed definition needs.
+// allSlots is 0, 1, …, n-1.
+func allSlots(n int) []int {
+	s := make([]int, n)
+	for i := range s {
+		s[i] = i
+	}
+	return s
+}
+
+// newReload is the replacement a config with a changed definition needs:
+// a roll over every slot of the new definition.
 func newReload(s *service, h holder, ev acquireEv) *job {
-	old := s.slots[0]
-	j := &job{kind: reloadJob, why: "its definition changed", def: h.def, holder: &h, old: old,
+	j := &job{kind: reloadJob, why: "its definition changed", def: h.def, holder: &h, todo: allSlots(h.def.count),
 		answer: func(err error) { ev.reply <- err }}
-	j.beside = h.def.blueGreen() && old != nil && old.state == stateReady
+	old := s.slots[0]
+	j.beside = h.def.blueGreen() && (h.def.count > 1 || old != nil && old.state == stateReady)
 	if len(s.holders) > 0 {
 		j.prevDef = s.current()
 		j.retireUntil = s.holders[len(s.holders)-1].app
 	}
-	if ev.candidate && old == nil {
+	if ev.candidate && s.empty() {
 		j.why = "it takes the port of a process the config drops"
 	}
 	return j
 }
 
 // adminRestart is the admin API's restart: the same definition, through
-// the same replacement. It answers once the new instance serves.
+// the same replacement, a roll over every instance. It answers once the
+// new instances serve.
 func (s *service) adminRestart(reply chan restartAnswer) {
-	in := s.slots[0]
 	switch {
 	case s.exiting:
 		reply <- restartAnswer{err: fmt.Errorf("process %q: %w", s.name, errExiting)}
@@ -98,14 +133,17 @@ func (s *service) adminRestart(reply chan restartAnswer) {
 	case s.job != nil:
 		reply <- restartAnswer{err: fmt.Errorf("process %q: a restart or a reload of it runs: %w", s.name, errBusy)}
 		return
-	case in == nil || (in.state != stateStarting && in.state != stateReady):
+	case !slices.ContainsFunc(s.slots, func(in *instance) bool {
+		return in != nil && (in.state == stateStarting || in.state == stateReady)
+	}):
 		reply <- restartAnswer{err: fmt.Errorf("process %q: %w", s.name, errNotRunning)}
 		return
 	}
 	def := s.current()
-	s.log().Info("restarting process, as asked through the admin API", zap.Int("pid", in.getPID()))
-	s.replace(&job{kind: restartJob, why: "a restart through the admin API", def: def, prevDef: def, old: in,
-		beside: def.blueGreen() && in.state == stateReady,
+	in := s.slots[0]
+	s.log().Info("restarting process, as asked through the admin API", zap.Ints("pids", s.servingPIDs()))
+	s.replace(&job{kind: restartJob, why: "a restart through the admin API", def: def, prevDef: def, todo: allSlots(len(s.slots)),
+		beside: def.blueGreen() && (len(s.slots) > 1 || in != nil && in.state == stateReady),
 		answer: func(err error) {
 			if err != nil {
 				reply <- restartAnswer{err: err}
@@ -117,116 +155,242 @@ func (s *service) adminRestart(reply chan restartAnswer) {
 
 // putBack makes the definition in force serve again after the newest
 // config let go of the process without taking over (it failed to start, or
-// was stopped first): the old instance, if it still retires, serves again;
-// else the older definition starts again in place.
+// was stopped first): as many slots as it asks for; on each, the old
+// instance if it still retires; else the older definition starts again, in
+// a roll.
 func (s *service) putBack() {
+	def := s.current()
+	s.resize(def, nil)
 	key := s.currentKey()
-	in := s.slots[0]
-	if in != nil && in.key == key {
-		return
-	}
-	var r *instance
-	for _, c := range s.live { // the one kept for the config in force, else the newest
-		if c.state == stateRetiring && c.key == key && (r == nil || r.retireUntil != s.holders[len(s.holders)-1].app) {
-			r = c
+	var revive []int
+	for slot, in := range s.slots {
+		if in != nil && in.key == key {
+			continue
 		}
-	}
-	if r != nil {
-		s.serveAgain(r)
-		s.slots[0], s.port = r, r.port
-		s.log().Info("the new config did not take over: the old instance serves on", zap.Int("pid", r.getPID()))
-		if in != nil {
-			s.retire(in, nil, "the new config did not take over")
+		if r := s.retiree(slot, key); r != nil {
+			s.serveAgain(r)
+			s.slots[slot] = r
+			s.keepPort(r)
+			s.log().Info("the new config did not take over: the old instance serves on", zap.Int("pid", r.getPID()))
+			if in != nil {
+				s.retire(in, nil, "the new config did not take over")
+			}
+			continue
 		}
-		return
+		if in == nil && (s.backoff.due[slot] != nil || s.ended) {
+			continue // a restart to come starts the definition in force
+		}
+		revive = append(revive, slot)
 	}
-	if s.exiting || s.stopAll != "" || s.yieldedTo != nil || (in == nil && (s.backoff.pending || s.ended)) {
-		return // what serves serves the drain; a restart to come starts the definition in force
+	if len(revive) == 0 || s.exiting || s.stopAll != "" || s.yieldedTo != nil {
+		return // what serves serves the drain
 	}
-	s.replace(&job{kind: reviveJob, why: "the new config did not take over", def: s.current(), old: in})
+	s.replace(&job{kind: reviveJob, why: "the new config did not take over", def: def, todo: revive,
+		beside: def.blueGreen() && def.count > 1})
 }
 
-// replace starts a job: the new instance beside the old one, or the old
-// one's stop first.
+// replace starts a job.
 func (s *service) replace(j *job) {
 	s.job = j
-	s.cancelRestart()
+	j.total = len(j.todo)
 	if j.answer != nil && s.exitTick == nil {
 		s.exitTick = time.NewTicker(exitCheckEvery)
 	}
-	if j.beside || j.old == nil || !j.old.live() {
-		s.startCandidate()
-		return
+	if j.def.count > len(s.slots) {
+		s.slots = append(s.slots, make([]*instance, j.def.count-len(s.slots))...) // the roll fills them
 	}
-	s.slots[j.slot] = nil // on purpose: its exit ends nothing
-	j.stopBegan = time.Now()
-	s.retire(j.old, nil, j.why)
+	s.nextBatch()
 }
 
-// startCandidate starts the new instance: on a new port beside the old
-// one, or in the old one's place. A revive's instance serves at once, as
-// any instance that starts in place (its failure is a crash).
-func (s *service) startCandidate() {
+// nextBatch starts the roll's next batch, once the old instances of the
+// previous one are gone; with no slot left, the roll is over.
+func (s *service) nextBatch() {
 	j := s.job
-	port, err := s.portFor(j.def)
+	if len(j.todo) == 0 {
+		s.rollOver() // (the last batch's old instances retire as they may: nothing new starts)
+		return
+	}
+	if j.waiting = !j.urgent && s.oldsLeft(); j.waiting {
+		return // the loop calls again after each event
+	}
+	n := min(max(j.def.RollBatch, 1), len(j.todo))
+	j.steps = nil
+	for _, slot := range j.todo[:n] {
+		j.steps = append(j.steps, &step{slot: slot, old: s.slots[slot]})
+	}
+	j.todo = j.todo[n:]
+	if j.total > 1 {
+		s.log().Info("rolling restart: replacing instances", zap.String("why", j.why), zap.Ints("instances", j.slotsOf()),
+			zap.Int("done", j.done), zap.Int("of", j.total))
+	}
+	for _, st := range j.steps {
+		s.cancelRestartOf(st.slot)
+		if j.beside || st.old == nil || !st.old.live() {
+			s.startCandidate(st)
+			if s.job != j {
+				return // it failed, and the job with it
+			}
+			continue
+		}
+		s.slots[st.slot] = nil // on purpose: its exit ends nothing
+		st.stopBegan = time.Now()
+		s.retire(st.old, nil, j.why) // then startCandidate, once it exited
+	}
+}
+
+// oldsLeft reports whether a pool's next batch must wait: an old instance
+// is not gone yet (it drains, or stops), beyond those a config keeps (a
+// reload may still put them back) and those that only serve their
+// streams (bounded by stream_drain_timeout). So a roll, or a recycle,
+// never runs more than instances + roll_batch instances besides those.
+// One instance (instances 1) waits for nothing, as it always did.
+func (s *service) oldsLeft() bool {
+	if len(s.slots) <= 1 && s.job.def.count <= 1 {
+		return false
+	}
+	for _, in := range s.live {
+		switch {
+		case slices.Contains(s.slots, in) || s.jobStep(in) != nil:
+		case in.state == stateRetiring && in.retireUntil != nil && s.holds(in.retireUntil):
+		case in.state == stateRetiring && in.keepStreams && in.inflight.Load() <= in.streams.Load():
+		case in.state == stateRetiring || in.state == stateStopping:
+			return true
+		}
+	}
+	return false
+}
+
+// slotsOf is the slots of the batch that runs.
+func (j *job) slotsOf() []int {
+	var slots []int
+	for _, st := range j.steps {
+		slots = append(slots, st.slot)
+	}
+	return slots
+}
+
+// stepOf is the step whose old or new instance in is, if any.
+func (j *job) stepOf(in *instance) *step {
+	for _, st := range j.steps {
+		if st.cand == in || st.old == in {
+			return st
+		}
+	}
+	return nil
+}
+
+// owns reports whether the job decides what the exit of in means: a new
+// instance, or an old one it stopped in place.
+func (j *job) owns(in *instance) bool {
+	st := j.stepOf(in)
+	return st != nil && (st.cand == in || !j.beside && st.old == in)
+}
+
+// startCandidate starts the new instance of a step: on a new port beside
+// the old one, or in the old one's place. A revive's instance in place
+// serves at once, as any instance that starts in place (its failure is a
+// crash).
+func (s *service) startCandidate(st *step) {
+	j := s.job
+	port, err := s.portFor(j.def, st.slot)
 	if j.beside {
 		port, err = j.def.fixedPort()
 	}
 	if err != nil {
-		j.fail(s, fmt.Errorf("process %q: port auto: %v", s.name, err))
+		j.fail(s, st, fmt.Errorf("process %q: port auto: %v", s.name, err))
 		return
 	}
-	if j.kind == reviveJob {
-		if s.startOrCrash(j.def, "starting the previous definition again") {
-			s.log().Warn("the new definition did not take over: the previous one was started again", zap.Int("pid", s.slots[0].getPID()))
+	if j.kind == reviveJob && !j.beside {
+		if s.startOrCrash(j.def, st.slot, "starting the previous definition again") {
+			s.log().Warn("the new definition did not take over: the previous one was started again", zap.Int("pid", s.slots[st.slot].getPID()))
 		}
-		s.endJob()
+		st.ready = true
+		s.stepDone()
 		return
 	}
 	oldPID := 0
-	if j.old != nil {
-		oldPID = j.old.getPID()
+	if st.old != nil {
+		oldPID = st.old.getPID()
 	}
-	s.log().Info("starting a new instance", zap.String("why", j.why), zap.Int("old_pid", oldPID), zap.Int("port", port))
-	in, err := s.spawn(j.def, port)
+	s.log().Info("starting a new instance", zap.String("why", j.why), zap.Int("old_pid", oldPID), zap.Int("port", port), zap.Int("instance", st.slot))
+	in, err := s.spawn(j.def, port, st.slot)
 	if err != nil {
-		j.fail(s, fmt.Errorf("process %q: the new instance: %w", s.name, err))
+		j.fail(s, st, fmt.Errorf("process %q: the new instance: %w", s.name, err))
 		return
 	}
-	in.slot = j.slot
-	j.cand = in
+	st.cand = in
 	if in.state == stateReady {
-		j.candidateReady(s) // no probe: ready once started
+		j.candidateReady(s, st) // no probe: ready once started
 	}
 }
 
-// candidateReady: the new instance takes its place in the serving set.
-func (j *job) candidateReady(s *service) {
-	in := j.cand
-	old := s.slots[j.slot] // beside: the old one, or what a crash restart started meanwhile
-	s.slots[j.slot], s.port = in, in.port
-	s.ended = false   // the old one may have ended for good meanwhile: this one serves
-	s.cancelRestart() // the old one's crash restart, if it is due: this one serves now
-	j.cand = nil
+// candidateReady: a new instance is ready; once all of its batch are, they
+// take their places in the serving set.
+func (j *job) candidateReady(s *service, st *step) {
+	st.ready = true
+	s.stepDone()
+}
+
+// stepDone switches the batch once every step of it is ready: the new
+// instances serve, the old ones retire.
+func (s *service) stepDone() {
+	j := s.job
+	if slices.ContainsFunc(j.steps, func(st *step) bool { return !st.ready }) {
+		return
+	}
+	last := len(j.todo) == 0
+	for _, st := range j.steps {
+		in := st.cand
+		if in == nil {
+			continue // a revive in place: it serves already
+		}
+		old := s.slots[st.slot] // beside: the old one, or what a crash restart started meanwhile
+		s.slots[st.slot] = in
+		s.keepPort(in)
+		st.cand = nil
+		if j.exitMode {
+			continue
+		}
+		oldPID := 0
+		if st.old != nil {
+			oldPID = st.old.getPID()
+		}
+		s.log().Info("the new instance is ready and serves", zap.Int("pid", in.getPID()), zap.Int("old_pid", oldPID), zap.Int("instance", st.slot))
+		if old != nil {
+			until := j.retireUntil
+			if !last {
+				until = nil // the roll goes on: it must be gone first (a failed reload starts the old release again)
+			}
+			s.retire(old, until, "replaced by a new instance")
+		}
+	}
+	s.ended = false // an old one may have ended for good meanwhile: the new ones serve
+	j.done += len(j.steps)
+	j.steps = nil
 	if j.exitMode {
 		s.endJob()
 		return
 	}
-	oldPID := 0
-	if j.old != nil {
-		oldPID = j.old.getPID()
-	}
-	s.log().Info("the new instance is ready and serves", zap.Int("pid", in.getPID()), zap.Int("old_pid", oldPID))
-	if old != nil {
-		s.retire(old, j.retireUntil, "replaced by a new instance")
-	}
-	if j.holder != nil {
+	if j.holder != nil && !j.held {
+		j.held = true
 		s.hold(*j.holder)
 	}
+	s.backoff.delay = 0 // new instances that got ready: a crash starts the back-off over
+	s.nextBatch()
+}
+
+// rollOver: every slot of the roll was replaced.
+func (s *service) rollOver() {
+	j := s.job
 	if j.kind == restartJob {
 		s.history.restarts++
 	}
-	s.backoff.delay = 0 // a new instance that got ready: a crash of it starts the back-off over
+	if j.def.count < len(s.slots) {
+		s.resize(j.def, j.retireUntil) // a reload with fewer instances
+	}
+	if j.total > 1 {
+		s.log().Info("rolling restart done", zap.String("why", j.why), zap.Int("instances", j.done))
+	}
 	j.reply(s, nil)
 	s.endJob()
 }
@@ -241,10 +405,12 @@ func (s *service) holds(a *App) bool {
 	return false
 }
 
-// instanceExited handles the exit of the job's old or new instance.
+// instanceExited handles the exit of a new instance, or of an old one the
+// job stopped in place.
 func (j *job) instanceExited(s *service, in *instance, fields []zap.Field) {
-	if in == j.old {
-		j.old = nil
+	st := j.stepOf(in)
+	if in == st.old {
+		st.old = nil
 		switch {
 		case j.kind == restartJob:
 			s.log().Info("process exited for the restart asked through the admin API", fields...)
@@ -252,7 +418,7 @@ func (j *job) instanceExited(s *service, in *instance, fields []zap.Field) {
 			s.log().Info("process exited", fields...)
 			if j.kind == reloadJob {
 				s.log().Info("previous process stopped; starting the new definition",
-					zap.Int("old_pid", in.getPID()), zap.Duration("stop_took", time.Since(j.stopBegan)))
+					zap.Int("old_pid", in.getPID()), zap.Duration("stop_took", time.Since(st.stopBegan)))
 			}
 		}
 		if j.aborted != nil {
@@ -260,39 +426,50 @@ func (j *job) instanceExited(s *service, in *instance, fields []zap.Field) {
 			s.endJob()
 			return
 		}
-		s.startCandidate()
+		s.startCandidate(st)
 		return
 	}
-	j.cand = nil
+	st.cand = nil
 	if j.aborted != nil || j.exitMode {
 		s.log().Info("process exited", fields...)
-		j.fail(s, j.aborted)
+		j.fail(s, st, j.aborted)
 		return
 	}
 	s.log().Error("the new instance exited before it was ready", fields...)
-	j.fail(s, s.candidateError(in))
+	j.fail(s, st, s.candidateError(in))
 }
 
-// fail ends a job whose new instance failed (it has exited): beside, the
-// old instance serves on; in place, the definition that ran before starts
+// fail ends a job whose new instance in step st failed (it has exited, or
+// could not start): the other new instances of its batch stop; beside, the
+// old instances serve on; in place, the definition that ran before starts
 // again.
-func (j *job) fail(s *service, err error) {
+func (j *job) fail(s *service, st *step, err error) {
+	for _, o := range j.steps {
+		if o.cand != nil {
+			s.stopInstance(o.cand, "another new instance of its batch failed")
+			o.cand = nil
+		}
+	}
+	j.steps = nil
+	if err != nil && j.total > 1 {
+		err = fmt.Errorf("%w; the roll stopped at instance %d: %d of %d replaced, those it had not reached untouched", err, st.slot, j.done, j.total)
+	}
 	switch {
 	case j.aborted != nil || j.exitMode:
 		j.reply(s, err)
-	case j.beside && s.slots[j.slot] == nil:
+	case j.beside && s.slots[st.slot] == nil:
 		j.reply(s, fmt.Errorf("%v; the old instance exited meanwhile, and its restart policy applies", err))
 	case j.beside:
 		j.reply(s, fmt.Errorf("%v; the old instance still serves", err))
 	case j.prevDef == nil || s.exiting:
 		j.reply(s, err)
 	default:
-		if rerr := s.startServing(j.prevDef); rerr != nil {
+		if rerr := s.startServing(j.prevDef, st.slot); rerr != nil {
 			j.reply(s, fmt.Errorf("%v; starting the previous definition again failed too: %v", err, rerr))
-			s.crashed(&instance{result: exitResult{code: 127, how: "not started"}})
+			s.crashed(&instance{slot: st.slot, result: exitResult{code: 127, how: "not started"}})
 			break
 		}
-		s.log().Warn("the new definition did not take over: the previous one was started again", zap.Int("pid", s.slots[0].getPID()))
+		s.log().Warn("the new definition did not take over: the previous one was started again", zap.Int("pid", s.slots[st.slot].getPID()))
 		j.reply(s, fmt.Errorf("%v; the previous definition was started again", err))
 	}
 	s.endJob()
@@ -309,31 +486,36 @@ func (j *job) reply(s *service, err error) {
 }
 
 // abort: the process stops altogether (no config holds it, Caddy's exit,
-// a yield) while the job runs: its new instance stops; the job ends with
+// a yield) while the job runs: its new instances stop; the job ends with
 // err once its instances are gone.
 func (j *job) abort(s *service, err error) {
 	j.aborted = err
-	switch {
-	case j.cand != nil:
-		s.stopInstance(j.cand, "the transition was called off")
-	case j.old != nil && j.old.live():
-		// the old one stops already; its exit ends the job
-	default:
+	waits := false
+	for _, st := range j.steps {
+		switch {
+		case st.cand != nil:
+			s.stopInstance(st.cand, "the transition was called off")
+			waits = true
+		case !j.beside && st.old != nil && st.old.live():
+			waits = true // the old one stops already; its exit ends the job
+		}
+	}
+	if !waits {
 		j.reply(s, err)
 		s.endJob()
 	}
 }
 
 // callerExits: Caddy's process began to exit while the job runs. Beside,
-// the new instance serves nothing yet: it stops now and the old one serves
-// the drain. In place, nothing else serves: the new one boots on and serves
-// the drain. Either way the reload or restart fails at once, so that Caddy
-// can go on with its exit.
+// the new instances serve nothing yet: they stop now and the old ones
+// serve the drain. In place, nothing else serves: the new one boots on and
+// serves the drain. Either way the reload or restart fails at once, so
+// that Caddy can go on with its exit.
 func (j *job) callerExits(s *service) {
 	if j.answer == nil {
 		return
 	}
-	if j.beside && s.slots[j.slot] != nil {
+	if j.beside || len(j.steps) == 0 {
 		err := fmt.Errorf("process %q: the new instance: %w; the old instance gets the exit sequence", s.name, errExiting)
 		j.reply(s, err) // at once: the reload holds Caddy's config lock, which its exit needs
 		j.abort(s, err)
@@ -372,7 +554,11 @@ func (s *service) stopExitTick() {
 // endJob ends the job; then a config that waited for it goes on, or the
 // definition in force changed meanwhile.
 func (s *service) endJob() {
+	j := s.job
 	s.job = nil
+	if !j.held && len(s.slots) > s.current().count {
+		s.slots = s.slots[:s.current().count] // the slots a roll added and did not fill
+	}
 	if len(s.queue) == 0 {
 		s.stopExitTick()
 	}
@@ -384,6 +570,9 @@ func (s *service) endJob() {
 		next := s.queue[0]
 		s.queue = s.queue[1:]
 		s.acquire(next)
+	}
+	if s.job == nil {
+		s.recycleNext() // a recycle or a liveness failure that waited for the job
 	}
 	if s.job == nil && len(s.queue) == 0 {
 		s.stopExitTick()

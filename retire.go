@@ -17,14 +17,17 @@ import (
 //  4. Its streams (WebSockets, SSE; see streams.go): when another instance
 //     serves in its place (it was replaced beside itself), it keeps them
 //     until they end, up to stream_drain_timeout since it left service;
-//     then, or when a newer instance retires (at most one old instance
-//     keeps its streams), they end spread over a tenth of that bound, so
-//     that their clients do not all reconnect at once. When nothing serves
-//     in its place (a stop first, the process leaving the config, its port
-//     going to another process, Caddy's exit), they end at once. Either way
-//     they end cleanly: a close frame 1001, the end of an SSE response.
+//     then, or when a newer instance of its slot retires (at most one old
+//     instance per slot keeps its streams), they end spread over a tenth of
+//     that bound, so that their clients do not all reconnect at once. When
+//     nothing serves in its place (a stop first, the process leaving the
+//     config, its port going to another process, fewer instances, Caddy's
+//     exit), or a rolling restart waits for it to be gone, they end at
+//     once. Either way they end cleanly: a close frame 1001, the end of an
+//     SSE response.
 //  5. Once nothing keeps it, it gets its stop signal (stopInstance, which
-//     ends any stream still open first).
+//     ends any stream still open first). An instance that failed its
+//     health check does not drain: it is killed at once.
 //
 // How each retirement ended is counted (history.retirements): `idle` (all
 // it was sent ended by itself), `streams_closed` (its streams were ended,
@@ -33,8 +36,8 @@ import (
 
 // retire takes an instance out of service.
 func (s *service) retire(in *instance, until *App, reason string) {
-	if in.state != stateReady && in.state != stateRetiring {
-		s.stopInstance(in, reason) // it served nothing
+	if in.state != stateReady && in.state != stateRetiring || in.unhealthy != "" {
+		s.stopInstance(in, reason) // it served nothing, or cannot drain (SIGKILL: see stopInstance)
 		return
 	}
 	if in.state == stateReady {
@@ -45,11 +48,15 @@ func (s *service) retire(in *instance, until *App, reason string) {
 	in.setState(stateRetiring)
 	in.retireUntil, in.retireReason = until, reason
 	s.publish() // out of service before its counts are read
-	in.keepStreams = s.slots[in.slot] != nil && s.slots[in.slot] != in
-	if in.keepStreams {
-		s.dropKeptStreams(in, "a newer instance retires")
-	} else {
+	in.keepStreams = false
+	switch now := s.servingAt(in.slot); {
+	case now == nil || now == in:
 		s.closeStreams(in, "nothing serves in its place", 0)
+	case s.job != nil && len(s.job.todo) > 0:
+		s.closeStreams(in, "a rolling restart goes on once it is gone", 0)
+	default:
+		in.keepStreams = true
+		s.dropKeptStreams(in, "a newer instance retires")
 	}
 	s.stopIfRetired(in)
 }
@@ -61,7 +68,7 @@ func (s *service) retire(in *instance, until *App, reason string) {
 func (s *service) dropKeptStreams(except *instance, why string) {
 	for _, o := range s.live {
 		// (with the process stopping, also those an earlier call spreads)
-		if o != except && o.state == stateRetiring && (o.keepStreams || except == nil) {
+		if o != except && o.state == stateRetiring && (o.keepStreams || except == nil) && (except == nil || o.slot == except.slot) {
 			o.keepStreams = false
 			spread := time.Duration(0) // the process stops: no time for a spread
 			if except != nil {

@@ -17,8 +17,9 @@ import (
 //
 // A service is everything about one process name, across config reloads:
 // the configs that hold it (each with its definition of the process; the
-// newest one's is in force), its serving set (the instance that serves;
-// one slot today), the other instances that still run (a new one a
+// newest one's is in force), its serving set (a slot per instance of the
+// definition in force, `instances`: see pool.go), the other instances that
+// still run (a new one a
 // transition brings up, old ones that retire or stop), its history
 // (restarts, exits) and its port. One goroutine, the service's loop, takes
 // every event about it in order: a config starts with it (acquire) or
@@ -55,7 +56,7 @@ type service struct {
 	job       *job        // the transition that runs (replace.go)
 	queue     []acquireEv // configs waiting for the job
 	reconcile bool        // once the job is over, the definition in force changed
-	port      int         // the port of an instance started in place
+	ports     map[int]int // by slot: the port auto of the slot's last instance, which one started in place takes again
 	history   history
 	backoff   backoff
 	ended     bool   // ended for good: no instance runs, none will start by itself
@@ -84,16 +85,17 @@ type history struct {
 	lastStop    time.Duration  // how long the last stop took
 	lastDrain   time.Duration  // at Caddy's exit: how long it served while Caddy drained
 	retirements map[string]int // how retirements ended, by outcome (see retire.go)
+	recycles    map[string]int // instances recycled, by reason (see watch.go)
 	window      []time.Time    // restarts within restart_window (max_restarts)
 }
 
 // backoff is the restart policy's state: the delay of the last restart,
-// and the restart that is due (gen tells a stale timer from the current).
+// and the restarts that are due, by slot (gen tells a stale timer from the
+// current).
 type backoff struct {
-	delay   time.Duration
-	timer   *time.Timer
-	gen     int
-	pending bool
+	delay time.Duration
+	gen   int
+	due   map[int]*time.Timer
 }
 
 // Events. Requests carry the channel their answer goes to.
@@ -125,7 +127,7 @@ type (
 		reason  string
 		drained time.Duration // at Caddy's exit: how long the process served while Caddy drained
 	}
-	restartDue struct{ gen int }
+	restartDue struct{ gen, slot int }
 	retireDone struct {
 		in    *instance
 		gen   int
@@ -140,6 +142,15 @@ type (
 		why string // the probe, its last error, where the app listens instead
 	}
 	instanceExited struct{ in *instance }
+
+	instanceUnhealthy struct { // it failed its health check (watch.go)
+		in  *instance
+		why string
+	}
+	instanceRecycle struct { // it reached a recycling limit (watch.go)
+		in     *instance
+		reason string
+	}
 )
 
 type restartAnswer struct {
@@ -193,7 +204,8 @@ func ask(name string, ev any) *service {
 }
 
 func newService(name string) *service {
-	s := &service{name: name, events: make(chan any), done: make(chan struct{}), slots: make([]*instance, 1), unborn: true}
+	s := &service{name: name, events: make(chan any), done: make(chan struct{}), slots: make([]*instance, 1), unborn: true,
+		ports: make(map[int]int), backoff: backoff{due: make(map[int]*time.Timer)}}
 	s.logger.Store(zap.NewNop())
 	s.publish() // pending: a config is acquiring it (readers wait for its first instance)
 	return s
@@ -241,6 +253,9 @@ func (s *service) loop(first any) {
 		select {
 		case ev := <-s.events:
 			s.handle(ev)
+			if s.job != nil && s.job.waiting {
+				s.nextBatch() // a roll waits for old instances to be gone
+			}
 			changed = true
 		case <-tick:
 			changed = s.noticeExit() // most ticks change nothing: no view to publish
@@ -284,9 +299,9 @@ func (s *service) handle(ev any) {
 		}
 		s.stopEverything(ev.reason)
 	case restartDue:
-		if ev.gen == s.backoff.gen && s.backoff.pending {
-			s.backoff.pending = false
-			s.restartNow()
+		if ev.gen == s.backoff.gen && s.backoff.due[ev.slot] != nil {
+			delete(s.backoff.due, ev.slot)
+			s.restartNow(ev.slot)
 		}
 	case retireDone:
 		s.retireDue(ev)
@@ -297,8 +312,8 @@ func (s *service) handle(ev any) {
 			return // a probe that succeeds once the stop began changes nothing
 		}
 		ev.in.setState(stateReady)
-		if s.job != nil && s.job.cand == ev.in {
-			s.job.candidateReady(s)
+		if st := s.jobStep(ev.in); st != nil && st.cand == ev.in {
+			s.job.candidateReady(s, st)
 		}
 	case instanceNotReady:
 		if ev.in.state != stateStarting {
@@ -310,6 +325,10 @@ func (s *service) handle(ev any) {
 		s.stopInstance(ev.in, "not ready within ready_timeout")
 	case instanceExited:
 		s.instanceExited(ev.in)
+	case instanceUnhealthy:
+		s.unhealthy(ev.in, ev.why)
+	case instanceRecycle:
+		s.recycle(ev.in, ev.reason)
 	case func(*service): // something to do in the loop, between two events (tests)
 		ev(s)
 	}
@@ -331,20 +350,25 @@ func (s *service) acquire(ev acquireEv) {
 		return
 	}
 	h := holder{app: ev.app, def: ev.def, key: spawnKey(ev.def), logger: ev.app.logger.Named(ev.def.Name)}
-	in := s.slots[0]
 	switch {
-	case in != nil && in.key == h.key && (in.state == stateStarting || in.state == stateReady):
+	case s.runs(h.key):
+		var prev *App
+		if len(s.holders) > 0 {
+			prev = s.holders[len(s.holders)-1].app
+		}
 		s.hold(h)
-		s.log().Info("process kept running across config change", zap.Int("pid", in.getPID()))
-		s.publish() // before the config goes on: its upstreams read it
+		s.log().Info("process kept running across config change", zap.Ints("pids", s.servingPIDs()))
+		s.resize(h.def, prev) // instances added or removed; the others untouched
+		s.publish()           // before the config goes on: its upstreams read it
 		ev.reply <- nil
-	case in == nil && s.backoff.pending && s.currentKey() == h.key && s.yieldedTo == nil:
+	case s.empty() && len(s.backoff.due) > 0 && s.currentKey() == h.key && s.yieldedTo == nil:
 		s.hold(h) // restarting after a crash: the restart goes on
+		s.resize(h.def, nil)
 		s.publish()
 		ev.reply <- nil
 	case s.stopAll != "":
 		ev.reply <- fmt.Errorf("process %q: %w", s.name, errExiting)
-	case in == nil && (len(s.holders) == 0 || s.ended || s.yieldedTo != nil) && !ev.candidate:
+	case s.empty() && (len(s.holders) == 0 || s.ended || s.yieldedTo != nil) && !ev.candidate:
 		// nothing runs: a first start, or a process that ended for good
 		if s.exiting {
 			ev.reply <- fmt.Errorf("process %q: %w", s.name, errExiting)
@@ -352,7 +376,7 @@ func (s *service) acquire(ev acquireEv) {
 		}
 		s.hold(h)
 		s.yieldedTo, s.ended = nil, false
-		if err := s.startServing(h.def); err != nil {
+		if err := s.startAll(h.def); err != nil {
 			s.unhold(ev.app)
 			ev.reply <- err
 			return
@@ -362,6 +386,54 @@ func (s *service) acquire(ev acquireEv) {
 	default:
 		s.replace(newReload(s, h, ev))
 	}
+}
+
+// runs reports whether instances of key serve, and no other: a config
+// with that definition keeps them.
+func (s *service) runs(key string) bool {
+	some := false
+	for _, in := range s.slots {
+		if in == nil {
+			continue
+		}
+		if in.key != key || in.state != stateStarting && in.state != stateReady {
+			return false
+		}
+		some = true
+	}
+	return some
+}
+
+// empty reports whether no instance is in the serving set.
+func (s *service) empty() bool {
+	return !slices.ContainsFunc(s.slots, func(in *instance) bool { return in != nil })
+}
+
+// servingPIDs are the PIDs of the serving set, for logs.
+func (s *service) servingPIDs() []int {
+	var pids []int
+	for _, in := range s.slots {
+		if in != nil {
+			pids = append(pids, in.getPID())
+		}
+	}
+	return pids
+}
+
+// servingAt is the instance in slot, or nil.
+func (s *service) servingAt(slot int) *instance {
+	if slot < len(s.slots) {
+		return s.slots[slot]
+	}
+	return nil
+}
+
+// jobStep is the step of the job that runs whose instance in is, if any.
+func (s *service) jobStep(in *instance) *step {
+	if s.job == nil {
+		return nil
+	}
+	return s.job.stepOf(in)
 }
 
 // hold adds a config that holds the process; its definition is in force.
@@ -401,8 +473,9 @@ func (s *service) inForce() {
 	s.def.Store(h.def)
 	s.logger.Store(h.logger)
 	for _, in := range s.live {
-		if in.key == h.key {
-			in.settings.Store(h.def) // timeouts and signals follow reloads
+		if in.key == h.key && in.settings.Load() != h.def {
+			in.settings.Store(h.def) // timeouts, signals, limits and the health check follow reloads
+			in.watch()
 		}
 	}
 }
@@ -418,7 +491,7 @@ func (s *service) release(a *App) {
 		// comes back, if a config still holds it
 		s.yieldedTo = nil
 		if len(s.holders) > 0 && !s.exiting && s.stopAll == "" {
-			s.startOrCrash(s.current(), "starting the process again")
+			s.startAllOrCrash(s.current())
 		}
 	}
 	held, newest := s.unhold(a)
@@ -512,6 +585,11 @@ func (s *service) stopInstance(in *instance, reason string) {
 	// readers learn that it is out of service before it hears of it: no
 	// request is sent to it once it may have stopped accepting
 	s.publish()
+	if in.unhealthy != "" {
+		in.kill() // a hung process cannot drain
+		s.log().Warn("killing the instance that failed its health check", zap.Int("pid", in.getPID()), zap.String("reason", reason))
+		return
+	}
 	if in.stop() {
 		in.stopBegan = time.Now()
 		s.log().Info("stopping process", zap.Int("pid", in.getPID()), zap.String("reason", reason),
@@ -519,35 +597,72 @@ func (s *service) stopInstance(in *instance, reason string) {
 	}
 }
 
-// startServing starts an instance of def in the serving set, in place:
-// a first start, a restart after a crash, a revive. Its failure is a crash
-// (the restart policy applies).
-func (s *service) startServing(def *Process) error {
-	port, err := s.portFor(def)
-	if err != nil {
-		return fmt.Errorf("process %q: port auto: %v", def.Name, err)
+// startAll starts every instance of def, in place: a first start. If one
+// cannot start, those started stop again.
+func (s *service) startAll(def *Process) error {
+	s.slots = make([]*instance, def.count)
+	for slot := range s.slots {
+		if err := s.startServing(def, slot); err != nil {
+			for i, in := range s.slots {
+				s.slots[i] = nil
+				if in != nil {
+					s.stopInstance(in, "another instance could not start")
+				}
+			}
+			return err
+		}
 	}
-	in, err := s.spawn(def, port)
-	if err != nil {
-		return err
-	}
-	s.slots[0] = in
-	s.port = port
 	return nil
 }
 
-// portFor is the port of a new instance started in place: the one the
-// process had if its definition still asks for it, else a new one.
-func (s *service) portFor(def *Process) (int, error) {
-	if def.Port == "auto" && s.port != 0 && s.lastSeen != nil && s.lastSeen.def.Port == "auto" {
-		return s.port, nil
+// startAllOrCrash starts every instance of def in place; one that cannot
+// start counts as a crash of its slot.
+func (s *service) startAllOrCrash(def *Process) {
+	s.slots = make([]*instance, def.count)
+	for slot := range s.slots {
+		s.startOrCrash(def, slot, "starting the process again")
+	}
+}
+
+// startServing starts an instance of def in slot of the serving set, in
+// place: a first start, a restart after a crash, a revive. Its failure is a
+// crash (the restart policy applies).
+func (s *service) startServing(def *Process, slot int) error {
+	port, err := s.portFor(def, slot)
+	if err != nil {
+		return fmt.Errorf("process %q: port auto: %v", def.Name, err)
+	}
+	in, err := s.spawn(def, port, slot)
+	if err != nil {
+		return err
+	}
+	s.slots[slot] = in
+	s.keepPort(in)
+	return nil
+}
+
+// portFor is the port of a new instance started in place in slot: the
+// one the slot's last instance had if the definition still asks for port
+// auto, else a new one.
+func (s *service) portFor(def *Process, slot int) (int, error) {
+	if p := s.ports[slot]; def.Port == "auto" && p != 0 {
+		return p, nil
 	}
 	return def.fixedPort()
 }
 
-// spawn starts an instance of def on port, and counts it as live.
-func (s *service) spawn(def *Process, port int) (*instance, error) {
-	in := &instance{svc: s, def: def, key: spawnKey(def), port: port, restarts: s.history.restarts}
+// keepPort remembers the port auto of the instance that serves in a slot.
+func (s *service) keepPort(in *instance) {
+	if in.def.Port == "auto" {
+		s.ports[in.slot] = in.port
+	} else {
+		delete(s.ports, in.slot)
+	}
+}
+
+// spawn starts an instance of def on port in slot, and counts it as live.
+func (s *service) spawn(def *Process, port, slot int) (*instance, error) {
+	in := &instance{svc: s, def: def, key: spawnKey(def), port: port, slot: slot, restarts: s.history.restarts}
 	in.settings.Store(def)
 	if s.currentKey() == in.key {
 		in.settings.Store(s.current())
@@ -588,14 +703,17 @@ func (s *service) instanceExited(in *instance) {
 	fields := []zap.Field{zap.Int("pid", in.getPID()), zap.Int("exit_status", r.code), zap.String("exit", r.how), zap.Duration("up_for", r.upFor)}
 	in.accepting.Store(false)
 	switch {
-	case s.job != nil && (s.job.cand == in || s.job.old == in && !s.job.beside):
+	case s.job != nil && s.job.owns(in):
 		s.job.instanceExited(s, in, fields)
-	case s.slots[in.slot] == in:
+	case s.servingAt(in.slot) == in:
 		s.slots[in.slot] = nil
-		s.log().Error("process exited unexpectedly", fields...)
+		s.log().Error("process exited unexpectedly", append(fields, zap.Int("instance", in.slot))...)
 		s.crashed(in)
 	default:
 		s.log().Info("process exited", fields...)
+		if s.job == nil {
+			s.recycleNext() // a recycle may have waited for it
+		}
 	}
 	if len(s.live) == 0 {
 		for _, c := range s.gone {
@@ -606,51 +724,64 @@ func (s *service) instanceExited(in *instance) {
 }
 
 // crashed applies the restart policy to an instance of the serving set
-// that exited (or failed to be ready): a restart after the back-off, or
-// the end, and on_end.
+// that exited (or failed to be ready): a restart of its slot after the
+// back-off, or the end of the slot; once no instance is left and none will
+// restart, the end of the process, and on_end.
 func (s *service) crashed(in *instance) {
 	def := s.current()
 	wait, why := s.nextRestart(def, in.result.code, in.result.upFor)
 	if why != "" {
+		if !s.empty() || len(s.backoff.due) > 0 {
+			s.log().Error("instance ended for good; the other instances serve on", zap.String("why", why),
+				zap.Int("instance", in.slot), zap.Int("exit_status", in.result.code))
+			return
+		}
 		s.ended = true
 		s.log().Error("process ended for good", zap.String("why", why), zap.Int("exit_status", in.result.code))
 		go processEnded(def, s.log(), in.result.code)
 		return
 	}
-	s.log().Info("restarting process", zap.Duration("after", wait), zap.Int("restarts", s.history.restarts+1))
-	s.backoff.gen++
-	s.backoff.pending = true
-	gen := s.backoff.gen
-	s.backoff.timer = time.AfterFunc(wait, func() { s.post(restartDue{gen}) })
+	s.log().Info("restarting process", zap.Duration("after", wait), zap.Int("restarts", s.history.restarts+1), zap.Int("instance", in.slot))
+	gen, slot := s.backoff.gen, in.slot
+	s.cancelRestartOf(slot)
+	s.backoff.due[slot] = time.AfterFunc(wait, func() { s.post(restartDue{gen, slot}) })
 }
 
-// restartNow starts the instance a crash restart is due for.
-func (s *service) restartNow() {
-	if s.slots[0] != nil || s.stopAll != "" || s.yieldedTo != nil || (s.job != nil && !s.job.beside) {
+// restartNow starts the instance a crash restart of slot is due for.
+func (s *service) restartNow(slot int) {
+	if slot >= len(s.slots) || s.slots[slot] != nil || s.stopAll != "" || s.yieldedTo != nil || (s.job != nil && !s.job.beside) {
 		return // (a new instance that boots beside takes over from the restarted one once ready)
 	}
 	s.history.restarts++
-	s.startOrCrash(s.current(), "restarting process failed")
+	s.startOrCrash(s.current(), slot, "restarting process failed")
 }
 
-// startOrCrash starts an instance of def in the serving set; if it cannot
-// start, that counts as a crash (exit status 127): the restart policy
-// applies, and on_end.
-func (s *service) startOrCrash(def *Process, what string) bool {
-	if err := s.startServing(def); err != nil {
+// startOrCrash starts an instance of def in slot of the serving set; if it
+// cannot start, that counts as a crash (exit status 127): the restart
+// policy applies, and on_end.
+func (s *service) startOrCrash(def *Process, slot int, what string) bool {
+	if err := s.startServing(def, slot); err != nil {
 		s.log().Error(what, zap.Error(err))
-		s.crashed(&instance{result: exitResult{code: 127, how: "not started"}})
+		s.crashed(&instance{slot: slot, result: exitResult{code: 127, how: "not started"}})
 		return false
 	}
 	return true
 }
 
+// cancelRestart calls off every restart that is due.
 func (s *service) cancelRestart() {
-	if s.backoff.timer != nil {
-		s.backoff.timer.Stop()
+	for slot := range s.backoff.due {
+		s.cancelRestartOf(slot)
 	}
-	s.backoff.pending = false
 	s.backoff.gen++
+}
+
+// cancelRestartOf calls off the restart of slot, if one is due.
+func (s *service) cancelRestartOf(slot int) {
+	if t := s.backoff.due[slot]; t != nil {
+		t.Stop()
+		delete(s.backoff.due, slot)
+	}
 }
 
 // nextRestart applies the restart policy to an exit: it returns how long to
@@ -679,16 +810,22 @@ func (s *service) nextRestart(def *Process, code int, upFor time.Duration) (time
 	return s.backoff.delay, ""
 }
 
-// adminSignal sends a signal asked through the admin API to the instance
-// that serves.
+// adminSignal sends a signal asked through the admin API to the instances
+// that serve.
 func (s *service) adminSignal(ev signalEv) error {
-	in := s.slots[0]
-	if in == nil || (in.state != stateStarting && in.state != stateReady) {
-		return fmt.Errorf("process %q: %w", s.name, errNotRunning)
+	sent := 0
+	for _, in := range s.slots {
+		if in == nil || (in.state != stateStarting && in.state != stateReady) {
+			continue
+		}
+		s.log().Info("sending a signal asked through the admin API", zap.Int("pid", in.getPID()), zap.String("signal", ev.name))
+		if err := in.signal(ev.sig); err != nil {
+			return fmt.Errorf("process %q: %v", s.name, err)
+		}
+		sent++
 	}
-	s.log().Info("sending a signal asked through the admin API", zap.Int("pid", in.getPID()), zap.String("signal", ev.name))
-	if err := in.signal(ev.sig); err != nil {
-		return fmt.Errorf("process %q: %v", s.name, err)
+	if sent == 0 {
+		return fmt.Errorf("process %q: %w", s.name, errNotRunning)
 	}
 	return nil
 }

@@ -249,7 +249,7 @@ func TestThrusterHostileArguments(t *testing.T) {
 	if err := app.Processes[0].provision(0); err != nil {
 		t.Fatal(err)
 	}
-	if got := app.Processes[0].argsFor(4000)[1:]; !slices.Equal(got, hostileArgs) {
+	if got := app.Processes[0].argsFor(place{port: 4000})[1:]; !slices.Equal(got, hostileArgs) {
 		t.Errorf("the process gets %q, want %q", got, hostileArgs)
 	}
 

@@ -16,7 +16,12 @@ func init() {
 }
 
 // Upstreams is a reverse_proxy dynamic upstream source that returns the
-// addresses of a supervised process's ready instances. While it starts,
+// address of a supervised process's ready instance; of a pool
+// (`instances`), the one with the fewest requests in flight, ties taken in
+// turn. It chooses rather than Caddy's `lb_policy` because it counts every
+// request it sends to an instance until the request ends: that is what
+// lets an instance that leaves service finish exactly what it was sent, and
+// what `max_lifetime_requests` counts. While it starts,
 // restarts, or is being replaced (a reload or an admin restart), a request
 // waits here until an instance is ready, up to `wait`, and is then sent to
 // it at once: no 502, and no request of a config being unloaded left
@@ -96,7 +101,11 @@ func (u *Upstreams) GetUpstreams(r *http.Request) ([]*reverseproxy.Upstream, err
 		}
 		// counted until the request ends: an instance that leaves service
 		// gets its stop signal once its requests ended (see retire)
-		if in := targets[0]; in.admit(r) {
+		var avoid *instance
+		if st := streamOf(r); st != nil {
+			avoid = st.inst // a retry: not the instance it failed on, if there is another
+		}
+		if in := pick(targets, avoid); in.admit(r) {
 			return []*reverseproxy.Upstream{{Dial: in.address()}}, nil
 		}
 	}

@@ -29,6 +29,7 @@ type viewMetrics struct {
 	lastStop    time.Duration
 	lastDrain   time.Duration
 	retirements map[string]int
+	recycles    map[string]int
 }
 
 // fresh returns a view that includes every event the loop took before the
@@ -48,29 +49,29 @@ func (s *service) publish() {
 	v := &view{changed: make(chan struct{}), status: s.status(), live: slices.Clone(s.live)}
 	serving := false
 	for _, in := range s.live {
-		in.accepting.Store(in.state == stateReady && slices.Contains(s.slots, in))
+		in.accepting.Store(in.serves())
 	}
 	for _, in := range s.slots {
 		if in == nil {
 			continue
 		}
 		serving = true
-		if in.state == stateReady {
+		if in.serves() {
 			v.targets = append(v.targets, in)
 			v.addrs = append(v.addrs, in.address())
 		}
 	}
 	v.pending = len(v.addrs) == 0 && (s.unborn || len(s.holders) > 0 && s.stopAll == "" && s.yieldedTo == nil && !s.ended &&
-		(serving || s.job != nil || s.backoff.pending))
-	in := s.slots[0]
+		(serving || s.job != nil || len(s.backoff.due) > 0))
 	v.metrics = viewMetrics{
-		up:          in != nil && in.live(),
-		ready:       in != nil && in.state == stateReady,
+		up:          serving,
+		ready:       len(v.targets) > 0,
 		restarts:    s.history.restarts,
 		exits:       maps.Clone(s.history.exits),
 		lastStop:    s.history.lastStop,
 		lastDrain:   s.history.lastDrain,
 		retirements: maps.Clone(s.history.retirements),
+		recycles:    maps.Clone(s.history.recycles),
 	}
 	if shown := s.shown(); shown != nil {
 		v.metrics.startedAt = shown.startedAt
@@ -83,11 +84,13 @@ func (s *service) publish() {
 // shown is the instance the status tells about: the one that serves, else
 // one that is being started in its place, else the last one.
 func (s *service) shown() *instance {
-	if s.slots[0] != nil {
-		return s.slots[0]
+	for _, in := range s.slots {
+		if in != nil {
+			return in
+		}
 	}
-	if s.job != nil && s.job.cand != nil && !s.job.beside {
-		return s.job.cand
+	if s.job != nil && !s.job.beside && len(s.job.steps) > 0 && s.job.steps[0].cand != nil {
+		return s.job.steps[0].cand
 	}
 	return s.lastSeen
 }
@@ -100,7 +103,8 @@ func (s *service) status() Status {
 	}
 	st.Instances = []InstanceStatus{}
 	for _, in := range s.live {
-		is := InstanceStatus{PID: in.getPID(), State: in.state, Serving: slices.Contains(s.slots, in), Port: in.port}
+		is := InstanceStatus{PID: in.getPID(), Instance: in.slot, State: in.state, Serving: slices.Contains(s.slots, in), Port: in.port,
+			Unhealthy: in.unhealthy, Recycle: in.recycleReason}
 		if !in.startedAt.IsZero() {
 			t := in.startedAt
 			is.StartedAt = &t
@@ -114,13 +118,16 @@ func (s *service) status() Status {
 	if len(s.history.retirements) > 0 {
 		st.Retirements = maps.Clone(s.history.retirements)
 	}
+	if len(s.history.recycles) > 0 {
+		st.Recycles = maps.Clone(s.history.recycles)
+	}
 	in := s.shown()
 	if in == nil {
 		return st
 	}
 	st.PID, st.State, st.Port = in.getPID(), in.state, in.port
-	st.Ready = in.state == stateReady && in == s.slots[0]
-	st.Command = in.def.argsFor(in.port)
+	st.Ready = in.serves()
+	st.Command = in.def.argsFor(in.place())
 	if !in.startedAt.IsZero() {
 		t := in.startedAt
 		st.StartedAt = &t
@@ -135,6 +142,7 @@ func (v *view) statusNow() Status {
 	st.Instances = slices.Clone(st.Instances)
 	for i, in := range v.live {
 		st.Instances[i].Streams = in.openStreamCounts()
+		st.Instances[i].Requests = in.served.Load()
 		if st.Instances[i].State != stateExited {
 			st.Instances[i].MemoryBytes = groupMemory(st.Instances[i].PID)
 		}

@@ -1,0 +1,269 @@
+package supervise
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// Watching a serving instance: liveness (its health check) and recycling
+// (max_memory, max_lifetime, max_lifetime_requests). While an instance is
+// ready, one goroutine checks it and reports to its service; the rules of
+// what follows are here too:
+//
+//   - An instance that reaches a recycling limit is replaced beside itself
+//     through the one replacement path (replace.go), as by an admin
+//     restart of that instance alone: it keeps serving until the new one
+//     is ready, then retires with a drain. It is logged and counted with
+//     the limit (history.recycles).
+//   - An instance that fails its health check `fails` times in a row
+//     leaves the dynamic upstream at once (nothing new is sent to it), is
+//     replaced the same way, and is killed with SIGKILL once the new one
+//     serves: a hung process cannot drain (see retire).
+//   - One replacement runs at a time: a recycle that comes while another
+//     job runs (a roll, another recycle) waits for it, and then for the
+//     old instances it left to be gone (replace.go's oldsLeft), so several
+//     instances are never recycled at once and a recycle never runs more
+//     than one instance beyond `instances`. A failed health check waits
+//     for jobs only: the pool is short of an instance until it is
+//     replaced. An instance that leaves service meanwhile needs nothing.
+
+// HealthCheck is the liveness check of a process's instances: unlike the
+// readiness probe, it keeps running while an instance serves.
+type HealthCheck struct {
+	// TCP: healthy while a TCP connection to this address succeeds; empty:
+	// the instance's port. Default: the readiness probe's target.
+	TCP *string `json:"tcp,omitempty"`
+
+	// HTTP: healthy while a GET of this URL answers 2xx or 3xx within
+	// `timeout`; a path alone (`/up`) is that path on the instance's port.
+	// Default: the readiness probe's target.
+	HTTP *string `json:"http,omitempty"`
+
+	// Interval is how often each instance is checked. Default: `10s`.
+	Interval Duration `json:"interval,omitempty"`
+
+	// Timeout bounds one check. Default: `2s`.
+	Timeout Duration `json:"timeout,omitempty"`
+
+	// Fails is how many checks in a row must fail for the instance to be
+	// taken out and replaced. Default: 3.
+	Fails int `json:"fails,omitempty"`
+
+	probe *ReadyProbe // what is checked
+	dflt  bool        // the default probe of a process with a port
+}
+
+// Defaults of HealthCheck.
+const (
+	DefaultHealthInterval = 10 * time.Second
+	DefaultHealthTimeout  = 2 * time.Second
+	DefaultHealthFails    = 3
+)
+
+// memoryEvery is how often max_memory samples an instance's memory.
+const memoryEvery = time.Second
+
+// UnmarshalJSON decodes a health check strictly and names the field of a
+// bad duration.
+func (h *HealthCheck) UnmarshalJSON(b []byte) error {
+	type plain HealthCheck
+	var aux struct {
+		*plain
+		Interval json.RawMessage `json:"interval,omitempty"`
+		Timeout  json.RawMessage `json:"timeout,omitempty"`
+	}
+	aux.plain = (*plain)(h)
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&aux); err != nil {
+		return fmt.Errorf("health: %v", err)
+	}
+	for name, f := range map[string]struct {
+		raw json.RawMessage
+		dst *Duration
+	}{"interval": {aux.Interval, &h.Interval}, "timeout": {aux.Timeout, &h.Timeout}} {
+		if f.raw != nil {
+			if err := f.dst.UnmarshalJSON(f.raw); err != nil {
+				return fmt.Errorf("health: %s %v", name, err)
+			}
+		}
+	}
+	return nil
+}
+
+// provisionHealth checks the health check and fills in its defaults.
+func (p *Process) provisionHealth() error {
+	h := p.Health
+	switch {
+	case h.Interval < 0:
+		return fmt.Errorf("health: interval %q: must be positive", h.Interval)
+	case h.Timeout < 0:
+		return fmt.Errorf("health: timeout %q: must be positive", h.Timeout)
+	case h.Fails < 0:
+		return fmt.Errorf("health: fails %d: must be a whole number above 0", h.Fails)
+	}
+	if h.Interval == 0 {
+		h.Interval = Duration(DefaultHealthInterval)
+	}
+	if h.Timeout == 0 {
+		h.Timeout = Duration(DefaultHealthTimeout)
+	}
+	if h.Fails == 0 {
+		h.Fails = DefaultHealthFails
+	}
+	if h.Timeout > h.Interval {
+		return fmt.Errorf("health: timeout %s: longer than interval %s", h.Timeout, h.Interval)
+	}
+	switch {
+	case h.TCP != nil || h.HTTP != nil:
+		h.probe = &ReadyProbe{TCP: h.TCP, HTTP: h.HTTP}
+		return p.checkProbe("health", h.probe)
+	case p.Ready == nil:
+		return fmt.Errorf("health: with ready off, give what to check: health tcp [HOST:PORT] or health http [URL]")
+	}
+	h.probe, h.dflt = p.Ready, p.readyDefault
+	return nil
+}
+
+// watch starts or ends what watches the instance: while it is ready, and
+// only if its settings ask for it. Called by the service's loop (on each
+// change of state, and when a reload changes its settings).
+func (in *instance) watch() {
+	if in.unwatch != nil {
+		in.unwatch()
+		in.unwatch = nil
+	}
+	def := in.settings.Load()
+	if in.state != stateReady || def.Health == nil && def.MaxMemory == 0 && def.MaxLifetime == 0 {
+		return
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	in.unwatch = cancel
+	go in.watching(ctx, def, in.svc.log())
+}
+
+// watching checks the instance until ctx ends: its health check every
+// interval, its memory every second, its lifetime once; it reports the
+// first failure or limit to the service, and stops.
+func (in *instance) watching(ctx context.Context, def *Process, logger *zap.Logger) {
+	var health, memory <-chan time.Time
+	var check check
+	var name string
+	if h := def.Health; h != nil {
+		t := time.NewTicker(time.Duration(h.Interval))
+		defer t.Stop()
+		health = t.C
+		check, name = def.checkOf(h.probe, h.dflt, in.port, time.Duration(h.Timeout))
+	}
+	if def.MaxMemory > 0 {
+		t := time.NewTicker(memoryEvery)
+		defer t.Stop()
+		memory = t.C
+	}
+	var lifetime <-chan time.Time
+	if def.MaxLifetime > 0 {
+		t := time.NewTimer(time.Until(in.startedAt.Add(time.Duration(def.MaxLifetime))))
+		defer t.Stop()
+		lifetime = t.C
+	}
+	fails := 0
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-health:
+			attempt, cancel := context.WithTimeout(ctx, time.Duration(def.Health.Timeout))
+			err := check(attempt)
+			cancel()
+			if ctx.Err() != nil {
+				return
+			}
+			if err == nil {
+				fails = 0
+				continue
+			}
+			fails++
+			logger.Warn("instance failed its health check", zap.Int("pid", in.getPID()), zap.String("check", name),
+				zap.String("error", err.Error()), zap.Int("fails", fails), zap.Int("of", def.Health.Fails))
+			if fails >= def.Health.Fails {
+				in.svc.post(instanceUnhealthy{in, fmt.Sprintf("%s: %v (%d checks in a row)", name, err, fails)})
+				return
+			}
+		case <-memory:
+			if rss := groupMemory(in.getPID()); rss > int64(def.MaxMemory) {
+				in.svc.post(instanceRecycle{in, "max_memory"})
+				return
+			}
+		case <-lifetime:
+			in.svc.post(instanceRecycle{in, "max_lifetime"})
+			return
+		}
+	}
+}
+
+// unhealthy: an instance failed its health check. It leaves the dynamic
+// upstream now, and is replaced.
+func (s *service) unhealthy(in *instance, why string) {
+	if in.state != stateReady || !in.serves() {
+		return // it left service meanwhile, or is not in it yet (a new instance)
+	}
+	in.unhealthy = why
+	s.log().Error("instance failed its health check: it leaves the upstream, and is replaced, then killed",
+		zap.Int("pid", in.getPID()), zap.Int("instance", in.slot), zap.String("why", why))
+	s.publish() // out of the upstream before anything else
+	s.recycle(in, "health")
+}
+
+// recycle replaces an instance beside itself for reason, now or once the
+// job that runs is over.
+func (s *service) recycle(in *instance, reason string) {
+	if in.state != stateReady || s.servingAt(in.slot) != in || in.recycleReason != "" {
+		return // it left service meanwhile, or its recycle is on its way
+	}
+	in.recycleReason = reason
+	if s.history.recycles == nil {
+		s.history.recycles = make(map[string]int)
+	}
+	s.history.recycles[reason]++
+	def := in.settings.Load()
+	fields := []zap.Field{zap.Int("pid", in.getPID()), zap.Int("instance", in.slot), zap.String("reason", reason)}
+	switch reason {
+	case "max_memory":
+		fields = append(fields, zap.String("max_memory", def.MaxMemory.String()), zap.Int64("memory_bytes", groupMemory(in.getPID())))
+	case "max_lifetime":
+		fields = append(fields, zap.Duration("max_lifetime", time.Duration(def.MaxLifetime)))
+	case "max_lifetime_requests":
+		fields = append(fields, zap.Int64("max_lifetime_requests", def.MaxLifetimeRequests))
+	}
+	if reason != "health" {
+		s.log().Info("recycling an instance: it is replaced beside itself", fields...)
+	}
+	s.recycleNext()
+}
+
+// recycleNext starts the replacement of the first instance that waits to
+// be recycled, unless a job runs (endJob calls again) or nothing new may
+// start.
+func (s *service) recycleNext() {
+	if s.job != nil || s.exiting || s.stopAll != "" || s.yieldedTo != nil {
+		return
+	}
+	for _, in := range s.slots {
+		if in == nil || in.recycleReason == "" {
+			continue
+		}
+		if in.key != s.currentKey() || in.state != stateReady {
+			in.recycleReason = "" // a reload replaces it anyway, or it left
+			continue
+		}
+		def := s.current()
+		s.replace(&job{kind: recycleJob, why: "recycled: " + in.recycleReason, def: def, prevDef: def, todo: []int{in.slot},
+			beside: def.blueGreen(), urgent: in.unhealthy != ""})
+		return
+	}
+}
