@@ -556,8 +556,10 @@ func (s *service) stopExitTick() {
 func (s *service) endJob() {
 	j := s.job
 	s.job = nil
-	if !j.held && len(s.slots) > s.current().count {
-		s.slots = s.slots[:s.current().count] // the slots a roll added and did not fill
+	if def := s.current(); !j.held && def != nil {
+		for len(s.slots) > max(def.count, 1) && s.slots[len(s.slots)-1] == nil {
+			s.slots = s.slots[:len(s.slots)-1] // the slots a roll added and did not fill
+		}
 	}
 	if len(s.queue) == 0 {
 		s.stopExitTick()

@@ -33,8 +33,13 @@ import (
 // stays: blue/green (`port auto` + `ready http`: new instances start
 // beside the old one), a fixed port (`ready tcp`: the old instance stops
 // first) and a socket Caddy holds (`ready http` through it: the old
-// instance stops first, connections wait in the socket's queue).
-var soakVariants = []string{"blue-green", "fixed-port", "socket"}
+// instance stops first, connections wait in the socket's queue), and a
+// pool of three blue/green instances (`instances 3`: every replacement is
+// a roll).
+var soakVariants = []string{"blue-green", "fixed-port", "socket", "pool"}
+
+// soakPool is the pool variant's `instances`.
+const soakPool = 3
 
 func TestSoak(t *testing.T) {
 	steps := envInt(t, "SUPERVISE_SOAK_STEPS", 10)
@@ -146,6 +151,8 @@ func (st *soak) config(release string, busy bool) map[string]any {
 	switch st.variant {
 	case "blue-green":
 		proc["port"], proc["ready"] = "auto", map[string]any{"http": ""}
+	case "pool":
+		proc["port"], proc["ready"], proc["instances"] = "auto", map[string]any{"http": ""}, soakPool
 	case "fixed-port":
 		proc["port"], proc["ready"] = strconv.Itoa(st.appPort), map[string]any{"tcp": ""}
 	case "socket":
@@ -208,16 +215,21 @@ func (st *soak) step(name string, killsInFlight bool, do func()) {
 // status is the admin API's status of the process.
 func (st *soak) status() Status { return status(st.t, st.cfg, "web") }
 
-// settle waits until the process serves with one instance and nothing else
-// of it runs, then checks the invariants: the serving instance runs the
-// config's release; the admin API, /metrics and the dynamic upstream name
-// the same PID; no process of Caddy's but that one (and the keeper) runs;
-// Caddy runs.
+// settle waits until the process serves with its instances (one, or the
+// pool's) and nothing else of it runs, then checks the invariants: each
+// serving instance runs the config's release; the admin API, /metrics and
+// the dynamic upstream name the same PIDs; no process of Caddy's but those
+// (and the keeper) runs; Caddy runs.
 func (st *soak) settle() {
 	t := st.t
 	t.Helper()
+	want := 1
+	if st.variant == "pool" {
+		want = soakPool
+	}
 	deadline := time.Now().Add(30 * time.Second)
 	var s Status
+	var pids []int
 	for wait := 5 * time.Millisecond; ; wait = min(2*wait, 100*time.Millisecond) {
 		select {
 		case <-st.c.done:
@@ -225,16 +237,25 @@ func (st *soak) settle() {
 		default:
 		}
 		s = st.status()
-		if s.State == stateReady && len(s.Instances) == 1 && s.Instances[0].PID == s.PID {
+		pids = nil
+		for _, in := range s.Instances {
+			if in.Serving && in.State == stateReady {
+				pids = append(pids, in.PID)
+			}
+		}
+		if s.State == stateReady && len(s.Instances) == want && len(pids) == want && slices.Contains(pids, s.PID) {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("the process did not settle to one ready instance: %+v", s)
+			t.Fatalf("the process did not settle to %d ready instances: %+v", want, s)
 		}
 		time.Sleep(wait) // a state the admin API reports: polled, with a deadline
 	}
-	if env := procEnv(t, s.PID); env["RELEASE"] != st.release {
-		t.Fatalf("the serving instance %d runs release %q, the config %q", s.PID, env["RELEASE"], st.release)
+	slices.Sort(pids)
+	for _, pid := range pids {
+		if env := procEnv(t, pid); env["RELEASE"] != st.release {
+			t.Fatalf("the serving instance %d runs release %q, the config %q", pid, env["RELEASE"], st.release)
+		}
 	}
 	for series, want := range map[string]float64{
 		`caddy_supervise_process_up{name="web"}`:                 1,
@@ -245,11 +266,11 @@ func (st *soak) settle() {
 			t.Fatalf("%s = %v, want %v (status %+v)", series, got, want, s)
 		}
 	}
-	if pid := st.upstreamPID(); pid != s.PID {
-		t.Fatalf("the dynamic upstream reached pid %d, the admin API says %d", pid, s.PID)
+	if pid := st.upstreamPID(); !slices.Contains(pids, pid) {
+		t.Fatalf("the dynamic upstream reached pid %d, the admin API says %v", pid, pids)
 	}
-	if kids := descendants(st.c.cmd.Process.Pid); !slices.Equal(kids, []int{s.PID}) {
-		t.Fatalf("Caddy's processes %v, want the serving instance %d alone", kids, s.PID)
+	if kids := descendants(st.c.cmd.Process.Pid); !slices.Equal(kids, pids) {
+		t.Fatalf("Caddy's processes %v, want the serving instances %v alone", kids, pids)
 	}
 }
 
@@ -343,7 +364,7 @@ func (st *soak) run(steps int) {
 		{2, "SIGKILL of a new instance while it boots (admin restart)", func() { st.killCandidate(false) }},
 		{1, "SIGKILL of a new instance while it boots (reload)", func() { st.killCandidate(true) }},
 	}
-	if st.variant == "blue-green" {
+	if st.variant == "blue-green" || st.variant == "pool" {
 		kills = append(kills, action{2, "SIGKILL of a retiring instance", st.killRetiring},
 			action{2, "SIGKILL of the serving instance while a new one boots beside it", st.killServingDuringRestart})
 	}
