@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Benchmarks with a real Caddy (built without the race detector) and print
 # their figures; docs/benchmarks.md quotes them. Then the long randomized
-# transition soak (issue 18): 170 steps of each variant (510 in all) with
+# transition soak (issue 18): 170 steps of each variant (680 in all) with
 # the example upstream, and 60 of each with Debian's Puma. About 30 minutes
 # on two cores. SUPERVISE_SOAK_SEED repeats a soak.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/deps.sh bench
 go test -run '^$' -benchtime 1x -timeout 30m \
-	-bench '^Benchmark(ShutdownUnderLoad|ProxyThroughput|Respawn|RSSPerProcess|ReloadsUnderLoad|BlueGreenReload|Socket|StreamsThroughRestart)$' .
+	-bench '^Benchmark(ShutdownUnderLoad|ProxyThroughput|Respawn|RSSPerProcess|ReloadsUnderLoad|BlueGreenReload|Socket|StreamsThroughRestart|PoolThroughput|PoolRollingRestart)$' .
 go test -run '^$' -benchtime 5x -bench '^BenchmarkOutputLines$' .
 # the one line against hand-written configs and Go's proxy, with wrk (issue 20)
 go test -run '^$' -benchtime 1x -timeout 30m -bench '^BenchmarkOneLine$' . | tr '\t' '\n' | sed 's/^ *//'
