@@ -55,18 +55,18 @@ import (
 // job is one replacement: a roll over one or more slots.
 type job struct {
 	kind        jobKind
-	why         string      // for logs
-	def         *Process    // what the new instances run
-	prevDef     *Process    // what ran before: revived if the new one fails in place
-	beside      bool        // the policy
-	todo        []int       // the slots the roll has not reached
-	steps       []*step     // the batch that runs
-	waiting     bool        // the next batch waits for old instances to be gone (see oldsLeft)
-	urgent      bool        // it replaces an instance that failed its health check: it waits for nothing
-	total, done int         // slots in the roll, slots replaced
-	holder      *holder     // a reload: the config that holds the process once it serves
-	held        bool        // the holder holds it: the first batch switched
-	retireUntil *App        // beside, a reload: the last batch's old instances stay until this config is gone
+	why         string   // for logs
+	def         *Process // what the new instances run
+	prevDef     *Process // what ran before: revived if the new one fails in place
+	beside      bool     // the policy
+	todo        []int    // the slots the roll has not reached
+	steps       []*step  // the batch that runs
+	waiting     bool     // the next batch waits for old instances to be gone (see oldsLeft)
+	urgent      bool     // it replaces an instance that failed its health check: it waits for nothing
+	total, done int      // slots in the roll, slots replaced
+	holder      *holder  // a reload: the config that holds the process once it serves
+	held        bool     // the holder holds it: the first batch switched
+	retireUntil *App     // beside, a reload: the last batch's old instances stay until this config is gone
 	answer      func(error)
 	aborted     error // the process stops altogether (no config, Caddy's exit, a yield)
 	exitMode    bool  // Caddy exits: the new instance boots on to serve the drain
