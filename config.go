@@ -236,7 +236,11 @@ type Process struct {
 	// affinity and its cgroup's CPU quota, rounded up). Each instance gets a
 	// port of its own, so more than one needs `port auto` and a readiness
 	// probe; `{supervise.instance}` (0, 1, …) in the command and in `env`
-	// values is its index, which a replacement takes over. The dynamic
+	// values is its index, which a replacement takes over (the old and the
+	// new instance share it while both run: a pidfile needs
+	// `{supervise.port}`). A `ready` or `health` target of its own would
+	// check the same place for every instance: with more than one, an
+	// error. The dynamic
 	// upstream `supervise` sends each request to the ready instance with
 	// the fewest requests in flight. A reload that changes only this adds
 	// or removes instances and leaves the others alone. Not with `socket`
@@ -259,11 +263,12 @@ type Process struct {
 	// than this (resident set size, the sum over the group, sampled every
 	// second; Linux only): it is replaced beside itself, as by an admin
 	// restart, never killed. An integer (bytes) or a string such as
-	// `512MiB` or `1.5GB`. Default: no limit.
+	// `512MiB` or `1.5GB`. A recycle whose new instance fails is tried
+	// again after 1 s, doubling up to 30 s. Default: no limit.
 	MaxMemory Size `json:"max_memory,omitempty"`
 
-	// MaxLifetime recycles an instance that has served this long (since it
-	// was ready), the way `max_memory` does. Default: no limit.
+	// MaxLifetime recycles an instance this long after its start, the way
+	// `max_memory` does. Default: no limit.
 	MaxLifetime Duration `json:"max_lifetime,omitempty"`
 
 	// MaxLifetimeRequests recycles an instance once the dynamic upstream

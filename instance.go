@@ -54,6 +54,8 @@ type instance struct {
 	unhealthy       string        // why it failed its health check: out of the upstream, killed once replaced
 	recycleReason   string        // why it is recycled: its replacement runs, or waits for another job
 	unwatch         func()        // ends its watch (watch.go)
+	watchGen        int           // its watches, to tell a stale report from the current one
+	recycleFails    int           // failed replacements of its recycle, for the retry's back-off
 	restarts        int           // the service's restarts when it started, for its log
 
 	// the dynamic upstream's requests (see admit)
@@ -62,6 +64,7 @@ type instance struct {
 	streams   atomic.Int64 // those of them that are open streams (see streams.go)
 	wsStreams atomic.Int64 // those of them that are WebSockets
 	served    atomic.Int64 // requests sent to it, ever (max_lifetime_requests)
+	countDue  atomic.Bool  // it reached max_lifetime_requests and said so
 
 	streamsEnding bool // its streams end as they open; guarded by openStreams
 
@@ -141,8 +144,8 @@ func (in *instance) admit(r *http.Request) bool {
 		in.requestEnded()
 		return false
 	}
-	if n := in.served.Add(1); n == in.settings.Load().MaxLifetimeRequests {
-		go in.svc.post(instanceRecycle{in, "max_lifetime_requests"})
+	if n, limit := in.served.Add(1), in.settings.Load().MaxLifetimeRequests; limit > 0 && n >= limit && in.countDue.CompareAndSwap(false, true) {
+		go in.svc.post(instanceRecycle{in: in, reason: "max_lifetime_requests", gen: -1})
 	}
 	stop := context.AfterFunc(r.Context(), in.requestEnded)
 	if st := streamOf(r); st != nil {

@@ -24,7 +24,7 @@ var (
 	descMemory    = prometheus.NewDesc("caddy_supervise_instance_memory_bytes", "Resident memory of an instance's process group (Linux).", []string{"name", "pid", "state"}, nil)
 	descServing   = prometheus.NewDesc("caddy_supervise_process_instances_serving", "Instances of the process that are ready and in the dynamic upstream.", []string{"name"}, nil)
 	descRecycles  = prometheus.NewDesc("caddy_supervise_recycles_total", "Instances replaced by a recycling limit or a failed health check, by reason: max_memory, max_lifetime, max_lifetime_requests, health.", []string{"name", "reason"}, nil)
-	descRequests  = prometheus.NewDesc("caddy_supervise_instance_requests_total", "Requests the dynamic upstream sent to an instance.", []string{"name", "pid", "instance", "state"}, nil)
+	descRequests  = prometheus.NewDesc("caddy_supervise_instance_requests_total", "Requests the dynamic upstream sent to an instance.", []string{"name", "pid", "instance"}, nil)
 )
 
 func (collector) Describe(ch chan<- *prometheus.Desc) {
@@ -65,7 +65,7 @@ func (collector) Collect(ch chan<- prometheus.Metric) {
 			pid, state := strconv.Itoa(in.PID), string(in.State)
 			ch <- prometheus.MustNewConstMetric(descStreams, prometheus.GaugeValue, float64(in.Streams.WebSockets), name, pid, state, "websocket")
 			ch <- prometheus.MustNewConstMetric(descStreams, prometheus.GaugeValue, float64(in.Streams.SSE), name, pid, state, "sse")
-			ch <- prometheus.MustNewConstMetric(descRequests, prometheus.CounterValue, float64(in.Requests), name, pid, strconv.Itoa(in.Instance), state)
+			ch <- prometheus.MustNewConstMetric(descRequests, prometheus.CounterValue, float64(in.Requests), name, pid, strconv.Itoa(in.Instance))
 			if in.MemoryBytes > 0 {
 				ch <- prometheus.MustNewConstMetric(descMemory, prometheus.GaugeValue, float64(in.MemoryBytes), name, pid, state)
 			}

@@ -163,6 +163,17 @@ http://127.0.0.1:%d {
 			}
 		}
 	}
+
+	// a pool's proxy with an lb_policy: the dynamic upstream chooses
+	lbWarn := "process web: the lb_policy of the reverse_proxy with `dynamic supervise web` has no effect"
+	pool := strings.Replace(site("supervise_streams", "stream_close_delay 2m\n\t\tlb_policy least_conn"),
+		"stream_drain_timeout 2m", "stream_drain_timeout 2m\n\t\tinstances 2", 1)
+	if out := validate(pool); !strings.Contains(out, lbWarn) || strings.Contains(out, "Error") {
+		t.Errorf("caddy validate of a pool with lb_policy: %s\nwant %q", out, lbWarn)
+	}
+	if out := validate(strings.Replace(pool, "instances 2", "instances 1", 1)); strings.Contains(out, lbWarn) {
+		t.Errorf("caddy validate of one instance with lb_policy: %s\nwant no %q", out, lbWarn)
+	}
 }
 
 // A broken release's error carries the program's own error (its first

@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"math"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -69,7 +71,7 @@ const maxInstances = 256
 func (p *Process) provisionPool() error {
 	switch {
 	case p.Instances == InstancesAuto:
-		p.count = usableCPUs()
+		p.count = min(usableCPUs(), maxInstances)
 	case p.Instances == 0:
 		p.count = 1
 	case p.Instances < 0 || p.Instances > maxInstances:
@@ -85,6 +87,10 @@ func (p *Process) provisionPool() error {
 			return fmt.Errorf("instances %s: needs port auto (port %q): each instance listens on a port of its own", p.Instances.text(), p.Port)
 		case p.Ready == nil && p.count > 1:
 			return fmt.Errorf("instances %s: needs a readiness probe (ready is off): instances are replaced one beside the other, once the new one is ready", p.Instances.text())
+		case p.count > 1 && ownsTarget(p.Ready) != "":
+			return fmt.Errorf("instances %s: ready %s: an address of its own would probe the same place for every instance; leave it out (each instance's port) or give a path", p.Instances.text(), ownsTarget(p.Ready))
+		case p.count > 1 && p.Health != nil && ownsTarget(&ReadyProbe{TCP: p.Health.TCP, HTTP: p.Health.HTTP}) != "":
+			return fmt.Errorf("instances %s: health %s: an address of its own would check the same place for every instance; leave it out (each instance's port) or give a path", p.Instances.text(), ownsTarget(&ReadyProbe{TCP: p.Health.TCP, HTTP: p.Health.HTTP}))
 		}
 	}
 	if p.RollBatch < 0 {
@@ -111,6 +117,19 @@ func (p *Process) provisionPool() error {
 		}
 	}
 	return nil
+}
+
+// ownsTarget is the address of probe r if it names one of its own (not
+// the instance's port), else "".
+func ownsTarget(r *ReadyProbe) string {
+	switch {
+	case r == nil:
+	case r.TCP != nil && *r.TCP != "":
+		return "tcp " + *r.TCP
+	case r.HTTP != nil && *r.HTTP != "" && !strings.HasPrefix(*r.HTTP, "/"):
+		return "http " + *r.HTTP
+	}
+	return ""
 }
 
 // recycleOption names the first recycling option set, for errors.
@@ -186,7 +205,7 @@ func (s *service) resize(def *Process, until *App) {
 		slot := len(s.slots) - 1
 		in := s.slots[slot]
 		s.slots = s.slots[:slot]
-		s.cancelRestartOf(slot)
+		s.forgetSlot(slot)
 		if in != nil {
 			s.log().Info("instances went down: the instance retires", zap.Int("instance", slot), zap.Int("instances", n), zap.Int("pid", in.getPID()))
 			s.retire(in, until, fmt.Sprintf("instances went down to %d", n))
@@ -207,6 +226,26 @@ func (s *service) resize(def *Process, until *App) {
 		s.log().Info("instances went up: starting an instance", zap.Int("instance", slot), zap.Int("instances", n))
 		s.startOrCrash(def, slot, "starting an added instance failed")
 	}
+}
+
+// forgetSlot forgets what the service keeps for a slot that is gone: its
+// port and its restart.
+func (s *service) forgetSlot(slot int) {
+	s.cancelRestartOf(slot)
+	delete(s.ports, slot)
+}
+
+// newPort is a port for an instance started beside another: a new one
+// for port auto, never one that a slot of the service keeps for its
+// restart.
+func (s *service) newPort(def *Process) (int, error) {
+	for range 10 {
+		port, err := def.fixedPort()
+		if err != nil || def.Port != "auto" || !slices.Contains(slices.Collect(maps.Values(s.ports)), port) {
+			return port, err
+		}
+	}
+	return def.fixedPort()
 }
 
 // retiree is an instance of key that retires from slot, if any: the one

@@ -19,6 +19,8 @@ func TestPoolOptionErrors(t *testing.T) {
 		{"instances without a port", `{"processes":[{` + sleep + `,"instances":2}]}`, `instances 2: needs port auto (port "")`},
 		{"instances with a socket", `{"processes":[{` + sleep + `,"instances":2,"socket":"127.0.0.1:3999"}]}`, `instances 2: not with socket "127.0.0.1:3999": a socket has one queue`},
 		{"instances with ready off", `{"processes":[{` + sleep + `,"instances":2,"port":"auto","ready":{"off":true}}]}`, `instances 2: needs a readiness probe (ready is off)`},
+		{"pool with a ready address of its own", `{"processes":[{` + sleep + `,"instances":2,"port":"auto","ready":{"tcp":"127.0.0.1:5000"}}]}`, `instances 2: ready tcp 127.0.0.1:5000: an address of its own would probe the same place for every instance`},
+		{"pool with a health URL of its own", `{"processes":[{` + sleep + `,"instances":2,"port":"auto","health":{"http":"http://127.0.0.1:5000/up"}}]}`, `instances 2: health http http://127.0.0.1:5000/up: an address of its own`},
 		{"roll_batch negative", `{"processes":[{` + sleep + `,"roll_batch":-1}]}`, `roll_batch -1: must be a whole number above 0`},
 		{"max_memory bad", `{"processes":[{` + sleep + `,"max_memory":"lots"}]}`, `"lots": must be a positive size such as 512MiB`},
 		{"max_memory zero", `{"processes":[{` + sleep + `,"max_memory":0}]}`, `0: must be positive`},

@@ -308,6 +308,33 @@ func TestPoolRecycling(t *testing.T) {
 	}
 }
 
+// A recycle whose new instance fails (a release that breaks on instance
+// 1) leaves the instance serving and is tried again with a back-off; once
+// the release boots again, the retry replaces it. No request fails.
+func TestPoolRecycleFailureRetries(t *testing.T) {
+	broken := filepath.Join(t.TempDir(), "broken")
+	cfg, c, l := servePool(t, poolApp(t, 2, "v1", broken, map[string]any{"max_lifetime_requests": 300}), 2, "/")
+	first := serving(t, cfg)
+	if err := os.WriteFile(broken, []byte("1"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c.waitLines(`"msg":"recycling the instance failed; trying again later"`, 2, 30*time.Second)
+	if now := serving(t, cfg); now[1] != first[1] {
+		t.Errorf("instance 1 after failed recycles: pid %d, before %d", now[1], first[1])
+	}
+	if err := os.Remove(broken); err != nil {
+		t.Fatal(err)
+	}
+	c.waitLog(fmt.Sprintf(`"old_pid":%d,"instance":1`, first[1]), 40*time.Second) // the next retry
+	if now := serving(t, cfg); now[1] == first[1] {
+		t.Errorf("instance 1 still %d after its recycle", now[1])
+	}
+	if st := status(t, cfg, "web"); st.Recycles["max_lifetime_requests"] < 2 {
+		t.Errorf("recycles %v", st.Recycles)
+	}
+	finishUnderLoad(t, c, l, 0, 20*time.Second)
+}
+
 // A hung instance (SIGSTOP) fails its health check: it leaves the upstream
 // at once, is replaced beside itself and then killed; requests it held
 // are retried elsewhere (GETs), and none waits much longer than the

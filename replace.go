@@ -55,18 +55,19 @@ import (
 // job is one replacement: a roll over one or more slots.
 type job struct {
 	kind        jobKind
-	why         string   // for logs
-	def         *Process // what the new instances run
-	prevDef     *Process // what ran before: revived if the new one fails in place
-	beside      bool     // the policy
-	todo        []int    // the slots the roll has not reached
-	steps       []*step  // the batch that runs
-	waiting     bool     // the next batch waits for old instances to be gone (see oldsLeft)
-	urgent      bool     // it replaces an instance that failed its health check: it waits for nothing
-	total, done int      // slots in the roll, slots replaced
-	holder      *holder  // a reload: the config that holds the process once it serves
-	held        bool     // the holder holds it: the first batch switched
-	retireUntil *App     // beside, a reload: the last batch's old instances stay until this config is gone
+	why         string    // for logs
+	def         *Process  // what the new instances run
+	prevDef     *Process  // what ran before: revived if the new one fails in place
+	beside      bool      // the policy
+	todo        []int     // the slots the roll has not reached
+	steps       []*step   // the batch that runs
+	waiting     bool      // the next batch waits for old instances to be gone (see oldsLeft)
+	urgent      bool      // it replaces an instance that failed its health check: it waits for nothing
+	target      *instance // a recycle: the instance it replaces (nothing, if it left its slot meanwhile)
+	total, done int       // slots in the roll, slots replaced
+	holder      *holder   // a reload: the config that holds the process once it serves
+	held        bool      // the holder holds it: the first batch switched
+	retireUntil *App      // beside, a reload: the last batch's old instances stay until this config is gone
 	answer      func(error)
 	aborted     error // the process stops altogether (no config, Caddy's exit, a yield)
 	exitMode    bool  // Caddy exits: the new instance boots on to serve the drain
@@ -183,7 +184,8 @@ func (s *service) putBack() {
 		revive = append(revive, slot)
 	}
 	if len(revive) == 0 || s.exiting || s.stopAll != "" || s.yieldedTo != nil {
-		return // what serves serves the drain
+		s.recycleNext() // one that waited while the other definition was in force
+		return          // (what serves serves the drain)
 	}
 	s.replace(&job{kind: reviveJob, why: "the new config did not take over", def: def, todo: revive,
 		beside: def.blueGreen() && def.count > 1})
@@ -216,15 +218,21 @@ func (s *service) nextBatch() {
 	n := min(max(j.def.RollBatch, 1), len(j.todo))
 	j.steps = nil
 	for _, slot := range j.todo[:n] {
+		if j.target != nil && s.slots[slot] != j.target {
+			continue // the instance to recycle left its slot meanwhile
+		}
 		j.steps = append(j.steps, &step{slot: slot, old: s.slots[slot]})
 	}
 	j.todo = j.todo[n:]
+	if len(j.steps) == 0 {
+		s.rollOver()
+		return
+	}
 	if j.total > 1 {
 		s.log().Info("rolling restart: replacing instances", zap.String("why", j.why), zap.Ints("instances", j.slotsOf()),
 			zap.Int("done", j.done), zap.Int("of", j.total))
 	}
 	for _, st := range j.steps {
-		s.cancelRestartOf(st.slot)
 		if j.beside || st.old == nil || !st.old.live() {
 			s.startCandidate(st)
 			if s.job != j {
@@ -232,6 +240,7 @@ func (s *service) nextBatch() {
 			}
 			continue
 		}
+		s.cancelRestartOf(st.slot)
 		s.slots[st.slot] = nil // on purpose: its exit ends nothing
 		st.stopBegan = time.Now()
 		s.retire(st.old, nil, j.why) // then startCandidate, once it exited
@@ -294,18 +303,18 @@ func (s *service) startCandidate(st *step) {
 	j := s.job
 	port, err := s.portFor(j.def, st.slot)
 	if j.beside {
-		port, err = j.def.fixedPort()
+		port, err = s.newPort(j.def)
 	}
 	if err != nil {
 		j.fail(s, st, fmt.Errorf("process %q: port auto: %v", s.name, err))
 		return
 	}
-	if j.kind == reviveJob && !j.beside {
+	if j.kind == reviveJob && !j.beside { // (one instance: the only step)
+		s.cancelRestartOf(st.slot)
 		if s.startOrCrash(j.def, st.slot, "starting the previous definition again") {
 			s.log().Warn("the new definition did not take over: the previous one was started again", zap.Int("pid", s.slots[st.slot].getPID()))
 		}
-		st.ready = true
-		s.stepDone()
+		s.endJob()
 		return
 	}
 	oldPID := 0
@@ -347,6 +356,8 @@ func (s *service) stepDone() {
 		old := s.slots[st.slot] // beside: the old one, or what a crash restart started meanwhile
 		s.slots[st.slot] = in
 		s.keepPort(in)
+		s.cancelRestartOf(st.slot) // the old one's crash restart, if one is due: this one serves now
+		in.watch()                 // from now on what its watch finds counts (watch.go)
 		st.cand = nil
 		if j.exitMode {
 			continue
@@ -451,6 +462,9 @@ func (j *job) fail(s *service, st *step, err error) {
 		}
 	}
 	j.steps = nil
+	if j.target != nil && j.aborted == nil {
+		s.recycleFailed(j.target)
+	}
 	if err != nil && j.total > 1 {
 		err = fmt.Errorf("%w; the roll stopped at instance %d: %d of %d replaced, those it had not reached untouched", err, st.slot, j.done, j.total)
 	}
@@ -512,10 +526,16 @@ func (j *job) abort(s *service, err error) {
 // serves the drain. Either way the reload or restart fails at once, so
 // that Caddy can go on with its exit.
 func (j *job) callerExits(s *service) {
-	if j.answer == nil {
+	emptied := slices.ContainsFunc(j.steps, func(st *step) bool { return s.slots[st.slot] == nil })
+	if j.answer == nil { // a recycle or a revive: nobody waits
+		if j.beside && !emptied {
+			j.abort(s, fmt.Errorf("process %q: %w", s.name, errExiting))
+		} else {
+			j.exitMode = true
+		}
 		return
 	}
-	if j.beside || len(j.steps) == 0 {
+	if j.beside && !emptied {
 		err := fmt.Errorf("process %q: the new instance: %w; the old instance gets the exit sequence", s.name, errExiting)
 		j.reply(s, err) // at once: the reload holds Caddy's config lock, which its exit needs
 		j.abort(s, err)
@@ -559,6 +579,7 @@ func (s *service) endJob() {
 	if def := s.current(); !j.held && def != nil {
 		for len(s.slots) > max(def.count, 1) && s.slots[len(s.slots)-1] == nil {
 			s.slots = s.slots[:len(s.slots)-1] // the slots a roll added and did not fill
+			s.forgetSlot(len(s.slots))
 		}
 	}
 	if len(s.queue) == 0 {

@@ -146,10 +146,12 @@ type (
 	instanceUnhealthy struct { // it failed its health check (watch.go)
 		in  *instance
 		why string
+		gen int // the watch that found it
 	}
 	instanceRecycle struct { // it reached a recycling limit (watch.go)
 		in     *instance
 		reason string
+		gen    int // the watch that found it; -1: the request count, always current
 	}
 )
 
@@ -326,9 +328,13 @@ func (s *service) handle(ev any) {
 	case instanceExited:
 		s.instanceExited(ev.in)
 	case instanceUnhealthy:
-		s.unhealthy(ev.in, ev.why)
+		if ev.gen == ev.in.watchGen {
+			s.unhealthy(ev.in, ev.why)
+		}
 	case instanceRecycle:
-		s.recycle(ev.in, ev.reason)
+		if ev.gen == -1 || ev.gen == ev.in.watchGen {
+			s.recycle(ev.in, ev.reason)
+		}
 	case func(*service): // something to do in the loop, between two events (tests)
 		ev(s)
 	}

@@ -20,7 +20,9 @@ import (
 //   - a `dynamic supervise` proxy without `supervise_streams` before it,
 //     or, for a process replaced beside itself, with a
 //     `stream_close_delay` shorter than its `stream_drain_timeout` (see
-//     warnStreams).
+//     warnStreams);
+//   - an `lb_policy` on the proxy of a pool: the dynamic upstream chooses
+//     the instance, so it has no effect.
 //
 // It reads the http app's provisioned routes (handlers nested in
 // `handle`, `route` and the like are subroutes).
@@ -74,6 +76,17 @@ func (a *App) warnUnsafe(httpApp *caddyhttp.App) {
 			}
 		}
 		a.warnStreams(p, named, streamsBefore)
+		for _, h := range named {
+			switch h.LoadBalancing.SelectionPolicy.(type) {
+			case nil, reverseproxy.RandomSelection, *reverseproxy.RandomSelection:
+			default:
+				if p.count > 1 {
+					a.logger.Warn(fmt.Sprintf("process %s: the lb_policy of the reverse_proxy with `dynamic supervise %s` has no effect: "+
+						"the dynamic upstream chooses among the %d instances (the one with the fewest requests in flight) and gives the proxy one address",
+						p.Name, p.Name, p.count))
+				}
+			}
+		}
 		var static []string // static upstreams on its port, on this host
 		for _, h := range proxies {
 			for _, u := range h.Upstreams {

@@ -138,19 +138,20 @@ func (in *instance) watch() {
 		in.unwatch()
 		in.unwatch = nil
 	}
+	in.watchGen++ // what an earlier watch reports no longer counts
 	def := in.settings.Load()
 	if in.state != stateReady || def.Health == nil && def.MaxMemory == 0 && def.MaxLifetime == 0 {
 		return
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	in.unwatch = cancel
-	go in.watching(ctx, def, in.svc.log())
+	go in.watching(ctx, def, in.svc.log(), in.watchGen)
 }
 
 // watching checks the instance until ctx ends: its health check every
 // interval, its memory every second, its lifetime once; it reports the
 // first failure or limit to the service, and stops.
-func (in *instance) watching(ctx context.Context, def *Process, logger *zap.Logger) {
+func (in *instance) watching(ctx context.Context, def *Process, logger *zap.Logger, gen int) {
 	var health, memory <-chan time.Time
 	var check check
 	var name string
@@ -191,16 +192,16 @@ func (in *instance) watching(ctx context.Context, def *Process, logger *zap.Logg
 			logger.Warn("instance failed its health check", zap.Int("pid", in.getPID()), zap.String("check", name),
 				zap.String("error", err.Error()), zap.Int("fails", fails), zap.Int("of", def.Health.Fails))
 			if fails >= def.Health.Fails {
-				in.svc.post(instanceUnhealthy{in, fmt.Sprintf("%s: %v (%d checks in a row)", name, err, fails)})
+				in.svc.post(instanceUnhealthy{in, fmt.Sprintf("%s: %v (%d checks in a row)", name, err, fails), gen})
 				return
 			}
 		case <-memory:
 			if rss := groupMemory(in.getPID()); rss > int64(def.MaxMemory) {
-				in.svc.post(instanceRecycle{in, "max_memory"})
+				in.svc.post(instanceRecycle{in, "max_memory", gen})
 				return
 			}
 		case <-lifetime:
-			in.svc.post(instanceRecycle{in, "max_lifetime"})
+			in.svc.post(instanceRecycle{in, "max_lifetime", gen})
 			return
 		}
 	}
@@ -209,7 +210,7 @@ func (in *instance) watching(ctx context.Context, def *Process, logger *zap.Logg
 // unhealthy: an instance failed its health check. It leaves the dynamic
 // upstream now, and is replaced.
 func (s *service) unhealthy(in *instance, why string) {
-	if in.state != stateReady || !in.serves() {
+	if s.notServingYet(in) || in.state != stateReady || !in.serves() {
 		return // it left service meanwhile, or is not in it yet (a new instance)
 	}
 	in.unhealthy = why
@@ -222,10 +223,14 @@ func (s *service) unhealthy(in *instance, why string) {
 // recycle replaces an instance beside itself for reason, now or once the
 // job that runs is over.
 func (s *service) recycle(in *instance, reason string) {
-	if in.state != stateReady || s.servingAt(in.slot) != in || in.recycleReason != "" {
+	if s.notServingYet(in) || in.state != stateReady || s.servingAt(in.slot) != in || in.recycleReason != "" {
 		return // it left service meanwhile, or its recycle is on its way
 	}
 	in.recycleReason = reason
+	if in.recycleFails > 0 {
+		s.recycleNext() // a retry: logged and counted the first time
+		return
+	}
 	if s.history.recycles == nil {
 		s.history.recycles = make(map[string]int)
 	}
@@ -246,6 +251,28 @@ func (s *service) recycle(in *instance, reason string) {
 	s.recycleNext()
 }
 
+// notServingYet reports whether in is a new instance that a job has not
+// switched to yet: what its watch found does not count (its watch starts
+// over when it begins to serve: stepDone).
+func (s *service) notServingYet(in *instance) bool {
+	st := s.jobStep(in)
+	return st != nil && st.cand == in
+}
+
+// recycleFailed: the replacement of a recycled instance failed (its new
+// instance could not start, exited, or was not ready). It serves on (one
+// that failed its health check stays out of the upstream) and the recycle
+// is tried again after a back-off: 1 s, doubling up to 30 s.
+func (s *service) recycleFailed(in *instance) {
+	reason := in.recycleReason
+	in.recycleReason = ""
+	in.recycleFails++
+	wait := min(time.Second<<min(in.recycleFails-1, 5), 30*time.Second)
+	s.log().Warn("recycling the instance failed; trying again later", zap.Int("pid", in.getPID()), zap.Int("instance", in.slot),
+		zap.String("reason", reason), zap.Duration("after", wait))
+	time.AfterFunc(wait, func() { s.post(instanceRecycle{in, reason, -1}) })
+}
+
 // recycleNext starts the replacement of the first instance that waits to
 // be recycled, unless a job runs (endJob calls again) or nothing new may
 // start.
@@ -257,13 +284,12 @@ func (s *service) recycleNext() {
 		if in == nil || in.recycleReason == "" {
 			continue
 		}
-		if in.key != s.currentKey() || in.state != stateReady {
-			in.recycleReason = "" // a reload replaces it anyway, or it left
-			continue
+		if in.key != s.currentKey() {
+			continue // a failed reload's definition is in force for a moment: putBack calls again
 		}
 		def := s.current()
 		s.replace(&job{kind: recycleJob, why: "recycled: " + in.recycleReason, def: def, prevDef: def, todo: []int{in.slot},
-			beside: def.blueGreen(), urgent: in.unhealthy != ""})
+			beside: def.blueGreen(), urgent: in.unhealthy != "", target: in})
 		return
 	}
 }
