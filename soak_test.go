@@ -84,6 +84,7 @@ type soak struct {
 	httpPort int
 	appPort  int
 	release  string // the release the config runs
+	pool     int    // the pool variant's instances in the config
 	n        int    // releases made
 	loads    []*load
 	busy     net.Listener
@@ -94,7 +95,7 @@ type soak struct {
 
 func newSoak(t *testing.T, variant, app string, seed uint64) *soak {
 	st := &soak{t: t, variant: variant, app: app, seed: seed, rng: rand.New(rand.NewPCG(seed, seed>>1)),
-		httpPort: freePort(t), appPort: freePort(t)}
+		httpPort: freePort(t), appPort: freePort(t), pool: soakPool}
 	t.Logf("seed %d (SUPERVISE_SOAK_SEED=%d repeats this variant's run)", seed, seed)
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -152,7 +153,7 @@ func (st *soak) config(release string, busy bool) map[string]any {
 	case "blue-green":
 		proc["port"], proc["ready"] = "auto", map[string]any{"http": ""}
 	case "pool":
-		proc["port"], proc["ready"], proc["instances"] = "auto", map[string]any{"http": ""}, soakPool
+		proc["port"], proc["ready"], proc["instances"] = "auto", map[string]any{"http": ""}, st.pool
 	case "fixed-port":
 		proc["port"], proc["ready"] = strconv.Itoa(st.appPort), map[string]any{"tcp": ""}
 	case "socket":
@@ -225,7 +226,7 @@ func (st *soak) settle() {
 	t.Helper()
 	want := 1
 	if st.variant == "pool" {
-		want = soakPool
+		want = st.pool
 	}
 	deadline := time.Now().Add(30 * time.Second)
 	var s Status
@@ -363,6 +364,14 @@ func (st *soak) run(steps int) {
 		}},
 		{2, "SIGKILL of a new instance while it boots (admin restart)", func() { st.killCandidate(false) }},
 		{1, "SIGKILL of a new instance while it boots (reload)", func() { st.killCandidate(true) }},
+	}
+	if st.variant == "pool" {
+		actions = append(actions, action{2, "reload that changes only instances", func() {
+			st.pool = 5 - st.pool // 3 ↔ 2
+			if ok, body := st.reload(st.config(st.release, false)); !ok {
+				t.Fatalf("reload to %d instances: %s", st.pool, body)
+			}
+		}})
 	}
 	if st.variant == "blue-green" || st.variant == "pool" {
 		kills = append(kills, action{2, "SIGKILL of a retiring instance", st.killRetiring},
