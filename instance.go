@@ -56,6 +56,8 @@ type instance struct {
 	unwatch         func()        // ends its watch (watch.go)
 	watchGen        int           // its watches, to tell a stale report from the current one
 	recycleFails    int           // failed replacements of its recycle, for the retry's back-off
+	recycleRetryAt  time.Time     // no retry before (a failed health check does not wait)
+	recycled        bool          // its recycle was logged and counted
 	restarts        int           // the service's restarts when it started, for its log
 
 	// the dynamic upstream's requests (see admit)

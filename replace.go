@@ -183,9 +183,8 @@ func (s *service) putBack() {
 		}
 		revive = append(revive, slot)
 	}
-	if len(revive) == 0 || s.exiting || s.stopAll != "" || s.yieldedTo != nil {
-		s.recycleNext() // one that waited while the other definition was in force
-		return          // (what serves serves the drain)
+	if len(revive) == 0 || s.exiting || s.stopAll != "" || s.yieldedTo != nil || callerExiting() {
+		return // (what serves serves the drain)
 	}
 	s.replace(&job{kind: reviveJob, why: "the new config did not take over", def: def, todo: revive,
 		beside: def.blueGreen() && def.count > 1})
@@ -359,9 +358,6 @@ func (s *service) stepDone() {
 		s.cancelRestartOf(st.slot) // the old one's crash restart, if one is due: this one serves now
 		in.watch()                 // from now on what its watch finds counts (watch.go)
 		st.cand = nil
-		if j.exitMode {
-			continue
-		}
 		oldPID := 0
 		if st.old != nil {
 			oldPID = st.old.getPID()
@@ -462,7 +458,7 @@ func (j *job) fail(s *service, st *step, err error) {
 		}
 	}
 	j.steps = nil
-	if j.target != nil && j.aborted == nil {
+	if j.target != nil && j.aborted == nil && !j.exitMode && j.beside && s.slots[st.slot] == j.target {
 		s.recycleFailed(j.target)
 	}
 	if err != nil && j.total > 1 {
@@ -526,16 +522,17 @@ func (j *job) abort(s *service, err error) {
 // serves the drain. Either way the reload or restart fails at once, so
 // that Caddy can go on with its exit.
 func (j *job) callerExits(s *service) {
-	emptied := slices.ContainsFunc(j.steps, func(st *step) bool { return s.slots[st.slot] == nil })
+	// (a job between two batches has nothing booting: it stops here)
+	calledOff := len(j.steps) == 0 || j.beside && !slices.ContainsFunc(j.steps, func(st *step) bool { return s.slots[st.slot] == nil })
 	if j.answer == nil { // a recycle or a revive: nobody waits
-		if j.beside && !emptied {
+		if calledOff {
 			j.abort(s, fmt.Errorf("process %q: %w", s.name, errExiting))
 		} else {
 			j.exitMode = true
 		}
 		return
 	}
-	if j.beside && !emptied {
+	if calledOff {
 		err := fmt.Errorf("process %q: the new instance: %w; the old instance gets the exit sequence", s.name, errExiting)
 		j.reply(s, err) // at once: the reload holds Caddy's config lock, which its exit needs
 		j.abort(s, err)

@@ -509,6 +509,7 @@ func (s *service) release(a *App) {
 		s.reconcile = true
 	case newest:
 		s.putBack()
+		s.recycleNext() // one that waited while the other definition was in force
 	default:
 		for _, in := range s.live {
 			if in.retireUntil == a {

@@ -223,19 +223,30 @@ func (s *service) unhealthy(in *instance, why string) {
 // recycle replaces an instance beside itself for reason, now or once the
 // job that runs is over.
 func (s *service) recycle(in *instance, reason string) {
-	if s.notServingYet(in) || in.state != stateReady || s.servingAt(in.slot) != in || in.recycleReason != "" {
-		return // it left service meanwhile, or its recycle is on its way
+	def := in.settings.Load()
+	switch {
+	case s.notServingYet(in) || in.state != stateReady || s.servingAt(in.slot) != in:
+		return // it left service meanwhile
+	case reason == "health" && s.job != nil && s.job.target == in:
+		s.job.urgent = true // its recycle waits for old instances: it no longer may
+		return
+	case in.recycleReason != "":
+		return // its recycle is on its way
+	case reason != "health" && !limitSet(def, reason):
+		return // a reload took the limit away
+	case reason != "health" && time.Now().Before(in.recycleRetryAt):
+		return // its last recycle failed: the retry comes after the back-off
 	}
 	in.recycleReason = reason
-	if in.recycleFails > 0 {
+	if in.recycled {
 		s.recycleNext() // a retry: logged and counted the first time
 		return
 	}
+	in.recycled = true
 	if s.history.recycles == nil {
 		s.history.recycles = make(map[string]int)
 	}
 	s.history.recycles[reason]++
-	def := in.settings.Load()
 	fields := []zap.Field{zap.Int("pid", in.getPID()), zap.Int("instance", in.slot), zap.String("reason", reason)}
 	switch reason {
 	case "max_memory":
@@ -249,6 +260,19 @@ func (s *service) recycle(in *instance, reason string) {
 		s.log().Info("recycling an instance: it is replaced beside itself", fields...)
 	}
 	s.recycleNext()
+}
+
+// limitSet reports whether def still sets the limit a recycle is for.
+func limitSet(def *Process, reason string) bool {
+	switch reason {
+	case "max_memory":
+		return def.MaxMemory > 0
+	case "max_lifetime":
+		return def.MaxLifetime > 0
+	case "max_lifetime_requests":
+		return def.MaxLifetimeRequests > 0
+	}
+	return true
 }
 
 // notServingYet reports whether in is a new instance that a job has not
@@ -268,6 +292,8 @@ func (s *service) recycleFailed(in *instance) {
 	in.recycleReason = ""
 	in.recycleFails++
 	wait := min(time.Second<<min(in.recycleFails-1, 5), 30*time.Second)
+	in.recycleRetryAt = time.Now().Add(wait)
+	in.watch() // its health check goes on meanwhile (what else it finds waits for the retry)
 	s.log().Warn("recycling the instance failed; trying again later", zap.Int("pid", in.getPID()), zap.Int("instance", in.slot),
 		zap.String("reason", reason), zap.Duration("after", wait))
 	time.AfterFunc(wait, func() { s.post(instanceRecycle{in, reason, -1}) })
@@ -277,7 +303,7 @@ func (s *service) recycleFailed(in *instance) {
 // be recycled, unless a job runs (endJob calls again) or nothing new may
 // start.
 func (s *service) recycleNext() {
-	if s.job != nil || s.exiting || s.stopAll != "" || s.yieldedTo != nil {
+	if s.job != nil || s.exiting || s.stopAll != "" || s.yieldedTo != nil || callerExiting() {
 		return
 	}
 	for _, in := range s.slots {
