@@ -104,6 +104,8 @@ func TestAdminRestartAndReloadSerialised(t *testing.T) {
 	if st := <-restarted; st.PID != byRestart.ppidOrSelf() {
 		t.Errorf("the restart answered %+v, want its new instance %d", st, byRestart.ppidOrSelf())
 	}
+	// (the answers can overtake Caddy's log, which comes through a pipe)
+	c.waitLogCount(`"msg":"the new instance is ready and serves"`, 2, 5*time.Second)
 	readyAt := logTimes(t, c.logs.lines(`"msg":"the new instance is ready and serves"`))
 	startedAt := logTimes(t, c.logs.lines(`"msg":"starting a new instance"`))
 	if len(readyAt) != 2 || len(startedAt) != 2 || startedAt[1].Before(readyAt[0]) {
