@@ -26,7 +26,7 @@ func BenchmarkPoolThroughput(b *testing.B) {
 			cfg := proxyToSupervised(b, httpPort, "web", poolApp(b, n, "v1", "", nil))
 			cfg["logging"] = map[string]any{"logs": map[string]any{"default": map[string]any{"level": "INFO"}}}
 			c := startCaddy(b, cfg)
-			c.waitLines(`"to":"ready"`, n, 30*time.Second)
+			c.waitLogCount(`"to":"ready"`, n, 30*time.Second)
 			l := startLoad(fmt.Sprintf("http://127.0.0.1:%d/?burn=20", httpPort), 8)
 			l.waitOK(b, 50, 30*time.Second) // warm
 			from, began := l.ok.Load(), time.Now()

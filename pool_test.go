@@ -50,32 +50,10 @@ func servePool(t testing.TB, web map[string]any, n int, path string) (map[string
 	httpPort := freePort(t)
 	cfg := proxyToSupervised(t, httpPort, "web", web)
 	c := startCaddy(t, cfg)
-	c.waitLines(`"msg":"process state","from":"starting","to":"ready"`, n, 30*time.Second)
+	c.waitLogCount(`"msg":"process state","from":"starting","to":"ready"`, n, 30*time.Second)
 	l := startLoad(fmt.Sprintf("http://127.0.0.1:%d%s", httpPort, path), 16)
 	l.waitOK(t, 100, 10*time.Second)
 	return cfg, c, l
-}
-
-// waitLines waits until n log lines contain s.
-func (c *caddyProc) waitLines(s string, n int, timeout time.Duration) {
-	c.t.Helper()
-	deadline := time.NewTimer(timeout)
-	defer deadline.Stop()
-	for {
-		c.logs.mu.Lock()
-		changed := c.logs.changed
-		c.logs.mu.Unlock()
-		if len(c.logs.lines(s)) >= n {
-			return
-		}
-		select {
-		case <-changed:
-		case <-c.done:
-			c.t.Fatalf("caddy exited before it logged %q %d times", s, n)
-		case <-deadline.C:
-			c.t.Fatalf("caddy logged %q %d times within %s, not %d", s, len(c.logs.lines(s)), timeout, n)
-		}
-	}
 }
 
 // peakInstances is the most instances of web that ran at once, from
@@ -257,7 +235,7 @@ func TestPoolResizeByReload(t *testing.T) {
 	two := serving(t, cfg)
 	l.churn.Store(true)
 	c.load(t, withProcs(cfg, web(4)))
-	c.waitLines(`"msg":"process state","from":"starting","to":"ready"`, 4, 10*time.Second)
+	c.waitLogCount(`"msg":"process state","from":"starting","to":"ready"`, 4, 10*time.Second)
 	four := serving(t, cfg)
 	if len(four) != 4 || four[0] != two[0] || four[1] != two[1] {
 		t.Errorf("2 → 4: %v → %v", two, four)
@@ -267,7 +245,7 @@ func TestPoolResizeByReload(t *testing.T) {
 	if len(one) != 1 || one[0] != two[0] {
 		t.Errorf("4 → 1: %v → %v", four, one)
 	}
-	c.waitLines(`"msg":"process exited"`, 3, 20*time.Second)
+	c.waitLogCount(`"msg":"process exited"`, 3, 20*time.Second)
 	finishUnderLoad(t, c, l, 0, 20*time.Second)
 }
 
@@ -288,8 +266,8 @@ func TestPoolRecycling(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg, c, l := servePool(t, poolApp(t, 2, "v1", "", tc.extra), 2, tc.path)
 			first := serving(t, cfg)
-			c.waitLines(`"msg":"recycling an instance: it is replaced beside itself"`, 2, 60*time.Second)
-			c.waitLines(`"msg":"the new instance is ready and serves"`, 2, 30*time.Second)
+			c.waitLogCount(`"msg":"recycling an instance: it is replaced beside itself"`, 2, 60*time.Second)
+			c.waitLogCount(`"msg":"the new instance is ready and serves"`, 2, 30*time.Second)
 			st := status(t, cfg, "web")
 			if st.Recycles[tc.reason] < 2 {
 				t.Errorf("recycles %v", st.Recycles)
@@ -318,7 +296,7 @@ func TestPoolRecycleFailureRetries(t *testing.T) {
 	if err := os.WriteFile(broken, []byte("1"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	c.waitLines(`"msg":"recycling the instance failed; trying again later"`, 2, 30*time.Second)
+	c.waitLogCount(`"msg":"recycling the instance failed; trying again later"`, 2, 30*time.Second)
 	if now := serving(t, cfg); now[1] != first[1] {
 		t.Errorf("instance 1 after failed recycles: pid %d, before %d", now[1], first[1])
 	}
