@@ -21,6 +21,9 @@ import (
 func adminDo(t testing.TB, cfg map[string]any, method, path string, into any) int {
 	t.Helper()
 	req, _ := http.NewRequest(method, "http://"+cfg["admin"].(map[string]any)["listen"].(string)+path, nil)
+	// a connection of its own: a reload (a failed one too) may replace
+	// Caddy's admin server, which resets the connections it kept alive
+	req.Close = true
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)

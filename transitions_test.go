@@ -149,7 +149,9 @@ func TestAdminRestartAndReloadSerialised(t *testing.T) {
 // metricValue reads one series from the admin endpoint's /metrics.
 func metricValue(t testing.TB, cfg map[string]any, series string) float64 {
 	t.Helper()
-	resp, err := http.Get("http://" + cfg["admin"].(map[string]any)["listen"].(string) + "/metrics")
+	req, _ := http.NewRequest("GET", "http://"+cfg["admin"].(map[string]any)["listen"].(string)+"/metrics", nil)
+	req.Close = true // as adminDo
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
