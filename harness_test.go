@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -73,6 +74,11 @@ func blockSignalsAndExec() {
 
 func runTests(m *testing.M) int {
 	flag.Parse()
+	// every request of the default client (the admin API, a probe through
+	// Caddy) on a connection of its own: a reload, a failed one too, may
+	// replace Caddy's admin server, which resets the connections it kept
+	// alive, and a reused one would fail a request nothing else failed
+	http.DefaultTransport.(*http.Transport).DisableKeepAlives = true
 	if f := flag.Lookup("test.fuzz"); f != nil && f.Value.String() != "" {
 		return m.Run() // fuzzing needs no binaries
 	}
