@@ -349,24 +349,29 @@ type wsTunnel struct {
 // 1001, going away.
 var closeGoingAway = []byte{0x88, 0x02, 0x03, 0xe9}
 
-// write writes what the app sends. Once the tunnel is ending, it writes up
-// to the end of the current frame, then the close frame.
+// write writes what the app sends, up to the end of its close frame (an
+// endpoint sends nothing after its close frame). Once the tunnel is ending,
+// it writes up to the end of the current frame, then the close frame; at a
+// frame boundary, the close frame goes at once.
 func (t *wsTunnel) write(p []byte) (int, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	ending := t.ending.Load()
+	if !t.closed && ending && t.frames.boundary() {
+		t.closeIfBoundary()
+	}
 	if t.closed {
 		return len(p), nil
 	}
-	if !t.ending.Load() {
-		t.frames.feed(p, false)
-		t.closed = t.frames.closed // the app's own close frame: nothing goes after it
-		return t.raw(p)
-	}
-	k := t.frames.feed(p, true)
+	k := t.frames.feed(p, ending)
 	if n, err := t.raw(p[:k]); err != nil {
 		return n, err
 	}
-	t.closeIfBoundary()
+	if t.frames.closed {
+		t.closed = true // the app's own close frame: nothing goes after it
+	} else {
+		t.closeIfBoundary()
+	}
 	return len(p), nil
 }
 
@@ -455,8 +460,10 @@ type wsFrames struct {
 // boundary reports whether the bytes so far end with a complete frame.
 func (f *wsFrames) boundary() bool { return f.hn == 0 && f.left == 0 }
 
-// feed follows the frames in p and returns how many bytes it took: all
-// of p, or, if stop, up to the end of the first frame that ends in p.
+// feed follows the frames in p and returns how many bytes it took: up to
+// the end of the first close frame that ends in p (nothing goes after a
+// close frame), or, if stop, of the first frame that ends in p; else all
+// of p.
 func (f *wsFrames) feed(p []byte, stop bool) int {
 	n := 0
 	for n < len(p) {
@@ -469,7 +476,7 @@ func (f *wsFrames) feed(p []byte, stop bool) int {
 			f.left -= k
 			if f.left == 0 {
 				f.closed = f.closed || f.close
-				if stop {
+				if stop || f.close {
 					return n
 				}
 			}
@@ -505,7 +512,7 @@ func (f *wsFrames) feed(p []byte, stop bool) int {
 		f.close = f.hdr[0]&0x0f == 0x8
 		if f.left == 0 {
 			f.closed = f.closed || f.close
-			if stop {
+			if stop || f.close {
 				return n
 			}
 		}

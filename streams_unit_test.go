@@ -131,23 +131,143 @@ func TestWSTunnelClosesBetweenFrames(t *testing.T) {
 	}
 }
 
-// A hostile app's frame headers (any bytes, lengths up to 2^64-1) never
-// make the follower take more than it was given, or panic.
+// A hostile app's frames (any bytes, lengths up to 2^64-1), split into
+// writes anywhere (a close frame too), with the tunnel ending at any
+// moment: the follower never takes more than it was given, or panics; the
+// client gets exactly the app's bytes up to the end of its close frame, or,
+// once the tunnel ends, up to the end of the frame in progress and then the
+// tunnel's close frame 1001 — nothing is dropped before that point, and
+// nothing goes after a close frame.
 func FuzzWSFrames(f *testing.F) {
-	f.Add([]byte{0x81, 0x05, 'h', 'e', 'l', 'l', 'o'}, 3)
-	f.Add([]byte{0x82, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 1, 2, 3, 4}, 1)
-	f.Add([]byte{0x81, 0x7e, 0x00}, 2)
-	f.Fuzz(func(t *testing.T, data []byte, split int) {
+	closeFrame := serverFrame(8, []byte{0x03, 0xe8}, false)
+	f.Add([]byte{0x81, 0x05, 'h', 'e', 'l', 'l', 'o'}, []byte{3}, 9)
+	f.Add([]byte{0x82, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 1, 2, 3, 4}, []byte{1}, 0)
+	f.Add([]byte{0x81, 0x7e, 0x00}, []byte{2}, 1)
+	f.Add(append(append(serverFrame(1, []byte("bye"), false), closeFrame...), serverFrame(1, []byte("after"), false)...), []byte{6, 1}, 9)
+	f.Add(append(append(serverFrame(1, []byte("bye"), false), closeFrame...), serverFrame(1, []byte("after"), false)...), []byte{6, 1}, 1)
+	f.Fuzz(func(t *testing.T, data, splits []byte, endAt int) {
+		// the writes: sizes from splits, the rest in one
+		var writes [][]byte
+		for off, i := 0, 0; off < len(data); i++ {
+			k := len(data) - off
+			if i < len(splits) {
+				k = min(k, max(1, int(splits[i])))
+			}
+			writes = append(writes, data[off:off+k])
+			off += k
+		}
 		var fr wsFrames
 		for off := 0; off < len(data); {
-			k := min(len(data)-off, max(1, split))
-			took := fr.feed(data[off:off+k], split%2 == 0)
-			if took < 1 || took > k {
-				t.Fatalf("feed took %d of %d", took, k)
+			took := fr.feed(data[off:], endAt%2 == 0)
+			if took < 1 || took > len(data)-off {
+				t.Fatalf("feed took %d of %d", took, len(data)-off)
 			}
 			off += took
 		}
+
+		var out bytes.Buffer
+		tun := &wsTunnel{raw: out.Write, cut: func() {}, wait: time.Hour}
+		endBefore := -1 // the write before which the tunnel ends; -1: never
+		if endAt >= 0 && endAt <= len(writes) {
+			endBefore = endAt
+		}
+		pos := 0 // bytes written before the end
+		for i, w := range writes {
+			if i == endBefore {
+				tun.ending.Store(true) // end, without its timer and goroutine
+				tun.mu.Lock()
+				tun.closeIfBoundary()
+				tun.mu.Unlock()
+			}
+			if i < endBefore || endBefore < 0 {
+				pos += len(w)
+			}
+			if n, err := tun.write(w); n != len(w) || err != nil {
+				t.Fatalf("write: %d of %d, %v", n, len(w), err)
+			}
+		}
+		if endBefore == len(writes) {
+			tun.ending.Store(true)
+			tun.mu.Lock()
+			tun.closeIfBoundary()
+			tun.mu.Unlock()
+		}
+
+		// what the client must get, from an independent parse of data
+		want, ends := wsExpected(data, endBefore >= 0, pos)
+		if ends {
+			want = append(append([]byte{}, want...), closeGoingAway...)
+		}
+		if !bytes.Equal(out.Bytes(), want) {
+			t.Fatalf("writes %d, ended before write %d (byte %d): the client got\n%x\nwant\n%x", len(writes), endBefore, pos, out.Bytes(), want)
+		}
 	})
+}
+
+// wsExpected is what a tunnel forwards of data: up to the end of the
+// app's first close frame; if the tunnel ended after pos bytes, up to the
+// end of the frame in progress then (or the boundary it ended at), and
+// whether its own close frame follows (not after the app's close, nor
+// inside a frame that never completes).
+func wsExpected(data []byte, ended bool, pos int) (forwarded []byte, closes bool) {
+	b := 0 // the end of the last complete frame
+	for _, fr := range parseFrames(data) {
+		switch {
+		case ended && fr.start >= pos:
+			return data[:fr.start], true
+		case fr.close:
+			return data[:fr.end], false
+		case ended && fr.end >= pos:
+			return data[:fr.end], true
+		}
+		b = fr.end
+	}
+	if ended && b >= pos {
+		return data[:b], true
+	}
+	return data, false
+}
+
+// wireFrame is a complete frame of a byte stream: where it starts and
+// ends, and whether it is a close frame.
+type wireFrame struct {
+	start, end int
+	close      bool
+}
+
+// parseFrames lists the complete frames at the start of data, in order
+// (RFC 6455 5.2; written apart from wsFrames, to check it).
+func parseFrames(data []byte) []wireFrame {
+	var frames []wireFrame
+	for off := 0; off+2 <= len(data); {
+		hdr := 2
+		n := uint64(data[off+1] & 0x7f)
+		switch n {
+		case 126:
+			hdr += 2
+		case 127:
+			hdr += 8
+		}
+		if data[off+1]&0x80 != 0 {
+			hdr += 4
+		}
+		if off+hdr > len(data) {
+			break
+		}
+		switch n {
+		case 126:
+			n = uint64(binary.BigEndian.Uint16(data[off+2:]))
+		case 127:
+			n = binary.BigEndian.Uint64(data[off+2:])
+		}
+		if n > uint64(len(data)-off-hdr) {
+			break
+		}
+		end := off + hdr + int(n)
+		frames = append(frames, wireFrame{off, end, data[off]&0x0f == 8})
+		off = end
+	}
+	return frames
 }
 
 func TestIsEventStream(t *testing.T) {
