@@ -174,6 +174,16 @@ http://127.0.0.1:%d {
 	if out := validate(strings.Replace(pool, "instances 2", "instances 1", 1)); strings.Contains(out, lbWarn) {
 		t.Errorf("caddy validate of one instance with lb_policy: %s\nwant no %q", out, lbWarn)
 	}
+
+	// X-Sendfile answered the old way, by rewrite + file_server: unsafe
+	rewriteWarn := "a handle_response rewrites to the app's response header"
+	oldWay := site("supervise_streams", "stream_close_delay 2m\n\t\t@sendfile header X-Sendfile *\n\t\thandle_response @sendfile {\n\t\t\troot * /\n\t\t\trewrite * {rp.header.X-Sendfile}\n\t\t\tfile_server\n\t\t}")
+	if out := validate(oldWay); !strings.Contains(out, rewriteWarn) || !strings.Contains(out, "supervise_sendfile") || strings.Contains(out, "Error") {
+		t.Errorf("caddy validate of X-Sendfile through rewrite: %s\nwant %q", out, rewriteWarn)
+	}
+	if out := validate(strings.Replace(site("supervise_streams", "stream_close_delay 2m"), "\tsupervise_streams", "\tsupervise_sendfile\n\tsupervise_streams", 1)); strings.Contains(out, rewriteWarn) || strings.Contains(out, "Error") {
+		t.Errorf("caddy validate with supervise_sendfile: %s", out)
+	}
 }
 
 // A broken release's error carries the program's own error (its first

@@ -108,6 +108,9 @@ func executableMode(m os.FileMode) bool { return true }
 // the kernel pick a free port.
 func ephemeralPorts() (lo, hi int, ok bool) { return 0, 0, false }
 
+// openNonblock: Windows has no FIFOs that an open could wait on.
+const openNonblock = 0
+
 // osName names the platform in messages.
 const osName = "windows"
 

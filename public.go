@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"hash/fnv"
 	"io"
-	"mime"
 	"net/http"
 	"os"
 	"path"
@@ -209,19 +208,8 @@ func (p *Public) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhtt
 	h.Add("Vary", "Accept-Encoding") // as file_server's precompressed: any file may have variants
 	if encoding != "" {
 		h.Set("Content-Encoding", encoding)
-		if !hasConditions(r.Header) {
-			// ServeContent leaves it out of an encoded response
-			h.Set("Content-Length", strconv.FormatInt(size, 10))
-		}
 	}
-	if ctype := mime.TypeByExtension(filepath.Ext(name)); ctype != "" {
-		h.Set("Content-Type", ctype)
-	} else {
-		// no type guessed from the content (encode would guess one): an
-		// uploaded HTML file is not served as a page
-		h.Set("Content-Type", "application/octet-stream")
-		h.Set("X-Content-Type-Options", "nosniff")
-	}
+	setContentType(h, name) // (no type guessed from the content, which encode would do)
 	h.Set("Etag", etag(vfi))
 	for _, prefix := range p.Immutable {
 		if strings.HasPrefix(rel, prefix) {
@@ -243,7 +231,7 @@ func (p *Public) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhtt
 		}
 		return nil
 	}
-	http.ServeContent(w, r, name, vfi.ModTime(), content)
+	serveContent(w, r, name, vfi, size, content)
 	return nil
 }
 

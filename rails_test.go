@@ -380,3 +380,96 @@ func TestRailsActionCableAcrossRestartAndExit(t *testing.T) {
 	}
 	noFailedRequests(t, c)
 }
+
+// uploadsTree makes an app's stored uploads under dir, one per ID, each
+// under the name its user chose, beside a real config/master.key: names
+// that, read as URLs (percent-decoded, cut at ? and #), reach the key or
+// another user's file. It returns the uploads' directory and what each ID
+// must answer.
+func uploadsTree(t *testing.T, dir string) (string, map[string]string) {
+	t.Helper()
+	app := filepath.Join(dir, "srv", "app")
+	writeFile(t, filepath.Join(app, "config", "master.key"), "THE MASTER KEY")
+	writeFile(t, filepath.Join(app, "uploads", "9", "secret.pdf"), "ANOTHER USER'S FILE")
+	want := make(map[string]string)
+	for id, name := range map[string]string{
+		"1": "..%2F..%2Fconfig%2Fmaster.key", // Rack unescaped `..%252F..` once
+		"2": "..%2F9%2Fsecret.pdf",
+		"3": "a#b",
+		"4": "report.pdf?download=1",
+	} {
+		writeFile(t, filepath.Join(app, "uploads", id, name), "upload "+id+" as its user named it")
+		want[id] = "upload " + id + " as its user named it"
+	}
+	return filepath.Join(app, "uploads"), want
+}
+
+// checkUploads GETs each upload through Caddy: the file the app named,
+// never the master key or another user's file.
+func checkUploads(t *testing.T, base string, want map[string]string) {
+	t.Helper()
+	for id, body := range want {
+		resp, got := httpGet(t, base+"/uploads/"+id)
+		if resp.StatusCode != 200 || string(got) != body {
+			t.Errorf("GET /uploads/%s: %s %q, want %q", id, resp.Status, got, body)
+		}
+		if resp.Header.Get("X-Sendfile") != "" || !strings.Contains(resp.Header.Get("Content-Disposition"), "attachment") {
+			t.Errorf("GET /uploads/%s: X-Sendfile %q, Content-Disposition %q", id, resp.Header.Get("X-Sendfile"), resp.Header.Get("Content-Disposition"))
+		}
+	}
+}
+
+// X-Sendfile is a file path, never a URL: stored uploads whose names hold
+// %2F, .., # and ? are served as themselves — through the one line and
+// through the Rails example's Caddyfile (run with the test app in place of
+// /rails, its admin endpoint on TCP, and no env_file) — never the
+// config/master.key their decoded names reach (as rewrite + file_server
+// served it).
+func TestRailsXSendfileIsAPath(t *testing.T) {
+	appDir := railsDir(t)
+	uploads, want := uploadsTree(t, t.TempDir())
+
+	t.Run("the one line", func(t *testing.T) {
+		httpPort, adminPort := freePort(t), freePort(t)
+		c := superviseCaddy(t, appDir,
+			[]string{"--ready", "/up", "--admin", fmt.Sprintf("127.0.0.1:%d", adminPort), "--output", "log"},
+			[]string{"bin/rails", "server"},
+			"HTTP_PORT="+strconv.Itoa(httpPort), "TARGET_PORT="+strconv.Itoa(freePort(t)), "RAILS_ENV=production", "UPLOADS_DIR="+uploads)
+		c.waitLog(`"to":"ready"`, 30*time.Second)
+		c.waitLog(`"msg":"server running"`, 20*time.Second)
+		checkUploads(t, fmt.Sprintf("http://127.0.0.1:%d", httpPort), want)
+		c.signal(syscall.SIGTERM)
+		if code := c.wait(30 * time.Second); code != 0 {
+			t.Errorf("caddy exit code %d", code)
+		}
+	})
+
+	t.Run("the Rails example", func(t *testing.T) {
+		src, err := os.ReadFile("examples/rails/Caddyfile")
+		if err != nil {
+			t.Fatal(err)
+		}
+		adminPort, httpPort := freePort(t), freePort(t)
+		var lines []string
+		for _, l := range strings.Split(string(src), "\n") {
+			switch {
+			case strings.Contains(l, "env_file /rails/.env"):
+				continue
+			case strings.HasPrefix(strings.TrimSpace(l), "admin unix//rails/"):
+				l = fmt.Sprintf("\tadmin 127.0.0.1:%d", adminPort)
+			}
+			lines = append(lines, strings.ReplaceAll(l, " /rails", " "+appDir))
+		}
+		file := filepath.Join(t.TempDir(), "Caddyfile")
+		if err := os.WriteFile(file, []byte(strings.Join(lines, "\n")), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		c := startCaddyFile(t, file, "caddyfile", fmt.Sprintf("SITE_ADDRESS=http://127.0.0.1:%d", httpPort), "UPLOADS_DIR="+uploads)
+		c.waitLog(`"to":"ready"`, 30*time.Second)
+		checkUploads(t, fmt.Sprintf("http://127.0.0.1:%d", httpPort), want)
+		c.signal(syscall.SIGTERM)
+		if code := c.wait(40 * time.Second); code != 0 {
+			t.Errorf("caddy exit code %d", code)
+		}
+	})
+}

@@ -449,6 +449,11 @@ var caddyfileTemplate = template.Must(template.New("Caddyfile").Funcs(template.F
 	}
 {{- end}}
 	handle {
+{{- if .XSendfile}}
+		# the app's X-Sendfile responses: the file it names, opened as it
+		# is (a file path, never a URL)
+		supervise_sendfile
+{{- end}}
 		# WebSockets (Action Cable) and server-sent events: kept by the old
 		# instance across restarts and reloads, ended cleanly at exit
 		supervise_streams
@@ -462,18 +467,7 @@ var caddyfileTemplate = template.Must(template.New("Caddyfile").Funcs(template.F
 			# a reload keeps the WebSockets open, as long as the old
 			# instance keeps them (stream_drain_timeout)
 			stream_close_delay {{.StreamCloseDelay}}
-{{- if .XSendfile}}
-			header_up X-Sendfile-Type X-Sendfile
-			@sendfile header X-Sendfile *
-			handle_response @sendfile {
-				copy_response_headers {
-					exclude X-Sendfile Content-Length
-				}
-				root * /
-				rewrite * {rp.header.X-Sendfile}
-				file_server
-			}
-{{- else}}
+{{- if not .XSendfile}}
 			header_up -X-Sendfile-Type
 {{- end}}
 		}

@@ -32,10 +32,9 @@ func TestThrusterCaddyfile(t *testing.T) {
 		notWant []string
 	}{
 		{"defaults", nil, []string{
-			"http://:80 {", "port 3000", "ready tcp", "encode zstd gzip", "header_up X-Sendfile-Type X-Sendfile",
-			"rewrite * {rp.header.X-Sendfile}", "read_body 30s", "write 30s", "write_idle -1s", "idle 1m0s", "log\n",
+			"http://:80 {", "port 3000", "ready tcp", "encode zstd gzip", "\t\tsupervise_sendfile\n", "read_body 30s", "write 30s", "write_idle -1s", "idle 1m0s", "log\n",
 			"trusted_proxies static", `request_header @no_request_start X-Request-Start "t={time.now.unix_ms}"`,
-		}, []string{"request_body", "storage", "debug", "h2c"}},
+		}, []string{"request_body", "storage", "debug", "h2c", "rewrite", "X-Sendfile-Type X-Sendfile", "handle_response"}},
 		{"TLS", map[string]string{"TLS_DOMAIN": "example.com, www.example.com", "ACME_DIRECTORY": "https://acme.test/dir",
 			"EAB_KID": "kid", "EAB_HMAC_KEY": "mac", "STORAGE_PATH": "/data/certs", "H2C_ENABLED": "1"}, []string{
 			"example.com, www.example.com {", "storage file_system /data/certs", "acme_ca https://acme.test/dir",
@@ -47,7 +46,7 @@ func TestThrusterCaddyfile(t *testing.T) {
 			"LOG_REQUESTS": "f", "DEBUG": "true", "MAX_REQUEST_BODY": "1048576", "FORWARD_HEADERS": "false",
 			"HTTP_IDLE_TIMEOUT": "5"}, []string{
 			"header_up -X-Sendfile-Type", "max_size 1048576", "debug", "idle 5s",
-		}, []string{"encode", "handle_response", "log\n", "trusted_proxies"}},
+		}, []string{"encode", "supervise_sendfile", "log\n", "trusted_proxies"}},
 		// with TLS, HTTP/3 needs write_idle for a write timeout at all
 		{"TLS keeps write_idle", map[string]string{"TLS_DOMAIN": "example.com"}, []string{"write 30s"}, []string{"write_idle"}},
 		// no hard write timeout: Caddy's write_idle stays, against stalled clients

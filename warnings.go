@@ -3,10 +3,12 @@ package supervise
 import (
 	"fmt"
 	"net"
+	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/rewrite"
 )
 
 // warnUnsafe warns, when the config loads (and at `caddy validate`), of
@@ -22,7 +24,11 @@ import (
 //     `stream_close_delay` shorter than its `stream_drain_timeout` (see
 //     warnStreams);
 //   - an `lb_policy` on the proxy of a pool: the dynamic upstream chooses
-//     the instance, so it has no effect.
+//     the instance, so it has no effect;
+//   - a `handle_response` that rewrites to a header of the app's response
+//     (`rewrite * {rp.header.X-Sendfile}`): rewrite reads it as a URL, so
+//     a file name the app's users chose can reach another file; use
+//     supervise_sendfile.
 //
 // It reads the http app's provisioned routes (handlers nested in
 // `handle`, `route` and the like are subroutes).
@@ -43,6 +49,7 @@ func (a *App) warnUnsafe(httpApp *caddyhttp.App) {
 					proxies = append(proxies, h)
 					streamsBefore[h] = covered
 					for _, hr := range h.HandleResponse {
+						a.warnHeaderRewrites(hr.Routes)
 						walk(hr.Routes, covered)
 					}
 				case *caddyhttp.Subroute:
@@ -130,6 +137,28 @@ func (a *App) warnStreams(p *Process, named []*reverseproxy.Handler, streamsBefo
 		case p.blueGreen() && time.Duration(h.StreamCloseDelay) < time.Duration(p.StreamDrainTimeout):
 			a.logger.Warn(fmt.Sprintf("process %s: the reverse_proxy's stream_close_delay (%s) is shorter than the process's stream_drain_timeout (%s): a reload closes its WebSockets after stream_close_delay; set `stream_close_delay %s`",
 				p.Name, time.Duration(h.StreamCloseDelay), time.Duration(p.StreamDrainTimeout), time.Duration(p.StreamDrainTimeout)))
+		}
+	}
+}
+
+// warnHeaderRewrites warns of a handle_response route that rewrites the
+// request to a header of the app's response, as X-Sendfile was once
+// answered (`rewrite * {rp.header.X-Sendfile}` + `file_server`): rewrite
+// reads the value as a URL — it percent-decodes it and cuts it at ? and
+// #, and file_server then resolves the .. that decoding made — so a stored
+// upload named `..%2F..%2Fconfig%2Fmaster.key` is served as the app's key.
+func (a *App) warnHeaderRewrites(routes caddyhttp.RouteList) {
+	for _, r := range routes {
+		for _, h := range r.Handlers {
+			switch h := h.(type) {
+			case *rewrite.Rewrite:
+				if u := strings.ToLower(h.URI); strings.Contains(u, "{rp.header.") || strings.Contains(u, "{http.reverse_proxy.header.") {
+					a.logger.Warn(fmt.Sprintf("a handle_response rewrites to the app's response header (%q): rewrite reads it as a URL (it percent-decodes it and cuts it at ? and #, and file_server then resolves ..), so a file name chosen by the app's users can reach any other file; for X-Sendfile use `supervise_sendfile` before reverse_proxy instead",
+						h.URI))
+				}
+			case *caddyhttp.Subroute:
+				a.warnHeaderRewrites(h.Routes)
+			}
 		}
 	}
 }

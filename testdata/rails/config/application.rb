@@ -6,6 +6,8 @@
 #   GET /report      send_file of files/report.txt: with X-Sendfile-Type, an
 #                    empty body and an X-Sendfile header
 #   GET /blob        send_file of $BLOB_FILE (application/octet-stream)
+#   GET /uploads/ID  send_file of the upload stored in $UPLOADS_DIR/ID, under
+#                    the name its user gave it (whatever bytes that holds)
 #   GET /big         a 240 kB text page
 #   GET /slow?ms=N   answers after N milliseconds
 #   GET /headers     the request headers the app got, one per line
@@ -35,6 +37,7 @@ class TestApp < Rails::Application
     get "/up" => "pages#up"
     get "/report" => "pages#report"
     get "/blob" => "pages#blob"
+    get "/uploads/:id" => "pages#upload", constraints: { id: /\d+/ }
     get "/big" => "pages#big"
     get "/slow" => "pages#slow"
     get "/headers" => "pages#request_headers"
@@ -57,6 +60,11 @@ class PagesController < ActionController::Base
 
   def blob
     send_file ENV.fetch("BLOB_FILE"), type: "application/octet-stream"
+  end
+
+  def upload
+    dir = File.join(ENV.fetch("UPLOADS_DIR"), params[:id])
+    send_file File.join(dir, Dir.children(dir).first), type: "application/octet-stream", disposition: "attachment"
   end
 
   def big
