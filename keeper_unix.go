@@ -78,7 +78,7 @@ func startKeeper() error {
 		Args:        []string{shim.KeeperArg0},
 		Env:         append(os.Environ(), shim.Env+"="+strconv.Itoa(os.Getpid())),
 		Dir:         "/",
-		SysProcAttr: &syscall.SysProcAttr{Setpgid: true},
+		SysProcAttr: &syscall.SysProcAttr{Setsid: true},
 	}
 	w, err := cmd.StdinPipe()
 	if err != nil {

@@ -45,10 +45,23 @@ func (in *instance) attachOutput(cmd *exec.Cmd, def *Process) (*output, error) {
 	switch {
 	case def.Output == OutputInherit && (isTerminal(os.Stdout) || isTerminal(os.Stderr)):
 		// a person watches: the app gets the terminal itself (its colours,
-		// its line buffering), and its failures show there
-		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
-		close(out.done)
-		return out, nil
+		// its line buffering), and its failures show there; but write-only,
+		// so that it cannot read what the person types (it has no
+		// controlling terminal either: see sysProcAttr). Where the terminal
+		// cannot be opened again write-only, the app's output is relayed.
+		stdout, err1 := terminalForChild(os.Stdout, def)
+		stderr, err2 := terminalForChild(os.Stderr, def)
+		for _, f := range []*os.File{stdout, stderr} {
+			if f != nil && f != os.Stdout && f != os.Stderr {
+				out.parentEnds = append(out.parentEnds, f)
+			}
+		}
+		if err1 == nil && err2 == nil {
+			cmd.Stdout, cmd.Stderr = stdout, stderr
+			close(out.done)
+			return out, nil
+		}
+		out.started() // closes what was opened
 	case def.Output == OutputDiscard:
 		cmd.Stdout, cmd.Stderr = nil, nil // the null device
 		close(out.done)
@@ -91,6 +104,24 @@ func (in *instance) attachOutput(cmd *exec.Cmd, def *Process) (*output, error) {
 func isTerminal(f *os.File) bool {
 	fi, err := f.Stat()
 	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+}
+
+// terminalForChild is what a child gets of Caddy's stdout or stderr f: a
+// terminal opened anew, write-only (Caddy's own descriptor is often the
+// terminal opened for reading too, and the child could read what is
+// typed); anything else as it is. Where a terminal cannot be opened anew
+// (outside Linux), a child of Caddy's own user gets it as it is (it could
+// open the device itself), one of another user nothing (its output is
+// relayed).
+func terminalForChild(f *os.File, def *Process) (*os.File, error) {
+	if !isTerminal(f) {
+		return f, nil
+	}
+	w, err := openWriteOnly(f)
+	if err != nil && def.id == nil {
+		return f, nil
+	}
+	return w, err
 }
 
 // started closes the parent's copies of the pipes' write ends, so that the

@@ -26,11 +26,19 @@ func shimPath() string {
 	return os.Args[0]
 }
 
-// sysProcAttr puts the child in a process group of its own. There is no
-// parent-death signal outside Linux: a child outlives a Caddy that is killed
-// with SIGKILL.
+// sysProcAttr puts the child in a session of its own (setsid: also a
+// process group of its own) with no controlling terminal. There is no
+// parent-death signal outside Linux: a child outlives a Caddy that is
+// killed with SIGKILL.
 func sysProcAttr() *syscall.SysProcAttr {
-	return &syscall.SysProcAttr{Setpgid: true}
+	return &syscall.SysProcAttr{Setsid: true}
+}
+
+// openWriteOnly: there is no portable way here to open a terminal anew
+// from a descriptor (/dev/fd duplicates it, read access included): the
+// app's output is relayed instead.
+func openWriteOnly(*os.File) (*os.File, error) {
+	return nil, errors.New("cannot open the terminal again write-only")
 }
 
 // waitLeader waits for the child and reaps it: this platform has no

@@ -26,11 +26,28 @@ const osName = "linux"
 // deleted since Caddy started (a package upgrade).
 func shimPath() string { return "/proc/self/exe" }
 
-// sysProcAttr puts the child in a process group of its own and arms the
-// parent-death signal: if Caddy dies without stopping it (SIGKILL, SIGQUIT,
-// a second SIGINT), the kernel kills the child.
+// sysProcAttr puts the child in a session of its own (setsid: a new
+// session is also a new process group, whose ID is the child's PID) with
+// no controlling terminal, and arms the parent-death signal: if Caddy dies
+// without stopping it (SIGKILL, SIGQUIT, a second SIGINT), the kernel kills
+// the child. Without a controlling terminal, a child cannot reach the
+// terminal of whoever started Caddy: no /dev/tty, no TIOCSTI to type into
+// their shell, no TIOCSPGRP to take the foreground and read what they
+// type, no SIGTTOU when it writes; and a terminal's Ctrl-C or hang-up does
+// not reach it before the drain.
 func sysProcAttr() *syscall.SysProcAttr {
-	return &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	return &syscall.SysProcAttr{Setsid: true, Pdeathsig: syscall.SIGKILL}
+}
+
+// openWriteOnly opens the terminal f is anew, write-only, and without
+// making it anyone's controlling terminal (through /proc, which reaches
+// the device even where its path is not in this mount namespace).
+func openWriteOnly(f *os.File) (*os.File, error) {
+	fd, err := unix.Open(fmt.Sprintf("/proc/self/fd/%d", f.Fd()), unix.O_WRONLY|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	return os.NewFile(uintptr(fd), f.Name()), nil
 }
 
 // waitLeader waits until the child has exited, without reaping it: as long

@@ -108,6 +108,10 @@ func executableMode(m os.FileMode) bool { return true }
 // the kernel pick a free port.
 func ephemeralPorts() (lo, hi int, ok bool) { return 0, 0, false }
 
+// openWriteOnly: a console is handed over as it is (Windows has no
+// controlling terminals a child could take).
+func openWriteOnly(f *os.File) (*os.File, error) { return f, nil }
+
 // openNonblock: Windows has no FIFOs that an open could wait on.
 const openNonblock = 0
 
