@@ -114,8 +114,9 @@ type Process struct {
 	// and CAP_SETGID), or starting fails. Default: Caddy's user.
 	User string `json:"user,omitempty"`
 
-	// Group runs the child with this primary group, by name or numeric GID.
-	// Default: the primary group of `user`, or Caddy's group.
+	// Group runs the child with this primary group, by name or numeric GID;
+	// it needs `user` (with group alone a root Caddy would run the child
+	// as root: an error at validate). Default: the primary group of `user`.
 	Group string `json:"group,omitempty"`
 
 	// Port is the TCP port the process serves on: a number, or `auto` for a
@@ -464,6 +465,11 @@ func (p *Process) resolveSpawn() error {
 		return fmt.Errorf("env_file %q: %s contains a NUL byte, which no environment can hold", p.EnvFile, k)
 	}
 
+	if p.Group != "" && p.User == "" {
+		// validate cannot know who runs Caddy: with root, the child would be
+		// root with every capability, in another group
+		return fmt.Errorf("group %q: needs user too: with group alone the process keeps Caddy's user (root, with every capability, when Caddy runs as root); write the user to run it as beside it (`user app`, with `group %s` if not the user's own)", p.Group, p.Group)
+	}
 	if p.User != "" || p.Group != "" {
 		if p.id, err = lookupIdentity(p.User, p.Group); err != nil {
 			return err
