@@ -5,15 +5,21 @@
 package supervise
 
 import (
+	"bufio"
+	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"os/user"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/caddy-supervise/supervise/internal/shim"
 )
 
 func requireRoot(t *testing.T) {
@@ -245,4 +251,100 @@ func TestNonRootCaddyPrivileges(t *testing.T) {
 		c.signal(syscall.SIGTERM)
 		c.wait(10 * time.Second)
 	})
+}
+
+// The keeper kills only what its Caddy registered. A copy of the binary
+// with file capabilities (as an operator might give it after "the keeper
+// lacks CAP_KILL"), run by nobody as a keeper and told a root process
+// group on its stdin, kills nothing of root's; told a group of its own
+// starter's, it kills that (the test can fail); and of what its exec gave
+// it, it keeps CAP_KILL alone.
+func TestKeeperKillsOnlyItsParentsGroups(t *testing.T) {
+	requireRoot(t)
+	setcap, err := exec.LookPath("setcap")
+	if err != nil {
+		t.Skip("setcap (libcap2-bin) is not installed")
+	}
+	bin := filepath.Join(sharedDir(t), "caddy")
+	if out, err := exec.Command("cp", caddyBin, bin).CombinedOutput(); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	if out, err := exec.Command(setcap, "cap_kill,cap_net_bind_service,cap_setuid+ep", bin).CombinedOutput(); err != nil {
+		t.Skipf("setcap: %v: %s", err, out)
+	}
+	victim := exec.Command("sleep", "300") // root's, in a group of its own
+	victim.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := victim.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = victim.Process.Kill(); _ = victim.Wait() })
+
+	// the stranger: a shell of nobody's, whose own group is registered too
+	script := `setsid sleep 300 & own=$!
+printf '+%s\n+%s\n' "$own" "$VICTIM" | { exec -a ` + shim.KeeperArg0 + ` "$KEEPER"; }
+wait "$own"; echo "own=$?"`
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "bash", "-c", script)
+	cmd.Env = append(os.Environ(), shim.Env+"=1", "KEEPER="+bin, "VICTIM="+strconv.Itoa(victim.Process.Pid))
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	cmd.Dir = "/"
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("the stranger's shell: %v\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "own=137") {
+		t.Errorf("the stranger's own group was not killed (the keeper killed nothing?): %s", out)
+	}
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", victim.Process.Pid))
+	if i := strings.LastIndexByte(string(stat), ')'); err != nil || i < 0 || stat[i+2] == 'Z' {
+		t.Errorf("root's process group was killed by a keeper nobody started")
+	}
+
+	// what the keeper keeps of its file capabilities, once it refused a
+	// group (it drops them before it reads anything)
+	k := exec.Command(bin)
+	k.Args[0] = shim.KeeperArg0
+	k.Env = append(os.Environ(), shim.Env+"=1")
+	k.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	stdin, err := k.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stderr, err := k.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := k.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { stdin.Close(); _ = k.Wait() }()
+	fmt.Fprintf(stdin, "+%d\n", os.Getpid()) // not a child of the keeper's parent (this test)
+	said := make(chan string, 1)
+	go func() {
+		line, _ := bufio.NewReader(stderr).ReadString('\n')
+		said <- line
+	}()
+	select {
+	case line := <-said:
+		if !strings.Contains(line, "not keeping group") {
+			t.Fatalf("the keeper said %q, want a refusal", line)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the keeper took a group that is not its parent's child")
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", k.Process.Pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := fmt.Sprintf("%016x", 1<<capKill)
+	for _, l := range strings.Split(string(b), "\n") {
+		for _, set := range []string{"CapEff:", "CapPrm:", "CapInh:", "CapAmb:"} {
+			if v, ok := strings.CutPrefix(l, set); ok {
+				if v = strings.TrimSpace(v); v != want && (set == "CapEff:" || set == "CapPrm:") || v != "0000000000000000" && (set == "CapInh:" || set == "CapAmb:") {
+					t.Errorf("the keeper's %s %s; want CAP_KILL alone (%s) in the effective and permitted sets, none in the others", set, v, want)
+				}
+			}
+		}
+	}
 }

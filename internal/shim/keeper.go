@@ -6,6 +6,7 @@ import (
 	"bufio"
 	"os"
 	"os/signal"
+	"runtime"
 	"strconv"
 	"syscall"
 )
@@ -20,13 +21,28 @@ import (
 // "+PGID" and "-PGID" lines on its stdin, a pipe whose write end only Caddy
 // holds; when Caddy dies, the kernel closes that end, the keeper reads EOF,
 // sends SIGKILL to every group still registered, and exits. It runs in a
-// process group of its own, so a terminal's Ctrl-C does not reach it, and
+// session of its own, so a terminal's Ctrl-C does not reach it, and
 // ignores the signals a service manager sends to the whole service.
+//
+// Anyone can run the binary this way, and whoever does supplies its stdin:
+// no channel is only Caddy's. So the keeper takes a group only from its
+// parent, the process that started it: the group's leader must be a child
+// of that parent, pinned at registration so that its ID cannot go to
+// another process unnoticed (see pin); and it drops every capability its
+// exec gave it but CAP_KILL (a binary with file capabilities gives them to
+// whoever runs it). Started by a stranger, it kills nothing the stranger
+// could not kill.
 const KeeperArg0 = "caddy-supervise-keeper"
 
 func runKeeper() {
+	runtime.LockOSThread() // its capabilities are this thread's (see keeperPrivileges)
+	if err := keeperPrivileges(); err != nil {
+		os.Stderr.WriteString("supervise keeper: " + err.Error() + "\n")
+		os.Exit(1)
+	}
 	signal.Ignore(syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGPIPE)
-	groups := make(map[int]bool)
+	parent := os.Getppid()
+	groups := make(map[int]*group)
 	sc := bufio.NewScanner(os.Stdin)
 	for sc.Scan() {
 		line := sc.Text()
@@ -39,13 +55,24 @@ func runKeeper() {
 		}
 		switch line[0] {
 		case '+':
-			groups[pgid] = true
+			if groups[pgid] != nil {
+				continue
+			}
+			g, err := pin(pgid, parent)
+			if err != nil {
+				os.Stderr.WriteString("supervise keeper: not keeping group " + line[1:] + ": " + err.Error() + "\n")
+				continue
+			}
+			groups[pgid] = g
 		case '-':
-			delete(groups, pgid)
+			if g := groups[pgid]; g != nil {
+				g.release()
+				delete(groups, pgid)
+			}
 		}
 	}
-	for pgid := range groups {
-		_ = syscall.Kill(-pgid, syscall.SIGKILL)
+	for _, g := range groups {
+		g.kill()
 	}
 	os.Exit(0)
 }

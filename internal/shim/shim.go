@@ -7,11 +7,11 @@
 // os/exec cannot (default signal dispositions; the parent-death signal
 // after a capability-bearing exec), and replaces itself with the program.
 //
-// It imports nothing but the standard library, so that Go's initialization
-// order (packages sorted by import path, each after its imports) runs this
-// init before Caddy's and its modules' package initializers: the child
-// pays for the Go runtime and the standard library's init only, not for all
-// of Caddy's.
+// It imports nothing but the standard library and golang.org/x/sys/unix,
+// so that Go's initialization order (packages sorted by import path, each
+// after its imports) runs this init before Caddy's and its modules'
+// package initializers: the child pays for the Go runtime and those
+// packages' init only, not for all of Caddy's.
 package shim
 
 import (

@@ -29,14 +29,15 @@ import (
 // capabilities (systemd's AmbientCapabilities=, setpriv --ambient-caps)
 // hands them to every child, across a change of user and across exec; a
 // program run as `user nobody` would keep CAP_SETUID and could become root
-// again. The shim clears the ambient and the inheritable sets, so the
-// program gets no capability from Caddy: after the exec it has only what
-// its own user has (root: all; another user: none). With noNewPrivs (the
-// child runs as another user than Caddy), the no_new_privs bit is set too:
-// setuid binaries and file capabilities grant nothing to the program or
-// its children.
+// again. And a binary with file capabilities gives them to the shim,
+// whoever runs it. The shim drops every capability (ambient, inheritable,
+// permitted, effective) before the exec, so the program gets none from
+// Caddy: after the exec it has only what its own user has (root: all;
+// another user: none). With noNewPrivs (the child runs as another user
+// than Caddy), the no_new_privs bit is set too: setuid binaries and file
+// capabilities grant nothing to the program or its children.
 func prepare(parentPID int, noNewPrivs bool) error {
-	if err := dropInheritedCapabilities(); err != nil {
+	if err := keepCapabilities(0); err != nil {
 		return err
 	}
 	if noNewPrivs {
@@ -64,10 +65,12 @@ func prepare(parentPID int, noNewPrivs bool) error {
 	return nil
 }
 
-// dropInheritedCapabilities clears the ambient set (a kernel without
-// ambient capabilities, before 4.3, has none to clear) and the inheritable
-// set, keeping the permitted and effective sets, which the exec recomputes.
-func dropInheritedCapabilities() error {
+// keepCapabilities leaves the calling thread with the capabilities of
+// keep that it has, in its permitted and effective sets, and none in its
+// inheritable and ambient sets (a kernel without ambient capabilities,
+// before 4.3, has none to clear). Capabilities are a thread's: the caller
+// has locked its thread, and execs (or does what needs them) from it.
+func keepCapabilities(keep uint64) error {
 	const prCapAmbient, prCapAmbientClearAll = 47, 4
 	if _, _, errno := syscall.RawSyscall6(syscall.SYS_PRCTL, prCapAmbient, prCapAmbientClearAll, 0, 0, 0, 0); errno != 0 && errno != syscall.EINVAL {
 		return errors.New("clearing the ambient capabilities: " + errno.Error())
@@ -80,12 +83,17 @@ func dropInheritedCapabilities() error {
 	if _, _, errno := syscall.RawSyscall(syscall.SYS_CAPGET, uintptr(unsafe.Pointer(&header)), uintptr(unsafe.Pointer(&data)), 0); errno != 0 {
 		return errors.New("reading the capabilities: " + errno.Error())
 	}
-	if data[0].inheritable == 0 && data[1].inheritable == 0 {
+	want := data
+	for i := range want {
+		want[i].permitted &= uint32(keep >> (32 * i))
+		want[i].effective = want[i].permitted
+		want[i].inheritable = 0
+	}
+	if want == data {
 		return nil
 	}
-	data[0].inheritable, data[1].inheritable = 0, 0
-	if _, _, errno := syscall.RawSyscall(syscall.SYS_CAPSET, uintptr(unsafe.Pointer(&header)), uintptr(unsafe.Pointer(&data)), 0); errno != 0 {
-		return errors.New("clearing the inheritable capabilities: " + errno.Error())
+	if _, _, errno := syscall.RawSyscall(syscall.SYS_CAPSET, uintptr(unsafe.Pointer(&header)), uintptr(unsafe.Pointer(&want)), 0); errno != 0 {
+		return errors.New("dropping capabilities: " + errno.Error())
 	}
 	return nil
 }
