@@ -32,7 +32,9 @@ import (
 //     part), with Caddy's defaults and "tuned" (with the one line's global
 //     options, under which files go out through sendfile), and vs a tuned
 //     plain file_server of the same file (the ceiling: no round trip to
-//     the app);
+//     the app); and the one line's config with a static upstream, with
+//     supervise_sendfile and with the rewrite + file_server it used
+//     before (issue 28);
 //   - a 20 KB asset of public/ (16 connections): the one line vs a plain
 //     file_server, with Caddy's defaults and tuned;
 //   - a proxied dynamic request, GET / (16 connections): the one line vs
@@ -46,6 +48,7 @@ import (
 //   - a 240 kB page with Accept-Encoding: gzip (16 connections): the one
 //     line vs `encode gzip` + reverse_proxy.
 //
+// SUPERVISE_BENCH_FIGURES=xsendfile,proxied runs only those figures.
 // Request logs are off in the one line (LOG_REQUESTS=false), as in the
 // hand-written configs. Then the RSS of the one line's Caddy and of the
 // Caddy of the hand-written configs with Caddy's defaults (no supervise
@@ -107,6 +110,25 @@ func BenchmarkOneLine(b *testing.B) {
 			b.Fatalf("no supervise_streams to take out of:\n%s", gen)
 		}
 		_, site, _ := strings.Cut(plainProxy, "\n}\n") // its site only: the global options are gen's
+		// and the same with X-Sendfile answered as the one line did before
+		// supervise_sendfile (rewrite + file_server: issue 28)
+		previous := freePort(b)
+		_, prevSite, _ := strings.Cut(strings.ReplaceAll(gen, "http://:"+strconv.Itoa(static), "http://:"+strconv.Itoa(previous)), "\n}\n")
+		prevSite = strings.Replace(strings.Replace(prevSite, "\t\tsupervise_sendfile\n", "", 1), "\t\t\tlb_retries 3\n", `			lb_retries 3
+			header_up X-Sendfile-Type X-Sendfile
+			@sendfile header X-Sendfile *
+			handle_response @sendfile {
+				copy_response_headers {
+					exclude X-Sendfile Content-Length
+				}
+				root * /
+				rewrite * {rp.header.X-Sendfile}
+				file_server
+			}
+`, 1)
+		if strings.Contains(prevSite, "supervise_sendfile") || !strings.Contains(prevSite, "handle_response") {
+			b.Fatalf("no supervise_sendfile to take out of:\n%s", gen)
+		}
 		minimalSite := func(port int) string {
 			return fmt.Sprintf(`http://:%d {
 	reverse_proxy 127.0.0.1:%d {
@@ -129,7 +151,7 @@ func BenchmarkOneLine(b *testing.B) {
 			fmt.Sprintf("http://:%d {\n\tencode gzip\n\treverse_proxy 127.0.0.1:%d\n}\n", gzipped, appPort) +
 			minimalSite(minimal) + plainSite(plain)
 		// and with the one line's global options (files through sendfile)
-		tuned := gen + "\n" + site + "\n" + minimalSite(minimalTuned) + plainSite(plainTuned)
+		tuned := gen + "\n" + site + "\n" + prevSite + "\n" + minimalSite(minimalTuned) + plainSite(plainTuned)
 		var caddys []*caddyProc
 		for i, src := range []string{hand, tuned} {
 			path := filepath.Join(b.TempDir(), fmt.Sprintf("Caddyfile%d", i))
@@ -166,14 +188,19 @@ func BenchmarkOneLine(b *testing.B) {
 			header  string // a request header, if any
 		}{
 			{"xsendfile", 4, []target{{"one-line", url(oneLinePort, "/blob")}, {"minimal", url(minimal, "/blob")},
-				{"minimal-tuned", url(minimalTuned, "/blob")}, {"file-server-tuned", url(plainTuned, blobPath)}}, len(data), ""},
+				{"minimal-tuned", url(minimalTuned, "/blob")}, {"file-server-tuned", url(plainTuned, blobPath)},
+				{"static", url(static, "/blob")}, {"static-previous", url(previous, "/blob")}}, len(data), ""},
 			{"asset", 16, []target{{"one-line", url(oneLinePort, "/assets/app-4567cdef.js")}, {"file-server", url(plain, "/app-4567cdef.js")},
 				{"file-server-tuned", url(plainTuned, "/app-4567cdef.js")}}, 0, ""},
 			{"proxied", 16, []target{{"one-line", url(oneLinePort, "/")}, {"static", url(static, "/")}, {"bare", url(bare, "/")},
 				{"go-httputil", url(goProxy, "/")}, {"static-no-streams", url(noStreams, "/")}}, 0, ""},
 			{"gzip-page", 16, []target{{"one-line", url(oneLinePort, "/big")}, {"encode-gzip", url(gzipped, "/big")}}, 0, "Accept-Encoding: gzip"},
 		}
+		only := os.Getenv("SUPERVISE_BENCH_FIGURES") // comma-separated names; empty: all
 		for _, f := range figures {
+			if only != "" && !slices.Contains(strings.Split(only, ","), f.name) {
+				continue
+			}
 			rates := make([][]float64, len(f.targets))
 			var p99s []float64 // the one line's
 			n := rounds
@@ -201,6 +228,9 @@ func BenchmarkOneLine(b *testing.B) {
 				if i > 0 {
 					b.ReportMetric(one/medianOf(rates[i]), "ratio-"+f.name+"-one-line/"+t.label)
 				}
+			}
+			if f.name == "xsendfile" {
+				b.ReportMetric(medianOf(rates[4])/medianOf(rates[5]), "ratio-xsendfile-static/static-previous")
 			}
 			if f.name == "proxied" {
 				b.ReportMetric(medianOf(rates[2])/medianOf(rates[3]), "ratio-proxied-bare-caddy/go-httputil")
