@@ -141,13 +141,8 @@ func (in *instance) setState(to state) {
 // instance left, or the service sees the request: no request is sent to an
 // instance that got its stop signal.
 func (in *instance) admit(r *http.Request) bool {
-	in.inflight.Add(1)
-	if !in.accepting.Load() {
-		in.requestEnded()
+	if !in.enter() {
 		return false
-	}
-	if n, limit := in.served.Add(1), in.settings.Load().MaxLifetimeRequests; limit > 0 && n >= limit && in.countDue.CompareAndSwap(false, true) {
-		go in.svc.post(instanceRecycle{in: in, reason: "max_lifetime_requests", gen: -1})
 	}
 	stop := context.AfterFunc(r.Context(), in.requestEnded)
 	if st := streamOf(r); st != nil {
@@ -156,6 +151,21 @@ func (in *instance) admit(r *http.Request) bool {
 			st.inst.requestEnded()
 		}
 		st.inst, st.uncount = in, stop // if it becomes a stream, it is this instance's
+	}
+	return true
+}
+
+// enter counts a request sent to the instance, unless it left service: the
+// caller then sends it elsewhere. The request is counted until
+// requestEnded.
+func (in *instance) enter() bool {
+	in.inflight.Add(1)
+	if !in.accepting.Load() {
+		in.requestEnded()
+		return false
+	}
+	if n, limit := in.served.Add(1), in.settings.Load().MaxLifetimeRequests; limit > 0 && n >= limit && in.countDue.CompareAndSwap(false, true) {
+		in.svc.w.postLater(in.svc, instanceRecycle{in: in, reason: "max_lifetime_requests", gen: -1})
 	}
 	return true
 }

@@ -240,12 +240,12 @@ func (s *service) forgetSlot(slot int) {
 // restart.
 func (s *service) newPort(def *Process) (int, error) {
 	for range 10 {
-		port, err := def.fixedPort()
+		port, err := s.w.port(def)
 		if err != nil || def.Port != "auto" || !slices.Contains(slices.Collect(maps.Values(s.ports)), port) {
 			return port, err
 		}
 	}
-	return def.fixedPort()
+	return s.w.port(def)
 }
 
 // retiree is an instance of key that retires from slot, if any: the one

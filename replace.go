@@ -183,7 +183,7 @@ func (s *service) putBack() {
 		}
 		revive = append(revive, slot)
 	}
-	if len(revive) == 0 || s.exiting || s.stopAll != "" || s.yieldedTo != nil || callerExiting() {
+	if len(revive) == 0 || s.exiting || s.stopAll != "" || s.yieldedTo != nil || s.w.exiting() {
 		return // (what serves serves the drain)
 	}
 	s.replace(&job{kind: reviveJob, why: "the new config did not take over", def: def, todo: revive,
@@ -195,7 +195,7 @@ func (s *service) replace(j *job) {
 	s.job = j
 	j.total = len(j.todo)
 	if j.answer != nil && s.exitTick == nil {
-		s.exitTick = time.NewTicker(exitCheckEvery)
+		s.exitTick = s.w.ticker(s, exitCheckEvery)
 	}
 	if j.def.count > len(s.slots) {
 		s.slots = append(s.slots, make([]*instance, j.def.count-len(s.slots))...) // the roll fills them
@@ -241,7 +241,7 @@ func (s *service) nextBatch() {
 		}
 		s.cancelRestartOf(st.slot)
 		s.slots[st.slot] = nil // on purpose: its exit ends nothing
-		st.stopBegan = time.Now()
+		st.stopBegan = s.w.now()
 		s.retire(st.old, nil, j.why) // then startCandidate, once it exited
 	}
 }
@@ -425,7 +425,7 @@ func (j *job) instanceExited(s *service, in *instance, fields []zap.Field) {
 			s.log().Info("process exited", fields...)
 			if j.kind == reloadJob {
 				s.log().Info("previous process stopped; starting the new definition",
-					zap.Int("old_pid", in.getPID()), zap.Duration("stop_took", time.Since(st.stopBegan)))
+					zap.Int("old_pid", in.getPID()), zap.Duration("stop_took", s.w.now().Sub(st.stopBegan)))
 			}
 		}
 		if j.aborted != nil {
@@ -547,7 +547,7 @@ func (j *job) callerExits(s *service) {
 // callerExits), so that Caddy, which needs the config lock a waiting
 // reload holds, can go on with its exit.
 func (s *service) noticeExit() bool {
-	if !callerExiting() {
+	if !s.w.exiting() {
 		return false
 	}
 	for _, q := range s.queue {

@@ -42,7 +42,7 @@ func (s *service) retire(in *instance, until *App, reason string) {
 	}
 	if in.state == stateReady {
 		in.retireGen++ // the bounds of an earlier retirement do not count
-		in.retiredAt = time.Now()
+		in.retiredAt = s.w.now()
 		in.streamsClosed, in.closedStreams = "", 0
 	}
 	in.setState(stateRetiring)
@@ -106,24 +106,23 @@ func (s *service) stopIfRetired(in *instance) {
 	if in.retireTimer != in.retireGen {
 		in.retireTimer = in.retireGen
 		def := in.settings.Load()
-		in.drainDeadline = time.Now().Add(time.Duration(def.DrainTimeout))
+		in.drainDeadline = s.w.now().Add(time.Duration(def.DrainTimeout))
 		s.retireAfter(in, time.Duration(def.DrainTimeout), boundDrain)
 		if in.keepStreams {
-			s.retireAfter(in, time.Until(in.retiredAt.Add(time.Duration(def.StreamDrainTimeout))), boundStreams)
+			s.retireAfter(in, in.retiredAt.Add(time.Duration(def.StreamDrainTimeout)).Sub(s.w.now()), boundStreams)
 		}
 	}
 }
 
 // retireAfter posts one of the retirement's bounds after d.
 func (s *service) retireAfter(in *instance, d time.Duration, bound int) {
-	gen := in.retireGen
-	time.AfterFunc(d, func() { s.post(retireDone{in: in, gen: gen, bound: bound}) })
+	s.w.after(s, d, retireDone{in: in, gen: in.retireGen, bound: bound})
 }
 
 // streamsStuck reports whether streams of the instance were asked to end
-// long enough ago that those still open will not.
-func streamsStuck(in *instance) bool {
-	return in.streamsClosed != "" && in.streams.Load() > 0 && time.Since(in.streamsClosedAt) >= in.streamsSpread+wsCloseWait+time.Second
+// long enough ago (by now) that those still open will not.
+func streamsStuck(in *instance, now time.Time) bool {
+	return in.streamsClosed != "" && in.streams.Load() > 0 && now.Sub(in.streamsClosedAt) >= in.streamsSpread+wsCloseWait+time.Second
 }
 
 // closeSpread is the window over which a retiring instance that still
@@ -144,11 +143,11 @@ func (s *service) retireDue(ev retireDone) {
 	switch {
 	case ev.bound == boundStreams:
 		s.closeStreams(in, "stream_drain_timeout passed", closeSpread(in)) // once they ended it is idle, and stops
-	case requests > 0 && (ev.bound == boundDrain || time.Now().After(in.drainDeadline)):
+	case requests > 0 && (ev.bound == boundDrain || s.w.now().After(in.drainDeadline)):
 		s.log().Warn("requests sent to the retiring instance still run after drain_timeout; stopping it",
 			zap.Int("pid", in.getPID()), zap.Int64("requests", requests), zap.Int64("streams", in.streams.Load()))
 		s.endRetirement(in, "drain_timeout")
-	case requests <= 0 && streamsStuck(in):
+	case requests <= 0 && streamsStuck(in, s.w.now()):
 		s.log().Warn("streams of the retiring instance did not end when asked; stopping it",
 			zap.Int("pid", in.getPID()), zap.Int64("streams", in.streams.Load()))
 		s.endRetirement(in, "streams_closed")
@@ -168,9 +167,9 @@ func (s *service) closeStreams(in *instance, why string, spread time.Duration) {
 		return
 	}
 	if first {
-		in.streamsClosed, in.streamsClosedAt, in.streamsSpread = why, time.Now(), spread
+		in.streamsClosed, in.streamsClosedAt, in.streamsSpread = why, s.w.now(), spread
 	}
-	n := endStreams(in, spread)
+	n := s.w.endStreams(in, spread)
 	if n == 0 {
 		return
 	}
@@ -192,7 +191,7 @@ func (s *service) endRetirement(in *instance, outcome string) {
 	}
 	s.history.retirements[outcome]++
 	s.log().Info("retirement over", zap.Int("pid", in.getPID()), zap.String("outcome", outcome),
-		zap.Duration("retired_for", time.Since(in.retiredAt)), zap.Int("streams_ended", in.closedStreams))
+		zap.Duration("retired_for", s.w.now().Sub(in.retiredAt)), zap.Int("streams_ended", in.closedStreams))
 	s.stopInstance(in, in.retireReason)
 }
 

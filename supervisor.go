@@ -43,6 +43,7 @@ import (
 //   - Caddy's exit: exitSequence in shutdown.go.
 type service struct {
 	name   string
+	w      world         // what it acts on: the machine, or a simulation
 	events chan any      // every event, in order
 	done   chan struct{} // closed when the loop has ended
 	view   atomic.Pointer[view]
@@ -65,7 +66,7 @@ type service struct {
 	stopAll   string // every instance stops, for this reason: no config holds the process, or Caddy exits
 	gone      []chan struct{}
 	lastSeen  *instance // the instance the status shows while none serves
-	exitTick  *time.Ticker
+	exitTick  ticker
 	unborn    bool // made for an event it has not taken yet
 }
 
@@ -95,7 +96,7 @@ type history struct {
 type backoff struct {
 	delay time.Duration
 	gen   int
-	due   map[int]*time.Timer
+	due   map[int]timer
 }
 
 // Events. Requests carry the channel their answer goes to.
@@ -192,7 +193,7 @@ func ask(name string, ev any) *service {
 		registry.Lock()
 		s := registry.services[name]
 		if s == nil {
-			s = newService(name)
+			s = newService(name, realWorld{})
 			registry.services[name] = s
 			registry.Unlock()
 			go s.loop(ev)
@@ -205,23 +206,16 @@ func ask(name string, ev any) *service {
 	}
 }
 
-func newService(name string) *service {
-	s := &service{name: name, events: make(chan any), done: make(chan struct{}), slots: make([]*instance, 1), unborn: true,
-		ports: make(map[int]int), backoff: backoff{due: make(map[int]*time.Timer)}}
+func newService(name string, w world) *service {
+	s := &service{name: name, w: w, events: make(chan any), done: make(chan struct{}), slots: make([]*instance, 1), unborn: true,
+		ports: make(map[int]int), backoff: backoff{due: make(map[int]timer)}}
 	s.logger.Store(zap.NewNop())
 	s.publish() // pending: a config is acquiring it (readers wait for its first instance)
 	return s
 }
 
 // post sends an event to the loop; false if the loop has ended.
-func (s *service) post(ev any) bool {
-	select {
-	case s.events <- ev:
-		return true
-	case <-s.done:
-		return false
-	}
-}
+func (s *service) post(ev any) bool { return s.w.post(s, ev) }
 
 // current is the definition in force (safe from any goroutine).
 func (s *service) current() *Process { return s.def.Load() }
@@ -234,35 +228,32 @@ func (s *service) log() *zap.Logger { return s.logger.Load() }
 func (s *service) loop(first any) {
 	s.handle(first)
 	s.unborn = false
-	changed := true
-	for {
-		if changed {
-			s.publish()
-		}
-		if s.finished() {
-			registry.Lock()
-			if registry.services[s.name] == s {
-				delete(registry.services, s.name)
-			}
-			close(s.done)
-			registry.Unlock()
-			return
-		}
+	s.publish()
+	for !s.finished() {
 		var tick <-chan time.Time
 		if s.exitTick != nil {
-			tick = s.exitTick.C
+			tick = s.exitTick.C()
 		}
 		select {
 		case ev := <-s.events:
-			s.handle(ev)
-			if s.job != nil && s.job.waiting {
-				s.nextBatch() // a roll waits for old instances to be gone
-			}
-			changed = true
+			s.step(ev)
 		case <-tick:
-			changed = s.noticeExit() // most ticks change nothing: no view to publish
+			if s.noticeExit() { // most ticks change nothing: no view to publish
+				s.publish()
+			}
 		}
 	}
+	s.w.gone(s)
+}
+
+// step takes one event, and what follows every event: a roll that waits
+// for old instances to be gone looks again, and readers see the new state.
+func (s *service) step(ev any) {
+	s.handle(ev)
+	if s.job != nil && s.job.waiting {
+		s.nextBatch()
+	}
+	s.publish()
 }
 
 // finished: no instance is left, and none will come: no config holds the
@@ -351,7 +342,7 @@ func (s *service) acquire(ev acquireEv) {
 		}
 		s.queue = append(s.queue, ev)
 		if s.exitTick == nil {
-			s.exitTick = time.NewTicker(exitCheckEvery) // it holds Caddy's config lock: see noticeExit
+			s.exitTick = s.w.ticker(s, exitCheckEvery) // it holds Caddy's config lock: see noticeExit
 		}
 		return
 	}
@@ -446,7 +437,7 @@ func (s *service) jobStep(in *instance) *step {
 func (s *service) hold(h holder) {
 	s.holders = append(s.holders, h)
 	s.inForce()
-	holdServiceSockets(s)
+	s.w.holdSockets(s)
 }
 
 // unhold removes a config; it reports whether it was the newest.
@@ -458,7 +449,7 @@ func (s *service) unhold(a *App) (held, newest bool) {
 	newest = i == len(s.holders)-1
 	s.holders = slices.Delete(s.holders, i, i+1)
 	s.inForce()
-	holdServiceSockets(s)
+	s.w.holdSockets(s)
 	return true, newest
 }
 
@@ -593,12 +584,12 @@ func (s *service) stopInstance(in *instance, reason string) {
 	// request is sent to it once it may have stopped accepting
 	s.publish()
 	if in.unhealthy != "" {
-		in.kill() // a hung process cannot drain
+		s.w.kill(in) // a hung process cannot drain
 		s.log().Warn("killing the instance that failed its health check", zap.Int("pid", in.getPID()), zap.String("reason", reason))
 		return
 	}
-	if in.stop() {
-		in.stopBegan = time.Now()
+	if s.w.stop(in) {
+		in.stopBegan = s.w.now()
 		s.log().Info("stopping process", zap.Int("pid", in.getPID()), zap.String("reason", reason),
 			zap.String("signal", def.StopSignal), zap.Duration("stop_timeout", time.Duration(def.StopTimeout)))
 	}
@@ -655,7 +646,7 @@ func (s *service) portFor(def *Process, slot int) (int, error) {
 	if p := s.ports[slot]; def.Port == "auto" && p != 0 {
 		return p, nil
 	}
-	return def.fixedPort()
+	return s.w.port(def)
 }
 
 // keepPort remembers the port auto of the instance that serves in a slot.
@@ -674,16 +665,16 @@ func (s *service) spawn(def *Process, port, slot int) (*instance, error) {
 	if s.currentKey() == in.key {
 		in.settings.Store(s.current())
 	}
-	if err := takeSocket(in); err != nil {
+	if err := s.w.takeSocket(in); err != nil {
 		return nil, fmt.Errorf("process %q: socket %q: %v", def.Name, def.Socket, err)
 	}
-	if err := in.start(); err != nil {
-		dropSocket(in)
+	if err := s.w.start(in); err != nil {
+		s.w.dropSocket(in)
 		return nil, err
 	}
 	s.live = append(s.live, in)
 	s.lastSeen = in
-	holdServiceSockets(s)
+	s.w.holdSockets(s)
 	if def.Ready != nil {
 		in.setState(stateStarting)
 	} else {
@@ -702,11 +693,11 @@ func (s *service) instanceExited(in *instance) {
 	code := r.code
 	s.history.lastExit = &code
 	if !in.stopBegan.IsZero() {
-		s.history.lastStop = time.Since(in.stopBegan)
+		s.history.lastStop = s.w.now().Sub(in.stopBegan)
 	}
 	in.setState(stateExited)
 	s.live = slices.DeleteFunc(s.live, func(x *instance) bool { return x == in })
-	dropSocket(in)
+	s.w.dropSocket(in)
 	fields := []zap.Field{zap.Int("pid", in.getPID()), zap.Int("exit_status", r.code), zap.String("exit", r.how), zap.Duration("up_for", r.upFor)}
 	in.accepting.Store(false)
 	switch {
@@ -745,13 +736,13 @@ func (s *service) crashed(in *instance) {
 		}
 		s.ended = true
 		s.log().Error("process ended for good", zap.String("why", why), zap.Int("exit_status", in.result.code))
-		go processEnded(def, s.log(), in.result.code)
+		s.w.ended(def, s.log(), in.result.code)
 		return
 	}
 	s.log().Info("restarting process", zap.Duration("after", wait), zap.Int("restarts", s.history.restarts+1), zap.Int("instance", in.slot))
 	gen, slot := s.backoff.gen, in.slot
 	s.cancelRestartOf(slot)
-	s.backoff.due[slot] = time.AfterFunc(wait, func() { s.post(restartDue{gen, slot}) })
+	s.backoff.due[slot] = s.w.after(s, wait, restartDue{gen, slot})
 }
 
 // restartNow starts the instance a crash restart of slot is due for.
@@ -806,7 +797,7 @@ func (s *service) nextRestart(def *Process, code int, upFor time.Duration) (time
 		s.backoff.delay = min(2*s.backoff.delay, restartMaxDelay)
 	}
 	if def.MaxRestarts > 0 {
-		now := time.Now()
+		now := s.w.now()
 		window := time.Duration(def.RestartWindow)
 		s.history.window = slices.DeleteFunc(s.history.window, func(t time.Time) bool { return now.Sub(t) > window })
 		if len(s.history.window) >= def.MaxRestarts {
@@ -826,7 +817,7 @@ func (s *service) adminSignal(ev signalEv) error {
 			continue
 		}
 		s.log().Info("sending a signal asked through the admin API", zap.Int("pid", in.getPID()), zap.String("signal", ev.name))
-		if err := in.signal(ev.sig); err != nil {
+		if err := s.w.signal(in, ev.sig); err != nil {
 			return fmt.Errorf("process %q: %v", s.name, err)
 		}
 		sent++

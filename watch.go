@@ -143,9 +143,15 @@ func (in *instance) watch() {
 	if in.state != stateReady || def.Health == nil && def.MaxMemory == 0 && def.MaxLifetime == 0 {
 		return
 	}
+	in.unwatch = in.svc.w.watch(in, def, in.watchGen)
+}
+
+// startWatching starts the goroutine that watches the instance (the real
+// world's watch).
+func (in *instance) startWatching(def *Process, gen int) (cancel func()) {
 	ctx, cancel := context.WithCancel(context.Background())
-	in.unwatch = cancel
-	go in.watching(ctx, def, in.svc.log(), in.watchGen)
+	go in.watching(ctx, def, in.svc.log(), gen)
+	return cancel
 }
 
 // watching checks the instance until ctx ends: its health check every
@@ -234,7 +240,7 @@ func (s *service) recycle(in *instance, reason string) {
 		return // its recycle is on its way
 	case reason != "health" && !limitSet(def, reason):
 		return // a reload took the limit away
-	case reason != "health" && time.Now().Before(in.recycleRetryAt):
+	case reason != "health" && s.w.now().Before(in.recycleRetryAt):
 		return // its last recycle failed: the retry comes after the back-off
 	}
 	in.recycleReason = reason
@@ -250,7 +256,7 @@ func (s *service) recycle(in *instance, reason string) {
 	fields := []zap.Field{zap.Int("pid", in.getPID()), zap.Int("instance", in.slot), zap.String("reason", reason)}
 	switch reason {
 	case "max_memory":
-		fields = append(fields, zap.String("max_memory", def.MaxMemory.String()), zap.Int64("memory_bytes", groupMemory(in.getPID())))
+		fields = append(fields, zap.String("max_memory", def.MaxMemory.String()), zap.Int64("memory_bytes", s.w.memory(in)))
 	case "max_lifetime":
 		fields = append(fields, zap.Duration("max_lifetime", time.Duration(def.MaxLifetime)))
 	case "max_lifetime_requests":
@@ -292,18 +298,18 @@ func (s *service) recycleFailed(in *instance) {
 	in.recycleReason = ""
 	in.recycleFails++
 	wait := min(time.Second<<min(in.recycleFails-1, 5), 30*time.Second)
-	in.recycleRetryAt = time.Now().Add(wait)
+	in.recycleRetryAt = s.w.now().Add(wait)
 	in.watch() // its health check goes on meanwhile (what else it finds waits for the retry)
 	s.log().Warn("recycling the instance failed; trying again later", zap.Int("pid", in.getPID()), zap.Int("instance", in.slot),
 		zap.String("reason", reason), zap.Duration("after", wait))
-	time.AfterFunc(wait, func() { s.post(instanceRecycle{in, reason, -1}) })
+	s.w.after(s, wait, instanceRecycle{in, reason, -1})
 }
 
 // recycleNext starts the replacement of the first instance that waits to
 // be recycled, unless a job runs (endJob calls again) or nothing new may
 // start.
 func (s *service) recycleNext() {
-	if s.job != nil || s.exiting || s.stopAll != "" || s.yieldedTo != nil || callerExiting() {
+	if s.job != nil || s.exiting || s.stopAll != "" || s.yieldedTo != nil || s.w.exiting() {
 		return
 	}
 	for _, in := range s.slots {
