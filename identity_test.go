@@ -348,3 +348,74 @@ wait "$own"; echo "own=$?"`
 		}
 	}
 }
+
+// Nothing in a program's environment runs in Caddy's binary: a config
+// that sets LD_PRELOAD (as `env`, or in an env_file the app's user may
+// write) gets its library loaded into the program only, never into the
+// exec shim (Caddy's own binary, dynamically linked with cgo), which
+// would run it with the capabilities a non-root Caddy holds — and become
+// root with CAP_SETUID.
+func TestPreloadNeverRunsInTheShim(t *testing.T) {
+	requireRoot(t)
+	gcc, err := exec.LookPath("gcc")
+	if err != nil {
+		t.Skip("gcc is not installed")
+	}
+	if out, _ := exec.Command("ldd", caddyBin).CombinedOutput(); strings.Contains(string(out), "not a dynamic executable") {
+		t.Skip("this Caddy is linked statically: LD_PRELOAD cannot reach it")
+	}
+	dir := sharedDir(t)
+	src, so, out := filepath.Join(dir, "evil.c"), filepath.Join(dir, "evil.so"), filepath.Join(dir, "loaded")
+	const code = `#define _GNU_SOURCE
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+__attribute__((constructor)) static void loaded(void) {
+	char line[256], eff[64] = "?";
+	FILE *st = fopen("/proc/self/status", "r");
+	while (st && fgets(line, sizeof line, st))
+		if (strncmp(line, "CapEff:", 7) == 0) sscanf(line + 7, "%63s", eff);
+	if (st) fclose(st);
+	FILE *f = fopen(getenv("LOADED_OUT"), "a");
+	if (f) { fprintf(f, "%s capeff=%s root=%s\n", program_invocation_short_name, eff, setresuid(0, 0, 0) == 0 ? "yes" : "no"); fclose(f); }
+}`
+	if err := os.WriteFile(src, []byte(code), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := exec.Command(gcc, "-shared", "-fPIC", "-o", so, src).CombinedOutput(); err != nil {
+		t.Fatalf("gcc: %v\n%s", err, b)
+	}
+	if err := os.WriteFile(out, nil, 0o666); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(out, 0o666); err != nil { // (past the umask)
+		t.Fatal(err)
+	}
+	proc := func(name, user string) map[string]any {
+		p := map[string]any{"name": name, "command": []string{"sh", "-c", "echo started; exec sleep 60"}, "dir": "/",
+			"env": map[string]string{"LD_PRELOAD": so, "LOADED_OUT": out}}
+		if user != "" {
+			p["user"] = user
+		}
+		return p
+	}
+	c := nonRootCaddy(t, caddyBin, testConfig(t, 0, 0, proc("asnobody", "nobody"), proc("ascaddy", "")), "+setuid,+setgid,+kill,+net_bind_service", true)
+	c.waitLogCount(`"msg":"started"`, 2, 10*time.Second) // each shell ran: the library was loaded into it first
+	b, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	if n := len(slices.DeleteFunc(slices.Clone(lines), func(l string) bool { return !strings.HasPrefix(l, "sh ") })); n != 2 {
+		t.Errorf("the library was loaded into %d shells, want each program's (2):\n%s", n, b)
+	}
+	for _, l := range lines {
+		if l != "sh capeff=0000000000000000 root=no" && l != "sleep capeff=0000000000000000 root=no" {
+			t.Errorf("loaded as %q: want it in the programs only (sh, then sleep), without a capability", l)
+		}
+	}
+	c.signal(syscall.SIGTERM)
+	c.wait(10 * time.Second)
+}

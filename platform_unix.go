@@ -56,18 +56,33 @@ func exitStatus(ps *os.ProcessState) (int, string) {
 
 // command builds the child's exec.Cmd. The child is started through this
 // binary (see internal/shim), which resets signal dispositions and the
-// signal mask inherited from Caddy and then execs the program. It gets its
-// own process group, so that signals reach wrappers' children and a
-// terminal's Ctrl-C does not reach it before the drain. The returned file
-// is the read end of the exec notice (see shim.Env and awaitExec).
+// signal mask inherited from Caddy, drops every capability, and then execs
+// the program. It gets a session of its own, so that signals reach
+// wrappers' children and a terminal's Ctrl-C does not reach it before the
+// drain. The returned file is the read end of the exec notice (see
+// shim.Env and awaitExec).
+//
+// The shim itself runs with nothing in its environment but its marker: it
+// is Caddy's own binary, and what the program's environment holds
+// (LD_PRELOAD, LD_LIBRARY_PATH, LD_AUDIT, GCONV_PATH…, from `env` or an
+// `env_file` the app's user may write) would otherwise run code in it
+// before it drops the capabilities Caddy holds. The program's environment
+// reaches the shim on a descriptor, which it reads, closes, and hands to
+// the exec.
 func (in *instance) command(def *Process, at place) (*exec.Cmd, *os.File, error) {
 	r, w, err := os.Pipe()
 	if err != nil {
 		return nil, nil, err
 	}
+	fail := func(files []*os.File, err error) (*exec.Cmd, *os.File, error) {
+		for _, f := range append(files, r, w) {
+			f.Close()
+		}
+		return nil, nil, err
+	}
 	args := append([]string{shim.Arg0, def.path}, def.argsFor(at)...)
 	// ExtraFiles[i] is descriptor 3+i: the socket first (the protocol wants
-	// it at 3), then the exec notice
+	// it at 3), then the program's environment, then the exec notice
 	var env []string
 	var extra []*os.File
 	if def.Socket != "" {
@@ -76,28 +91,52 @@ func (in *instance) command(def *Process, at place) (*exec.Cmd, *os.File, error)
 			sock, err = dupCloseOnExec(sock)
 		}
 		if err != nil {
-			r.Close()
-			w.Close()
-			return nil, nil, err
+			return fail(nil, err)
 		}
 		extra = append(extra, sock)
 		env = append(env, "LISTEN_FDS=1", "LISTEN_FDNAMES="+def.Name)
 	}
-	extra = append(extra, w)
-	notice := fmt.Sprintf("%s=%d,%d", shim.Env, os.Getpid(), 2+len(extra))
+	cmd := newCommand(def, shimPath(), args, at, env...)
+	envFile, err := environmentFile(cmd.Env)
+	if err != nil {
+		return fail(extra, fmt.Errorf("passing the environment: %v", err))
+	}
+	extra = append(extra, envFile, w)
+	notice := fmt.Sprintf("%s=%d,%d,%s", shim.Env, os.Getpid(), 2+len(extra), shim.EnvFD)
 	if def.Socket != "" {
 		notice += "," + shim.ListenPID
 	}
 	if def.id != nil {
 		notice += "," + shim.NoNewPrivs
 	}
-	cmd := newCommand(def, shimPath(), args, at, append(env, notice)...)
+	cmd.Env = []string{notice}
 	cmd.ExtraFiles = extra
 	cmd.SysProcAttr = sysProcAttr()
 	if def.id != nil {
 		cmd.SysProcAttr.Credential = def.id.credential()
 	}
 	return cmd, r, nil
+}
+
+// environmentFile is a descriptor from which the shim reads env, each
+// variable followed by a NUL byte, to its end: a pipe that a goroutine
+// fills (and closes), so that an environment larger than a pipe's buffer
+// does not block the start.
+func environmentFile(env []string) (*os.File, error) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	var b strings.Builder
+	for _, kv := range env {
+		b.WriteString(kv)
+		b.WriteByte(0)
+	}
+	go func() {
+		_, _ = w.WriteString(b.String()) // (a shim that failed to start: EPIPE)
+		w.Close()
+	}()
+	return r, nil
 }
 
 // requestExit makes Caddy exit gracefully, exactly as on SIGTERM.

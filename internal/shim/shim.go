@@ -15,8 +15,11 @@
 package shim
 
 import (
+	"errors"
+	"io"
 	"os"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -34,11 +37,17 @@ import (
 // NoNewPrivs asks it to set the no_new_privs bit before the exec (the
 // child runs as another user: no setuid binary or file capability may
 // give it back a privilege Caddy had).
+// EnvFD says that the program's environment (each variable followed by a
+// NUL byte) is to be read from the descriptor just below the exec notice:
+// the shim itself runs with its marker alone in its environment, so that
+// nothing in the program's (LD_PRELOAD…) runs code in Caddy's binary
+// before the shim has dropped its capabilities.
 const (
 	Env        = "CADDY_SUPERVISE_EXEC"
 	Arg0       = "caddy-supervise-exec"
 	ListenPID  = "listen"
 	NoNewPrivs = "nnp"
+	EnvFD      = "envfd"
 )
 
 func init() {
@@ -54,33 +63,61 @@ func init() {
 	}
 	fields := strings.Split(v, ",")
 	parent, _ := strconv.Atoi(fields[0])
+	notice := -1
 	if len(fields) > 1 {
 		if n, err := strconv.Atoi(fields[1]); err == nil && n > 2 {
+			notice = n
 			closeFrom(n)
 		}
 	}
-	noNewPrivs := false
+	noNewPrivs, listenPID := false, false
+	env := os.Environ()
 	for _, flag := range fields[min(2, len(fields)):] {
 		switch flag {
 		case ListenPID:
 			// the socket-activation protocol: the receiver checks that the
 			// sockets are meant for it; only the child knows its PID, and
 			// exec keeps it
-			_ = os.Setenv("LISTEN_PID", strconv.Itoa(os.Getpid()))
+			listenPID = true
 		case NoNewPrivs:
 			noNewPrivs = true
+		case EnvFD:
+			var err error
+			if env, err = readEnvironment(notice - 1); err != nil {
+				os.Stderr.WriteString("supervise: reading the program's environment: " + err.Error() + "\n")
+				os.Exit(127)
+			}
 		}
 	}
-	_ = os.Unsetenv(Env)
+	env = slices.DeleteFunc(env, func(kv string) bool { return strings.HasPrefix(kv, Env+"=") })
+	if listenPID {
+		env = append(env, "LISTEN_PID="+strconv.Itoa(os.Getpid()))
+	}
 	path, argv := os.Args[1], os.Args[2:]
 	runtime.LockOSThread() // prepare sets this thread's signal mask; exec keeps it
 	if err := prepare(parent, noNewPrivs); err != nil {
 		os.Stderr.WriteString("supervise: " + err.Error() + "\n")
 		os.Exit(127)
 	}
-	err := syscall.Exec(path, argv, os.Environ())
+	err := syscall.Exec(path, argv, env)
 	os.Stderr.WriteString("supervise: exec " + path + ": " + err.Error() + "\n")
 	os.Exit(127)
+}
+
+// readEnvironment reads the program's environment from descriptor fd (see
+// EnvFD) to its end, and closes it.
+func readEnvironment(fd int) ([]string, error) {
+	if fd < 3 {
+		return nil, errors.New("no descriptor")
+	}
+	f := os.NewFile(uintptr(fd), "environment")
+	defer f.Close()
+	b, err := io.ReadAll(f)
+	if err != nil {
+		return nil, err
+	}
+	env := strings.Split(string(b), "\x00")
+	return env[:len(env)-1], nil // (each ends with a NUL)
 }
 
 // closeFrom marks every descriptor from first on close-on-exec: the exec
