@@ -34,6 +34,26 @@ func sysProcAttr() *syscall.SysProcAttr {
 	return &syscall.SysProcAttr{Setsid: true}
 }
 
+// openRegular opens the file name for reading if it is a regular file.
+// There is no O_PATH here: it is opened non-blocking (a FIFO does not wait
+// for a writer) and without becoming Caddy's terminal, then checked; a
+// device's driver may see the open.
+func openRegular(name string) (*os.File, fs.FileInfo, error) {
+	f, err := os.OpenFile(name, os.O_RDONLY|syscall.O_NONBLOCK|syscall.O_NOCTTY, 0)
+	if err != nil {
+		return nil, nil, err
+	}
+	fi, err := f.Stat()
+	if err == nil && !fi.Mode().IsRegular() {
+		err = errNotRegular
+	}
+	if err != nil {
+		f.Close()
+		return nil, fi, err
+	}
+	return f, fi, nil
+}
+
 // openWriteOnly: there is no portable way here to open a terminal anew
 // from a descriptor (/dev/fd duplicates it, read access included): the
 // app's output is relayed instead.

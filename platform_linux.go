@@ -39,6 +39,33 @@ func sysProcAttr() *syscall.SysProcAttr {
 	return &syscall.SysProcAttr{Setsid: true, Pdeathsig: syscall.SIGKILL}
 }
 
+// openRegular opens the file name, following symbolic links, for reading
+// if it is a regular file, without opening anything else: it is first
+// opened as a path only (O_PATH: no device driver's open runs, a FIFO does
+// not wait for a writer, a terminal cannot become Caddy's), checked, then
+// opened for reading through that descriptor, so that what is read is what
+// was checked.
+func openRegular(name string) (*os.File, fs.FileInfo, error) {
+	fd, err := unix.Open(name, unix.O_PATH|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, nil, &fs.PathError{Op: "open", Path: name, Err: err}
+	}
+	path := os.NewFile(uintptr(fd), name)
+	defer path.Close()
+	fi, err := path.Stat()
+	if err != nil {
+		return nil, nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fi, errNotRegular
+	}
+	f, err := os.OpenFile(fmt.Sprintf("/proc/self/fd/%d", fd), os.O_RDONLY|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, nil, &fs.PathError{Op: "open", Path: name, Err: errors.Unwrap(err)}
+	}
+	return f, fi, nil
+}
+
 // openWriteOnly opens the terminal f is anew, write-only, and without
 // making it anyone's controlling terminal (through /proc, which reaches
 // the device even where its path is not in this mount namespace).

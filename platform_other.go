@@ -108,12 +108,30 @@ func executableMode(m os.FileMode) bool { return true }
 // the kernel pick a free port.
 func ephemeralPorts() (lo, hi int, ok bool) { return 0, 0, false }
 
+// openRegular opens the file name for reading if it is a regular file.
+func openRegular(name string) (*os.File, fs.FileInfo, error) {
+	f, err := os.Open(name)
+	if err != nil {
+		return nil, nil, err
+	}
+	fi, err := f.Stat()
+	if err == nil && !fi.Mode().IsRegular() {
+		err = errNotRegular
+	}
+	if err != nil {
+		f.Close()
+		return nil, fi, err
+	}
+	return f, fi, nil
+}
+
 // openWriteOnly: a console is handed over as it is (Windows has no
 // controlling terminals a child could take).
 func openWriteOnly(f *os.File) (*os.File, error) { return f, nil }
 
-// openNonblock: Windows has no FIFOs that an open could wait on.
-const openNonblock = 0
+// openQuietly: Windows has no FIFOs that an open could wait on, nor
+// controlling terminals.
+const openQuietly = 0
 
 // osName names the platform in messages.
 const osName = "windows"

@@ -228,9 +228,10 @@ func startError(def *Process, err error) error {
 // executableMode reports whether a file with this mode can be executed.
 func executableMode(m os.FileMode) bool { return m&0o111 != 0 }
 
-// openNonblock opens a FIFO without waiting for a writer (X-Sendfile
-// refuses anything but a regular file once it is open).
-const openNonblock = syscall.O_NONBLOCK
+// openQuietly opens a FIFO without waiting for a writer, and a terminal
+// without it becoming Caddy's (a file that is not regular is refused once
+// it is open).
+const openQuietly = syscall.O_NONBLOCK | syscall.O_NOCTTY
 
 // socketsSupported: a process can be handed a listening socket (`socket`).
 const socketsSupported = true

@@ -176,19 +176,19 @@ func (p *Public) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhtt
 	if cached {
 		content = bytes.NewReader(data)
 	} else {
-		f, err := os.Open(variant)
+		// opened only if it is still a regular file: never a FIFO (which
+		// would wait for a writer) nor a device that replaced it meanwhile
+		f, ofi, err := openRegular(variant)
 		if err != nil && encoding != "" {
 			// the variant went away meanwhile: the file itself
 			variant, encoding = name, ""
-			f, err = os.Open(variant)
+			f, ofi, err = openRegular(variant)
 		}
 		if err != nil {
-			return next.ServeHTTP(w, r) // gone meanwhile
+			return next.ServeHTTP(w, r) // gone, or not a file, meanwhile
 		}
 		defer f.Close()
-		if vfi, err = f.Stat(); err != nil || !vfi.Mode().IsRegular() {
-			return next.ServeHTTP(w, r) // replaced by a directory meanwhile
-		}
+		vfi = ofi
 		if data, cached = p.cache.load(variant, f, vfi); cached {
 			content, size = bytes.NewReader(data), int64(len(data))
 		} else {

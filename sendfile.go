@@ -74,6 +74,7 @@ type Sendfile struct {
 	Roots []string `json:"roots,omitempty"`
 
 	logger *zap.Logger
+	roots  []*os.Root // Roots, opened when the config loads
 }
 
 // CaddyModule returns the Caddy module information.
@@ -84,7 +85,9 @@ func (Sendfile) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// Provision checks the roots.
+// Provision checks the roots and opens them: a root is the directory its
+// path names when the config loads (a directory moved or replaced there
+// later, by a symbolic link say, is not followed: a reload follows it).
 func (s *Sendfile) Provision(ctx caddy.Context) error {
 	s.logger = ctx.Logger()
 	for i, root := range s.Roots {
@@ -92,7 +95,22 @@ func (s *Sendfile) Provision(ctx caddy.Context) error {
 			return fmt.Errorf("supervise_sendfile: root %q: must be an absolute path", root)
 		}
 		s.Roots[i] = filepath.Clean(root)
+		rt, err := os.OpenRoot(s.Roots[i])
+		if err != nil {
+			s.Cleanup()
+			return fmt.Errorf("supervise_sendfile: root %q: %v", root, err)
+		}
+		s.roots = append(s.roots, rt)
 	}
+	return nil
+}
+
+// Cleanup closes the roots.
+func (s *Sendfile) Cleanup() error {
+	for _, rt := range s.roots {
+		rt.Close()
+	}
+	s.roots = nil
 	return nil
 }
 
@@ -104,18 +122,21 @@ func (s *Sendfile) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyh
 	if err := next.ServeHTTP(sw, r); err != nil || sw.file == nil {
 		return err
 	}
-	return s.serve(w, r, sw.file)
+	return s.serve(w, r, sw.file, sw.status)
 }
 
 // sendfileWriter passes the response on, unless its header carries
-// X-Sendfile: then it writes nothing, and takes the header's values.
+// X-Sendfile: then it writes nothing, and takes the header's values and
+// the app's status.
 type sendfileWriter struct {
 	http.ResponseWriter
-	file  []string // the X-Sendfile values of an intercepted response
-	wrote bool     // a final status went out, or was intercepted
+	file   []string // the X-Sendfile values of an intercepted response
+	status int      // its status
+	wrote  bool     // a final status went out, or was intercepted
 }
 
-// WriteHeader intercepts a final response with X-Sendfile.
+// WriteHeader intercepts a final response with X-Sendfile; an
+// informational one (1xx, a WebSocket's 101) goes out without it.
 func (sw *sendfileWriter) WriteHeader(code int) {
 	if sw.wrote {
 		if sw.file == nil {
@@ -123,15 +144,16 @@ func (sw *sendfileWriter) WriteHeader(code int) {
 		}
 		return
 	}
+	h := sw.ResponseWriter.Header()
 	if code >= 200 {
 		sw.wrote = true
-		h := sw.ResponseWriter.Header()
 		if v, ok := h["X-Sendfile"]; ok {
-			sw.file = append(v[:0:0], v...)
+			sw.file, sw.status = append(v[:0:0], v...), code
 			delete(h, "X-Sendfile")
 			return
 		}
 	}
+	delete(h, "X-Sendfile")
 	sw.ResponseWriter.WriteHeader(code)
 }
 
@@ -167,21 +189,28 @@ func (sw *sendfileWriter) Unwrap() http.ResponseWriter { return sw.ResponseWrite
 var fileHeaders = []string{"Content-Type", "Content-Disposition", "Content-Encoding", "Content-Length", "Content-Range",
 	"Etag", "Last-Modified", "Accept-Ranges", "Cache-Control", "Expires"}
 
-// serve answers r with the file that the X-Sendfile values name.
-func (s *Sendfile) serve(w http.ResponseWriter, r *http.Request, values []string) error {
+// serve answers r with the file that the X-Sendfile values name, with the
+// app's status: a 200 as Go's http.ServeContent answers (ranges,
+// conditional requests); another status (a page sent with 404, say) with
+// the whole file; a status that has no body (204, 304) without it.
+func (s *Sendfile) serve(w http.ResponseWriter, r *http.Request, values []string, status int) error {
 	h := w.Header()
 	h.Del("Content-Length") // the app's: of its empty body
+	if status == http.StatusNoContent || status == http.StatusNotModified {
+		w.WriteHeader(status)
+		return nil
+	}
 	name := values[0]
-	refuse := func(status int, why string) error {
+	refuse := func(code int, why string) error {
 		for _, k := range fileHeaders {
 			h.Del(k)
 		}
 		log := s.logger.Error
-		if status == http.StatusNotFound {
+		if code == http.StatusNotFound {
 			log = s.logger.Warn
 		}
-		log("X-Sendfile: the app's file is not served", zap.Strings("x_sendfile", values), zap.Int("status", status), zap.String("why", why))
-		return caddyhttp.Error(status, fmt.Errorf("X-Sendfile %q: %s", name, why))
+		log("X-Sendfile: the app's file is not served", zap.Strings("x_sendfile", values), zap.Int("status", code), zap.String("why", why))
+		return caddyhttp.Error(code, fmt.Errorf("X-Sendfile %q: %s", name, why))
 	}
 	switch {
 	case len(values) > 1:
@@ -191,15 +220,17 @@ func (s *Sendfile) serve(w http.ResponseWriter, r *http.Request, values []string
 	case !filepath.IsAbs(name):
 		return refuse(http.StatusInternalServerError, "not an absolute path (the value is a file path, not a URL)")
 	}
-	f, err := s.open(name)
+	f, fi, err := s.open(name)
 	if err != nil {
 		switch {
 		case errors.Is(err, errOutsideRoots):
 			return refuse(http.StatusForbidden, err.Error())
+		case errors.Is(err, errNotRegular) && fi != nil && fi.IsDir(), errors.Is(err, syscall.EISDIR):
+			return refuse(http.StatusInternalServerError, "a directory, not a file")
+		case errors.Is(err, errNotRegular) && fi != nil:
+			return refuse(http.StatusInternalServerError, "not a regular file ("+fi.Mode().Type().String()+")")
 		case errors.Is(err, fs.ErrNotExist), errors.Is(err, syscall.ENOTDIR):
 			return refuse(http.StatusNotFound, "no such file")
-		case errors.Is(err, syscall.EISDIR):
-			return refuse(http.StatusInternalServerError, "a directory, not a file")
 		case errors.Is(err, fs.ErrPermission):
 			return refuse(http.StatusForbidden, "Caddy may not read it: "+err.Error())
 		case len(s.Roots) > 0:
@@ -208,17 +239,17 @@ func (s *Sendfile) serve(w http.ResponseWriter, r *http.Request, values []string
 		return refuse(http.StatusInternalServerError, err.Error())
 	}
 	defer f.Close()
-	fi, err := f.Stat()
-	switch {
-	case err != nil:
-		return refuse(http.StatusInternalServerError, err.Error())
-	case fi.IsDir():
-		return refuse(http.StatusInternalServerError, "a directory, not a file")
-	case !fi.Mode().IsRegular():
-		return refuse(http.StatusInternalServerError, "not a regular file ("+fi.Mode().Type().String()+")")
-	}
 	if h.Get("Content-Type") == "" {
 		setContentType(h, name)
+	}
+	if status != http.StatusOK {
+		// the app's status, with the whole file
+		h.Set("Content-Length", strconv.FormatInt(fi.Size(), 10))
+		w.WriteHeader(status)
+		if r.Method != http.MethodHead {
+			_, _ = io.Copy(w, f)
+		}
+		return nil
 	}
 	if h.Get("Etag") == "" {
 		h.Set("Etag", etag(fi))
@@ -230,14 +261,17 @@ func (s *Sendfile) serve(w http.ResponseWriter, r *http.Request, values []string
 // errOutsideRoots: a file outside the configured roots.
 var errOutsideRoots = errors.New("outside the roots it may serve from")
 
-// open opens the file name as it is, within a root if roots are set. It
-// never blocks (a FIFO is opened non-blocking, and refused after).
-func (s *Sendfile) open(name string) (*os.File, error) {
-	const flags = os.O_RDONLY | openNonblock
+// errNotRegular: a directory, a device, a FIFO or a socket, not a file.
+var errNotRegular = errors.New("not a regular file")
+
+// open opens the file name as it is, for reading, if it is a regular
+// file, within its root if roots are set, and never blocks or opens a
+// device (see openRegular).
+func (s *Sendfile) open(name string) (*os.File, fs.FileInfo, error) {
 	if len(s.Roots) == 0 {
-		return os.OpenFile(name, flags, 0)
+		return openRegular(name)
 	}
-	for _, root := range s.Roots {
+	for i, root := range s.Roots {
 		rel, ok := strings.CutPrefix(name, root)
 		if root == string(filepath.Separator) {
 			rel, ok = name[1:], true
@@ -246,17 +280,24 @@ func (s *Sendfile) open(name string) (*os.File, error) {
 		}
 		rel = strings.TrimLeft(rel, string(filepath.Separator))
 		if rel == "" {
-			return nil, syscall.EISDIR
+			return nil, nil, syscall.EISDIR
 		}
-		rt, err := os.OpenRoot(root)
+		// within a root, no device can be reached but one its owner made
+		f, err := s.roots[i].OpenFile(rel, os.O_RDONLY|openQuietly, 0)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
-		f, err := rt.OpenFile(rel, flags, 0)
-		rt.Close()
-		return f, err
+		fi, err := f.Stat()
+		if err == nil && !fi.Mode().IsRegular() {
+			err = errNotRegular
+		}
+		if err != nil {
+			f.Close()
+			return nil, fi, err
+		}
+		return f, fi, nil
 	}
-	return nil, errOutsideRoots
+	return nil, nil, errOutsideRoots
 }
 
 // setContentType gives a file its type from its extension; a file whose
@@ -320,6 +361,7 @@ func parseSendfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) 
 // Interface guards
 var (
 	_ caddy.Provisioner           = (*Sendfile)(nil)
+	_ caddy.CleanerUpper          = (*Sendfile)(nil)
 	_ caddyhttp.MiddlewareHandler = (*Sendfile)(nil)
 	_ caddyfile.Unmarshaler       = (*Sendfile)(nil)
 )

@@ -179,7 +179,9 @@ func TestSendfilePassesOtherResponses(t *testing.T) {
 	flushed := make(chan struct{})
 	next := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
 		w.Header().Set("Link", "</app.css>; rel=preload")
+		w.Header().Set("X-Sendfile", "/etc/hostname") // never goes out, and serves nothing, on a 1xx
 		w.WriteHeader(http.StatusEarlyHints)
+		w.Header().Del("X-Sendfile")
 		w.Header().Set("Content-Type", "text/plain")
 		w.WriteHeader(http.StatusTeapot)
 		if err := http.NewResponseController(w).Flush(); err != nil {
@@ -198,7 +200,13 @@ func TestSendfilePassesOtherResponses(t *testing.T) {
 	var hints []int
 	req, _ := http.NewRequest("GET", srv.URL, nil)
 	req = req.WithContext(httptrace.WithClientTrace(req.Context(), &httptrace.ClientTrace{
-		Got1xxResponse: func(code int, _ textproto.MIMEHeader) error { hints = append(hints, code); return nil },
+		Got1xxResponse: func(code int, h textproto.MIMEHeader) error {
+			hints = append(hints, code)
+			if v := h.Get("X-Sendfile"); v != "" {
+				t.Errorf("a %d response carried X-Sendfile: %s", code, v)
+			}
+			return nil
+		},
 	}))
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -304,6 +312,97 @@ func TestSendfileRootsChecked(t *testing.T) {
 		s := &Sendfile{Roots: []string{root}}
 		if err := s.Provision(caddy.Context{}); err == nil || !strings.Contains(err.Error(), "root") {
 			t.Errorf("root %q: %v", root, err)
+		}
+	}
+}
+
+// The app's status stays: a file sent with 404 (a page) goes out whole
+// with it; a 304 or 204 has no body, and no file is opened.
+func TestSendfileKeepsTheAppsStatus(t *testing.T) {
+	dir := t.TempDir()
+	page := filepath.Join(dir, "404.html")
+	writeFile(t, page, "<h1>not here</h1>")
+	s, _ := sendfileHandler(t)
+	app := func(status int, path string) caddyhttp.Handler {
+		return caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+			w.Header().Set("X-Sendfile", path)
+			w.WriteHeader(status)
+			return nil
+		})
+	}
+	r := httptest.NewRequest("GET", "/missing", nil)
+	r.Header.Set("Range", "bytes=0-3") // (no range of a page with the app's status)
+	w, err := serveSendfile(t, s, r, app(404, page))
+	if err != nil || w.Code != 404 || w.Body.String() != "<h1>not here</h1>" || !strings.HasPrefix(w.Header().Get("Content-Type"), "text/html") {
+		t.Errorf("a page sent with 404: %d %q %q, %v", w.Code, w.Body.String(), w.Header().Get("Content-Type"), err)
+	}
+	if w, err := serveSendfile(t, s, httptest.NewRequest("HEAD", "/missing", nil), app(404, page)); err != nil || w.Code != 404 || w.Body.Len() != 0 || w.Header().Get("Content-Length") != "17" {
+		t.Errorf("HEAD of a page sent with 404: %d %q %q, %v", w.Code, w.Body.String(), w.Header().Get("Content-Length"), err)
+	}
+	for _, status := range []int{304, 204} {
+		w, err := serveSendfile(t, s, httptest.NewRequest("GET", "/", nil), app(status, "/nonexistent"))
+		if err != nil || w.Code != status || w.Body.Len() != 0 || w.Header().Get("X-Sendfile") != "" {
+			t.Errorf("%d with X-Sendfile: %d %q %v", status, w.Code, w.Body.String(), err)
+		}
+	}
+}
+
+// A root is the directory its path named when the config loaded: one
+// moved away and replaced by a symbolic link to / later serves nothing
+// from /. A root that does not exist is an error at load.
+func TestSendfileRootsAreHeld(t *testing.T) {
+	dir := t.TempDir()
+	storage := filepath.Join(dir, "storage")
+	writeFile(t, filepath.Join(storage, "ok.txt"), "ok")
+	s, _ := sendfileHandler(t, storage)
+	defer s.Cleanup()
+	if err := os.Rename(storage, storage+".old"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("/", storage); err != nil {
+		t.Fatal(err)
+	}
+	w, err := serveSendfile(t, s, httptest.NewRequest("GET", "/", nil), sendfileApp([]string{filepath.Join(storage, "etc", "hostname")}))
+	if err == nil || w.Body.Len() != 0 {
+		t.Errorf("through a root swapped for a link to /: %d %q, %v", w.Code, w.Body.String(), err)
+	}
+	if w, err := serveSendfile(t, s, httptest.NewRequest("GET", "/", nil), sendfileApp([]string{filepath.Join(storage, "ok.txt")})); err != nil || w.Body.String() != "ok" {
+		t.Errorf("a file of the root as it was at load: %d %q, %v", w.Code, w.Body.String(), err)
+	}
+	bad := &Sendfile{Roots: []string{filepath.Join(dir, "nonexistent")}}
+	if err := bad.Provision(caddy.Context{}); err == nil || !strings.Contains(err.Error(), "nonexistent") {
+		t.Errorf("a root that does not exist: %v", err)
+	}
+}
+
+// Files are opened only as files: a FIFO never blocks, a device is never
+// opened (openRegular, which supervise_public uses too).
+func TestOpenRegularOpensFilesOnly(t *testing.T) {
+	dir := t.TempDir()
+	fifo := filepath.Join(dir, "fifo")
+	if err := syscall.Mkfifo(fifo, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(dir, "tty")
+	if err := os.Symlink("/dev/tty", link); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{fifo, "/dev/null", link, dir} {
+		done := make(chan error, 1)
+		go func() {
+			f, _, err := openRegular(name)
+			if f != nil {
+				f.Close()
+			}
+			done <- err
+		}()
+		select {
+		case err := <-done:
+			if err == nil {
+				t.Errorf("%s was opened", name)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("opening %s blocks", name)
 		}
 	}
 }
