@@ -3,6 +3,7 @@ package supervise
 import (
 	"bufio"
 	"bytes"
+	"errors"
 	"io"
 	"os"
 	"os/exec"
@@ -109,13 +110,19 @@ func isTerminal(f *os.File) bool {
 // terminalForChild is what a child gets of Caddy's stdout or stderr f: a
 // terminal opened anew, write-only (Caddy's own descriptor is often the
 // terminal opened for reading too, and the child could read what is
-// typed); anything else as it is. Where a terminal cannot be opened anew
-// (outside Linux), a child of Caddy's own user gets it as it is (it could
-// open the device itself), one of another user nothing (its output is
-// relayed).
+// typed); anything else as it is. A child of another user never gets the
+// terminal: its output is relayed (an error here). Where a terminal cannot
+// be opened anew (outside Linux), a child of Caddy's own user gets it as
+// it is (it could open the device itself).
 func terminalForChild(f *os.File, def *Process) (*os.File, error) {
 	if !isTerminal(f) {
 		return f, nil
+	}
+	if def.id != nil && def.id.otherUser() {
+		// even write-only, a terminal takes ioctls: another user could
+		// turn echo off, flush what was typed, or break the line
+		// discipline of the terminal of whoever started Caddy
+		return nil, errors.New("the terminal is not handed to another user")
 	}
 	w, err := openWriteOnly(f)
 	if err != nil && def.id == nil {

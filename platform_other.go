@@ -84,6 +84,8 @@ func requestExit() {
 // identity is not supported on this platform.
 type identity struct{ name, home string }
 
+func (*identity) otherUser() bool { return false }
+
 func lookupIdentity(user, group string) (*identity, error) {
 	if user != "" {
 		return nil, fmt.Errorf("user %q: running a process as another user is not supported on Windows", user)

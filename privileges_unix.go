@@ -35,6 +35,9 @@ func (id *identity) switches() (uid, groups bool) {
 	return uid, groups
 }
 
+// otherUser reports whether a child run as id is another user than Caddy.
+func (id *identity) otherUser() bool { return int(id.uid) != os.Geteuid() }
+
 // credential is what os/exec needs to start a child as id: nil when id is
 // Caddy's own user and groups (a non-root Caddy may name its own user), no
 // supplementary groups when only the user changes.

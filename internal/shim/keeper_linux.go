@@ -47,6 +47,10 @@ func pin(pgid, parent int) (*group, error) {
 		err = errors.New("its leader is not a child of the keeper's parent")
 	case pgrp != pgid:
 		err = errors.New("not a process group's leader")
+	case os.Getppid() != parent:
+		// the parent is gone: its PID may be another process's now, and
+		// so may the children that seem to be its
+		err = errors.New("the keeper's parent is gone")
 	case g.fd >= 0 && unix.PidfdSendSignal(g.fd, 0, nil, 0) != nil:
 		err = errors.New("the process went away")
 	}
