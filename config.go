@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
 	"io/fs"
 	"maps"
 	"math"
@@ -397,6 +398,33 @@ func (p *Process) provision(index int) error {
 	return nil
 }
 
+// readFileInfo reads a file and returns what it read with the file's
+// description, both of one open.
+func readFileInfo(path string) ([]byte, os.FileInfo, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, nil, fmt.Errorf("not a regular file")
+	}
+	data, err := io.ReadAll(f)
+	return data, fi, err
+}
+
+// pathHeld reports whether only Caddy's user or root can change what path
+// leads to: the directories of the path as written and of where its links
+// lead (ownedPath).
+func pathHeld(path string) bool {
+	real, err := filepath.EvalSymlinks(path)
+	return err == nil && ownedPath(filepath.Dir(path)) && ownedPath(filepath.Dir(real))
+}
+
 // resolveSpawn works out what the child is started from: the expanded
 // command, directory and environment, the identity, the program's path.
 // Errors name the option and the value.
@@ -432,15 +460,18 @@ func (p *Process) resolveSpawn() error {
 	}
 
 	p.vars = make(map[string]string)
+	var envFile string          // the env file's path, expanded
+	var envFileInfo os.FileInfo // what was read
 	if p.EnvFile != "" {
 		path, err := expandEnv(p.EnvFile, false)
 		if err != nil {
 			return fmt.Errorf("env_file %q: %v", p.EnvFile, err)
 		}
-		data, err := os.ReadFile(path)
-		if err != nil {
+		var data []byte
+		if data, envFileInfo, err = readFileInfo(path); err != nil {
 			return fmt.Errorf("env_file %q: %v", p.EnvFile, err)
 		}
+		envFile = path
 		fileVars, err := parseEnvFile(string(data))
 		if err != nil {
 			return fmt.Errorf("env_file %q: %v", p.EnvFile, err)
@@ -474,6 +505,14 @@ func (p *Process) resolveSpawn() error {
 		if p.id, err = lookupIdentity(p.User, p.Group); err != nil {
 			return err
 		}
+	}
+	if envFileInfo != nil && p.id != nil && p.id.otherUser() && !p.id.mayRead(envFileInfo) && !pathHeld(envFile) {
+		// Caddy reads it with its own rights, for a program of another user:
+		// fine when only Caddy's user or root decide what the path leads to
+		// (a secret the admin hands the app), not when someone else can
+		// put a link to any file there (the app's user, who would read it
+		// in its environment)
+		return fmt.Errorf("env_file %q: %s may not read it, and users other than Caddy's and root can change what the path leads to: Caddy would read for %s a file it may not read; make the file readable by %s, or keep it where only Caddy's user or root can change the directories", p.EnvFile, p.identityName(), p.identityName(), p.identityName())
 	}
 	unset := slices.Clone(managerVars)
 	for i, k := range p.UnsetEnv {

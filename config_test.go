@@ -55,7 +55,7 @@ func TestJSONErrors(t *testing.T) {
 		{"unset variable in command", `{"processes":[{"command":["sleep","{env.SUPERVISE_UNSET_X}"]}]}`, `command "{env.SUPERVISE_UNSET_X}": {env.SUPERVISE_UNSET_X}: environment variable SUPERVISE_UNSET_X is not set`},
 		{"unset variable in dir", `{"processes":[{"command":["sleep"],"dir":"{env.SUPERVISE_UNSET_X}/x"}]}`, `dir "{env.SUPERVISE_UNSET_X}/x": {env.SUPERVISE_UNSET_X}: environment variable SUPERVISE_UNSET_X is not set`},
 		{"missing env_file", `{"processes":[{"command":["sleep"],"env_file":"/no/such.env"}]}`, `env_file "/no/such.env": open /no/such.env: no such file or directory`},
-		{"bad env_file", `{"processes":[{"command":["sleep"],"env_file":"` + badEnv + `"}]}`, `env_file "` + badEnv + `": line 2: want KEY=VALUE, got "oops"`},
+		{"bad env_file", `{"processes":[{"command":["sleep"],"env_file":"` + badEnv + `"}]}`, `env_file "` + badEnv + `": line 2: not KEY=VALUE (no =)`},
 		{"unknown user", `{"processes":[{"command":["sleep"],"user":"no-such-user-xyz"}]}`, `user "no-such-user-xyz": user: unknown user no-such-user-xyz`},
 		{"bare uid without group", `{"processes":[{"command":["sleep"],"user":"54321"}]}`, `user "54321": no such user in the user database; with a bare UID, set group too`},
 		{"unknown group", `{"processes":[{"command":["sleep"],"user":"nobody","group":"no-such-group-xyz"}]}`, `group "no-such-group-xyz": group: unknown group no-such-group-xyz`},
@@ -164,10 +164,10 @@ func TestEnvFile(t *testing.T) {
 		{"no expansion", "A=$HOME ${HOME}\n", map[string]string{"A": "$HOME ${HOME}"}, ""},
 		{"later wins", "A=1\nA=2\n", map[string]string{"A": "2"}, ""},
 		{"crlf", "A=1\r\nB=2\r\n", map[string]string{"A": "1", "B": "2"}, ""},
-		{"no equals", "A=1\nnope\n", nil, `line 2: want KEY=VALUE, got "nope"`},
-		{"bad key", "1A=x\n", nil, `line 1: "1A" is not a variable name`},
+		{"no equals", "A=1\nnope\n", nil, `line 2: not KEY=VALUE (no =)`},
+		{"bad key", "1A=x\n", nil, `line 1: what comes before = is not a variable name`},
 		{"unclosed", "A=\"abc\nB=2\n", nil, `line 1: the " quote of A is never closed`},
-		{"junk after quote", "A='x' y\n", nil, `line 1: unexpected "y" after the closing quote`},
+		{"junk after quote", "A='x' y\n", nil, `line 1: something other than a # comment after the closing quote of A`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got, err := parseEnvFile(tc.src)

@@ -54,11 +54,13 @@ func parseEnvFile(data string) (map[string]string, error) {
 		}
 		key, value, ok := strings.Cut(line, "=")
 		key = strings.TrimSpace(key)
+		// (errors never quote the file: it may be another file than an env
+		// file, a secret one, that the config names by mistake or by intent)
 		if !ok {
-			return nil, fmt.Errorf("line %d: want KEY=VALUE, got %q", lineNo, line)
+			return nil, fmt.Errorf("line %d: not KEY=VALUE (no =)", lineNo)
 		}
 		if !validEnvName(key) {
-			return nil, fmt.Errorf("line %d: %q is not a variable name (letters, digits, _; not starting with a digit)", lineNo, key)
+			return nil, fmt.Errorf("line %d: what comes before = is not a variable name (letters, digits, _; not starting with a digit)", lineNo)
 		}
 		value = strings.TrimLeft(value, " \t")
 		if value == "" || (value[0] != '"' && value[0] != '\'') {
@@ -78,7 +80,7 @@ func parseEnvFile(data string) (map[string]string, error) {
 			if end >= 0 {
 				after := strings.TrimSpace(rest[end+1:])
 				if after != "" && !strings.HasPrefix(after, "#") {
-					return nil, fmt.Errorf("line %d: unexpected %q after the closing quote", i+1, after)
+					return nil, fmt.Errorf("line %d: something other than a # comment after the closing quote of %s", i+1, key)
 				}
 				break
 			}

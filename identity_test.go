@@ -419,3 +419,49 @@ __attribute__((constructor)) static void loaded(void) {
 	c.signal(syscall.SIGTERM)
 	c.wait(10 * time.Second)
 }
+
+// env_file is read with Caddy's rights: for a process of another user,
+// a file that user may not read is refused when someone other than
+// Caddy's user or root decides what the path leads to (the app's user
+// could link it to any file, and read the file in its environment); a
+// secret the admin keeps for it in a directory of its own is read.
+func TestEnvFileForAnotherUser(t *testing.T) {
+	requireRoot(t)
+	secret := filepath.Join(t.TempDir(), "root-only")
+	if err := os.WriteFile(secret, []byte("DB_PASSWORD=hunter2\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	appDir := sharedDir(t) // the app's user may write it
+	link := filepath.Join(appDir, ".env")
+	if err := os.Symlink(secret, link); err != nil {
+		t.Fatal(err)
+	}
+	readable := filepath.Join(appDir, "readable.env")
+	if err := os.WriteFile(readable, []byte("A=1\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	shadow := filepath.Join(appDir, "not-an-env")
+	if err := os.WriteFile(shadow, []byte("root:*:20228:0:99999:7:::\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, file, user, want string
+	}{
+		{"a link another user may place", link, "nobody", "nobody may not read it, and users other than Caddy's and root can change what the path leads to"},
+		{"the admin's secret", secret, "nobody", ""},
+		{"readable by the user", readable, "nobody", ""},
+		{"Caddy's own user", link, "", ""},
+		{"never quoted", shadow, "nobody", "line 1: not KEY=VALUE (no =)"},
+	} {
+		p := &Process{Name: "web", Command: []string{"sleep", "60"}, EnvFile: tc.file, User: tc.user}
+		err := p.provision(0)
+		switch {
+		case tc.want == "" && err != nil:
+			t.Errorf("%s: %v", tc.name, err)
+		case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+			t.Errorf("%s: %v, want an error with %q", tc.name, err, tc.want)
+		case err != nil && strings.Contains(err.Error(), "root:"):
+			t.Errorf("%s: the error quotes the file: %v", tc.name, err)
+		}
+	}
+}

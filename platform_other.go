@@ -84,7 +84,8 @@ func requestExit() {
 // identity is not supported on this platform.
 type identity struct{ name, home string }
 
-func (*identity) otherUser() bool { return false }
+func (*identity) otherUser() bool          { return false }
+func (*identity) mayRead(fs.FileInfo) bool { return true }
 
 func lookupIdentity(user, group string) (*identity, error) {
 	if user != "" {

@@ -35,6 +35,25 @@ func (id *identity) switches() (uid, groups bool) {
 	return uid, groups
 }
 
+// mayRead reports whether id may read a file described by fi, by its
+// mode bits (ACLs aside).
+func (id *identity) mayRead(fi os.FileInfo) bool {
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return true
+	}
+	m := fi.Mode().Perm()
+	switch {
+	case id.uid == 0:
+		return true
+	case st.Uid == id.uid:
+		return m&0o400 != 0
+	case st.Gid == id.gid || slices.Contains(id.groups, st.Gid):
+		return m&0o040 != 0
+	}
+	return m&0o004 != 0
+}
+
 // otherUser reports whether a child run as id is another user than Caddy.
 func (id *identity) otherUser() bool { return int(id.uid) != os.Geteuid() }
 
