@@ -166,7 +166,9 @@ func groupMemory(pgid int) int64 { return 0 }
 
 // ownedPath reports whether path is a directory (Windows: its ACL decides
 // who may change it).
-func ownedPath(path string) bool { return isPrivateDir(path) }
+func ownedPath(path string, _ ...int) bool { return isPrivateDir(path) }
+
+func (p *Process) uidOf() int { return 0 }
 
 // fileID: no inode here; size and modification time tell versions apart.
 func fileID(fi os.FileInfo) ([4]int64, bool) { return [4]int64{}, false }

@@ -54,6 +54,14 @@ func (id *identity) mayRead(fi os.FileInfo) bool {
 	return m&0o004 != 0
 }
 
+// uidOf is the user a process of def runs as.
+func (p *Process) uidOf() int {
+	if p.id != nil {
+		return int(p.id.uid)
+	}
+	return os.Geteuid()
+}
+
 // otherUser reports whether a child run as id is another user than Caddy.
 func (id *identity) otherUser() bool { return int(id.uid) != os.Geteuid() }
 
@@ -128,17 +136,18 @@ func isPrivateDir(path string) bool {
 }
 
 // ownedPath reports whether path is a directory (not a symlink) that,
-// with every directory above it, belongs to Caddy's user or to root and
-// that no one else may write (a sticky directory, such as /tmp, aside):
-// no one else can move it away or put something in its place.
-func ownedPath(path string) bool {
+// with every directory above it, belongs to Caddy's user or to root (or
+// to one of also) and that no one else may write (a sticky directory,
+// such as /tmp, aside): no one else can move it away or put something in
+// its place.
+func ownedPath(path string, also ...int) bool {
 	for p := filepath.Clean(path); ; p = filepath.Dir(p) {
 		fi, err := os.Lstat(p)
 		if err != nil || !fi.IsDir() {
 			return false
 		}
 		st, ok := fi.Sys().(*syscall.Stat_t)
-		if !ok || (int(st.Uid) != os.Geteuid() && st.Uid != 0) || (fi.Mode().Perm()&0o022 != 0 && fi.Mode()&os.ModeSticky == 0) {
+		if !ok || (int(st.Uid) != os.Geteuid() && st.Uid != 0 && !slices.Contains(also, int(st.Uid))) || (fi.Mode().Perm()&0o022 != 0 && fi.Mode()&os.ModeSticky == 0) {
 			return false
 		}
 		if p == filepath.Dir(p) {

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 
@@ -104,5 +105,23 @@ func TestSocketFiles(t *testing.T) {
 		t.Errorf("the other process's socket was harmed: %v", err)
 	} else {
 		c.Close()
+	}
+}
+
+// A unix socket in a directory that other users may change is refused:
+// one of them could put a socket of its own at the path, and Caddy would
+// send the app's requests (cookies included) to it.
+func TestSocketInAnOpenDirectory(t *testing.T) {
+	open := t.TempDir()
+	if err := os.Chmod(open, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	p := &Process{Name: "web", Command: []string{"sleep", "60"}, Socket: "unix/" + filepath.Join(open, "app.sock")}
+	if err := p.provision(0); err == nil || !strings.Contains(err.Error(), "could put a socket of its own at the path") {
+		t.Errorf("a socket in a directory anyone may write: %v", err)
+	}
+	p = &Process{Name: "web", Command: []string{"sleep", "60"}, Socket: "unix/" + filepath.Join(t.TempDir(), "app.sock")}
+	if err := p.provision(0); err != nil {
+		t.Errorf("a socket in a private directory: %v", err)
 	}
 }
