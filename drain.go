@@ -39,15 +39,17 @@ const drainSettle = time.Millisecond
 //
 // (On a reload, an instance that a new one replaces waits for its own
 // requests instead: see retire.)
-func (a *App) hookHTTP(ctx caddy.Context) {
+func (a *App) hookHTTP(ctx caddy.Context) error {
 	httpApp, err := ctx.AppIfConfigured("http")
 	if err != nil {
-		return
+		return nil
 	}
-	a.warnUnsafe(httpApp.(*caddyhttp.App))
+	if err := a.warnUnsafe(httpApp.(*caddyhttp.App)); err != nil {
+		return err
+	}
 	servers := httpApp.(*caddyhttp.App).Servers
 	if len(servers) == 0 {
-		return
+		return nil
 	}
 	a.hasHTTP = true
 	names := make([]string, 0, len(servers))
@@ -74,7 +76,7 @@ func (a *App) hookHTTP(ctx caddy.Context) {
 		return nil
 	})
 	if !tracked {
-		return
+		return nil
 	}
 	t := &connTracker{servers: len(servers), conns: make(map[net.Conn]bool), drained: func() {
 		if caddy.Exiting() {
@@ -85,6 +87,7 @@ func (a *App) hookHTTP(ctx caddy.Context) {
 		s.RegisterConnState(t.connState)
 		s.RegisterOnShutdown(t.shuttingDown)
 	}
+	return nil
 }
 
 // mayServeHTTP3 reports whether a server may serve HTTP/3: it has TLS (set

@@ -465,3 +465,65 @@ func TestEnvFileForAnotherUser(t *testing.T) {
 		}
 	}
 }
+
+// Caddy reads no file for an app of another user that the user could not
+// reach: supervise_sendfile without root is an error at validate when a
+// process runs as another user; supervise_public, in a directory the app's
+// user may write, follows no symbolic link out of it.
+func TestFilesForAnotherUsersApp(t *testing.T) {
+	requireRoot(t)
+	dir := t.TempDir()
+	secret := filepath.Join(dir, "secret")
+	writeFile(t, secret, "ROOT ONLY")
+	if err := os.Chmod(secret, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	public := filepath.Join(sharedDir(t), "public") // the app's user may write it
+	writeFile(t, filepath.Join(public, "ok.txt"), "public file")
+	if err := os.Chmod(public, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(secret, filepath.Join(public, "leak.txt")); err != nil {
+		t.Fatal(err)
+	}
+	httpPort := freePort(t)
+	src := func(handler string) string {
+		return fmt.Sprintf(`{
+	admin 127.0.0.1:%d
+	supervise sleep 60 {
+		name app
+		user nobody
+		dir /
+	}
+}
+http://127.0.0.1:%d {
+	route {
+		%s
+		respond "from the app"
+	}
+}
+`, freePort(t), httpPort, handler)
+	}
+	path := filepath.Join(dir, "Caddyfile")
+	if err := os.WriteFile(path, []byte(src("supervise_sendfile")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(caddyBin, "validate", "--config", path, "--adapter", "caddyfile").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), `supervise_sendfile without root: process \"app\" runs as user nobody`) {
+		t.Errorf("validate of supervise_sendfile without root for an app of another user: %v\n%s", err, out)
+	}
+
+	if err := os.WriteFile(path, []byte(src(fmt.Sprintf("supervise_public {\n\t\t\troot %s\n\t\t}", public))), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c := startCaddyFile(t, path, "caddyfile")
+	base := fmt.Sprintf("http://127.0.0.1:%d", httpPort)
+	if _, body := httpGet(t, base+"/ok.txt"); string(body) != "public file" {
+		t.Errorf("GET /ok.txt: %q", body)
+	}
+	if _, body := httpGet(t, base+"/leak.txt"); string(body) != "from the app" {
+		t.Errorf("GET /leak.txt (a link to a root-only file): %q, want it left to the app", body)
+	}
+	c.signal(syscall.SIGTERM)
+	c.wait(10 * time.Second)
+}

@@ -116,7 +116,9 @@ func (a *App) Provision(ctx caddy.Context) error {
 		return err
 	}
 
-	a.hookHTTP(ctx)
+	if err := a.hookHTTP(ctx); err != nil {
+		return err
+	}
 
 	// The "stopping" event is emitted before any app's Stop: it tells us when
 	// the exit began, even when the http app is stopped (and blocks) first.

@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"container/list"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"hash/fnv"
 	"io"
+	"io/fs"
 	"net/http"
 	"os"
 	"path"
@@ -87,6 +89,7 @@ type Public struct {
 
 	root  string
 	cache *fileCache
+	rt    *os.Root // set by confine: files are opened within the root
 }
 
 // Defaults of Public, Thruster's.
@@ -137,6 +140,61 @@ func (p *Public) Provision(caddy.Context) error {
 	return nil
 }
 
+// confine makes the handler open files within its root, following no
+// symbolic link out of it (os.Root), unless only Caddy's user or root can
+// change the directory: an app of another user (see guardFiles) could
+// otherwise link any file Caddy may read into it.
+func (p *Public) confine() error {
+	if p.rt != nil || ownedPath(p.root) {
+		return nil
+	}
+	rt, err := os.OpenRoot(p.root)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil // nothing to serve (no file ever exists under it)
+		}
+		return fmt.Errorf("supervise_public: root %q: %v", p.Root, err)
+	}
+	p.rt = rt
+	return nil
+}
+
+// Cleanup closes the confined root.
+func (p *Public) Cleanup() error {
+	if p.rt != nil {
+		p.rt.Close()
+	}
+	return nil
+}
+
+// stat describes the file rel (a clean path below the root, "/x/y").
+func (p *Public) stat(rel string) (fs.FileInfo, error) {
+	if p.rt != nil {
+		return p.rt.Stat(strings.TrimPrefix(rel, "/"))
+	}
+	return os.Stat(filepath.Join(p.root, filepath.FromSlash(rel)))
+}
+
+// open opens the regular file rel for reading (see openRegular).
+func (p *Public) open(rel string) (*os.File, fs.FileInfo, error) {
+	if p.rt == nil {
+		return openRegular(filepath.Join(p.root, filepath.FromSlash(rel)))
+	}
+	f, err := p.rt.OpenFile(strings.TrimPrefix(rel, "/"), os.O_RDONLY|openQuietly, 0)
+	if err != nil {
+		return nil, nil, err
+	}
+	fi, err := f.Stat()
+	if err == nil && !fi.Mode().IsRegular() {
+		err = errNotRegular
+	}
+	if err != nil {
+		f.Close()
+		return nil, nil, err
+	}
+	return f, fi, nil
+}
+
 // ServeHTTP serves the file the request names, or hands the request on.
 func (p *Public) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
@@ -151,20 +209,20 @@ func (p *Public) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhtt
 		return next.ServeHTTP(w, r) // Windows: a \ would be a separator
 	}
 	name := filepath.Join(p.root, filepath.FromSlash(rel))
-	fi, err := os.Stat(name)
+	fi, err := p.stat(rel)
 	if err != nil || !fi.Mode().IsRegular() {
 		return next.ServeHTTP(w, r)
 	}
 
 	// a precompressed variant the client accepts, in our order of preference
-	variant, vfi, encoding := name, fi, ""
+	variant, vfi, encoding, vrel := name, fi, "", rel
 	if ae := r.Header.Get("Accept-Encoding"); ae != "" {
 		for _, enc := range precompressed {
 			if !acceptsEncoding(ae, enc.name) {
 				continue
 			}
-			if vi, err := os.Stat(name + enc.ext); err == nil && vi.Mode().IsRegular() {
-				variant, vfi, encoding = name+enc.ext, vi, enc.name
+			if vi, err := p.stat(rel + enc.ext); err == nil && vi.Mode().IsRegular() {
+				variant, vfi, encoding, vrel = name+enc.ext, vi, enc.name, rel+enc.ext
 				break
 			}
 		}
@@ -178,11 +236,11 @@ func (p *Public) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhtt
 	} else {
 		// opened only if it is still a regular file: never a FIFO (which
 		// would wait for a writer) nor a device that replaced it meanwhile
-		f, ofi, err := openRegular(variant)
+		f, ofi, err := p.open(vrel)
 		if err != nil && encoding != "" {
 			// the variant went away meanwhile: the file itself
 			variant, encoding = name, ""
-			f, ofi, err = openRegular(variant)
+			f, ofi, err = p.open(rel)
 		}
 		if err != nil {
 			return next.ServeHTTP(w, r) // gone, or not a file, meanwhile
@@ -473,6 +531,7 @@ func parsePublic(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 // Interface guards
 var (
 	_ caddy.Provisioner           = (*Public)(nil)
+	_ caddy.CleanerUpper          = (*Public)(nil)
 	_ caddyhttp.MiddlewareHandler = (*Public)(nil)
 	_ caddyfile.Unmarshaler       = (*Public)(nil)
 )

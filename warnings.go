@@ -32,17 +32,23 @@ import (
 //
 // It reads the http app's provisioned routes (handlers nested in
 // `handle`, `route` and the like are subroutes).
-func (a *App) warnUnsafe(httpApp *caddyhttp.App) {
+//
+// And it refuses what would let an app of another user read with Caddy's
+// rights (guardFiles).
+func (a *App) warnUnsafe(httpApp *caddyhttp.App) error {
 	if httpApp == nil {
-		return
+		return nil
 	}
 	var proxies []*reverseproxy.Handler
+	var files []caddyhttp.MiddlewareHandler // supervise_sendfile and supervise_public
 	streamsBefore := make(map[*reverseproxy.Handler]bool) // supervise_streams comes before it
 	var walk func(routes caddyhttp.RouteList, covered bool) bool
 	walk = func(routes caddyhttp.RouteList, covered bool) bool {
 		for _, r := range routes {
 			for _, h := range r.Handlers {
 				switch h := h.(type) {
+				case *Sendfile, *Public:
+					files = append(files, h.(caddyhttp.MiddlewareHandler))
 				case *Streams:
 					covered = true
 				case *reverseproxy.Handler:
@@ -73,6 +79,9 @@ func (a *App) warnUnsafe(httpApp *caddyhttp.App) {
 				walk(caddyhttp.RouteList{*r}, false)
 			}
 		}
+	}
+	if err := a.guardFiles(files); err != nil {
+		return err
 	}
 	budget := time.Duration(httpApp.ShutdownDelay) + time.Duration(httpApp.GracePeriod)
 	for _, p := range a.Processes {
@@ -119,6 +128,43 @@ func (a *App) warnUnsafe(httpApp *caddyhttp.App) {
 			}
 		}
 	}
+	return nil
+}
+
+// guardFiles keeps Caddy from reading for an app of another user what
+// that user may not read. When a process runs as another user than
+// Caddy's (a root Caddy with `user app`), Caddy's file handlers would read
+// with Caddy's rights what the app names or places: supervise_sendfile
+// without roots serves any file the app names (/etc/shadow, Caddy's TLS
+// keys) — an error that asks for roots; supervise_public follows symbolic
+// links out of its directory, which the app's user may be able to write —
+// there it no longer follows them out (os.Root), unless only Caddy's user
+// or root can change the directory.
+func (a *App) guardFiles(files []caddyhttp.MiddlewareHandler) error {
+	var other *Process
+	for _, p := range a.Processes {
+		if p.id != nil && p.id.otherUser() {
+			other = p
+			break
+		}
+	}
+	if other == nil {
+		return nil
+	}
+	for _, h := range files {
+		switch h := h.(type) {
+		case *Sendfile:
+			if len(h.Roots) == 0 {
+				return fmt.Errorf("supervise_sendfile without root: process %q runs as %s, another user than Caddy's: X-Sendfile would let its app read any file Caddy may (other users' secrets, Caddy's keys); give the directories it sends files from: supervise_sendfile { root <dir>... }",
+					other.Name, other.identityName())
+			}
+		case *Public:
+			if err := h.confine(); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // warnStreams warns when the streams (WebSockets, SSE) of process p's
