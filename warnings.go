@@ -40,7 +40,7 @@ func (a *App) warnUnsafe(httpApp *caddyhttp.App) error {
 		return nil
 	}
 	var proxies []*reverseproxy.Handler
-	var files []caddyhttp.MiddlewareHandler // supervise_sendfile and supervise_public
+	var files []caddyhttp.MiddlewareHandler               // supervise_sendfile and supervise_public
 	streamsBefore := make(map[*reverseproxy.Handler]bool) // supervise_streams comes before it
 	var walk func(routes caddyhttp.RouteList, covered bool) bool
 	walk = func(routes caddyhttp.RouteList, covered bool) bool {
