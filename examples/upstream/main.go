@@ -6,6 +6,7 @@
 //	GET /            200 "hello from upstream pid N"
 //	GET /sleep?d=1s  200 after the given time (&report: tell the test it arrived)
 //	GET /hang        never answers (until the process ends)
+//	GET /events      server-sent events: "data: pid N" every 200 ms, until the client goes
 //	GET /exit?code=N exits at once with status N, like a crash
 //
 // Given a listening socket by the socket-activation protocol (LISTEN_FDS=1,
@@ -77,6 +78,20 @@ func main() {
 	mux.HandleFunc("/hang", func(w http.ResponseWriter, r *http.Request) {
 		rep.send(map[string]any{"ev": "request", "path": r.URL.Path})
 		select {}
+	})
+	mux.HandleFunc("/events", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		for {
+			fmt.Fprintf(w, "data: pid %d\n\n", os.Getpid())
+			if err := http.NewResponseController(w).Flush(); err != nil {
+				return
+			}
+			select {
+			case <-r.Context().Done():
+				return
+			case <-time.After(200 * time.Millisecond):
+			}
+		}
 	})
 	inflight := &requests{}
 	inflight.cond = sync.NewCond(&inflight.mu)
