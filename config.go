@@ -3,6 +3,7 @@ package supervise
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -398,31 +399,20 @@ func (p *Process) provision(index int) error {
 	return nil
 }
 
-// readFileInfo reads a file and returns what it read with the file's
-// description, both of one open.
+// readFileInfo reads a regular file (opened only once it is known to be
+// one: a FIFO would hang the load) and returns what it read with the
+// file's description.
 func readFileInfo(path string) ([]byte, os.FileInfo, error) {
-	f, err := os.Open(path)
+	f, fi, err := openRegular(path)
+	if errors.Is(err, errNotRegular) {
+		return nil, nil, fmt.Errorf("not a regular file")
+	}
 	if err != nil {
 		return nil, nil, err
 	}
 	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, nil, err
-	}
-	if !fi.Mode().IsRegular() {
-		return nil, nil, fmt.Errorf("not a regular file")
-	}
 	data, err := io.ReadAll(f)
 	return data, fi, err
-}
-
-// pathHeld reports whether only Caddy's user or root can change what path
-// leads to: the directories of the path as written and of where its links
-// lead (ownedPath).
-func pathHeld(path string) bool {
-	real, err := filepath.EvalSymlinks(path)
-	return err == nil && ownedPath(filepath.Dir(path)) && ownedPath(filepath.Dir(real))
 }
 
 // resolveSpawn works out what the child is started from: the expanded
@@ -506,7 +496,7 @@ func (p *Process) resolveSpawn() error {
 			return err
 		}
 	}
-	if envFileInfo != nil && p.id != nil && p.id.otherUser() && !p.id.mayRead(envFileInfo) && !pathHeld(envFile) {
+	if envFileInfo != nil && p.id != nil && p.id.otherUser() && !p.id.mayReach(envFile) && !heldPath(envFile) {
 		// Caddy reads it with its own rights, for a program of another user:
 		// fine when only Caddy's user or root decide what the path leads to
 		// (a secret the admin hands the app), not when someone else can

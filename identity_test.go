@@ -444,17 +444,51 @@ func TestEnvFileForAnotherUser(t *testing.T) {
 	if err := os.WriteFile(shadow, []byte("root:*:20228:0:99999:7:::\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	// (a) a file nobody may not reach: mode 644, in a directory only root
+	// may enter; (b) a held path whose link leads through a directory the
+	// app's user may change
+	alice := filepath.Join(t.TempDir(), "alice")
+	if err := os.Mkdir(alice, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, filepath.Join(alice, ".env"), "ALICE_TOKEN=secret\n")
+	unreachable := filepath.Join(appDir, "alice.env")
+	if err := os.Symlink(filepath.Join(alice, ".env"), unreachable); err != nil {
+		t.Fatal(err)
+	}
+	etc := t.TempDir() // root's, held
+	hop := filepath.Join(etc, "app.env")
+	if err := os.Symlink(filepath.Join(appDir, "shared.env"), hop); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(secret, filepath.Join(appDir, "shared.env")); err != nil {
+		t.Fatal(err)
+	}
+	fifo := filepath.Join(appDir, "fifo.env")
+	if err := syscall.Mkfifo(fifo, 0o644); err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct {
 		name, file, user, want string
 	}{
 		{"a link another user may place", link, "nobody", "nobody may not read it, and users other than Caddy's and root can change what the path leads to"},
+		{"a file in a directory the user may not enter", unreachable, "nobody", "nobody may not read it"},
+		{"a held path through a directory the user may change", hop, "nobody", "nobody may not read it"},
+		{"a FIFO", fifo, "", "not a regular file"},
 		{"the admin's secret", secret, "nobody", ""},
 		{"readable by the user", readable, "nobody", ""},
 		{"Caddy's own user", link, "", ""},
 		{"never quoted", shadow, "nobody", "line 1: not KEY=VALUE (no =)"},
 	} {
 		p := &Process{Name: "web", Command: []string{"sleep", "60"}, EnvFile: tc.file, User: tc.user}
-		err := p.provision(0)
+		done := make(chan error, 1)
+		go func() { done <- p.provision(0) }()
+		var err error
+		select {
+		case err = <-done:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%s: reading the env_file hangs", tc.name)
+		}
 		switch {
 		case tc.want == "" && err != nil:
 			t.Errorf("%s: %v", tc.name, err)
@@ -478,14 +512,22 @@ func TestFilesForAnotherUsersApp(t *testing.T) {
 	if err := os.Chmod(secret, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	public := filepath.Join(sharedDir(t), "public") // the app's user may write it
+	public := filepath.Join(sharedDir(t), "public") // root's, with a subdirectory the app's user may write
 	writeFile(t, filepath.Join(public, "ok.txt"), "public file")
-	if err := os.Chmod(public, 0o777); err != nil {
+	uploads := filepath.Join(public, "uploads")
+	if err := os.Mkdir(uploads, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(uploads, 0o777); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.Symlink(secret, filepath.Join(public, "leak.txt")); err != nil {
 		t.Fatal(err)
 	}
+	if err := os.Symlink(secret, filepath.Join(uploads, "leak.txt")); err != nil {
+		t.Fatal(err)
+	}
+	later := filepath.Join(sharedDir(t), "later") // made after the load, by the app's user
 	httpPort := freePort(t)
 	src := func(handler string) string {
 		return fmt.Sprintf(`{
@@ -513,7 +555,7 @@ http://127.0.0.1:%d {
 		t.Errorf("validate of supervise_sendfile without root for an app of another user: %v\n%s", err, out)
 	}
 
-	if err := os.WriteFile(path, []byte(src(fmt.Sprintf("supervise_public {\n\t\t\troot %s\n\t\t}", public))), 0o644); err != nil {
+	if err := os.WriteFile(path, []byte(src(fmt.Sprintf("supervise_public {\n\t\t\troot %s\n\t\t}\n\t\tsupervise_public {\n\t\t\troot %s\n\t\t}", public, later))), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	c := startCaddyFile(t, path, "caddyfile")
@@ -521,8 +563,24 @@ http://127.0.0.1:%d {
 	if _, body := httpGet(t, base+"/ok.txt"); string(body) != "public file" {
 		t.Errorf("GET /ok.txt: %q", body)
 	}
-	if _, body := httpGet(t, base+"/leak.txt"); string(body) != "from the app" {
-		t.Errorf("GET /leak.txt (a link to a root-only file): %q, want it left to the app", body)
+	for _, p := range []string{"/leak.txt", "/uploads/leak.txt"} {
+		if _, body := httpGet(t, base+p); string(body) != "from the app" {
+			t.Errorf("GET %s (a link to a root-only file): %q, want it left to the app", p, body)
+		}
+	}
+	// a root that did not exist at the load, made by the app's user
+	if err := os.Mkdir(later, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(secret, filepath.Join(later, "leak2.txt")); err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, filepath.Join(later, "fine.txt"), "a later file")
+	if _, body := httpGet(t, base+"/leak2.txt"); string(body) != "from the app" {
+		t.Errorf("GET /leak2.txt (under a root made after the load): %q, want it left to the app", body)
+	}
+	if _, body := httpGet(t, base+"/fine.txt"); string(body) != "a later file" {
+		t.Errorf("GET /fine.txt (under a root made after the load): %q", body)
 	}
 	c.signal(syscall.SIGTERM)
 	c.wait(10 * time.Second)

@@ -111,9 +111,10 @@ func isTerminal(f *os.File) bool {
 // terminal opened anew, write-only (Caddy's own descriptor is often the
 // terminal opened for reading too, and the child could read what is
 // typed); anything else as it is. A child of another user never gets the
-// terminal: its output is relayed (an error here). Where a terminal cannot
-// be opened anew (outside Linux), a child of Caddy's own user gets it as
-// it is (it could open the device itself).
+// terminal: its output is relayed (an error here). Where the terminal
+// cannot be opened anew (outside Linux; or Caddy's user may not open the
+// terminal it was given), it gets Caddy's descriptor only if that one is
+// write-only, and is relayed otherwise.
 func terminalForChild(f *os.File, def *Process) (*os.File, error) {
 	if !isTerminal(f) {
 		return f, nil
@@ -125,10 +126,10 @@ func terminalForChild(f *os.File, def *Process) (*os.File, error) {
 		return nil, errors.New("the terminal is not handed to another user")
 	}
 	w, err := openWriteOnly(f)
-	if err != nil && def.id == nil {
-		return f, nil
+	if err != nil && writeOnlyAlready(f) {
+		return f, nil // (Caddy's own descriptor cannot read either)
 	}
-	return w, err
+	return w, err // an error: the output is relayed
 }
 
 // started closes the parent's copies of the pipes' write ends, so that the

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"os/user"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -128,7 +129,7 @@ func environmentFile(env []string) (*os.File, error) {
 		return nil, err
 	}
 	var b strings.Builder
-	for _, kv := range env {
+	for _, kv := range lastWins(env) {
 		b.WriteString(kv)
 		b.WriteByte(0)
 	}
@@ -137,6 +138,30 @@ func environmentFile(env []string) (*os.File, error) {
 		w.Close()
 	}()
 	return r, nil
+}
+
+// writeOnlyAlready reports whether f was opened for writing only: a child
+// that gets it cannot read through it.
+func writeOnlyAlready(f *os.File) bool {
+	fl, err := unix.FcntlInt(f.Fd(), unix.F_GETFL, 0)
+	return err == nil && fl&unix.O_ACCMODE == unix.O_WRONLY
+}
+
+// lastWins keeps, of the variables env sets more than once, the last
+// value, as os/exec does with Cmd.Env (the module appends what it sets,
+// PORT say, after what Caddy's environment holds).
+func lastWins(env []string) []string {
+	seen := make(map[string]bool, len(env))
+	out := make([]string, 0, len(env))
+	for i := len(env) - 1; i >= 0; i-- {
+		k, _, _ := strings.Cut(env[i], "=")
+		if !seen[k] {
+			seen[k] = true
+			out = append(out, env[i])
+		}
+	}
+	slices.Reverse(out)
+	return out
 }
 
 // requestExit makes Caddy exit gracefully, exactly as on SIGTERM.

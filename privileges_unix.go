@@ -37,7 +37,11 @@ func (id *identity) switches() (uid, groups bool) {
 
 // mayRead reports whether id may read a file described by fi, by its
 // mode bits (ACLs aside).
-func (id *identity) mayRead(fi os.FileInfo) bool {
+func (id *identity) mayRead(fi os.FileInfo) bool { return id.may(fi, 0o4) }
+
+// may reports whether id has the permission bit (4 read, 1 search) on a
+// file, as the mode bits say: the owner's, the group's, or the others'.
+func (id *identity) may(fi os.FileInfo, bit os.FileMode) bool {
 	st, ok := fi.Sys().(*syscall.Stat_t)
 	if !ok {
 		return true
@@ -47,11 +51,91 @@ func (id *identity) mayRead(fi os.FileInfo) bool {
 	case id.uid == 0:
 		return true
 	case st.Uid == id.uid:
-		return m&0o400 != 0
+		return m&(bit<<6) != 0
 	case st.Gid == id.gid || slices.Contains(id.groups, st.Gid):
-		return m&0o040 != 0
+		return m&(bit<<3) != 0
 	}
-	return m&0o004 != 0
+	return m&bit != 0
+}
+
+// walkPath follows path from / as the kernel would, symbolic links
+// included, calls dir for every directory it goes through (/ first), and
+// returns what the path leads to; false if a directory refused, or the
+// path leads nowhere.
+func walkPath(path string, dir func(os.FileInfo) bool) (os.FileInfo, bool) {
+	path, err := filepath.Abs(path)
+	if err != nil {
+		return nil, false
+	}
+	cur := "/"
+	fi, err := os.Lstat(cur)
+	if err != nil || !dir(fi) {
+		return nil, false
+	}
+	comps := strings.Split(path, "/")
+	for links := 0; len(comps) > 0; {
+		c := comps[0]
+		comps = comps[1:]
+		switch c {
+		case "", ".":
+			continue
+		case "..":
+			cur = filepath.Dir(cur)
+			continue
+		}
+		next := filepath.Join(cur, c)
+		if fi, err = os.Lstat(next); err != nil {
+			return nil, false
+		}
+		switch {
+		case fi.Mode()&os.ModeSymlink != 0:
+			target, err := os.Readlink(next)
+			if links++; err != nil || links > 40 {
+				return nil, false
+			}
+			if filepath.IsAbs(target) {
+				cur = "/"
+			}
+			comps = append(strings.Split(target, "/"), comps...)
+		case fi.IsDir():
+			if !dir(fi) {
+				return nil, false
+			}
+			cur = next
+		case len(comps) > 0:
+			return nil, false // a file is not a directory to go through
+		default:
+			cur = next
+		}
+	}
+	return fi, true
+}
+
+// heldDir reports whether a directory belongs to Caddy's user, root, or
+// one of also, and no one else may write it (a sticky directory aside).
+func heldDir(fi os.FileInfo, also ...int) bool {
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	return ok && (int(st.Uid) == os.Geteuid() || st.Uid == 0 || slices.Contains(also, int(st.Uid))) &&
+		(fi.Mode().Perm()&0o022 == 0 || fi.Mode()&os.ModeSticky != 0)
+}
+
+// heldPath reports whether only Caddy's user, root or one of also can
+// change what path leads to: every directory it goes through, following
+// its symbolic links, is held (heldDir).
+func heldPath(path string, also ...int) bool {
+	_, ok := walkPath(path, func(fi os.FileInfo) bool { return heldDir(fi, also...) })
+	return ok
+}
+
+// maySearch reports whether id may go through a directory, by its mode
+// bits (ACLs aside).
+func (id *identity) maySearch(fi os.FileInfo) bool { return id.may(fi, 0o1) }
+
+// mayReach reports whether id could open path for reading itself: it may
+// go through every directory on the way and read the file, by mode bits.
+func (id *identity) mayReach(path string) bool {
+	fi, ok := walkPath(path, id.maySearch)
+	return ok && id.mayRead(fi)
 }
 
 // uidOf is the user a process of def runs as.

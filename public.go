@@ -16,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -87,9 +88,10 @@ type Public struct {
 	// immutable`. Default: none.
 	Immutable []string `json:"immutable,omitempty"`
 
-	root  string
-	cache *fileCache
-	rt    *os.Root // set by confine: files are opened within the root
+	root     string
+	cache    *fileCache
+	confined bool                     // files are opened within the root (see confine)
+	rt       *atomic.Pointer[os.Root] // the root, once it exists (when confined)
 }
 
 // Defaults of Public, Thruster's.
@@ -141,46 +143,66 @@ func (p *Public) Provision(caddy.Context) error {
 }
 
 // confine makes the handler open files within its root, following no
-// symbolic link out of it (os.Root), unless only Caddy's user or root can
-// change the directory: an app of another user (see guardFiles) could
-// otherwise link any file Caddy may read into it.
+// symbolic link out of it (os.Root): an app of another user (see
+// guardFiles) could otherwise link, anywhere below the root, any file
+// Caddy may read. A root that does not exist yet is opened once it does.
 func (p *Public) confine() error {
-	if p.rt != nil || ownedPath(p.root) {
-		return nil
+	if !p.confined {
+		p.confined, p.rt = true, new(atomic.Pointer[os.Root])
+	}
+	if _, err := p.within(); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("supervise_public: root %q: %v", p.Root, err)
+	}
+	return nil
+}
+
+// within is the confined root, opened the first time it exists.
+func (p *Public) within() (*os.Root, error) {
+	if rt := p.rt.Load(); rt != nil {
+		return rt, nil
 	}
 	rt, err := os.OpenRoot(p.root)
 	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return nil // nothing to serve (no file ever exists under it)
-		}
-		return fmt.Errorf("supervise_public: root %q: %v", p.Root, err)
+		return nil, err
 	}
-	p.rt = rt
-	return nil
+	if !p.rt.CompareAndSwap(nil, rt) {
+		rt.Close() // another request opened it first
+	}
+	return p.rt.Load(), nil
 }
 
 // Cleanup closes the confined root.
 func (p *Public) Cleanup() error {
-	if p.rt != nil {
-		p.rt.Close()
+	if p.confined {
+		if rt := p.rt.Load(); rt != nil {
+			rt.Close()
+		}
 	}
 	return nil
 }
 
 // stat describes the file rel (a clean path below the root, "/x/y").
 func (p *Public) stat(rel string) (fs.FileInfo, error) {
-	if p.rt != nil {
-		return p.rt.Stat(strings.TrimPrefix(rel, "/"))
+	if !p.confined {
+		return os.Stat(filepath.Join(p.root, filepath.FromSlash(rel)))
 	}
-	return os.Stat(filepath.Join(p.root, filepath.FromSlash(rel)))
+	rt, err := p.within()
+	if err != nil {
+		return nil, err
+	}
+	return rt.Stat(strings.TrimPrefix(rel, "/"))
 }
 
 // open opens the regular file rel for reading (see openRegular).
 func (p *Public) open(rel string) (*os.File, fs.FileInfo, error) {
-	if p.rt == nil {
+	if !p.confined {
 		return openRegular(filepath.Join(p.root, filepath.FromSlash(rel)))
 	}
-	f, err := p.rt.OpenFile(strings.TrimPrefix(rel, "/"), os.O_RDONLY|openQuietly, 0)
+	rt, err := p.within()
+	if err != nil {
+		return nil, nil, err
+	}
+	f, err := rt.OpenFile(strings.TrimPrefix(rel, "/"), os.O_RDONLY|openQuietly, 0)
 	if err != nil {
 		return nil, nil, err
 	}

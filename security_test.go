@@ -168,3 +168,19 @@ func TestCaddySuperviseAdminDefault(t *testing.T) {
 		})
 	}
 }
+
+// The program gets its own port whatever Caddy's environment holds: a
+// PORT of Caddy's own (a platform that sets it) is replaced, not sent too.
+func TestProgramGetsItsOwnPort(t *testing.T) {
+	cfg := testConfig(t, 0, 0, map[string]any{"name": "app", "port": "auto", "ready": map[string]any{"tcp": ""},
+		"command": []string{"sh", "-c", `echo "port=$PORT ports=$(env | grep -c '^PORT=')"; exec sleep 60`}})
+	path := filepath.Join(t.TempDir(), "caddy.json")
+	writeJSON(t, path, cfg)
+	c := startCaddyFile(t, path, "", "PORT=9999")
+	line := c.waitLog(`"msg":"port=`, 10*time.Second)
+	if strings.Contains(line, "port=9999") || !strings.Contains(line, "ports=1") {
+		t.Errorf("the program saw %s", line)
+	}
+	c.signal(syscall.SIGTERM)
+	c.wait(10 * time.Second)
+}

@@ -233,6 +233,8 @@ func (s *Sendfile) serve(w http.ResponseWriter, r *http.Request, values []string
 			return refuse(http.StatusNotFound, "no such file")
 		case errors.Is(err, fs.ErrPermission):
 			return refuse(http.StatusForbidden, "Caddy may not read it: "+err.Error())
+		case errors.Is(err, syscall.ENXIO):
+			return refuse(http.StatusInternalServerError, "not a regular file (a socket)")
 		case len(s.Roots) > 0:
 			return refuse(http.StatusForbidden, err.Error()) // os.Root: a .. or a symbolic link that leads out
 		}
@@ -273,9 +275,11 @@ func (s *Sendfile) open(name string) (*os.File, fs.FileInfo, error) {
 	}
 	for i, root := range s.Roots {
 		rel, ok := strings.CutPrefix(name, root)
-		if root == string(filepath.Separator) {
-			rel, ok = name[1:], true
-		} else if !ok || rel == "" || rel[0] != filepath.Separator {
+		switch {
+		case !ok:
+			continue
+		case strings.HasSuffix(root, string(filepath.Separator)): // "/", "C:\"
+		case rel == "" || rel[0] != filepath.Separator:
 			continue
 		}
 		rel = strings.TrimLeft(rel, string(filepath.Separator))

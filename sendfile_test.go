@@ -247,6 +247,9 @@ func TestSendfileRefusals(t *testing.T) {
 	if err := syscall.Mkfifo(fifo, 0o644); err != nil {
 		t.Fatal(err)
 	}
+	if err := syscall.Mkfifo(filepath.Join(storage, "fifo"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct {
 		name   string
 		values []string
@@ -268,6 +271,8 @@ func TestSendfileRefusals(t *testing.T) {
 		{"dot-dot out of the root", []string{storage + "/../secret.txt"}, []string{storage}, 403, ""},
 		{"symlink out of the root", []string{filepath.Join(storage, "link")}, []string{storage}, 403, ""},
 		{"the root itself", []string{storage + "/"}, []string{storage}, 500, ""},
+		{"FIFO in the root", []string{filepath.Join(storage, "fifo")}, []string{storage}, 500, "not a regular file"},
+		{"a root of /", []string{filepath.Join(storage, "ok.txt")}, []string{"/"}, 0, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s, logs := sendfileHandler(t, tc.roots...)
@@ -283,6 +288,12 @@ func TestSendfileRefusals(t *testing.T) {
 			case <-done:
 			case <-time.After(5 * time.Second):
 				t.Fatal("the handler blocks") // a FIFO opened for reading without a writer
+			}
+			if tc.status == 0 {
+				if err != nil || w.Body.String() != "ok" {
+					t.Fatalf("got %d %q %v, want the file", w.Code, w.Body.String(), err)
+				}
+				return
 			}
 			var he caddyhttp.HandlerError
 			if !errors.As(err, &he) || he.StatusCode != tc.status {

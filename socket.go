@@ -91,7 +91,7 @@ func (p *Process) provisionSocket() error {
 		if fi, err := os.Stat(filepath.Dir(path)); err != nil || !fi.IsDir() {
 			return fmt.Errorf("socket %q: the directory %s does not exist", p.Socket, filepath.Dir(path))
 		}
-		if !ownedPath(filepath.Dir(path), p.uidOf()) {
+		if !heldPath(filepath.Dir(path), p.uidOf()) {
 			// Caddy dials the path: whoever can put a socket of their own
 			// there gets the app's requests (and answers them)
 			return fmt.Errorf("socket %q: users other than Caddy's, the process's and root can change the directory %s (or one above it): one of them could put a socket of its own at the path, and Caddy would send the app's requests to it; use a directory only they can change (/run/app/, the app's tmp/)", p.Socket, filepath.Dir(path))

@@ -120,8 +120,27 @@ func TestSocketInAnOpenDirectory(t *testing.T) {
 	if err := p.provision(0); err == nil || !strings.Contains(err.Error(), "could put a socket of its own at the path") {
 		t.Errorf("a socket in a directory anyone may write: %v", err)
 	}
-	p = &Process{Name: "web", Command: []string{"sleep", "60"}, Socket: "unix/" + filepath.Join(t.TempDir(), "app.sock")}
+	private := t.TempDir()
+	p = &Process{Name: "web", Command: []string{"sleep", "60"}, Socket: "unix/" + filepath.Join(private, "app.sock")}
 	if err := p.provision(0); err != nil {
 		t.Errorf("a socket in a private directory: %v", err)
+	}
+	// through a symbolic link (/var/run → /run): what the link leads to,
+	// and where the link is, decide
+	held := filepath.Join(t.TempDir(), "run")
+	if err := os.Symlink(private, held); err != nil {
+		t.Fatal(err)
+	}
+	p = &Process{Name: "web", Command: []string{"sleep", "60"}, Socket: "unix/" + filepath.Join(held, "app.sock")}
+	if err := p.provision(0); err != nil {
+		t.Errorf("a socket through a link to a private directory: %v", err)
+	}
+	loose := filepath.Join(open, "run")
+	if err := os.Symlink(private, loose); err != nil {
+		t.Fatal(err)
+	}
+	p = &Process{Name: "web", Command: []string{"sleep", "60"}, Socket: "unix/" + filepath.Join(loose, "app.sock")}
+	if err := p.provision(0); err == nil {
+		t.Errorf("a socket through a link others may change was accepted")
 	}
 }

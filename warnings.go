@@ -3,6 +3,8 @@ package supervise
 import (
 	"fmt"
 	"net"
+	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -136,10 +138,9 @@ func (a *App) warnUnsafe(httpApp *caddyhttp.App) error {
 // Caddy's (a root Caddy with `user app`), Caddy's file handlers would read
 // with Caddy's rights what the app names or places: supervise_sendfile
 // without roots serves any file the app names (/etc/shadow, Caddy's TLS
-// keys) — an error that asks for roots; supervise_public follows symbolic
-// links out of its directory, which the app's user may be able to write —
-// there it no longer follows them out (os.Root), unless only Caddy's user
-// or root can change the directory.
+// keys) — an error that asks for roots (other than /); supervise_public
+// follows symbolic links out of its directory, below which the app's user
+// may be able to write — it no longer follows them out (os.Root).
 func (a *App) guardFiles(files []caddyhttp.MiddlewareHandler) error {
 	var other *Process
 	for _, p := range a.Processes {
@@ -154,7 +155,7 @@ func (a *App) guardFiles(files []caddyhttp.MiddlewareHandler) error {
 	for _, h := range files {
 		switch h := h.(type) {
 		case *Sendfile:
-			if len(h.Roots) == 0 {
+			if len(h.Roots) == 0 || slices.Contains(h.Roots, string(filepath.Separator)) {
 				return fmt.Errorf("supervise_sendfile without root: process %q runs as %s, another user than Caddy's: X-Sendfile would let its app read any file Caddy may (other users' secrets, Caddy's keys); give the directories it sends files from: supervise_sendfile { root <dir>... }",
 					other.Name, other.identityName())
 			}

@@ -36,9 +36,11 @@ func pin(pgid, parent int) (*group, error) {
 	switch {
 	case err == nil:
 		g.fd = fd
-	case errors.Is(err, syscall.ENOSYS):
-	default:
+	case errors.Is(err, syscall.ESRCH):
 		return nil, err
+	default:
+		// no pidfds here (before Linux 5.3: ENOSYS; a seccomp profile that
+		// refuses unknown calls: EPERM): the start time pins it
 	}
 	ppid, pgrp, start, err := leaderStat(pgid)
 	switch {
