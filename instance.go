@@ -37,22 +37,19 @@ type instance struct {
 
 	// owned by the service's loop
 	state           state
+	cond            conditions // besides its state: see conditions
 	startedAt       time.Time
 	stopBegan       time.Time     // when its stop signal went out, if it did
-	retireUntil     *App          // a retiring instance stays until this config is gone (a failed reload may put it back)
 	retireReason    string        // why it retires, for its stop
 	retireGen       int           // its retirements, to tell a stale bound from the current one
 	retireTimer     int           // the retirement whose bounds run
 	retiredAt       time.Time     // when it left service
 	drainDeadline   time.Time     // when its ordinary requests have had drain_timeout
-	keepStreams     bool          // it retires beside its replacement: its streams may go on (see retire.go)
 	streamsClosed   string        // why its streams were ended, if they were
 	streamsClosedAt time.Time     // and when
 	streamsSpread   time.Duration // over how long
 	closedStreams   int           // how many
 	notReady        string        // why it failed its readiness probe ("" if it did not)
-	unhealthy       string        // why it failed its health check: out of the upstream, killed once replaced
-	recycleReason   string        // why it is recycled: its replacement runs, or waits for another job
 	unwatch         func()        // ends its watch (watch.go)
 	watchGen        int           // its watches, to tell a stale report from the current one
 	recycleFails    int           // failed replacements of its recycle, for the retry's back-off
@@ -114,8 +111,47 @@ var moves = map[state][]state{
 	stateStopping: {stateExited},
 }
 
+// conditions are what an instance may be, besides its state, that other
+// rules read. They are changed by the rules of retire.go and watch.go, and
+// their valid combinations with the state are checked in one place
+// (conditionsError), after every event:
+//
+//   - unhealthy: it failed its health check. It is out of the upstream,
+//     replaced at once (its replacement waits for nothing), and killed
+//     (never drained) once replaced. Only while ready or stopping.
+//   - recycle: why it is recycled (a limit, or its health): its
+//     replacement runs, or waits for another job. Not while starting.
+//   - keptFor: a retiring instance stays until this config is gone (a
+//     failed reload may put it back). Only while retiring.
+//   - keepStreams: it retires beside its replacement, and its streams may
+//     go on (see retire.go). Only while retiring.
+type conditions struct {
+	unhealthy   string
+	recycle     string
+	keptFor     *App
+	keepStreams bool
+}
+
+// conditionsError says what is wrong with the instance's conditions, or
+// "" if nothing.
+func (in *instance) conditionsError() string {
+	c := in.cond
+	switch {
+	case c.unhealthy != "" && in.state != stateReady && in.state != stateStopping && in.state != stateExited:
+		return "unhealthy while " + string(in.state)
+	case c.recycle != "" && (in.state == stateStarting || in.state == stateNone):
+		return "recycled while " + string(in.state)
+	case c.keptFor != nil && in.state != stateRetiring:
+		return "kept for a config while " + string(in.state)
+	case c.keepStreams && in.state != stateRetiring:
+		return "keeps its streams while " + string(in.state)
+	}
+	return ""
+}
+
 // setState moves the instance to state to and logs the change. Called by
-// the service's loop only.
+// the service's loop only. What only a retiring instance may be ends with
+// its retirement.
 func (in *instance) setState(to state) {
 	if in.state == to {
 		return
@@ -127,6 +163,9 @@ func (in *instance) setState(to state) {
 	}
 	from := in.state
 	in.state = to
+	if to != stateRetiring {
+		in.cond.keptFor, in.cond.keepStreams = nil, false
+	}
 	if to == stateReady {
 		in.tail.ready()
 	}
@@ -170,10 +209,12 @@ func (in *instance) enter() bool {
 	return true
 }
 
-// requestEnded uncounts a request; the last one of an instance that left
-// service tells its service.
+// requestEnded uncounts a request. Of an instance that left service, it
+// tells the service what its rules wait for: its last request (it may
+// stop: stopIfRetired), and its last request that is not a stream (a roll
+// waits for old instances that serve more than their streams: oldsLeft).
 func (in *instance) requestEnded() {
-	if in.inflight.Add(-1) == 0 && !in.accepting.Load() {
+	if n := in.inflight.Add(-1); !in.accepting.Load() && (n == 0 || n == in.streams.Load()) {
 		in.svc.post(instanceIdle{in})
 	}
 }
@@ -182,7 +223,7 @@ func (in *instance) requestEnded() {
 // ready, in the serving set, and did not fail its health check. Called by
 // the service's loop only.
 func (in *instance) serves() bool {
-	return in.state == stateReady && in.unhealthy == "" && slices.Contains(in.svc.slots, in)
+	return in.state == stateReady && in.cond.unhealthy == "" && slices.Contains(in.svc.slots, in)
 }
 
 // live reports whether the instance's group may still exist.

@@ -159,7 +159,7 @@ func (a *App) Start() error {
 	}
 	for _, def := range a.Processes {
 		reply := make(chan error, 1)
-		s := ask(def.Name, acquireEv{app: a, def: def, candidate: a.takesPortOf(def), reply: reply})
+		s := ask(def.Name, acquireEv{app: a, def: def, candidate: a.takesPortOf(def), reload: configActive(), reply: reply})
 		a.acquired = append(a.acquired, s)
 		if err := <-reply; err != nil {
 			a.releaseAll()

@@ -214,7 +214,7 @@ func (s *service) resize(def *Process, until *App) {
 	for len(s.slots) < n {
 		slot := len(s.slots)
 		s.slots = append(s.slots, nil)
-		if s.exiting || s.stopAll != "" || s.yieldedTo != nil || s.job != nil {
+		if s.job != nil || !s.mayStart(transition) {
 			continue // the job fills it, or nothing new starts
 		}
 		if r := s.retiree(slot, spawnKey(def)); r != nil {
@@ -257,7 +257,7 @@ func (s *service) retiree(slot int, key string) *instance {
 		newest = s.holders[len(s.holders)-1].app
 	}
 	for _, c := range s.live {
-		if c.state == stateRetiring && c.key == key && c.slot == slot && (r == nil || r.retireUntil != newest) {
+		if c.state == stateRetiring && c.key == key && c.slot == slot && (r == nil || r.cond.keptFor != newest) {
 			r = c
 		}
 	}

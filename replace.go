@@ -128,7 +128,10 @@ func newReload(s *service, h holder, ev acquireEv) *job {
 // new instances serve.
 func (s *service) adminRestart(reply chan restartAnswer) {
 	switch {
-	case s.exiting:
+	case s.stopAll != "":
+		reply <- restartAnswer{err: s.stopErr()}
+		return
+	case s.exiting || s.w.exiting():
 		reply <- restartAnswer{err: fmt.Errorf("process %q: %w", s.name, errExiting)}
 		return
 	case s.job != nil:
@@ -158,8 +161,13 @@ func (s *service) adminRestart(reply chan restartAnswer) {
 // config let go of the process without taking over (it failed to start, or
 // was stopped first): as many slots as it asks for; on each, the old
 // instance if it still retires; else the older definition starts again, in
-// a roll.
+// a roll. A roll that fails is tried again after a back-off (1 s, doubling
+// up to 30 s: see putBackFailed), until the definition in force serves
+// every slot: meanwhile the slots keep what serves (each instance with its
+// own definition's health check and limits), and one that fails its
+// health check calls the next try at once (recycleNext).
 func (s *service) putBack() {
+	s.putBacks.cancel() // (this is the try)
 	def := s.current()
 	s.resize(def, nil)
 	key := s.currentKey()
@@ -183,12 +191,28 @@ func (s *service) putBack() {
 		}
 		revive = append(revive, slot)
 	}
-	if len(revive) == 0 || s.exiting || s.stopAll != "" || s.yieldedTo != nil || s.w.exiting() {
+	if len(revive) == 0 {
+		s.putBacks.fails = 0 // the definition in force serves
+		return
+	}
+	if !s.mayStart(transition) {
 		return // (what serves serves the drain)
 	}
+	urgent := slices.ContainsFunc(revive, func(slot int) bool { in := s.slots[slot]; return in != nil && in.cond.unhealthy != "" })
 	s.replace(&job{kind: reviveJob, why: "the new config did not take over", def: def, todo: revive,
-		beside: def.blueGreen() && def.count > 1})
+		beside: def.blueGreen() && def.count > 1, urgent: urgent})
 }
+
+// putBackFailed: a put-back's roll failed (the definition in force cannot
+// boot now): it is tried again after a back-off.
+func (s *service) putBackFailed() {
+	wait := s.putBacks.next()
+	s.log().Warn("putting the definition in force back failed; trying again later", zap.Duration("after", wait), zap.Int("failures", s.putBacks.fails))
+	s.putBacks.due = s.w.after(s, wait, putBackDue{s.putBacks.gen})
+}
+
+// putBackWaits reports whether a failed put-back waits for its next try.
+func (s *service) putBackWaits() bool { return s.putBacks.due != nil }
 
 // replace starts a job.
 func (s *service) replace(j *job) {
@@ -259,8 +283,8 @@ func (s *service) oldsLeft() bool {
 	for _, in := range s.live {
 		switch {
 		case slices.Contains(s.slots, in) || s.jobStep(in) != nil:
-		case in.state == stateRetiring && in.retireUntil != nil && s.holds(in.retireUntil):
-		case in.state == stateRetiring && in.keepStreams && in.inflight.Load() <= in.streams.Load():
+		case in.state == stateRetiring && in.cond.keptFor != nil && s.holds(in.cond.keptFor):
+		case in.state == stateRetiring && in.cond.keepStreams && in.inflight.Load() <= in.streams.Load():
 		case in.state == stateRetiring || in.state == stateStopping:
 			return true
 		}
@@ -371,7 +395,7 @@ func (s *service) stepDone() {
 			s.retire(old, until, "replaced by a new instance")
 		}
 	}
-	s.ended = false // an old one may have ended for good meanwhile: the new ones serve
+	s.ended, s.endLater = false, nil // an old one may have ended for good meanwhile: the new ones serve
 	j.done += len(j.steps)
 	j.steps = nil
 	if j.exitMode {
@@ -397,6 +421,9 @@ func (s *service) rollOver() {
 	}
 	if j.total > 1 {
 		s.log().Info("rolling restart done", zap.String("why", j.why), zap.Int("instances", j.done))
+	}
+	if j.kind == reviveJob {
+		s.putBacks.fails = 0
 	}
 	j.reply(s, nil)
 	s.endJob()
@@ -461,13 +488,16 @@ func (j *job) fail(s *service, st *step, err error) {
 	if j.target != nil && j.aborted == nil && !j.exitMode && j.beside && s.slots[st.slot] == j.target {
 		s.recycleFailed(j.target)
 	}
+	if j.kind == reviveJob && j.aborted == nil && !j.exitMode {
+		s.putBackFailed()
+	}
 	if err != nil && j.total > 1 {
 		err = fmt.Errorf("%w; the roll stopped at instance %d: %d of %d replaced, those it had not reached untouched", err, st.slot, j.done, j.total)
 	}
 	switch {
 	case j.aborted != nil || j.exitMode:
 		j.reply(s, err)
-	case j.beside && s.slots[st.slot] == nil:
+	case j.beside && st.old != nil && s.slots[st.slot] == nil:
 		j.reply(s, fmt.Errorf("%v; the old instance exited meanwhile, and its restart policy applies", err))
 	case j.beside:
 		j.reply(s, fmt.Errorf("%v; the old instance still serves", err))
@@ -581,6 +611,14 @@ func (s *service) endJob() {
 	}
 	if len(s.queue) == 0 {
 		s.stopExitTick()
+	}
+	if e := s.endLater; e != nil {
+		// the instance that booted to replace the one that ended for good
+		// did not get to serve: the process ends now
+		if s.empty() && len(s.backoff.due) == 0 && s.mayStart(restoring) {
+			s.endForGood(e.why, e.code)
+		}
+		s.endLater = nil
 	}
 	if s.reconcile {
 		s.reconcile = false

@@ -36,7 +36,7 @@ import (
 
 // retire takes an instance out of service.
 func (s *service) retire(in *instance, until *App, reason string) {
-	if in.state != stateReady && in.state != stateRetiring || in.unhealthy != "" {
+	if in.state != stateReady && in.state != stateRetiring || in.cond.unhealthy != "" {
 		s.stopInstance(in, reason) // it served nothing, or cannot drain (SIGKILL: see stopInstance)
 		return
 	}
@@ -46,16 +46,16 @@ func (s *service) retire(in *instance, until *App, reason string) {
 		in.streamsClosed, in.closedStreams = "", 0
 	}
 	in.setState(stateRetiring)
-	in.retireUntil, in.retireReason = until, reason
+	in.cond.keptFor, in.retireReason = until, reason
 	s.publish() // out of service before its counts are read
-	in.keepStreams = false
+	in.cond.keepStreams = false
 	switch now := s.servingAt(in.slot); {
 	case now == nil || now == in:
 		s.closeStreams(in, "nothing serves in its place", 0)
 	case s.job != nil && len(s.job.todo) > 0:
 		s.closeStreams(in, "a rolling restart goes on once it is gone", 0)
 	default:
-		in.keepStreams = true
+		in.cond.keepStreams = true
 		s.dropKeptStreams(in, "a newer instance retires")
 	}
 	s.stopIfRetired(in)
@@ -68,8 +68,8 @@ func (s *service) retire(in *instance, until *App, reason string) {
 func (s *service) dropKeptStreams(except *instance, why string) {
 	for _, o := range s.live {
 		// (with the process stopping, also those an earlier call spreads)
-		if o != except && o.state == stateRetiring && (o.keepStreams || except == nil) && (except == nil || o.slot == except.slot) {
-			o.keepStreams = false
+		if o != except && o.state == stateRetiring && (o.cond.keepStreams || except == nil) && (except == nil || o.slot == except.slot) {
+			o.cond.keepStreams = false
 			spread := time.Duration(0) // the process stops: no time for a spread
 			if except != nil {
 				spread = closeSpread(o)
@@ -89,7 +89,7 @@ const (
 // stopIfRetired stops a retiring instance once nothing keeps it, and arms
 // its bounds otherwise.
 func (s *service) stopIfRetired(in *instance) {
-	if in.state != stateRetiring || (in.retireUntil != nil && s.holds(in.retireUntil)) {
+	if in.state != stateRetiring || (in.cond.keptFor != nil && s.holds(in.cond.keptFor)) {
 		return
 	}
 	if in.inflight.Load() == 0 {
@@ -108,7 +108,7 @@ func (s *service) stopIfRetired(in *instance) {
 		def := in.settings.Load()
 		in.drainDeadline = s.w.now().Add(time.Duration(def.DrainTimeout))
 		s.retireAfter(in, time.Duration(def.DrainTimeout), boundDrain)
-		if in.keepStreams {
+		if in.cond.keepStreams {
 			s.retireAfter(in, in.retiredAt.Add(time.Duration(def.StreamDrainTimeout)).Sub(s.w.now()), boundStreams)
 		}
 	}
@@ -136,7 +136,7 @@ func closeSpread(in *instance) time.Duration {
 // retireDue: one of a retiring instance's bounds has passed.
 func (s *service) retireDue(ev retireDone) {
 	in := ev.in
-	if in.state != stateRetiring || ev.gen != in.retireGen || (in.retireUntil != nil && s.holds(in.retireUntil)) {
+	if in.state != stateRetiring || ev.gen != in.retireGen || (in.cond.keptFor != nil && s.holds(in.cond.keptFor)) {
 		return
 	}
 	requests := in.inflight.Load() - in.streams.Load()
@@ -200,8 +200,8 @@ func (s *service) endRetirement(in *instance, outcome string) {
 func (s *service) serveAgain(in *instance) {
 	in.retireGen++ // its bounds no longer count
 	in.setState(stateReady)
-	in.retireUntil, in.retiredAt, in.drainDeadline = nil, time.Time{}, time.Time{}
-	in.streamsClosed, in.closedStreams, in.keepStreams, in.streamsSpread = "", 0, false, 0
+	in.cond.keptFor, in.retiredAt, in.drainDeadline = nil, time.Time{}, time.Time{}
+	in.streamsClosed, in.closedStreams, in.cond.keepStreams, in.streamsSpread = "", 0, false, 0
 	openStreams.Lock()
 	in.streamsEnding = false
 	openStreams.Unlock()

@@ -67,7 +67,68 @@ type service struct {
 	gone      []chan struct{}
 	lastSeen  *instance // the instance the status shows while none serves
 	exitTick  ticker
-	unborn    bool // made for an event it has not taken yet
+	unborn    bool        // made for an event it has not taken yet
+	endLater  *pendingEnd // the last instance ended for good while its replacement boots (see crashed)
+	putBacks  retries     // put-backs that failed, and the next try
+}
+
+// pendingEnd is the end for good of a process, put off while a new
+// instance boots that would serve in its place.
+type pendingEnd struct {
+	why  string
+	code int
+}
+
+// retries is the back-off of something that failed and is tried again:
+// 1 s, doubling up to 30 s.
+type retries struct {
+	fails int
+	gen   int
+	due   timer
+}
+
+// next is how long to wait before the next try, counting this failure.
+func (r *retries) next() time.Duration {
+	r.fails++
+	return min(time.Second<<min(r.fails-1, 5), 30*time.Second)
+}
+
+// cancel calls off the try that is due, if any.
+func (r *retries) cancel() {
+	if r.due != nil {
+		r.due.Stop()
+		r.due = nil
+	}
+	r.gen++
+}
+
+// What a new instance starts for (see mayStart).
+type startPurpose int
+
+const (
+	restoring  startPurpose = iota // a crash restart: what serves, also Caddy's exit drain
+	transition                     // a reload's, a restart's, a recycle's, a put-back's, one more instance
+)
+
+// mayStart is the one answer to "may a new instance start now?": never
+// once every instance stops (no config holds the process, or Caddy's last
+// config stops) or its port went to another process; for a transition,
+// not once Caddy's exit began either (what runs serves the drain). A job
+// that runs decides for itself whether its next step may start (see
+// callerExits: one booting in place boots on).
+func (s *service) mayStart(p startPurpose) bool {
+	if s.stopAll != "" || s.yieldedTo != nil {
+		return false
+	}
+	return p == restoring || !s.exiting && !s.w.exiting()
+}
+
+// stopErr is what a request that comes while every instance stops gets.
+func (s *service) stopErr() error {
+	if s.stopAll == "Caddy is exiting" {
+		return fmt.Errorf("process %q: %w", s.name, errExiting)
+	}
+	return fmt.Errorf("process %q: %s: %w", s.name, s.stopAll, errNotRunning)
 }
 
 // holder is a config that holds the process, with its definition.
@@ -105,6 +166,7 @@ type (
 		app       *App
 		def       *Process
 		candidate bool // a first start that fails fails the config (it took another process's port)
+		reload    bool // a config loaded while another runs (not Caddy's first)
 		reply     chan error
 	}
 	releaseEv struct {
@@ -129,6 +191,7 @@ type (
 		drained time.Duration // at Caddy's exit: how long the process served while Caddy drained
 	}
 	restartDue struct{ gen, slot int }
+	putBackDue struct{ gen int } // a failed put-back is tried again (see putBack)
 	retireDone struct {
 		in    *instance
 		gen   int
@@ -296,6 +359,15 @@ func (s *service) handle(ev any) {
 			delete(s.backoff.due, ev.slot)
 			s.restartNow(ev.slot)
 		}
+	case putBackDue:
+		if ev.gen == s.putBacks.gen {
+			s.putBacks.due = nil
+			if s.job != nil {
+				s.reconcile = true // once the job is over
+			} else {
+				s.putBack()
+			}
+		}
 	case retireDone:
 		s.retireDue(ev)
 	case instanceIdle:
@@ -364,13 +436,23 @@ func (s *service) acquire(ev acquireEv) {
 		s.publish()
 		ev.reply <- nil
 	case s.stopAll != "":
-		ev.reply <- fmt.Errorf("process %q: %w", s.name, errExiting)
-	case s.empty() && (len(s.holders) == 0 || s.ended || s.yieldedTo != nil) && !ev.candidate:
-		// nothing runs: a first start, or a process that ended for good
-		if s.exiting {
-			ev.reply <- fmt.Errorf("process %q: %w", s.name, errExiting)
-			return
+		ev.reply <- s.stopErr()
+	case s.exiting:
+		ev.reply <- fmt.Errorf("process %q: %w", s.name, errExiting) // nothing new starts
+	case s.empty() && (len(s.holders) == 0 || s.ended) && ev.reload && ev.def.Ready != nil:
+		// a reload adds the process, or starts again one that ended for
+		// good: it is part of the reload, which takes over once it is
+		// ready, and fails if it fails (its on_end does not apply)
+		j := newReload(s, h, ev)
+		j.why, j.prevDef = "a reload adds it", nil
+		if len(s.holders) == 0 {
+			s.logger.Store(h.logger) // (a new service: its log until the config holds it)
 		}
+		s.replace(j)
+	case s.empty() && (len(s.holders) == 0 || s.ended || s.yieldedTo != nil) && !ev.candidate:
+		// nothing runs: a first start (Caddy's first config, or one
+		// without a probe: it serves once started), or a process that
+		// ended for good, or one a config's port took
 		s.hold(h)
 		s.yieldedTo, s.ended = nil, false
 		if err := s.startAll(h.def); err != nil {
@@ -487,7 +569,7 @@ func (s *service) release(a *App) {
 		// the config that took this process's port is gone: the process
 		// comes back, if a config still holds it
 		s.yieldedTo = nil
-		if len(s.holders) > 0 && !s.exiting && s.stopAll == "" {
+		if len(s.holders) > 0 && s.mayStart(transition) {
 			s.startAllOrCrash(s.current())
 		}
 	}
@@ -503,7 +585,7 @@ func (s *service) release(a *App) {
 		s.recycleNext() // one that waited while the other definition was in force
 	default:
 		for _, in := range s.live {
-			if in.retireUntil == a {
+			if in.cond.keptFor == a {
 				s.stopIfRetired(in) // the reload took: nothing will put it back
 			}
 		}
@@ -527,6 +609,8 @@ func (s *service) whenGone(reply chan struct{}) {
 func (s *service) yield(a *App) {
 	s.yieldedTo = a
 	s.cancelRestart()
+	s.putBacks.cancel()
+	s.endLater = nil
 	s.dropKeptStreams(nil, "its port goes to another process of the new config")
 	if s.job != nil {
 		s.job.abort(s, fmt.Errorf("process %q: its port goes to another process of the new config", s.name))
@@ -546,11 +630,13 @@ func (s *service) stopEverything(reason string) {
 	s.stopAll = reason
 	s.cancelRestart()
 	s.dropKeptStreams(nil, reason)
+	s.putBacks.cancel()
+	s.endLater = nil
 	if s.job != nil {
-		s.job.abort(s, fmt.Errorf("process %q: %w", s.name, errExiting))
+		s.job.abort(s, s.stopErr())
 	}
 	for _, q := range s.queue {
-		q.reply <- fmt.Errorf("process %q: %w", s.name, errExiting)
+		q.reply <- s.stopErr()
 	}
 	s.queue = nil
 	for i, in := range s.slots {
@@ -583,7 +669,7 @@ func (s *service) stopInstance(in *instance, reason string) {
 	// readers learn that it is out of service before it hears of it: no
 	// request is sent to it once it may have stopped accepting
 	s.publish()
-	if in.unhealthy != "" {
+	if in.cond.unhealthy != "" {
 		s.w.kill(in) // a hung process cannot drain
 		s.log().Warn("killing the instance that failed its health check", zap.Int("pid", in.getPID()), zap.String("reason", reason))
 		return
@@ -729,14 +815,19 @@ func (s *service) crashed(in *instance) {
 	def := s.current()
 	wait, why := s.nextRestart(def, in.result.code, in.result.upFor)
 	if why != "" {
-		if !s.empty() || len(s.backoff.due) > 0 {
+		switch {
+		case !s.empty() || len(s.backoff.due) > 0:
 			s.log().Error("instance ended for good; the other instances serve on", zap.String("why", why),
 				zap.Int("instance", in.slot), zap.Int("exit_status", in.result.code))
-			return
+		case s.booting():
+			// the process is still alive in the instance that boots to
+			// replace this one: it ends only if that one fails (endJob)
+			s.endLater = &pendingEnd{why, in.result.code}
+			s.log().Error("instance ended for good; the new instance that boots to replace it serves in its place once ready",
+				zap.String("why", why), zap.Int("instance", in.slot), zap.Int("exit_status", in.result.code))
+		default:
+			s.endForGood(why, in.result.code)
 		}
-		s.ended = true
-		s.log().Error("process ended for good", zap.String("why", why), zap.Int("exit_status", in.result.code))
-		s.w.ended(def, s.log(), in.result.code)
 		return
 	}
 	s.log().Info("restarting process", zap.Duration("after", wait), zap.Int("restarts", s.history.restarts+1), zap.Int("instance", in.slot))
@@ -745,9 +836,22 @@ func (s *service) crashed(in *instance) {
 	s.backoff.due[slot] = s.w.after(s, wait, restartDue{gen, slot})
 }
 
+// endForGood: the process ended for good: no instance runs, none will
+// start by itself. Unless its on_end keeps Caddy running, Caddy exits.
+func (s *service) endForGood(why string, code int) {
+	s.ended, s.endLater = true, nil
+	s.log().Error("process ended for good", zap.String("why", why), zap.Int("exit_status", code))
+	s.w.ended(s.current(), s.log(), code)
+}
+
+// booting reports whether a job's new instance boots to serve.
+func (s *service) booting() bool {
+	return s.job != nil && slices.ContainsFunc(s.job.steps, func(st *step) bool { return st.cand != nil && st.cand.live() })
+}
+
 // restartNow starts the instance a crash restart of slot is due for.
 func (s *service) restartNow(slot int) {
-	if slot >= len(s.slots) || s.slots[slot] != nil || s.stopAll != "" || s.yieldedTo != nil || (s.job != nil && !s.job.beside) {
+	if slot >= len(s.slots) || s.slots[slot] != nil || !s.mayStart(restoring) || (s.job != nil && !s.job.beside) {
 		return // (a new instance that boots beside takes over from the restarted one once ready)
 	}
 	s.history.restarts++

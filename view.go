@@ -4,6 +4,8 @@ import (
 	"maps"
 	"slices"
 	"time"
+
+	"go.uber.org/zap"
 )
 
 // view is what the readers of a service see: a snapshot its loop publishes
@@ -50,6 +52,9 @@ func (s *service) publish() {
 	serving := false
 	for _, in := range s.live {
 		in.accepting.Store(in.serves())
+		if why := in.conditionsError(); why != "" {
+			s.log().Error("invalid instance conditions (a bug)", zap.Int("pid", in.getPID()), zap.String("why", why))
+		}
 	}
 	for _, in := range s.slots {
 		if in == nil {
@@ -104,7 +109,7 @@ func (s *service) status() Status {
 	st.Instances = []InstanceStatus{}
 	for _, in := range s.live {
 		is := InstanceStatus{PID: in.getPID(), Instance: in.slot, State: in.state, Serving: slices.Contains(s.slots, in), Port: in.port,
-			Unhealthy: in.unhealthy, Recycle: in.recycleReason}
+			Unhealthy: in.cond.unhealthy, Recycle: in.cond.recycle}
 		if !in.startedAt.IsZero() {
 			t := in.startedAt
 			is.StartedAt = &t

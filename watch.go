@@ -155,8 +155,11 @@ func (in *instance) startWatching(def *Process, gen int) (cancel func()) {
 }
 
 // watching checks the instance until ctx ends: its health check every
-// interval, its memory every second, its lifetime once; it reports the
-// first failure or limit to the service, and stops.
+// interval, its memory every second, its lifetime once. It reports each
+// limit once (the service recycles, or retries a recycle that failed, by
+// its own rules) and goes on checking its health for as long as the
+// instance serves, whatever the jobs do; a failed health check is its
+// last report (the instance leaves service).
 func (in *instance) watching(ctx context.Context, def *Process, logger *zap.Logger, gen int) {
 	var health, memory <-chan time.Time
 	var check check
@@ -204,11 +207,14 @@ func (in *instance) watching(ctx context.Context, def *Process, logger *zap.Logg
 		case <-memory:
 			if rss := groupMemory(in.getPID()); rss > int64(def.MaxMemory) {
 				in.svc.post(instanceRecycle{in, "max_memory", gen})
-				return
+				memory = nil
 			}
 		case <-lifetime:
 			in.svc.post(instanceRecycle{in, "max_lifetime", gen})
-			return
+			lifetime = nil
+		}
+		if health == nil && memory == nil && lifetime == nil {
+			return // nothing left to watch
 		}
 	}
 }
@@ -219,7 +225,7 @@ func (s *service) unhealthy(in *instance, why string) {
 	if s.notServingYet(in) || in.state != stateReady || !in.serves() {
 		return // it left service meanwhile, or is not in it yet (a new instance)
 	}
-	in.unhealthy = why
+	in.cond.unhealthy = why
 	s.log().Error("instance failed its health check: it leaves the upstream, and is replaced, then killed",
 		zap.Int("pid", in.getPID()), zap.Int("instance", in.slot), zap.String("why", why))
 	s.publish() // out of the upstream before anything else
@@ -236,14 +242,17 @@ func (s *service) recycle(in *instance, reason string) {
 	case reason == "health" && s.job != nil && s.job.target == in:
 		s.job.urgent = true // its recycle waits for old instances: it no longer may
 		return
-	case in.recycleReason != "":
+	case in.cond.recycle != "":
 		return // its recycle is on its way
 	case reason != "health" && !limitSet(def, reason):
+		if reason == "max_lifetime_requests" {
+			in.countDue.Store(false) // set again, it counts again
+		}
 		return // a reload took the limit away
 	case reason != "health" && s.w.now().Before(in.recycleRetryAt):
 		return // its last recycle failed: the retry comes after the back-off
 	}
-	in.recycleReason = reason
+	in.cond.recycle = reason
 	if in.recycled {
 		s.recycleNext() // a retry: logged and counted the first time
 		return
@@ -294,34 +303,43 @@ func (s *service) notServingYet(in *instance) bool {
 // that failed its health check stays out of the upstream) and the recycle
 // is tried again after a back-off: 1 s, doubling up to 30 s.
 func (s *service) recycleFailed(in *instance) {
-	reason := in.recycleReason
-	in.recycleReason = ""
+	reason := in.cond.recycle
+	in.cond.recycle = ""
 	in.recycleFails++
 	wait := min(time.Second<<min(in.recycleFails-1, 5), 30*time.Second)
-	in.recycleRetryAt = s.w.now().Add(wait)
-	in.watch() // its health check goes on meanwhile (what else it finds waits for the retry)
+	in.recycleRetryAt = s.w.now().Add(wait) // (its watch goes on: its health is still checked)
 	s.log().Warn("recycling the instance failed; trying again later", zap.Int("pid", in.getPID()), zap.Int("instance", in.slot),
 		zap.String("reason", reason), zap.Duration("after", wait))
 	s.w.after(s, wait, instanceRecycle{in, reason, -1})
 }
 
-// recycleNext starts the replacement of the first instance that waits to
-// be recycled, unless a job runs (endJob calls again) or nothing new may
-// start.
+// recycleNext starts the replacement of an instance that waits to be
+// recycled — one that failed its health check first, then in slot order —
+// unless a job runs (endJob calls again) or nothing new may start. An
+// instance of another definition than the one in force is not recycled:
+// the put-back replaces it (see putBack), at once if it failed its health
+// check.
 func (s *service) recycleNext() {
-	if s.job != nil || s.exiting || s.stopAll != "" || s.yieldedTo != nil || s.w.exiting() {
+	if s.job != nil || !s.mayStart(transition) {
 		return
 	}
+	var next *instance
 	for _, in := range s.slots {
-		if in == nil || in.recycleReason == "" {
-			continue
+		switch {
+		case in == nil || in.cond.recycle == "":
+		case in.key != s.currentKey():
+			if in.cond.unhealthy != "" && !s.putBackWaits() {
+				s.putBack()
+				return
+			}
+		case next == nil || in.cond.unhealthy != "" && next.cond.unhealthy == "":
+			next = in
 		}
-		if in.key != s.currentKey() {
-			continue // a failed reload's definition is in force for a moment: putBack calls again
-		}
-		def := s.current()
-		s.replace(&job{kind: recycleJob, why: "recycled: " + in.recycleReason, def: def, prevDef: def, todo: []int{in.slot},
-			beside: def.blueGreen(), urgent: in.unhealthy != "", target: in})
+	}
+	if next == nil {
 		return
 	}
+	def := s.current()
+	s.replace(&job{kind: recycleJob, why: "recycled: " + next.cond.recycle, def: def, prevDef: def, todo: []int{next.slot},
+		beside: def.blueGreen(), urgent: next.cond.unhealthy != "", target: next})
 }

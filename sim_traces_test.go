@@ -1,0 +1,233 @@
+package supervise
+
+// The schedules the simulation found defects with (issue 29, R1–R5), kept
+// as scripted traces: a seed stops reproducing its schedule once the engine
+// or the generator changes, a script does not. Each runs in the simulated
+// world with fixed fates and actions at fixed moments, with every
+// invariant checked after every event, and failed on the engine before its
+// fix. (Their real-process twins are in sequences_test.go.)
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+)
+
+// simScript is a scripted run: processes behave as fate says, and each
+// action runs at its moment.
+type simScript struct {
+	fate    func(s *sim, in *instance) simFate
+	actions []simAction
+	checkAt time.Duration              // when check runs, then SIGTERM
+	check   func(t *testing.T, s *sim) // what must hold then
+}
+
+type simAction struct {
+	at time.Duration
+	do func(s *sim)
+}
+
+// runScript runs a script, then SIGTERM, through Caddy's exit.
+func runScript(t *testing.T, sc simScript) *sim {
+	t.Helper()
+	s := newSim(1)
+	s.tracing, s.noLoad = true, true
+	s.fate = func(in *instance) simFate { return sc.fate(s, in) }
+	base := s.now
+	for _, a := range sc.actions {
+		s.at(base.Add(a.at), "script", func() { a.do(s) })
+	}
+	s.at(base.Add(sc.checkAt), "script: the end", func() {
+		if sc.check != nil {
+			sc.check(t, s)
+		}
+		s.sigterm()
+	})
+	s.run(1_000_000)
+	if s.violation == "" {
+		s.finalChecks()
+	}
+	if s.violation != "" {
+		t.Errorf("%s\n%s", s.violation, strings.Join(s.trace, "\n"))
+	}
+	return s
+}
+
+// load loads a config of these processes (provisioned).
+func (s *sim) loadDefs(failsElsewhere bool, defs ...*Process) {
+	a := &App{Processes: defs, logger: s.logger(), started: make(chan struct{}), drained: make(chan struct{}), link: &configLink{}}
+	for i, d := range defs {
+		if err := d.provision(i); err != nil {
+			panic(fmt.Sprintf("sim: provisioning %s: %v", d.Name, err))
+		}
+	}
+	s.caddy.gens++
+	s.reload(&simConfig{gen: s.caddy.gens, app: a, failsElsewhere: failsElsewhere})
+}
+
+// scriptWeb is a web process on port auto with a probe, of a release.
+func scriptWeb(release string, extra func(p *Process)) *Process {
+	p := &Process{Name: "web", Command: []string{"sh", "-c", "exec app"}, Env: map[string]string{"RELEASE": release},
+		Port: "auto", Ready: &ReadyProbe{HTTP: ptr("/up")}, ReadyTimeout: Duration(20 * time.Second),
+		DrainTimeout: Duration(30 * time.Second), StopTimeout: Duration(2 * time.Second), StreamDrainTimeout: Duration(5 * time.Minute)}
+	if extra != nil {
+		extra(p)
+	}
+	return p
+}
+
+// boots: a release boots in a second, unless the sim has an outage or the
+// release is "broken".
+func boots(s *sim, in *instance) simFate {
+	if s.outage || strings.HasPrefix(in.def.Env["RELEASE"], "broken") {
+		return simFate{boot: -1, crash: 300 * time.Millisecond, code: 3}
+	}
+	return simFate{boot: time.Second}
+}
+
+// serving is the instance of web in slot, or nil.
+func (s *sim) serving(slot int) *instance {
+	if svc := s.svcs["web"]; svc != nil && slot < len(svc.slots) {
+		return svc.slots[slot]
+	}
+	return nil
+}
+
+// R1: a recycle (max_lifetime) that fails, the release unable to boot
+// then; the instance hangs afterwards: its health check still runs and
+// catches it.
+func TestSimTraceFailedRecycleKeepsHealthChecks(t *testing.T) {
+	var hung *instance
+	runScript(t, simScript{
+		fate: boots,
+		actions: []simAction{
+			{0, func(s *sim) {
+				s.loadDefs(false, scriptWeb("v1", func(p *Process) {
+					p.Health, p.MaxLifetime = &HealthCheck{}, Duration(5*time.Second)
+				}))
+			}},
+			{4 * time.Second, func(s *sim) { s.outage = true }},
+			{8 * time.Second, func(s *sim) {
+				hung = s.serving(0)
+				s.hangProc(s.procs[hung])
+			}},
+			{60 * time.Second, func(s *sim) { s.outage = false }},
+		},
+		checkAt: 120 * time.Second,
+		check: func(t *testing.T, s *sim) {
+			if hung.cond.unhealthy == "" || !s.procs[hung].exited || hung.result.code != 137 {
+				t.Errorf("the hung instance was not caught by its health check (unhealthy %q), replaced and killed (%s)", hung.cond.unhealthy, hung.result.how)
+			}
+		},
+	})
+}
+
+// R2: a pool's reload rolls to v2 and fails elsewhere; v1 cannot boot
+// then: the put-back is tried again until it can, and v1 serves again.
+func TestSimTraceFailedPutBackIsRetried(t *testing.T) {
+	pool := func(release string) *Process {
+		return scriptWeb(release, func(p *Process) { p.Instances = 2 })
+	}
+	runScript(t, simScript{
+		fate: func(s *sim, in *instance) simFate {
+			if in.def.Env["RELEASE"] == "v1" && s.outage {
+				return simFate{boot: -1, crash: 300 * time.Millisecond, code: 3}
+			}
+			return simFate{boot: time.Second}
+		},
+		actions: []simAction{
+			{0, func(s *sim) { s.loadDefs(false, pool("v1")) }},
+			{5 * time.Second, func(s *sim) { s.outage = true; s.loadDefs(true, pool("v2")) }},
+			{20 * time.Second, func(s *sim) { s.outage = false }},
+		},
+		checkAt: 60 * time.Second,
+		check: func(t *testing.T, s *sim) {
+			svc := s.svcs["web"]
+			for i, in := range svc.slots {
+				if in == nil || in.def.Env["RELEASE"] != "v1" || in.state != stateReady {
+					t.Errorf("slot %d does not serve v1 again: %v", i, in)
+				}
+			}
+		},
+	})
+}
+
+// R3: a roll waits for the old instances of the previous one; when the
+// last ordinary request of one that keeps its streams ends, the roll goes
+// on at once (checkWakeUps fails a lost wake-up).
+func TestSimTraceRollWakesWhenOnlyStreamsAreLeft(t *testing.T) {
+	runScript(t, simScript{
+		fate: boots,
+		actions: []simAction{
+			{0, func(s *sim) {
+				s.loadDefs(false, scriptWeb("v1", func(p *Process) { p.Instances, p.RollBatch = 2, 2 }))
+			}},
+			{3 * time.Second, func(s *sim) {
+				for slot := range 2 {
+					s.hold(s.serving(slot), true, 10*time.Minute) // a stream
+					s.hold(s.serving(slot), false, 6*time.Second) // a slow request
+				}
+				s.restart("web")
+			}},
+			{5 * time.Second, func(s *sim) { s.restart("web") }}, // waits for the old ones
+		},
+		checkAt: 15 * time.Second, // (drain_timeout: 30 s)
+		check: func(t *testing.T, s *sim) {
+			if j := s.svcs["web"].job; j != nil {
+				t.Errorf("the second restart still runs (%s): it did not go on when the slow requests ended", jobKindName(j.kind))
+			}
+		},
+	})
+}
+
+// R4: the serving instance dies while its replacement boots beside it,
+// with restart never and on_end stop_caddy: the booting instance is the
+// process still alive, and nothing ends.
+func TestSimTraceOldInstanceDeathDuringBoot(t *testing.T) {
+	s := runScript(t, simScript{
+		fate: func(s *sim, in *instance) simFate { return simFate{boot: 3 * time.Second} },
+		actions: []simAction{
+			{0, func(s *sim) { s.loadDefs(false, scriptWeb("v1", nil)) }},
+			{5 * time.Second, func(s *sim) { s.restart("web") }},
+			{6 * time.Second, func(s *sim) { s.exitProc(s.procs[s.serving(0)], 137, "killed by SIGKILL") }},
+		},
+		checkAt: 15 * time.Second,
+		check: func(t *testing.T, s *sim) {
+			if in := s.serving(0); in == nil || in.state != stateReady {
+				t.Errorf("the restart's new instance does not serve: %v", in)
+			}
+		},
+	})
+	if len(s.ended) > 0 {
+		t.Errorf("the process ended for good: %v", s.ended)
+	}
+}
+
+// R5: a reload adds a process with a probe that exits before it is ready:
+// the reload fails, and its on_end does not apply.
+func TestSimTraceReloadAddingABrokenProcess(t *testing.T) {
+	s := runScript(t, simScript{
+		fate: boots,
+		actions: []simAction{
+			{0, func(s *sim) { s.loadDefs(false, scriptWeb("v1", nil)) }},
+			{5 * time.Second, func(s *sim) {
+				jobs := &Process{Name: "jobs", Command: []string{"sh", "-c", "exec jobs"}, Env: map[string]string{"RELEASE": "broken1"},
+					Ready: &ReadyProbe{TCP: ptr("127.0.0.1:9")}, ReadyTimeout: Duration(10 * time.Second)}
+				s.loadDefs(false, scriptWeb("v1", nil), jobs)
+			}},
+		},
+		checkAt: 20 * time.Second,
+		check: func(t *testing.T, s *sim) {
+			if s.svcs["jobs"] != nil {
+				t.Errorf("the broken process still has a service")
+			}
+			if s.caddy.sigterm {
+				t.Errorf("Caddy was asked to exit")
+			}
+		},
+	})
+	if len(s.ended) > 0 {
+		t.Errorf("on_end applied: %v", s.ended)
+	}
+}
