@@ -213,14 +213,7 @@ func TestNonRootCaddyPrivileges(t *testing.T) {
 		}
 	})
 	t.Run("keeper without CAP_KILL", func(t *testing.T) {
-		setcap, err := exec.LookPath("setcap")
-		if err != nil {
-			t.Skip("setcap (libcap2-bin) is not installed")
-		}
-		bin := filepath.Join(sharedDir(t), "caddy")
-		if out, err := exec.Command("cp", caddyBin, bin).CombinedOutput(); err != nil {
-			t.Fatalf("%v: %s", err, out)
-		}
+		bin, setcap := binaryCopy(t)
 		cfg := testConfig(t, 0, 0)
 		c := nonRootCaddy(t, bin, cfg, "+setuid,+setgid,+kill", true)
 		// the binary gets file capabilities after Caddy started (a package
@@ -261,14 +254,7 @@ func TestNonRootCaddyPrivileges(t *testing.T) {
 // it, it keeps CAP_KILL alone.
 func TestKeeperKillsOnlyItsParentsGroups(t *testing.T) {
 	requireRoot(t)
-	setcap, err := exec.LookPath("setcap")
-	if err != nil {
-		t.Skip("setcap (libcap2-bin) is not installed")
-	}
-	bin := filepath.Join(sharedDir(t), "caddy")
-	if out, err := exec.Command("cp", caddyBin, bin).CombinedOutput(); err != nil {
-		t.Fatalf("%v: %s", err, out)
-	}
+	bin, setcap := binaryCopy(t)
 	if out, err := exec.Command(setcap, "cap_kill,cap_net_bind_service,cap_setuid+ep", bin).CombinedOutput(); err != nil {
 		t.Skipf("setcap: %v: %s", err, out)
 	}
@@ -584,4 +570,19 @@ http://127.0.0.1:%d {
 	}
 	c.signal(syscall.SIGTERM)
 	c.wait(10 * time.Second)
+}
+
+// binaryCopy is a copy of the Caddy binary that other users may run, for
+// file capabilities, and the setcap program.
+func binaryCopy(t *testing.T) (bin, setcap string) {
+	t.Helper()
+	setcap, err := exec.LookPath("setcap")
+	if err != nil {
+		t.Skip("setcap (libcap2-bin) is not installed")
+	}
+	bin = filepath.Join(sharedDir(t), "caddy")
+	if out, err := exec.Command("cp", caddyBin, bin).CombinedOutput(); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	return bin, setcap
 }

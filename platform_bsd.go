@@ -39,19 +39,7 @@ func sysProcAttr() *syscall.SysProcAttr {
 // for a writer) and without becoming Caddy's terminal, then checked; a
 // device's driver may see the open.
 func openRegular(name string) (*os.File, fs.FileInfo, error) {
-	f, err := os.OpenFile(name, os.O_RDONLY|syscall.O_NONBLOCK|syscall.O_NOCTTY, 0)
-	if err != nil {
-		return nil, nil, err
-	}
-	fi, err := f.Stat()
-	if err == nil && !fi.Mode().IsRegular() {
-		err = errNotRegular
-	}
-	if err != nil {
-		f.Close()
-		return nil, fi, err
-	}
-	return f, fi, nil
+	return regularOnly(os.OpenFile(name, os.O_RDONLY|syscall.O_NONBLOCK|syscall.O_NOCTTY, 0))
 }
 
 // openWriteOnly: there is no portable way here to open a terminal anew

@@ -120,19 +120,7 @@ func ephemeralPorts() (lo, hi int, ok bool) { return 0, 0, false }
 
 // openRegular opens the file name for reading if it is a regular file.
 func openRegular(name string) (*os.File, fs.FileInfo, error) {
-	f, err := os.Open(name)
-	if err != nil {
-		return nil, nil, err
-	}
-	fi, err := f.Stat()
-	if err == nil && !fi.Mode().IsRegular() {
-		err = errNotRegular
-	}
-	if err != nil {
-		f.Close()
-		return nil, fi, err
-	}
-	return f, fi, nil
+	return regularOnly(os.Open(name))
 }
 
 // openWriteOnly: a console is handed over as it is (Windows has no

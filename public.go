@@ -202,19 +202,7 @@ func (p *Public) open(rel string) (*os.File, fs.FileInfo, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	f, err := rt.OpenFile(strings.TrimPrefix(rel, "/"), os.O_RDONLY|openQuietly, 0)
-	if err != nil {
-		return nil, nil, err
-	}
-	fi, err := f.Stat()
-	if err == nil && !fi.Mode().IsRegular() {
-		err = errNotRegular
-	}
-	if err != nil {
-		f.Close()
-		return nil, nil, err
-	}
-	return f, fi, nil
+	return regularOnly(rt.OpenFile(strings.TrimPrefix(rel, "/"), os.O_RDONLY|openQuietly, 0))
 }
 
 // ServeHTTP serves the file the request names, or hands the request on.

@@ -266,6 +266,23 @@ var errOutsideRoots = errors.New("outside the roots it may serve from")
 // errNotRegular: a directory, a device, a FIFO or a socket, not a file.
 var errNotRegular = errors.New("not a regular file")
 
+// regularOnly takes a file just opened: it is kept if it is a regular
+// file, and closed otherwise (errNotRegular, with what it is).
+func regularOnly(f *os.File, err error) (*os.File, fs.FileInfo, error) {
+	if err != nil {
+		return nil, nil, err
+	}
+	fi, err := f.Stat()
+	if err == nil && !fi.Mode().IsRegular() {
+		err = errNotRegular
+	}
+	if err != nil {
+		f.Close()
+		return nil, fi, err
+	}
+	return f, fi, nil
+}
+
 // open opens the file name as it is, for reading, if it is a regular
 // file, within its root if roots are set, and never blocks or opens a
 // device (see openRegular).
@@ -287,19 +304,7 @@ func (s *Sendfile) open(name string) (*os.File, fs.FileInfo, error) {
 			return nil, nil, syscall.EISDIR
 		}
 		// within a root, no device can be reached but one its owner made
-		f, err := s.roots[i].OpenFile(rel, os.O_RDONLY|openQuietly, 0)
-		if err != nil {
-			return nil, nil, err
-		}
-		fi, err := f.Stat()
-		if err == nil && !fi.Mode().IsRegular() {
-			err = errNotRegular
-		}
-		if err != nil {
-			f.Close()
-			return nil, fi, err
-		}
-		return f, fi, nil
+		return regularOnly(s.roots[i].OpenFile(rel, os.O_RDONLY|openQuietly, 0))
 	}
 	return nil, nil, errOutsideRoots
 }
