@@ -62,7 +62,6 @@ type job struct {
 	todo        []int     // the slots the roll has not reached
 	steps       []*step   // the batch that runs
 	waiting     bool      // the next batch waits for old instances to be gone (see oldsLeft)
-	urgent      bool      // it replaces an instance that failed its health check: it waits for nothing
 	target      *instance // a recycle: the instance it replaces (nothing, if it left its slot meanwhile)
 	total, done int       // slots in the roll, slots replaced
 	holder      *holder   // a reload: the config that holds the process once it serves
@@ -70,6 +69,7 @@ type job struct {
 	retireUntil *App      // beside, a reload: the last batch's old instances stay until this config is gone
 	answer      func(error)
 	aborted     error // the process stops altogether (no config, Caddy's exit, a yield)
+	adds        bool  // a reload adds the process: its failures are the reload's, never an end (see crashed)
 	exitMode    bool  // Caddy exits: the new instance boots on to serve the drain
 }
 
@@ -198,9 +198,8 @@ func (s *service) putBack() {
 	if !s.mayStart(transition) {
 		return // (what serves serves the drain)
 	}
-	urgent := slices.ContainsFunc(revive, func(slot int) bool { in := s.slots[slot]; return in != nil && in.cond.unhealthy != "" })
 	s.replace(&job{kind: reviveJob, why: "the new config did not take over", def: def, todo: revive,
-		beside: def.blueGreen() && def.count > 1, urgent: urgent})
+		beside: def.blueGreen() && def.count > 1})
 }
 
 // putBackFailed: a put-back's roll failed (the definition in force cannot
@@ -235,10 +234,17 @@ func (s *service) nextBatch() {
 		s.rollOver() // (the last batch's old instances retire as they may: nothing new starts)
 		return
 	}
-	if j.waiting = !j.urgent && s.oldsLeft(); j.waiting {
+	n := min(max(j.def.RollBatch, 1), len(j.todo))
+	// a batch that replaces an instance that failed its health check waits
+	// for nothing (the pool is short of it); the others wait for the old
+	// instances of the previous batch
+	urgent := slices.ContainsFunc(j.todo[:n], func(slot int) bool {
+		in := s.servingAt(slot)
+		return in != nil && in.cond.unhealthy != ""
+	})
+	if j.waiting = !urgent && s.oldsLeft(); j.waiting {
 		return // the loop calls again after each event
 	}
-	n := min(max(j.def.RollBatch, 1), len(j.todo))
 	j.steps = nil
 	for _, slot := range j.todo[:n] {
 		if j.target != nil && s.slots[slot] != j.target {
@@ -495,8 +501,8 @@ func (j *job) fail(s *service, st *step, err error) {
 		err = fmt.Errorf("%w; the roll stopped at instance %d: %d of %d replaced, those it had not reached untouched", err, st.slot, j.done, j.total)
 	}
 	switch {
-	case j.aborted != nil || j.exitMode:
-		j.reply(s, err)
+	case j.aborted != nil || j.exitMode, j.adds:
+		j.reply(s, err) // (a reload that adds the process: nothing ran before it)
 	case j.beside && st.old != nil && s.slots[st.slot] == nil:
 		j.reply(s, fmt.Errorf("%v; the old instance exited meanwhile, and its restart policy applies", err))
 	case j.beside:
@@ -612,7 +618,7 @@ func (s *service) endJob() {
 	if len(s.queue) == 0 {
 		s.stopExitTick()
 	}
-	if e := s.endLater; e != nil {
+	if e := s.endLater; e != nil && !j.adds {
 		// the instance that booted to replace the one that ended for good
 		// did not get to serve: the process ends now
 		if s.empty() && len(s.backoff.due) == 0 && s.mayStart(restoring) {

@@ -444,7 +444,7 @@ func (s *service) acquire(ev acquireEv) {
 		// good: it is part of the reload, which takes over once it is
 		// ready, and fails if it fails (its on_end does not apply)
 		j := newReload(s, h, ev)
-		j.why, j.prevDef = "a reload adds it", nil
+		j.why, j.prevDef, j.adds = "a reload adds it", nil, true
 		if len(s.holders) == 0 {
 			s.logger.Store(h.logger) // (a new service: its log until the config holds it)
 		}
@@ -818,6 +818,11 @@ func (s *service) crashed(in *instance) {
 		switch {
 		case !s.empty() || len(s.backoff.due) > 0:
 			s.log().Error("instance ended for good; the other instances serve on", zap.String("why", why),
+				zap.Int("instance", in.slot), zap.Int("exit_status", in.result.code))
+		case s.job != nil && s.job.adds:
+			// the reload that adds the process decides: it fails if its
+			// roll does, and the process goes with its config
+			s.log().Error("instance ended for good while the reload that adds the process runs", zap.String("why", why),
 				zap.Int("instance", in.slot), zap.Int("exit_status", in.result.code))
 		case s.booting():
 			// the process is still alive in the instance that boots to

@@ -240,8 +240,7 @@ func (s *service) recycle(in *instance, reason string) {
 	case s.notServingYet(in) || in.state != stateReady || s.servingAt(in.slot) != in:
 		return // it left service meanwhile
 	case reason == "health" && s.job != nil && s.job.target == in:
-		s.job.urgent = true // its recycle waits for old instances: it no longer may
-		return
+		return // its recycle waits for old instances: it no longer does (nextBatch)
 	case in.cond.recycle != "":
 		return // its recycle is on its way
 	case reason != "health" && !limitSet(def, reason):
@@ -341,5 +340,5 @@ func (s *service) recycleNext() {
 	}
 	def := s.current()
 	s.replace(&job{kind: recycleJob, why: "recycled: " + next.cond.recycle, def: def, prevDef: def, todo: []int{next.slot},
-		beside: def.blueGreen(), urgent: next.cond.unhealthy != "", target: next})
+		beside: def.blueGreen(), target: next})
 }
