@@ -231,3 +231,75 @@ func TestSimTraceReloadAddingABrokenProcess(t *testing.T) {
 		t.Errorf("on_end applied: %v", s.ended)
 	}
 }
+
+// Found by the long run: a reload adds a pool; its first instance serves,
+// then dies for good (restart never) while the second boots, which fails:
+// the reload fails, and the process's on_end does not apply.
+func TestSimTraceAddedPoolFailsAsAReload(t *testing.T) {
+	s := runScript(t, simScript{
+		fate: func(s *sim, in *instance) simFate {
+			if in.slot == 1 {
+				return simFate{boot: -1, crash: 4 * time.Second, code: 1}
+			}
+			return simFate{boot: time.Second}
+		},
+		actions: []simAction{
+			{0, func(s *sim) { s.loadDefs(false, &Process{Name: "jobs", Command: []string{"sh", "-c", "exec jobs"}}) }},
+			{time.Second, func(s *sim) {
+				s.loadDefs(false, &Process{Name: "jobs", Command: []string{"sh", "-c", "exec jobs"}},
+					scriptWeb("v1", func(p *Process) { p.Instances = 2; p.Restart = RestartNever }))
+			}},
+			{3 * time.Second, func(s *sim) { s.exitProc(s.procs[s.serving(0)], 137, "killed by SIGKILL") }},
+		},
+		checkAt: 20 * time.Second,
+		check: func(t *testing.T, s *sim) {
+			if s.svcs["web"] != nil || s.caddy.sigterm {
+				t.Errorf("the added pool is still there (%v), or Caddy was asked to exit (%v)", s.svcs["web"] != nil, s.caddy.sigterm)
+			}
+		},
+	})
+	if len(s.ended) > 0 {
+		t.Errorf("on_end applied: %v", s.ended)
+	}
+}
+
+// Found by the long run: a put-back's roll whose first batch replaces an
+// instance that failed its health check waits for nothing — and its next
+// batches wait for the old instances again (checkBound).
+func TestSimTracePutBackUrgencyIsPerBatch(t *testing.T) {
+	pool := func(release string) *Process {
+		return scriptWeb(release, func(p *Process) {
+			p.Instances = 3
+			p.Health = &HealthCheck{Interval: Duration(2 * time.Second), Timeout: Duration(time.Second), Fails: 2}
+		})
+	}
+	runScript(t, simScript{
+		fate: func(s *sim, in *instance) simFate {
+			if in.def.Env["RELEASE"] == "v1" && s.outage {
+				return simFate{boot: -1, crash: 300 * time.Millisecond, code: 3}
+			}
+			return simFate{boot: time.Second}
+		},
+		actions: []simAction{
+			{0, func(s *sim) { s.loadDefs(false, pool("v1")) }},
+			// v1 cannot boot: the reload to v2 rolls, fails elsewhere, and
+			// the put-back of v1 fails
+			{3 * time.Second, func(s *sim) { s.outage = true; s.loadDefs(true, pool("v2")) }},
+			{12 * time.Second, func(s *sim) {
+				for slot := range 3 {
+					s.hold(s.serving(slot), false, 40*time.Second) // the v2 instances drain slowly
+				}
+				s.hangProc(s.procs[s.serving(0)]) // and one hangs
+			}},
+			{13 * time.Second, func(s *sim) { s.outage = false }},
+		},
+		checkAt: 120 * time.Second,
+		check: func(t *testing.T, s *sim) {
+			for i, in := range s.svcs["web"].slots {
+				if in == nil || in.def.Env["RELEASE"] != "v1" {
+					t.Errorf("slot %d does not serve v1 again", i)
+				}
+			}
+		},
+	})
+}
