@@ -235,16 +235,22 @@ func (s *service) nextBatch() {
 		return
 	}
 	n := min(max(j.def.RollBatch, 1), len(j.todo))
-	// a batch that replaces an instance that failed its health check waits
-	// for nothing (the pool is short of it); the others wait for the old
-	// instances of the previous batch
-	urgent := slices.ContainsFunc(j.todo[:n], func(slot int) bool {
-		in := s.servingAt(slot)
-		return in != nil && in.cond.unhealthy != ""
-	})
-	if j.waiting = !urgent && s.oldsLeft(); j.waiting {
-		return // the loop calls again after each event
+	if s.oldsLeft() {
+		// a batch waits for the old instances of the previous one, but
+		// those of its instances that failed their health check are
+		// replaced at once, alone (the pool is short of them; they count
+		// no more): the bound holds either way
+		sick := slices.DeleteFunc(slices.Clone(j.todo[:n]), func(slot int) bool {
+			in := s.servingAt(slot)
+			return in == nil || in.cond.unhealthy == ""
+		})
+		if j.waiting = len(sick) == 0; j.waiting {
+			return // the loop calls again after each event
+		}
+		j.todo = append(sick, slices.DeleteFunc(j.todo, func(slot int) bool { return slices.Contains(sick, slot) })...)
+		n = len(sick)
 	}
+	j.waiting = false
 	j.steps = nil
 	for _, slot := range j.todo[:n] {
 		if j.target != nil && s.slots[slot] != j.target {
@@ -401,16 +407,23 @@ func (s *service) stepDone() {
 			s.retire(old, until, "replaced by a new instance")
 		}
 	}
-	s.ended, s.endLater = false, nil // an old one may have ended for good meanwhile: the new ones serve
 	j.done += len(j.steps)
 	j.steps = nil
 	if j.exitMode {
 		s.endJob()
 		return
 	}
-	if j.holder != nil && !j.held {
-		j.held = true
-		s.hold(*j.holder)
+	if !j.adds || last {
+		// (a reload that adds the process takes it over only once all of
+		// it serves: until then its failure is the reload's, and a process
+		// that had ended for good stays ended if it fails)
+		s.ended, s.endLater = false, nil // an old one may have ended for good meanwhile: the new ones serve
+		if j.holder != nil && !j.held {
+			j.held = true
+			s.hold(*j.holder)
+			s.putBacks.cancel() // the config that took over is in force
+			s.putBacks.fails = 0
+		}
 	}
 	s.backoff.delay = 0 // new instances that got ready: a crash starts the back-off over
 	s.nextBatch()
@@ -501,8 +514,20 @@ func (j *job) fail(s *service, st *step, err error) {
 		err = fmt.Errorf("%w; the roll stopped at instance %d: %d of %d replaced, those it had not reached untouched", err, st.slot, j.done, j.total)
 	}
 	switch {
-	case j.aborted != nil || j.exitMode, j.adds:
-		j.reply(s, err) // (a reload that adds the process: nothing ran before it)
+	case j.aborted != nil || j.exitMode:
+		j.reply(s, err)
+	case j.adds:
+		// nothing ran before it: what its earlier batches started goes
+		// with it (no config will hold it; a process that had ended for
+		// good stays ended)
+		s.cancelRestart()
+		for slot, in := range s.slots {
+			if in != nil {
+				s.slots[slot] = nil
+				s.retire(in, nil, "the reload that adds the process failed")
+			}
+		}
+		j.reply(s, err)
 	case j.beside && st.old != nil && s.slots[st.slot] == nil:
 		j.reply(s, fmt.Errorf("%v; the old instance exited meanwhile, and its restart policy applies", err))
 	case j.beside:
@@ -558,8 +583,9 @@ func (j *job) abort(s *service, err error) {
 // serves the drain. Either way the reload or restart fails at once, so
 // that Caddy can go on with its exit.
 func (j *job) callerExits(s *service) {
-	// (a job between two batches has nothing booting: it stops here)
-	calledOff := len(j.steps) == 0 || j.beside && !slices.ContainsFunc(j.steps, func(st *step) bool { return s.slots[st.slot] == nil })
+	// (a job between two batches has nothing booting: it stops here; so
+	// does a reload that adds the process: no config will hold it)
+	calledOff := len(j.steps) == 0 || j.adds || j.beside && !slices.ContainsFunc(j.steps, func(st *step) bool { return s.slots[st.slot] == nil })
 	if j.answer == nil { // a recycle or a revive: nobody waits
 		if calledOff {
 			j.abort(s, fmt.Errorf("process %q: %w", s.name, errExiting))
@@ -622,7 +648,7 @@ func (s *service) endJob() {
 		// the instance that booted to replace the one that ended for good
 		// did not get to serve: the process ends now
 		if s.empty() && len(s.backoff.due) == 0 && s.mayStart(restoring) {
-			s.endForGood(e.why, e.code)
+			s.endForGood(s.current(), e.why, e.code)
 		}
 		s.endLater = nil
 	}

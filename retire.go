@@ -198,7 +198,8 @@ func (s *service) endRetirement(in *instance, outcome string) {
 // serveAgain: a retiring instance serves again (a config that did not take
 // over puts it back); streams may open on it again.
 func (s *service) serveAgain(in *instance) {
-	in.retireGen++ // its bounds no longer count
+	in.retireGen++           // its bounds no longer count
+	in.countDue.Store(false) // (a report dropped while it retired: it counts again)
 	in.setState(stateReady)
 	in.cond.keptFor, in.retiredAt, in.drainDeadline = nil, time.Time{}, time.Time{}
 	in.streamsClosed, in.closedStreams, in.cond.keepStreams, in.streamsSpread = "", 0, false, 0

@@ -282,7 +282,7 @@ func (w simWorld) ended(def *Process, _ *zap.Logger, code int) {
 	s.log("%s ENDED for good (status %d, on_end %s)", def.Name, code, def.OnEnd)
 	s.ended = append(s.ended, def.Name)
 	if svc != nil {
-		s.checkEndRules(svc)
+		s.checkEndRules(svc, def)
 	}
 	if def.OnEnd != OnEndKeepRunning {
 		s.after(0, "SIGTERM from on_end stop_caddy", s.sigterm)
@@ -1489,6 +1489,9 @@ func (s *sim) checkService(svc *service) {
 // once, whatever drains: it is not a transition.)
 func (s *sim) checkBound(svc *service, starting *instance) {
 	def := svc.current()
+	if def == nil && svc.job != nil {
+		def = svc.job.def // (a reload adds the process: no config holds it yet)
+	}
 	if def == nil || svc.exiting || svc.stopAll != "" {
 		return
 	}
@@ -1571,6 +1574,9 @@ func (s *sim) checkDefinition(svc *service) {
 		}
 		return
 	}
+	if len(svc.holders) == 0 && len(svc.queue) == 0 && svc.stopAll == "" && !svc.empty() {
+		s.fail("%s: pids %v serve, but no config holds the process (a reload that added it failed?)", svc.name, svc.servingPIDs())
+	}
 	if len(svc.queue) > 0 || len(svc.holders) == 0 || svc.stopAll != "" || svc.yieldedTo != nil || svc.exiting || s.caddy.exiting {
 		return
 	}
@@ -1595,7 +1601,7 @@ func jobKindName(k jobKind) string {
 // checkEndRules: Caddy is asked to exit for a process that ended for
 // good only when nothing of it serves, none will start by itself, and the
 // config that holds it took over.
-func (s *sim) checkEndRules(svc *service) {
+func (s *sim) checkEndRules(svc *service, def *Process) {
 	switch {
 	case !svc.empty():
 		s.fail("%s ended for good while an instance serves", svc.name)
@@ -1603,7 +1609,7 @@ func (s *sim) checkEndRules(svc *service) {
 		s.fail("%s ended for good while a restart is due", svc.name)
 	case svc.job != nil && slices.ContainsFunc(svc.job.steps, func(st *step) bool { return st.cand != nil && st.cand.live() }):
 		s.fail("%s ended for good while a new instance boots to replace it", svc.name)
-	case s.caddy.acquiring[svc.name] && svc.current().Ready != nil:
+	case s.caddy.acquiring[svc.name] && def.Ready != nil:
 		// (without a probe a process counts as ready once started; at
 		// Caddy's first start nothing else serves, and requests wait)
 		s.fail("%s ended for good while a reload waits for it: the broken release ends the site", svc.name)

@@ -5,10 +5,12 @@ package supervise
 // or the generator changes, a script does not. Each runs in the simulated
 // world with fixed fates and actions at fixed moments, with every
 // invariant checked after every event, and failed on the engine before its
-// fix. (Their real-process twins are in sequences_test.go.)
+// fix — but for the three that say they guard a change. (The real-process
+// twins of R1–R5 are in sequences_test.go.)
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -299,6 +301,288 @@ func TestSimTracePutBackUrgencyIsPerBatch(t *testing.T) {
 				if in == nil || in.def.Env["RELEASE"] != "v1" {
 					t.Errorf("slot %d does not serve v1 again", i)
 				}
+			}
+		},
+	})
+}
+
+// liveOf lists the processes of name that still run in the simulated
+// world (whatever the engine believes).
+func (s *sim) liveOf(name string) []int {
+	var pids []int
+	for in, p := range s.procs {
+		if in.def.Name == name && !p.exited {
+			pids = append(pids, p.pid)
+		}
+	}
+	return pids
+}
+
+// Found by review: Caddy exits while a reload that adds a process waits
+// for its first instance; that instance gets ready as the exit goes on,
+// then crashes before the exit stops it. No config holds the process:
+// the crash is judged by the definition it ran (it had none to read), and
+// its on_end does not apply.
+func TestSimTraceCrashOfAnAddedProcessAtExit(t *testing.T) {
+	s := runScript(t, simScript{
+		fate: func(s *sim, in *instance) simFate {
+			if in.def.Name == "jobs" {
+				return simFate{boot: 3 * time.Second, crash: 5 * time.Second, code: 1}
+			}
+			return simFate{boot: time.Second}
+		},
+		actions: []simAction{
+			{0, func(s *sim) { s.loadDefs(false, scriptWeb("v1", nil)) }},
+			{4 * time.Second, func(s *sim) { s.hold(s.serving(0), false, 60*time.Second) }}, // the drain lasts
+			{5 * time.Second, func(s *sim) {
+				jobs := &Process{Name: "jobs", Command: []string{"sh", "-c", "exec jobs"}, Env: map[string]string{"RELEASE": "v1"},
+					Ready: &ReadyProbe{TCP: ptr("127.0.0.1:9")}, ReadyTimeout: Duration(10 * time.Second)}
+				s.loadDefs(false, scriptWeb("v1", nil), jobs)
+			}},
+			{6 * time.Second, func(s *sim) { s.sigterm() }},
+		},
+		checkAt: 100 * time.Second,
+	})
+	if len(s.ended) > 0 {
+		t.Errorf("on_end applied: %v", s.ended)
+	}
+}
+
+// Found by review: a put-back fails (the release in force cannot boot
+// now) and waits for its next try, long after an outage; an instance of
+// the other definition that serves meanwhile fails its health check: the
+// put-back is tried at once, not at its next try.
+func TestSimTraceUnhealthyInstanceOfAnotherDefinition(t *testing.T) {
+	var hung *instance
+	pool := func(release string) *Process {
+		return scriptWeb(release, func(p *Process) {
+			p.Instances = 2
+			p.Health = &HealthCheck{Interval: Duration(time.Second), Timeout: Duration(500 * time.Millisecond), Fails: 2}
+		})
+	}
+	runScript(t, simScript{
+		fate: func(s *sim, in *instance) simFate {
+			if in.def.Env["RELEASE"] == "v1" && s.outage {
+				return simFate{boot: -1, crash: 300 * time.Millisecond, code: 3}
+			}
+			return simFate{boot: time.Second}
+		},
+		actions: []simAction{
+			{0, func(s *sim) { s.loadDefs(false, pool("v1")) }},
+			// v2 rolls, the reload fails elsewhere, v1 cannot boot: the
+			// put-back's tries back off, the next one 30 s away by 42 s
+			{5 * time.Second, func(s *sim) { s.outage = true; s.loadDefs(true, pool("v2")) }},
+			{42 * time.Second, func(s *sim) { s.outage = false }},
+			{43 * time.Second, func(s *sim) {
+				hung = s.serving(0)
+				s.hangProc(s.procs[hung])
+			}},
+		},
+		checkAt: 52 * time.Second,
+		check: func(t *testing.T, s *sim) {
+			if !s.procs[hung].exited {
+				t.Errorf("the hung v2 instance (pid %d) still runs 9 s after it hung", s.procs[hung].pid)
+			}
+			if in := s.serving(0); in == nil || in.def.Env["RELEASE"] != "v1" || in.state != stateReady {
+				t.Errorf("slot 0 does not serve v1: %v", in)
+			}
+		},
+	})
+}
+
+// Guards a change found by review: a failed put-back's next try that falls
+// due while a reload rolls waits its turn (the reload may take over) the
+// same back-off again; once the reload failed too, the tries go on until
+// the release in force serves again.
+func TestSimTracePutBackTryDuringAReload(t *testing.T) {
+	pool := func(release string) *Process {
+		return scriptWeb(release, func(p *Process) { p.Instances = 2 })
+	}
+	runScript(t, simScript{
+		fate: func(s *sim, in *instance) simFate {
+			r := in.def.Env["RELEASE"]
+			if r == "v1" && s.outage || r == "v3" && in.slot == 1 {
+				return simFate{boot: -1, crash: 300 * time.Millisecond, code: 3}
+			}
+			return simFate{boot: time.Second}
+		},
+		actions: []simAction{
+			{0, func(s *sim) { s.loadDefs(false, pool("v1")) }},
+			{5 * time.Second, func(s *sim) { s.outage = true; s.loadDefs(true, pool("v2")) }},
+			{23 * time.Second, func(s *sim) { s.loadDefs(false, pool("v3")) }}, // fails at its second instance
+			{8 * time.Second, func(s *sim) { s.outage = false }},
+		},
+		checkAt: 90 * time.Second,
+		check: func(t *testing.T, s *sim) {
+			for i, in := range s.svcs["web"].slots {
+				if in == nil || in.def.Env["RELEASE"] != "v1" || in.state != stateReady {
+					t.Errorf("slot %d does not serve v1 again: %v", i, in)
+				}
+			}
+		},
+	})
+}
+
+// Found by review: a reload gives web's port to a process it adds; Caddy
+// exits before that one starts: the reload fails, and web, whose config
+// is the one that drains, comes back to serve the drain.
+func TestSimTraceYieldedProcessServesTheExit(t *testing.T) {
+	web := &Process{Name: "web", Command: []string{"sh", "-c", "exec app"}, Env: map[string]string{"RELEASE": "v1"},
+		Port: "23000", ReadyTimeout: Duration(20 * time.Second), DrainTimeout: Duration(30 * time.Second), StopTimeout: Duration(2 * time.Second)}
+	s := runScript(t, simScript{
+		fate: func(s *sim, in *instance) simFate { return simFate{boot: time.Second} },
+		actions: []simAction{
+			{0, func(s *sim) { s.loadDefs(false, web) }},
+			{3 * time.Second, func(s *sim) { s.hold(s.serving(0), false, 8*time.Second) }}, // web yields once it ends
+			{4 * time.Second, func(s *sim) {
+				api := &Process{Name: "api", Command: []string{"sh", "-c", "exec api"}, Env: map[string]string{"RELEASE": "v1"},
+					Port: "23000", Ready: &ReadyProbe{HTTP: ptr("/up")}, ReadyTimeout: Duration(20 * time.Second)}
+				s.loadDefs(false, api)
+			}},
+			{6 * time.Second, func(s *sim) { s.sigterm() }},
+		},
+		checkAt: 100 * time.Second,
+	})
+	exit := slices.IndexFunc(s.trace, func(l string) bool { return strings.Contains(l, "SIGTERM") })
+	back := slices.IndexFunc(s.trace, func(l string) bool { return strings.Contains(l, "web: started pid 1002") })
+	if exit < 0 || back < exit {
+		t.Errorf("web did not come back for the final drain once the reload failed:\n%s", strings.Join(s.trace, "\n"))
+	}
+}
+
+// Found by review: a pool ended for good (restart never, on_end
+// keep_running); a reload starts it again and fails at its second
+// instance: the first one, which no config holds, goes with the reload,
+// and the process stays ended.
+func TestSimTraceEndedPoolStaysEndedWhenAReloadFails(t *testing.T) {
+	pool := func(release string) *Process {
+		return scriptWeb(release, func(p *Process) { p.Instances = 2; p.Restart = RestartNever; p.OnEnd = OnEndKeepRunning })
+	}
+	runScript(t, simScript{
+		fate: func(s *sim, in *instance) simFate {
+			if in.def.Env["RELEASE"] == "v2" && in.slot == 1 {
+				return simFate{boot: -1, crash: 300 * time.Millisecond, code: 3}
+			}
+			return simFate{boot: time.Second}
+		},
+		actions: []simAction{
+			{0, func(s *sim) { s.loadDefs(false, pool("v1")) }},
+			{3 * time.Second, func(s *sim) { s.exitProc(s.procs[s.serving(0)], 137, "killed by SIGKILL") }},
+			{4 * time.Second, func(s *sim) { s.exitProc(s.procs[s.serving(1)], 137, "killed by SIGKILL") }},
+			{6 * time.Second, func(s *sim) { s.loadDefs(false, pool("v2")) }},
+		},
+		checkAt: 60 * time.Second,
+		check: func(t *testing.T, s *sim) {
+			svc := s.svcs["web"]
+			if !svc.ended || !svc.empty() {
+				t.Errorf("web does not stay ended (ended %v, serving %v)", svc.ended, svc.servingPIDs())
+			}
+			if pids := s.liveOf("web"); len(pids) > 0 {
+				t.Errorf("instances of the failed reload still run: %v", pids)
+			}
+		},
+	})
+}
+
+// Guards a change (a reload that adds the process holds it only once all
+// of it serves), found by the simulation as it was made: a reload adds a
+// pool; its first instance serves, then is killed while the second boots:
+// it restarts as the reload's
+// release, by its restart policy (no config holds that yet), not as the
+// one that had ended.
+func TestSimTraceAddedPoolRestartsAsTheReload(t *testing.T) {
+	runScript(t, simScript{
+		fate: func(s *sim, in *instance) simFate {
+			if in.def.Env["RELEASE"] == "v2" && in.slot == 1 {
+				return simFate{boot: 4 * time.Second}
+			}
+			return simFate{boot: time.Second}
+		},
+		actions: []simAction{
+			{0, func(s *sim) {
+				s.loadDefs(false, scriptWeb("v1", func(p *Process) { p.Restart = RestartNever; p.OnEnd = OnEndKeepRunning }))
+			}},
+			{3 * time.Second, func(s *sim) { s.exitProc(s.procs[s.serving(0)], 137, "killed by SIGKILL") }},
+			{5 * time.Second, func(s *sim) {
+				s.loadDefs(false, scriptWeb("v2", func(p *Process) { p.Instances, p.Restart = 2, RestartAlways }))
+			}},
+			{7 * time.Second, func(s *sim) { s.exitProc(s.procs[s.serving(0)], 137, "killed by SIGKILL") }},
+		},
+		checkAt: 30 * time.Second,
+		check: func(t *testing.T, s *sim) {
+			for i, in := range s.svcs["web"].slots {
+				if in == nil || in.def.Env["RELEASE"] != "v2" || in.state != stateReady {
+					t.Errorf("slot %d does not serve v2: %v", i, in)
+				}
+			}
+		},
+	})
+}
+
+// Guards the same change: a reload that adds a pool fails at its last
+// instance: those it started go with it (no config holds them).
+func TestSimTraceAddedPoolLeavesNothingWhenItFails(t *testing.T) {
+	s := runScript(t, simScript{
+		fate: func(s *sim, in *instance) simFate {
+			if in.def.Name == "web" && in.slot == 2 {
+				return simFate{boot: -1, crash: 300 * time.Millisecond, code: 3}
+			}
+			return simFate{boot: time.Second}
+		},
+		actions: []simAction{
+			{0, func(s *sim) { s.loadDefs(false, &Process{Name: "jobs", Command: []string{"sh", "-c", "exec jobs"}}) }},
+			{time.Second, func(s *sim) {
+				s.loadDefs(false, &Process{Name: "jobs", Command: []string{"sh", "-c", "exec jobs"}},
+					scriptWeb("v1", func(p *Process) { p.Instances = 3 }))
+			}},
+		},
+		checkAt: 40 * time.Second,
+		check: func(t *testing.T, s *sim) {
+			if s.svcs["web"] != nil {
+				t.Errorf("the failed pool still has a service")
+			}
+			if pids := s.liveOf("web"); len(pids) > 0 {
+				t.Errorf("instances of the failed reload still run: %v", pids)
+			}
+			if s.caddy.sigterm {
+				t.Errorf("Caddy was asked to exit")
+			}
+		},
+	})
+	if len(s.ended) > 0 {
+		t.Errorf("on_end applied: %v", s.ended)
+	}
+}
+
+// Found by the long run: a roll's batch that waits for the old instances
+// of the previous one replaces those of its instances that failed their
+// health check at once — alone: the others wait (checkBound).
+func TestSimTraceUnhealthyInstanceIsReplacedAlone(t *testing.T) {
+	var hung *instance
+	runScript(t, simScript{
+		fate: boots,
+		actions: []simAction{
+			{0, func(s *sim) {
+				s.loadDefs(false, scriptWeb("v1", func(p *Process) {
+					p.Instances, p.RollBatch = 4, 2
+					p.Health = &HealthCheck{Interval: Duration(time.Second), Timeout: Duration(500 * time.Millisecond), Fails: 2}
+				}))
+			}},
+			{5 * time.Second, func(s *sim) {
+				for slot := range 2 {
+					s.hold(s.serving(slot), false, 20*time.Second) // the first batch's old ones drain slowly
+				}
+				s.restart("web")
+			}},
+			{5500 * time.Millisecond, func(s *sim) {
+				hung = s.serving(2)
+				s.hangProc(s.procs[hung])
+			}},
+		},
+		checkAt: 60 * time.Second,
+		check: func(t *testing.T, s *sim) {
+			if !s.procs[hung].exited {
+				t.Errorf("the hung instance (pid %d) still runs", s.procs[hung].pid)
 			}
 		},
 	})

@@ -210,11 +210,17 @@ func (st *stream) open(kind streamKind) {
 	st.kind = kind
 	openStreams.set[st] = struct{}{}
 	end := openStreams.exiting
-	if in := st.inst; in != nil {
+	in := st.inst
+	if in != nil {
 		in.countStream(kind, 1)
 		end = end || in.streamsEnding
 	}
 	openStreams.Unlock()
+	if in != nil && !in.accepting.Load() && in.inflight.Load() == in.streams.Load() {
+		// what it serves became streams only: a roll that waits for it
+		// (oldsLeft) looks again
+		in.svc.post(instanceIdle{in})
+	}
 	if end {
 		st.end()
 	}

@@ -152,13 +152,15 @@ type history struct {
 }
 
 // backoff is the restart policy's state: the delay of the last restart,
-// and the restarts that are due, by slot (gen tells a stale timer from the
-// current).
+// and the restarts that are due, by slot (each its own, so that a timer
+// that fired as it was called off starts nothing).
 type backoff struct {
 	delay time.Duration
-	gen   int
-	due   map[int]timer
+	due   map[int]*pendingRestart
 }
+
+// pendingRestart is a crash restart of a slot that is due.
+type pendingRestart struct{ t timer }
 
 // Events. Requests carry the channel their answer goes to.
 type (
@@ -190,7 +192,10 @@ type (
 		reason  string
 		drained time.Duration // at Caddy's exit: how long the process served while Caddy drained
 	}
-	restartDue struct{ gen, slot int }
+	restartDue struct {
+		slot int
+		p    *pendingRestart
+	}
 	putBackDue struct{ gen int } // a failed put-back is tried again (see putBack)
 	retireDone struct {
 		in    *instance
@@ -271,7 +276,7 @@ func ask(name string, ev any) *service {
 
 func newService(name string, w world) *service {
 	s := &service{name: name, w: w, events: make(chan any), done: make(chan struct{}), slots: make([]*instance, 1), unborn: true,
-		ports: make(map[int]int), backoff: backoff{due: make(map[int]timer)}}
+		ports: make(map[int]int), backoff: backoff{due: make(map[int]*pendingRestart)}}
 	s.logger.Store(zap.NewNop())
 	s.publish() // pending: a config is acquiring it (readers wait for its first instance)
 	return s
@@ -282,6 +287,16 @@ func (s *service) post(ev any) bool { return s.w.post(s, ev) }
 
 // current is the definition in force (safe from any goroutine).
 func (s *service) current() *Process { return s.def.Load() }
+
+// serving is the definition that a crashed instance restarts as: the one
+// in force, but the reload's while a reload adds the process (no config
+// holds that definition until all of it serves).
+func (s *service) serving() *Process {
+	if j := s.job; j != nil && j.adds && !j.held {
+		return j.def
+	}
+	return s.current()
+}
 
 // log is the logger in force (safe from any goroutine).
 func (s *service) log() *zap.Logger { return s.logger.Load() }
@@ -355,15 +370,17 @@ func (s *service) handle(ev any) {
 		}
 		s.stopEverything(ev.reason)
 	case restartDue:
-		if ev.gen == s.backoff.gen && s.backoff.due[ev.slot] != nil {
+		if s.backoff.due[ev.slot] == ev.p {
 			delete(s.backoff.due, ev.slot)
 			s.restartNow(ev.slot)
 		}
 	case putBackDue:
 		if ev.gen == s.putBacks.gen {
 			s.putBacks.due = nil
-			if s.job != nil {
-				s.reconcile = true // once the job is over
+			if s.job != nil || len(s.queue) > 0 {
+				// a job runs (a reload, which may take over): try again
+				// after the same wait, not against it
+				s.putBacks.due = s.w.after(s, min(time.Second<<min(s.putBacks.fails-1, 5), 30*time.Second), putBackDue{s.putBacks.gen})
 			} else {
 				s.putBack()
 			}
@@ -437,7 +454,7 @@ func (s *service) acquire(ev acquireEv) {
 		ev.reply <- nil
 	case s.stopAll != "":
 		ev.reply <- s.stopErr()
-	case s.exiting:
+	case s.exiting || s.w.exiting():
 		ev.reply <- fmt.Errorf("process %q: %w", s.name, errExiting) // nothing new starts
 	case s.empty() && (len(s.holders) == 0 || s.ended) && ev.reload && ev.def.Ready != nil:
 		// a reload adds the process, or starts again one that ended for
@@ -569,7 +586,9 @@ func (s *service) release(a *App) {
 		// the config that took this process's port is gone: the process
 		// comes back, if a config still holds it
 		s.yieldedTo = nil
-		if len(s.holders) > 0 && s.mayStart(transition) {
+		if len(s.holders) > 0 && !s.exiting && s.mayStart(restoring) {
+			// (what ran before comes back, also as Caddy begins to exit: the
+			// config that took its port failed, and the drain needs it)
 			s.startAllOrCrash(s.current())
 		}
 	}
@@ -812,7 +831,10 @@ func (s *service) instanceExited(in *instance) {
 // back-off, or the end of the slot; once no instance is left and none will
 // restart, the end of the process, and on_end.
 func (s *service) crashed(in *instance) {
-	def := s.current()
+	def := s.serving()
+	if def == nil {
+		def = in.settings.Load() // (a process no config holds: Caddy exits)
+	}
 	wait, why := s.nextRestart(def, in.result.code, in.result.upFor)
 	if why != "" {
 		switch {
@@ -831,22 +853,24 @@ func (s *service) crashed(in *instance) {
 			s.log().Error("instance ended for good; the new instance that boots to replace it serves in its place once ready",
 				zap.String("why", why), zap.Int("instance", in.slot), zap.Int("exit_status", in.result.code))
 		default:
-			s.endForGood(why, in.result.code)
+			s.endForGood(def, why, in.result.code)
 		}
 		return
 	}
 	s.log().Info("restarting process", zap.Duration("after", wait), zap.Int("restarts", s.history.restarts+1), zap.Int("instance", in.slot))
-	gen, slot := s.backoff.gen, in.slot
+	slot := in.slot
 	s.cancelRestartOf(slot)
-	s.backoff.due[slot] = s.w.after(s, wait, restartDue{gen, slot})
+	p := &pendingRestart{}
+	p.t = s.w.after(s, wait, restartDue{slot, p})
+	s.backoff.due[slot] = p
 }
 
 // endForGood: the process ended for good: no instance runs, none will
 // start by itself. Unless its on_end keeps Caddy running, Caddy exits.
-func (s *service) endForGood(why string, code int) {
+func (s *service) endForGood(def *Process, why string, code int) {
 	s.ended, s.endLater = true, nil
 	s.log().Error("process ended for good", zap.String("why", why), zap.Int("exit_status", code))
-	s.w.ended(s.current(), s.log(), code)
+	s.w.ended(def, s.log(), code)
 }
 
 // booting reports whether a job's new instance boots to serve.
@@ -860,7 +884,7 @@ func (s *service) restartNow(slot int) {
 		return // (a new instance that boots beside takes over from the restarted one once ready)
 	}
 	s.history.restarts++
-	s.startOrCrash(s.current(), slot, "restarting process failed")
+	s.startOrCrash(s.serving(), slot, "restarting process failed")
 }
 
 // startOrCrash starts an instance of def in slot of the serving set; if it
@@ -880,13 +904,12 @@ func (s *service) cancelRestart() {
 	for slot := range s.backoff.due {
 		s.cancelRestartOf(slot)
 	}
-	s.backoff.gen++
 }
 
 // cancelRestartOf calls off the restart of slot, if one is due.
 func (s *service) cancelRestartOf(slot int) {
-	if t := s.backoff.due[slot]; t != nil {
-		t.Stop()
+	if p := s.backoff.due[slot]; p != nil {
+		p.t.Stop()
 		delete(s.backoff.due, slot)
 	}
 }

@@ -230,6 +230,15 @@ func (s *service) unhealthy(in *instance, why string) {
 		zap.Int("pid", in.getPID()), zap.Int("instance", in.slot), zap.String("why", why))
 	s.publish() // out of the upstream before anything else
 	s.recycle(in, "health")
+	if in.key != s.currentKey() {
+		// of another definition than the one in force: a put-back that
+		// failed waits for its next try; this one cannot wait
+		if s.job == nil {
+			s.putBack()
+		} else {
+			s.reconcile = true
+		}
+	}
 }
 
 // recycle replaces an instance beside itself for reason, now or once the
@@ -316,8 +325,8 @@ func (s *service) recycleFailed(in *instance) {
 // recycled — one that failed its health check first, then in slot order —
 // unless a job runs (endJob calls again) or nothing new may start. An
 // instance of another definition than the one in force is not recycled:
-// the put-back replaces it (see putBack), at once if it failed its health
-// check.
+// the put-back replaces it (see putBack), which tries at once when it
+// fails its health check (see unhealthy).
 func (s *service) recycleNext() {
 	if s.job != nil || !s.mayStart(transition) {
 		return
@@ -327,10 +336,7 @@ func (s *service) recycleNext() {
 		switch {
 		case in == nil || in.cond.recycle == "":
 		case in.key != s.currentKey():
-			if in.cond.unhealthy != "" && !s.putBackWaits() {
-				s.putBack()
-				return
-			}
+			// (the put-back replaces it: see unhealthy)
 		case next == nil || in.cond.unhealthy != "" && next.cond.unhealthy == "":
 			next = in
 		}
