@@ -169,6 +169,9 @@ func (s *service) adminRestart(reply chan restartAnswer) {
 func (s *service) putBack() {
 	s.putBacks.cancel() // (this is the try)
 	def := s.current()
+	if def == nil {
+		return // no config holds the process: nothing to put back
+	}
 	s.resize(def, nil)
 	key := s.currentKey()
 	var revive []int
@@ -190,6 +193,9 @@ func (s *service) putBack() {
 			continue // a restart to come starts the definition in force
 		}
 		revive = append(revive, slot)
+	}
+	if !s.empty() {
+		s.endLater = nil // (an instance of the release that did not take over ended for good meanwhile: see crashed)
 	}
 	if len(revive) == 0 {
 		s.putBacks.fails = 0 // the definition in force serves
@@ -235,20 +241,20 @@ func (s *service) nextBatch() {
 		return
 	}
 	n := min(max(j.def.RollBatch, 1), len(j.todo))
+	// instances that failed their health check are replaced first (the
+	// pool is short of them); a batch waits for the old instances of the
+	// previous one, but those are replaced at once, alone (they count no
+	// more): the bound holds either way
+	sick := slices.DeleteFunc(slices.Clone(j.todo), func(slot int) bool {
+		in := s.servingAt(slot)
+		return in == nil || in.cond.unhealthy == ""
+	})
+	j.todo = append(slices.Clone(sick), slices.DeleteFunc(j.todo, func(slot int) bool { return slices.Contains(sick, slot) })...)
 	if s.oldsLeft() {
-		// a batch waits for the old instances of the previous one, but
-		// those of its instances that failed their health check are
-		// replaced at once, alone (the pool is short of them; they count
-		// no more): the bound holds either way
-		sick := slices.DeleteFunc(slices.Clone(j.todo[:n]), func(slot int) bool {
-			in := s.servingAt(slot)
-			return in == nil || in.cond.unhealthy == ""
-		})
 		if j.waiting = len(sick) == 0; j.waiting {
 			return // the loop calls again after each event
 		}
-		j.todo = append(sick, slices.DeleteFunc(j.todo, func(slot int) bool { return slices.Contains(sick, slot) })...)
-		n = len(sick)
+		n = min(n, len(sick))
 	}
 	j.waiting = false
 	j.steps = nil
@@ -295,7 +301,7 @@ func (s *service) oldsLeft() bool {
 	for _, in := range s.live {
 		switch {
 		case slices.Contains(s.slots, in) || s.jobStep(in) != nil:
-		case in.state == stateRetiring && in.cond.keptFor != nil && s.holds(in.cond.keptFor):
+		case s.keptForConfig(in):
 		case in.state == stateRetiring && in.cond.keepStreams && in.inflight.Load() <= in.streams.Load():
 		case in.state == stateRetiring || in.state == stateStopping:
 			return true
@@ -458,6 +464,12 @@ func (s *service) holds(a *App) bool {
 	return false
 }
 
+// keptForConfig reports whether in retires but a config still keeps it: a
+// reload in progress may put it back.
+func (s *service) keptForConfig(in *instance) bool {
+	return in.state == stateRetiring && in.cond.keptFor != nil && s.holds(in.cond.keptFor)
+}
+
 // instanceExited handles the exit of a new instance, or of an old one the
 // job stopped in place.
 func (j *job) instanceExited(s *service, in *instance, fields []zap.Field) {
@@ -514,19 +526,13 @@ func (j *job) fail(s *service, st *step, err error) {
 		err = fmt.Errorf("%w; the roll stopped at instance %d: %d of %d replaced, those it had not reached untouched", err, st.slot, j.done, j.total)
 	}
 	switch {
-	case j.aborted != nil || j.exitMode:
-		j.reply(s, err)
 	case j.adds:
 		// nothing ran before it: what its earlier batches started goes
 		// with it (no config will hold it; a process that had ended for
 		// good stays ended)
-		s.cancelRestart()
-		for slot, in := range s.slots {
-			if in != nil {
-				s.slots[slot] = nil
-				s.retire(in, nil, "the reload that adds the process failed")
-			}
-		}
+		s.dropAdded("the reload that adds the process failed")
+		j.reply(s, err)
+	case j.aborted != nil || j.exitMode:
 		j.reply(s, err)
 	case j.beside && st.old != nil && s.slots[st.slot] == nil:
 		j.reply(s, fmt.Errorf("%v; the old instance exited meanwhile, and its restart policy applies", err))
@@ -546,6 +552,19 @@ func (j *job) fail(s *service, st *step, err error) {
 	s.endJob()
 }
 
+// dropAdded: a reload that adds the process failed or was called off:
+// what its batches started stops, and no restart is due (no config holds
+// the process).
+func (s *service) dropAdded(reason string) {
+	s.cancelRestart()
+	for slot, in := range s.slots {
+		if in != nil {
+			s.slots[slot] = nil
+			s.retire(in, nil, reason)
+		}
+	}
+}
+
 // reply answers whoever waits for the job, once, after the service's view
 // shows what the job did: a config that goes on reads it.
 func (j *job) reply(s *service, err error) {
@@ -561,6 +580,9 @@ func (j *job) reply(s *service, err error) {
 // err once its instances are gone.
 func (j *job) abort(s *service, err error) {
 	j.aborted = err
+	if j.adds {
+		s.dropAdded("the reload that adds the process was called off")
+	}
 	waits := false
 	for _, st := range j.steps {
 		switch {
@@ -596,6 +618,9 @@ func (j *job) callerExits(s *service) {
 	}
 	if calledOff {
 		err := fmt.Errorf("process %q: the new instance: %w; the old instance gets the exit sequence", s.name, errExiting)
+		if j.adds {
+			err = fmt.Errorf("process %q: %w; the reload that adds it is called off", s.name, errExiting)
+		}
 		j.reply(s, err) // at once: the reload holds Caddy's config lock, which its exit needs
 		j.abort(s, err)
 		return

@@ -89,7 +89,7 @@ const (
 // stopIfRetired stops a retiring instance once nothing keeps it, and arms
 // its bounds otherwise.
 func (s *service) stopIfRetired(in *instance) {
-	if in.state != stateRetiring || (in.cond.keptFor != nil && s.holds(in.cond.keptFor)) {
+	if in.state != stateRetiring || s.keptForConfig(in) {
 		return
 	}
 	if in.inflight.Load() == 0 {
@@ -136,7 +136,7 @@ func closeSpread(in *instance) time.Duration {
 // retireDue: one of a retiring instance's bounds has passed.
 func (s *service) retireDue(ev retireDone) {
 	in := ev.in
-	if in.state != stateRetiring || ev.gen != in.retireGen || (in.cond.keptFor != nil && s.holds(in.cond.keptFor)) {
+	if in.state != stateRetiring || ev.gen != in.retireGen || s.keptForConfig(in) {
 		return
 	}
 	requests := in.inflight.Load() - in.streams.Load()

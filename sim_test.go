@@ -431,6 +431,13 @@ func (w simWorld) start(in *instance) error {
 		s.log("%s: start fails (no such program)", in.def.Name)
 		return fmt.Errorf("starting process %q: no such program (simulated)", in.def.Name)
 	}
+	if in.port != 0 && in.def.Socket == "" {
+		for o, p := range s.procs {
+			if !p.exited && o.port == in.port && o.def.Socket == "" {
+				s.fail("%s: an instance starts on port %d, where pid %d (%s) still listens", in.def.Name, in.port, p.pid, o.def.Name)
+			}
+		}
+	}
 	s.pid++
 	in.mu.Lock()
 	in.pid, in.pinned, in.execed = s.pid, true, true
@@ -504,6 +511,9 @@ func (w simWorld) stop(in *instance) bool {
 	if in.accepting.Load() {
 		s.fail("stop signal to pid %d while requests may still be sent to it", p.pid)
 	}
+	if n := in.inflight.Load() - in.streams.Load(); n > 0 && !s.mayCut(in) {
+		s.fail("stop signal to pid %d with %d requests in flight, before its drain_timeout", p.pid, n)
+	}
 	p.stopping, p.stopAt = true, s.now
 	timeout := time.Duration(in.settings.Load().StopTimeout)
 	if d := s.dur(0, timeout*6/5); d < timeout && !p.hung {
@@ -512,6 +522,24 @@ func (w simWorld) stop(in *instance) bool {
 		p.exit = s.after(timeout, fmt.Sprintf("pid %d killed at stop_timeout", p.pid), func() { s.exitProc(p, 137, "killed by SIGKILL") })
 	}
 	return true
+}
+
+// mayCut reports whether the requests in flight of in may be cut short:
+// its drain_timeout since it retired is over, or, at Caddy's exit, the
+// drain is over or drain_timeout (the one in force, as exitSequence reads
+// it) has passed since the exit sequence began.
+func (s *sim) mayCut(in *instance) bool {
+	if !in.drainDeadline.IsZero() && !s.now.Before(in.drainDeadline) {
+		return true
+	}
+	if s.caddy.exitBegan.IsZero() {
+		return false
+	}
+	timeout := DefaultDrainTimeout
+	if def := in.svc.current(); def != nil {
+		timeout = time.Duration(def.DrainTimeout)
+	}
+	return s.caddy.drained || s.caddy.draining && s.reqs == 0 || s.now.Sub(s.caddy.exitBegan) >= timeout
 }
 
 func (w simWorld) kill(in *instance) {
@@ -627,11 +655,15 @@ type simRequest struct {
 	ended  bool
 	end    *simEvent
 	st     *simStream
+
+	scripted   bool          // a script's (hold): ends when it says
+	opensAfter time.Duration // a script's: when its response becomes a stream
 }
 
 type simStream struct {
 	req    *simRequest
-	ending bool
+	ending bool // its end is on its way (endStreams picked it)
+	closed bool // its close went out
 }
 
 // request sends a request to the service as the dynamic upstream would:
@@ -679,7 +711,13 @@ func (s *sim) retryWaiting() {
 
 // hold sends a request to the instance itself, which lasts d (a script's).
 func (s *sim) hold(in *instance, stream bool, d time.Duration) {
-	r := &simRequest{svc: in.svc, stream: stream, since: s.now}
+	s.holdOpening(in, stream, 0, d)
+}
+
+// holdOpening is hold, with a stream that is an ordinary request until
+// opensAfter.
+func (s *sim) holdOpening(in *instance, stream bool, opensAfter, d time.Duration) {
+	r := &simRequest{svc: in.svc, stream: stream, since: s.now, scripted: true, opensAfter: opensAfter}
 	if !in.enter() {
 		s.fail("a script's request to pid %d was not admitted", in.getPID())
 		return
@@ -702,14 +740,30 @@ func (s *sim) admitted(r *simRequest, in *instance) {
 		return // it never answers; it fails when the process goes
 	}
 	if r.stream {
-		st := &simStream{req: r}
-		r.st = st
-		s.streams = append(s.streams, st)
-		in.countStream(wsStream, 1)
-		if in.streamsEnding || s.caddy.draining {
-			s.endStream(st, 0)
+		// an ordinary request until its response becomes a stream (the
+		// WebSocket upgrade, the SSE headers): then counted as one, as
+		// stream.open does
+		// (a script's stream is one at once, and ends when it says)
+		open := func() {
+			if r.ended {
+				return
+			}
+			st := &simStream{req: r}
+			r.st = st
+			s.streams = append(s.streams, st)
+			in.countStream(wsStream, 1)
+			in.becameStream()
+			s.checkWakeUps(in.svc)
+			if in.streamsEnding || s.caddy.draining {
+				s.endStream(st, 0)
+			} else if !r.scripted {
+				r.end = s.after(s.dur(time.Second, 10*time.Minute), "a stream ends by itself", func() { s.finish(r) })
+			}
+		}
+		if r.scripted {
+			s.after(r.opensAfter, "a script's response becomes a stream", open)
 		} else {
-			r.end = s.after(s.dur(time.Second, 10*time.Minute), "a stream ends by itself", func() { s.finish(r) })
+			s.after(s.dur(0, 200*time.Millisecond), "a response becomes a stream", open)
 		}
 		return
 	}
@@ -754,7 +808,8 @@ func (w simWorld) endStreams(in *instance, spread time.Duration) int {
 	in.streamsEnding = true
 	var mine []*simStream
 	for _, st := range s.streams {
-		if st.req.in == in && !st.ending {
+		// (without a spread, also those waiting their turn in one)
+		if st.req.in == in && (!st.ending || spread == 0 && !st.closed) {
 			mine = append(mine, st)
 		}
 	}
@@ -765,9 +820,33 @@ func (w simWorld) endStreams(in *instance, spread time.Duration) int {
 }
 
 // endStream ends a stream cleanly after d: its client answers the close.
+// An end that waits its turn in a spread (d > 0) is dropped if, by then,
+// its instance serves again (a put-back) and Caddy does not exit, as the
+// real timer's check does.
 func (s *sim) endStream(st *simStream, d time.Duration) {
 	st.ending = true
-	s.after(d+s.dur(time.Millisecond, 50*time.Millisecond), "a stream is ended", func() { s.finish(st.req) })
+	if d == 0 {
+		s.closeStream(st)
+		return
+	}
+	s.after(d, "a stream's turn to end comes", func() {
+		if st.req.ended || st.closed {
+			return
+		}
+		if !s.caddy.draining && !st.req.in.streamsEnding {
+			st.ending = false // (it may be picked again)
+			return
+		}
+		s.closeStream(st)
+	})
+}
+
+// closeStream: the stream's close goes out; its client answers it.
+func (s *sim) closeStream(st *simStream) {
+	if !st.closed {
+		st.closed = true
+		s.after(s.dur(time.Millisecond, 50*time.Millisecond), "a stream is ended", func() { s.finish(st.req) })
+	}
 }
 
 // ---- Caddy: configs, reloads, the admin API, the exit ----
@@ -791,6 +870,7 @@ type simCaddy struct {
 	drained   bool
 	done      bool // Caddy's process exited
 	exitAt    time.Time
+	exitBegan time.Time // the final config's stop began the exit sequence
 	tickers   []*simTicker
 	acquiring map[string]bool // processes whose acquire waits for its answer
 	results   []string        // what each reload and restart answered, for the trace
@@ -823,6 +903,12 @@ func (s *sim) checkWaiters() {
 // postTo posts ev for the loop of svc; onDrop runs if the loop ended
 // before it took it (the real post returns false).
 func (s *sim) postTo(svc *service, ev any, onDrop func()) {
+	s.postThen(svc, ev, onDrop, nil)
+}
+
+// postThen is postTo, then then runs once the loop took ev: what the
+// real poster does next comes after ev in the loop's queue.
+func (s *sim) postThen(svc *service, ev any, onDrop, then func()) {
 	if s.svcs[svc.name] != svc {
 		if onDrop != nil {
 			onDrop()
@@ -839,6 +925,9 @@ func (s *sim) postTo(svc *service, ev any, onDrop func()) {
 			return
 		}
 		s.deliver(svc, ev)
+		if then != nil {
+			then()
+		}
 	})
 }
 
@@ -1036,43 +1125,43 @@ func (s *sim) sigterm() {
 // (exitSequence), the drain, then waitForChildren.
 func (s *sim) finalStop() {
 	began := s.now
+	s.caddy.exitBegan = began
 	s.log("the final config stops: the exit sequence")
 	svcs := make([]*service, 0, len(s.svcs))
 	for _, name := range s.names() {
 		svcs = append(svcs, s.svcs[name])
 	}
+	drained := func() bool { return s.caddy.draining && s.reqs == 0 }
+	grace := 90 * time.Second
+	s.after(grace, "the grace period ends", func() { s.caddy.drained = true })
+	// for each process, as exitSequence's goroutine does: exitEv, then
+	// (once the loop took it) drain_timeout since the exit began or the
+	// drain, whichever comes first, then stopAllEv
 	for _, svc := range svcs {
-		s.postTo(svc, exitEv{}, nil)
+		s.postThen(svc, exitEv{}, nil, func() {
+			timeout := DefaultDrainTimeout
+			if def := svc.current(); def != nil {
+				timeout = time.Duration(def.DrainTimeout)
+			}
+			sent := false
+			send := func() {
+				if !sent {
+					sent = true
+					s.postTo(svc, stopAllEv{reason: "Caddy is exiting", drained: s.now.Sub(began)}, nil)
+				}
+			}
+			s.after(max(0, began.Add(timeout).Sub(s.now)), svc.name+": drain_timeout since the exit began", send)
+			s.await(func() bool { return drained() || s.caddy.drained }, send)
+		})
 	}
 	// the servers begin to shut down: every stream ends, no new request
 	s.after(0, "the servers begin to shut down", func() {
 		s.caddy.draining = true
 		s.waiting = nil
 		for _, st := range slices.Clone(s.streams) {
-			if !st.ending {
-				s.endStream(st, 0)
-			}
+			s.endStream(st, 0) // (also those waiting their turn in a spread)
 		}
 	})
-	drained := func() bool { return s.caddy.draining && s.reqs == 0 }
-	grace := 90 * time.Second
-	s.after(grace, "the grace period ends", func() { s.caddy.drained = true })
-	for _, svc := range svcs {
-		def := svc.current()
-		timeout := DefaultDrainTimeout
-		if def != nil {
-			timeout = time.Duration(def.DrainTimeout)
-		}
-		sent := false
-		send := func() {
-			if !sent {
-				sent = true
-				s.postTo(svc, stopAllEv{reason: "Caddy is exiting", drained: s.now.Sub(began)}, nil)
-			}
-		}
-		s.after(timeout, svc.name+": drain_timeout since the exit began", send)
-		s.await(func() bool { return drained() || s.caddy.drained }, send)
-	}
 	s.await(func() bool { return drained() || s.caddy.drained }, func() {
 		s.log("the http app stopped: waitForChildren")
 		left := slices.Clone(svcs)
@@ -1609,9 +1698,11 @@ func (s *sim) checkEndRules(svc *service, def *Process) {
 		s.fail("%s ended for good while a restart is due", svc.name)
 	case svc.job != nil && slices.ContainsFunc(svc.job.steps, func(st *step) bool { return st.cand != nil && st.cand.live() }):
 		s.fail("%s ended for good while a new instance boots to replace it", svc.name)
-	case s.caddy.acquiring[svc.name] && def.Ready != nil:
+	case s.caddy.acquiring[svc.name] && def.Ready != nil && def != svc.current():
 		// (without a probe a process counts as ready once started; at
-		// Caddy's first start nothing else serves, and requests wait)
+		// Caddy's first start nothing else serves, and requests wait; and
+		// the release in force may end by its own policy while a reload's
+		// new instance boots, once that one fails too: R4)
 		s.fail("%s ended for good while a reload waits for it: the broken release ends the site", svc.name)
 	}
 }

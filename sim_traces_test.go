@@ -5,7 +5,7 @@ package supervise
 // or the generator changes, a script does not. Each runs in the simulated
 // world with fixed fates and actions at fixed moments, with every
 // invariant checked after every event, and failed on the engine before its
-// fix — but for the three that say they guard a change. (The real-process
+// fix — but for those that say they guard a change. (The real-process
 // twins of R1–R5 are in sequences_test.go.)
 
 import (
@@ -583,6 +583,215 @@ func TestSimTraceUnhealthyInstanceIsReplacedAlone(t *testing.T) {
 		check: func(t *testing.T, s *sim) {
 			if !s.procs[hung].exited {
 				t.Errorf("the hung instance (pid %d) still runs", s.procs[hung].pid)
+			}
+		},
+	})
+}
+
+// Found by the long run: a reload replaces web and waits for another
+// process; web's new instance, which serves, dies for good (restart never)
+// while the old one is kept for the old config. If the reload then fails,
+// the old release serves again: the process did not end (before, it had
+// ended for good, and Caddy exited with on_end stop_caddy).
+func TestSimTraceNewReleaseDiesBeforeAFailedReloadIsOver(t *testing.T) {
+	s := runScript(t, reloadWhileAnotherBoots(false, func(t *testing.T, s *sim) {
+		if in := s.serving(0); in == nil || in.def.Env["RELEASE"] != "v1" {
+			t.Errorf("the old release does not serve again: %v", in)
+		}
+		if s.caddy.sigterm {
+			t.Errorf("Caddy was asked to exit")
+		}
+	}))
+	if len(s.ended) > 0 {
+		t.Errorf("the process ended for good: %v", s.ended)
+	}
+}
+
+// The same when the reload takes: then the process has ended for good
+// (guards the change above: the end is deferred, not lost).
+func TestSimTraceNewReleaseDiesBeforeATakenReloadIsOver(t *testing.T) {
+	s := runScript(t, reloadWhileAnotherBoots(true, nil))
+	if !slices.Contains(s.ended, "web") {
+		t.Errorf("web did not end for good once the reload took: %v", s.ended)
+	}
+}
+
+// reloadWhileAnotherBoots: web v1 serves; a reload brings web v2 and adds
+// jobs, which boots for 5 s (then gets ready, or exits if !ok); web v2
+// serves at 6 s and is killed at 7 s.
+func reloadWhileAnotherBoots(ok bool, check func(t *testing.T, s *sim)) simScript {
+	return simScript{
+		fate: func(s *sim, in *instance) simFate {
+			if in.def.Name == "jobs" && !ok {
+				return simFate{boot: -1, crash: 5 * time.Second, code: 3}
+			}
+			if in.def.Name == "jobs" {
+				return simFate{boot: 5 * time.Second}
+			}
+			return simFate{boot: time.Second}
+		},
+		actions: []simAction{
+			{0, func(s *sim) { s.loadDefs(false, scriptWeb("v1", nil)) }},
+			{5 * time.Second, func(s *sim) {
+				jobs := &Process{Name: "jobs", Command: []string{"sh", "-c", "exec jobs"}, Env: map[string]string{"RELEASE": "v1"},
+					Ready: &ReadyProbe{TCP: ptr("127.0.0.1:9")}, ReadyTimeout: Duration(10 * time.Second)}
+				s.loadDefs(false, scriptWeb("v2", nil), jobs)
+			}},
+			{7 * time.Second, func(s *sim) { s.exitProc(s.procs[s.serving(0)], 137, "killed by SIGKILL") }},
+		},
+		checkAt: 20 * time.Second,
+		check:   check,
+	}
+}
+
+// addedPool: config 1 runs jobs; config 2 adds web, a pool of two with a
+// health check (the roll: slot 0, then slot 1).
+func addedPool(s *sim) {
+	jobs := &Process{Name: "jobs", Command: []string{"sh", "-c", "exec jobs"}, Env: map[string]string{"RELEASE": "v1"}}
+	s.loadDefs(false, jobs)
+	s.at(s.now.Add(5*time.Second), "script", func() {
+		s.loadDefs(false, jobs, scriptWeb("v1", func(p *Process) {
+			p.Instances = 2
+			p.Health = &HealthCheck{Interval: Duration(time.Second), Timeout: Duration(500 * time.Millisecond), Fails: 2}
+		}))
+	})
+}
+
+// Found by review: a reload adds a pool; its first instance serves, then
+// fails its health check while the second boots, which then fails: the
+// reload fails, and nothing is put back (no config holds the process; the
+// put-back's definition was nil).
+func TestSimTraceAddedPoolUnhealthyThenFailed(t *testing.T) {
+	s := runScript(t, simScript{
+		fate: func(s *sim, in *instance) simFate {
+			if in.def.Name == "web" && in.slot == 1 {
+				return simFate{boot: -1, crash: 4 * time.Second, code: 3}
+			}
+			return simFate{boot: time.Second}
+		},
+		actions: []simAction{
+			{0, addedPool},
+			{6500 * time.Millisecond, func(s *sim) { s.hangProc(s.procs[s.serving(0)]) }},
+		},
+		checkAt: 30 * time.Second,
+		check: func(t *testing.T, s *sim) {
+			if s.svcs["web"] != nil {
+				t.Errorf("web still has a service: %v", s.svcs["web"].servingPIDs())
+			}
+		},
+	})
+	if len(s.ended) > 0 {
+		t.Errorf("on_end applied: %v", s.ended)
+	}
+}
+
+// Found by review: Caddy exits while a reload that adds a pool waits for
+// its second instance: the first one, which serves, stops with the reload
+// (no config holds it: it does not serve the drain).
+func TestSimTraceExitDuringAnAddedPoolsRoll(t *testing.T) {
+	s := runScript(t, simScript{
+		fate: func(s *sim, in *instance) simFate {
+			if in.def.Name == "web" && in.slot == 1 {
+				return simFate{boot: 10 * time.Second}
+			}
+			return simFate{boot: time.Second}
+		},
+		actions: []simAction{
+			{0, addedPool},
+			{7 * time.Second, func(s *sim) { s.hold(s.serving(0), false, 20*time.Second) }}, // the drain lasts
+		},
+		checkAt: 8 * time.Second, // (then SIGTERM)
+	})
+	if len(s.ended) > 0 {
+		t.Errorf("on_end applied: %v", s.ended)
+	}
+}
+
+// Found by review: a reload adds api on web's fixed port (web yields);
+// Caddy exits while api boots: web comes back for the drain only once
+// api is gone (the release of api's config waits for it).
+func TestSimTraceYieldedPortIsFreeBeforeTheComeback(t *testing.T) {
+	web := &Process{Name: "web", Command: []string{"sh", "-c", "exec app"}, Env: map[string]string{"RELEASE": "v1"},
+		Port: "23000", ReadyTimeout: Duration(20 * time.Second), DrainTimeout: Duration(30 * time.Second), StopTimeout: Duration(2 * time.Second)}
+	s := runScript(t, simScript{
+		fate: func(s *sim, in *instance) simFate {
+			if in.def.Name == "api" {
+				return simFate{boot: 10 * time.Second}
+			}
+			return simFate{boot: time.Second}
+		},
+		actions: []simAction{
+			{0, func(s *sim) { s.loadDefs(false, web) }},
+			{4 * time.Second, func(s *sim) {
+				api := &Process{Name: "api", Command: []string{"sh", "-c", "exec api"}, Env: map[string]string{"RELEASE": "v1"},
+					Port: "23000", Ready: &ReadyProbe{HTTP: ptr("/up")}, ReadyTimeout: Duration(20 * time.Second), StopTimeout: Duration(5 * time.Second)}
+				s.loadDefs(false, api)
+			}},
+		},
+		checkAt: 7 * time.Second, // (then SIGTERM, while api boots)
+	})
+	if len(s.ended) > 0 {
+		t.Errorf("a process ended for good: %v", s.ended)
+	}
+}
+
+// Guards a change found by review: as R3, but the last ordinary request
+// of an old instance becomes a stream (a WebSocket's upgrade, an SSE
+// response's headers) instead of ending: the roll goes on at once too
+// (it fails without stream.open's wake-up).
+func TestSimTraceRollWakesWhenARequestBecomesAStream(t *testing.T) {
+	runScript(t, simScript{
+		fate: boots,
+		actions: []simAction{
+			{0, func(s *sim) {
+				s.loadDefs(false, scriptWeb("v1", func(p *Process) { p.Instances, p.RollBatch = 2, 2 }))
+			}},
+			{3 * time.Second, func(s *sim) {
+				for slot := range 2 {
+					s.hold(s.serving(slot), true, 10*time.Minute)                       // a stream
+					s.holdOpening(s.serving(slot), true, 6*time.Second, 10*time.Minute) // a stream in 6 s
+				}
+				s.restart("web")
+			}},
+			{5 * time.Second, func(s *sim) { s.restart("web") }}, // waits for the old ones
+		},
+		checkAt: 15 * time.Second, // (drain_timeout: 30 s)
+		check: func(t *testing.T, s *sim) {
+			if j := s.svcs["web"].job; j != nil {
+				t.Errorf("the second restart still runs (%s): it did not go on when the requests became streams", jobKindName(j.kind))
+			}
+		},
+	})
+}
+
+// Found by a sweep (seed 195 077 772): web ended for good; a reload
+// starts it again as a pool, which fails at its second instance; the
+// first one retires, still finishing a request, when the next reload
+// starts web again: the new instance does not take the slot's port,
+// which the old one still holds.
+func TestSimTraceReaddedProcessGetsAFreePort(t *testing.T) {
+	web := func(release string, n Instances) *Process {
+		return scriptWeb(release, func(p *Process) { p.Instances, p.Restart, p.OnEnd = n, RestartNever, OnEndKeepRunning })
+	}
+	jobs := &Process{Name: "jobs", Command: []string{"sh", "-c", "exec jobs"}, Env: map[string]string{"RELEASE": "v1"}}
+	runScript(t, simScript{
+		fate: func(s *sim, in *instance) simFate {
+			if in.def.Name == "web" && in.def.Env["RELEASE"] == "v2" && in.slot == 1 {
+				return simFate{boot: -1, crash: 4 * time.Second, code: 3}
+			}
+			return simFate{boot: time.Second}
+		},
+		actions: []simAction{
+			{0, func(s *sim) { s.loadDefs(false, jobs, web("v1", 1)) }},
+			{3 * time.Second, func(s *sim) { s.exitProc(s.procs[s.serving(0)], 137, "killed by SIGKILL") }}, // ends for good
+			{5 * time.Second, func(s *sim) { s.loadDefs(false, jobs, web("v2", 2)) }},
+			{6500 * time.Millisecond, func(s *sim) { s.hold(s.serving(0), false, 20*time.Second) }},
+			{11 * time.Second, func(s *sim) { s.loadDefs(false, jobs, web("v3", 1)) }},
+		},
+		checkAt: 20 * time.Second,
+		check: func(t *testing.T, s *sim) {
+			if in := s.serving(0); in == nil || in.def.Env["RELEASE"] != "v3" || in.state != stateReady {
+				t.Errorf("web v3 does not serve: %v\n%s", in, strings.Join(s.trace, "\n"))
 			}
 		},
 	})

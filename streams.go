@@ -216,10 +216,8 @@ func (st *stream) open(kind streamKind) {
 		end = end || in.streamsEnding
 	}
 	openStreams.Unlock()
-	if in != nil && !in.accepting.Load() && in.inflight.Load() == in.streams.Load() {
-		// what it serves became streams only: a roll that waits for it
-		// (oldsLeft) looks again
-		in.svc.post(instanceIdle{in})
+	if in != nil {
+		in.becameStream()
 	}
 	if end {
 		st.end()
@@ -302,6 +300,15 @@ func endStreams(in *instance, spread time.Duration) int {
 		})
 	}
 	return n
+}
+
+// becameStream: a request of in, counted as a stream now, may be what a
+// roll waits for: if in left service and serves only streams, the loop
+// looks again (oldsLeft). It posts without waiting: a request's path.
+func (in *instance) becameStream() {
+	if !in.accepting.Load() && in.inflight.Load() == in.streams.Load() {
+		in.svc.w.postLater(in.svc, instanceIdle{in})
+	}
 }
 
 // streamCounts are the open streams of an instance, by kind.

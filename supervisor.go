@@ -377,11 +377,14 @@ func (s *service) handle(ev any) {
 	case putBackDue:
 		if ev.gen == s.putBacks.gen {
 			s.putBacks.due = nil
-			if s.job != nil || len(s.queue) > 0 {
-				// a job runs (a reload, which may take over): try again
+			switch {
+			case s.job != nil:
+				s.reconcile = true // once the job is over (a reload that took over leaves nothing to put back)
+			case len(s.queue) > 0:
+				// a reload waits its turn, and may take over: try again
 				// after the same wait, not against it
 				s.putBacks.due = s.w.after(s, min(time.Second<<min(s.putBacks.fails-1, 5), 30*time.Second), putBackDue{s.putBacks.gen})
-			} else {
+			default:
 				s.putBack()
 			}
 		}
@@ -608,14 +611,24 @@ func (s *service) release(a *App) {
 				s.stopIfRetired(in) // the reload took: nothing will put it back
 			}
 		}
+		if e := s.endLater; e != nil && s.job == nil && s.empty() && len(s.backoff.due) == 0 &&
+			!slices.ContainsFunc(s.live, s.keptForConfig) && s.mayStart(restoring) {
+			s.endForGood(s.current(), e.why, e.code) // (see crashed)
+		}
 	}
 }
 
 // whenGone answers reply once no instance the service stopped is left (at
 // once if none is stopping): a config's Stop returns once the processes it
-// dropped are gone, so that the next config can take their ports.
+// dropped are gone, so that the next config can take their ports. That
+// includes a process no config holds (a reload that added it failed) on a
+// fixed port or socket: a process that gave it that address comes back
+// next (releaseAll). (On port auto, its ports are its own: a failed
+// reload's Stop does not wait for their requests.)
 func (s *service) whenGone(reply chan struct{}) {
-	if s.stopAll == "" && s.yieldedTo == nil || len(s.live) == 0 {
+	dropped := s.stopAll != "" || s.yieldedTo != nil ||
+		len(s.holders) == 0 && slices.ContainsFunc(s.live, func(in *instance) bool { return in.def.Port != "auto" && (in.port != 0 || in.def.Socket != "") })
+	if !dropped || len(s.live) == 0 {
 		close(reply)
 		return
 	}
@@ -746,9 +759,10 @@ func (s *service) startServing(def *Process, slot int) error {
 
 // portFor is the port of a new instance started in place in slot: the
 // one the slot's last instance had if the definition still asks for port
-// auto, else a new one.
+// auto and that instance is gone (one that a failed reload retired may
+// still stop), else a new one.
 func (s *service) portFor(def *Process, slot int) (int, error) {
-	if p := s.ports[slot]; def.Port == "auto" && p != 0 {
+	if p := s.ports[slot]; def.Port == "auto" && p != 0 && !slices.ContainsFunc(s.live, func(in *instance) bool { return in.port == p }) {
 		return p, nil
 	}
 	return s.w.port(def)
@@ -852,6 +866,14 @@ func (s *service) crashed(in *instance) {
 			s.endLater = &pendingEnd{why, in.result.code}
 			s.log().Error("instance ended for good; the new instance that boots to replace it serves in its place once ready",
 				zap.String("why", why), zap.Int("instance", in.slot), zap.Int("exit_status", in.result.code))
+		case slices.ContainsFunc(s.live, s.keptForConfig):
+			// a reload in progress replaced the old release, which it keeps
+			// until Caddy takes the new config: if the reload fails, the old
+			// release serves again (putBack); the process ends only once the
+			// new config took over (release)
+			s.endLater = &pendingEnd{why, in.result.code}
+			s.log().Error("instance ended for good; the old release serves again if the reload in progress fails",
+				zap.String("why", why), zap.Int("instance", in.slot), zap.Int("exit_status", in.result.code))
 		default:
 			s.endForGood(def, why, in.result.code)
 		}
@@ -880,7 +902,7 @@ func (s *service) booting() bool {
 
 // restartNow starts the instance a crash restart of slot is due for.
 func (s *service) restartNow(slot int) {
-	if slot >= len(s.slots) || s.slots[slot] != nil || !s.mayStart(restoring) || (s.job != nil && !s.job.beside) {
+	if slot >= len(s.slots) || s.slots[slot] != nil || s.serving() == nil || !s.mayStart(restoring) || (s.job != nil && !s.job.beside) {
 		return // (a new instance that boots beside takes over from the restarted one once ready)
 	}
 	s.history.restarts++

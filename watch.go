@@ -230,7 +230,7 @@ func (s *service) unhealthy(in *instance, why string) {
 		zap.Int("pid", in.getPID()), zap.Int("instance", in.slot), zap.String("why", why))
 	s.publish() // out of the upstream before anything else
 	s.recycle(in, "health")
-	if in.key != s.currentKey() {
+	if in.key != s.currentKey() && len(s.holders) > 0 {
 		// of another definition than the one in force: a put-back that
 		// failed waits for its next try; this one cannot wait
 		if s.job == nil {
