@@ -428,7 +428,7 @@ func (s *service) stepDone() {
 			j.held = true
 			s.hold(*j.holder)
 			s.putBacks.cancel() // the config that took over is in force
-			s.putBacks.fails = 0
+			s.putBacks.fails, s.reconcile = 0, false
 		}
 	}
 	s.backoff.delay = 0 // new instances that got ready: a crash starts the back-off over
@@ -669,9 +669,10 @@ func (s *service) endJob() {
 	if len(s.queue) == 0 {
 		s.stopExitTick()
 	}
-	if e := s.endLater; e != nil && !j.adds {
+	if e := s.endLater; e != nil && !j.adds && !slices.ContainsFunc(s.live, s.keptForConfig) {
 		// the instance that booted to replace the one that ended for good
-		// did not get to serve: the process ends now
+		// did not get to serve: the process ends now (unless a reload in
+		// progress keeps the old release: see crashed)
 		if s.empty() && len(s.backoff.due) == 0 && s.mayStart(restoring) {
 			s.endForGood(s.current(), e.why, e.code)
 		}

@@ -796,3 +796,123 @@ func TestSimTraceReaddedProcessGetsAFreePort(t *testing.T) {
 		},
 	})
 }
+
+// Found by the final review: a reload replaces web and waits for another
+// process; an admin restart of web's new release boots when that release's
+// instance dies for good, and the restart's instance fails too: the
+// process does not end while the old release is kept (the reload may
+// fail, and it does: the old release serves again).
+func TestSimTraceRestartFailsWhileTheOldReleaseIsKept(t *testing.T) {
+	v2 := 0
+	s := runScript(t, simScript{
+		fate: func(s *sim, in *instance) simFate {
+			switch {
+			case in.def.Name == "jobs":
+				return simFate{boot: -1, crash: 10 * time.Second, code: 3}
+			case in.def.Env["RELEASE"] == "v2":
+				if v2++; v2 > 1 {
+					return simFate{boot: -1, crash: time.Second, code: 3} // the restart's
+				}
+			}
+			return simFate{boot: time.Second}
+		},
+		actions: []simAction{
+			{0, func(s *sim) { s.loadDefs(false, scriptWeb("v1", nil)) }},
+			{5 * time.Second, func(s *sim) {
+				jobs := &Process{Name: "jobs", Command: []string{"sh", "-c", "exec jobs"}, Env: map[string]string{"RELEASE": "v1"},
+					Ready: &ReadyProbe{TCP: ptr("127.0.0.1:9")}, ReadyTimeout: Duration(20 * time.Second)}
+				s.loadDefs(false, scriptWeb("v2", nil), jobs)
+			}},
+			{7 * time.Second, func(s *sim) { s.restart("web") }},
+			{7500 * time.Millisecond, func(s *sim) { s.exitProc(s.procs[s.serving(0)], 137, "killed by SIGKILL") }},
+		},
+		checkAt: 30 * time.Second,
+		check: func(t *testing.T, s *sim) {
+			if in := s.serving(0); in == nil || in.def.Env["RELEASE"] != "v1" {
+				t.Errorf("the old release does not serve again: %v", in)
+			}
+		},
+	})
+	if len(s.ended) > 0 {
+		t.Errorf("the process ended for good: %v", s.ended)
+	}
+}
+
+// Found by the final review: a put-back (v1, during an outage) falls due
+// while a reload's roll (v3) boots its first batch; the reload takes over
+// at that batch, then fails at the next: the put-back that fell due is
+// not run against v3 (which would start the failed release again).
+func TestSimTracePutBackDueDuringARollThatTakesOver(t *testing.T) {
+	v3 := 0
+	pool := func(release string) *Process {
+		return scriptWeb(release, func(p *Process) { p.Instances = 3 })
+	}
+	runScript(t, simScript{
+		fate: func(s *sim, in *instance) simFate {
+			switch r := in.def.Env["RELEASE"]; {
+			case r == "v1" && s.outage:
+				return simFate{boot: -1, crash: 300 * time.Millisecond, code: 3}
+			case r == "v3":
+				if v3++; v3 > 1 {
+					return simFate{boot: -1, crash: 300 * time.Millisecond, code: 3}
+				}
+				return simFate{boot: 12 * time.Second}
+			}
+			return simFate{boot: time.Second}
+		},
+		actions: []simAction{
+			{0, func(s *sim) { s.loadDefs(false, pool("v1")) }},
+			{5 * time.Second, func(s *sim) { s.outage = true; s.loadDefs(true, pool("v2")) }},
+			{16 * time.Second, func(s *sim) { s.loadDefs(false, pool("v3")) }},
+			{45 * time.Second, func(s *sim) { s.outage = false }},
+		},
+		checkAt: 120 * time.Second,
+		check: func(t *testing.T, s *sim) {
+			if v3 != 2 {
+				t.Errorf("v3 started %d times, want 2 (its roll's first two instances)", v3)
+			}
+			for i, in := range s.svcs["web"].slots {
+				if in == nil || in.def.Env["RELEASE"] != "v1" || in.state != stateReady {
+					t.Errorf("slot %d does not serve v1 again: %v", i, in)
+				}
+			}
+		},
+	})
+}
+
+// Found by the final review: api ended for good (config 1 still holds
+// it); a reload starts it again on web's fixed port (web yields); Caddy
+// exits while api boots: web comes back for the drain only once api is
+// gone.
+func TestSimTraceYieldedPortIsFreeAfterAnEndedProcessComesBack(t *testing.T) {
+	fixed := func(name, port string, ready bool) *Process {
+		p := &Process{Name: name, Command: []string{"sh", "-c", "exec " + name}, Env: map[string]string{"RELEASE": "v1"},
+			Port: port, ReadyTimeout: Duration(20 * time.Second), DrainTimeout: Duration(30 * time.Second),
+			StopTimeout: Duration(5 * time.Second), Restart: RestartNever, OnEnd: OnEndKeepRunning}
+		if ready {
+			p.Ready = &ReadyProbe{HTTP: ptr("/up")}
+		}
+		return p
+	}
+	s := runScript(t, simScript{
+		fate: func(s *sim, in *instance) simFate {
+			if in.def.Name == "api" && in.port == 23000 {
+				return simFate{boot: 10 * time.Second}
+			}
+			return simFate{boot: time.Second}
+		},
+		actions: []simAction{
+			{0, func(s *sim) {
+				web := fixed("web", "23000", false)
+				web.StopTimeout = Duration(time.Second) // (api starts soon after the yield)
+				s.loadDefs(false, web, fixed("api", "24000", false))
+			}},
+			{2 * time.Second, func(s *sim) { s.exitProc(s.procs[s.svcs["api"].slots[0]], 137, "killed by SIGKILL") }},
+			{4 * time.Second, func(s *sim) { s.loadDefs(false, fixed("api", "23000", true)) }},
+		},
+		checkAt: 7 * time.Second, // (then SIGTERM, while api boots)
+	})
+	if !slices.Contains(s.ended, "api") || len(s.ended) != 1 {
+		t.Errorf("ended: %v, want api alone (at 2 s)", s.ended)
+	}
+}

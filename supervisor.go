@@ -331,6 +331,12 @@ func (s *service) step(ev any) {
 	if s.job != nil && s.job.waiting {
 		s.nextBatch()
 	}
+	if len(s.gone) > 0 && !s.leaving() {
+		for _, c := range s.gone {
+			close(c) // (see whenGone)
+		}
+		s.gone = nil
+	}
 	s.publish()
 }
 
@@ -626,13 +632,28 @@ func (s *service) release(a *App) {
 // next (releaseAll). (On port auto, its ports are its own: a failed
 // reload's Stop does not wait for their requests.)
 func (s *service) whenGone(reply chan struct{}) {
-	dropped := s.stopAll != "" || s.yieldedTo != nil ||
-		len(s.holders) == 0 && slices.ContainsFunc(s.live, func(in *instance) bool { return in.def.Port != "auto" && (in.port != 0 || in.def.Socket != "") })
-	if !dropped || len(s.live) == 0 {
+	if !s.leaving() {
 		close(reply)
 		return
 	}
-	s.gone = append(s.gone, reply)
+	s.gone = append(s.gone, reply) // (answered after the event that ends it: step)
+}
+
+// leaving reports whether an instance the service stopped is still there
+// that the next config may need gone: any instance, once the process stops
+// altogether (no config holds it, Caddy's exit, a yield); else one on a
+// fixed port or socket that leaves and that no config holds (a reload
+// that added it, or started it again, failed). It bounds a config's Stop:
+// each such instance stops within its drain_timeout and stop_timeout.
+func (s *service) leaving() bool {
+	if s.stopAll != "" || s.yieldedTo != nil {
+		return len(s.live) > 0
+	}
+	return slices.ContainsFunc(s.live, func(in *instance) bool {
+		return in.def.Port != "auto" && (in.port != 0 || in.def.Socket != "") &&
+			(in.state == stateStopping || in.state == stateRetiring && !s.keptForConfig(in)) &&
+			!slices.ContainsFunc(s.holders, func(h holder) bool { return h.key == in.key })
+	})
 }
 
 // yield: a new config drops this process and gives its port (or socket
@@ -831,12 +852,6 @@ func (s *service) instanceExited(in *instance) {
 		if s.job == nil {
 			s.recycleNext() // a recycle may have waited for it
 		}
-	}
-	if len(s.live) == 0 {
-		for _, c := range s.gone {
-			close(c)
-		}
-		s.gone = nil
 	}
 }
 
