@@ -416,12 +416,7 @@ func runCaddy(t testing.TB, dir string, args []string, env ...string) *caddyProc
 		close(c.done)
 	}()
 	t.Cleanup(func() {
-		select {
-		case <-c.done:
-		default:
-			_ = c.cmd.Process.Kill()
-			<-c.done
-		}
+		c.killNow()
 		if t.Failed() {
 			t.Logf("caddy log:\n%s", c.logs.String())
 			if out := c.stdout.String(); out != "" {
@@ -430,6 +425,16 @@ func runCaddy(t testing.TB, dir string, args []string, env ...string) *caddyProc
 		}
 	})
 	return c
+}
+
+// killNow kills Caddy if it still runs, and waits until it is gone.
+func (c *caddyProc) killNow() {
+	select {
+	case <-c.done:
+	default:
+		_ = c.cmd.Process.Kill()
+		<-c.done
+	}
 }
 
 func (c *caddyProc) signal(sig syscall.Signal) time.Time {

@@ -79,6 +79,16 @@ func scriptWeb(release string, extra func(p *Process)) *Process {
 	return p
 }
 
+// scriptJobs is a worker of a release (no port), with a TCP probe that
+// waits up to readyTimeout if readyTimeout > 0.
+func scriptJobs(release string, readyTimeout time.Duration) *Process {
+	p := &Process{Name: "jobs", Command: []string{"sh", "-c", "exec jobs"}, Env: map[string]string{"RELEASE": release}}
+	if readyTimeout > 0 {
+		p.Ready, p.ReadyTimeout = &ReadyProbe{TCP: ptr("127.0.0.1:9")}, Duration(readyTimeout)
+	}
+	return p
+}
+
 // boots: a release boots in a second, unless the sim has an outage or the
 // release is "broken".
 func boots(s *sim, in *instance) simFate {
@@ -159,6 +169,17 @@ func TestSimTraceFailedPutBackIsRetried(t *testing.T) {
 // last ordinary request of one that keeps its streams ends, the roll goes
 // on at once (checkWakeUps fails a lost wake-up).
 func TestSimTraceRollWakesWhenOnlyStreamsAreLeft(t *testing.T) {
+	rollWaitsForOldInstances(t, func(s *sim, in *instance) {
+		s.hold(in, false, 6*time.Second) // a slow request
+	})
+}
+
+// rollWaitsForOldInstances: a pool of 2 (roll_batch 2) serves a stream on
+// each instance, and what second does; a restart, then another, which
+// waits for the first one's old instances: it must go on before their
+// drain_timeout, once they serve only streams.
+func rollWaitsForOldInstances(t *testing.T, second func(s *sim, in *instance)) {
+	t.Helper()
 	runScript(t, simScript{
 		fate: boots,
 		actions: []simAction{
@@ -168,7 +189,7 @@ func TestSimTraceRollWakesWhenOnlyStreamsAreLeft(t *testing.T) {
 			{3 * time.Second, func(s *sim) {
 				for slot := range 2 {
 					s.hold(s.serving(slot), true, 10*time.Minute) // a stream
-					s.hold(s.serving(slot), false, 6*time.Second) // a slow request
+					second(s, s.serving(slot))
 				}
 				s.restart("web")
 			}},
@@ -177,7 +198,7 @@ func TestSimTraceRollWakesWhenOnlyStreamsAreLeft(t *testing.T) {
 		checkAt: 15 * time.Second, // (drain_timeout: 30 s)
 		check: func(t *testing.T, s *sim) {
 			if j := s.svcs["web"].job; j != nil {
-				t.Errorf("the second restart still runs (%s): it did not go on when the slow requests ended", jobKindName(j.kind))
+				t.Errorf("the second restart still runs (%s): it did not go on when the old instances served only streams", jobKindName(j.kind))
 			}
 		},
 	})
@@ -214,8 +235,7 @@ func TestSimTraceReloadAddingABrokenProcess(t *testing.T) {
 		actions: []simAction{
 			{0, func(s *sim) { s.loadDefs(false, scriptWeb("v1", nil)) }},
 			{5 * time.Second, func(s *sim) {
-				jobs := &Process{Name: "jobs", Command: []string{"sh", "-c", "exec jobs"}, Env: map[string]string{"RELEASE": "broken1"},
-					Ready: &ReadyProbe{TCP: ptr("127.0.0.1:9")}, ReadyTimeout: Duration(10 * time.Second)}
+				jobs := scriptJobs("broken1", 10*time.Second)
 				s.loadDefs(false, scriptWeb("v1", nil), jobs)
 			}},
 		},
@@ -246,9 +266,9 @@ func TestSimTraceAddedPoolFailsAsAReload(t *testing.T) {
 			return simFate{boot: time.Second}
 		},
 		actions: []simAction{
-			{0, func(s *sim) { s.loadDefs(false, &Process{Name: "jobs", Command: []string{"sh", "-c", "exec jobs"}}) }},
+			{0, func(s *sim) { s.loadDefs(false, scriptJobs("v1", 0)) }},
 			{time.Second, func(s *sim) {
-				s.loadDefs(false, &Process{Name: "jobs", Command: []string{"sh", "-c", "exec jobs"}},
+				s.loadDefs(false, scriptJobs("v1", 0),
 					scriptWeb("v1", func(p *Process) { p.Instances = 2; p.Restart = RestartNever }))
 			}},
 			{3 * time.Second, func(s *sim) { s.exitProc(s.procs[s.serving(0)], 137, "killed by SIGKILL") }},
@@ -335,8 +355,7 @@ func TestSimTraceCrashOfAnAddedProcessAtExit(t *testing.T) {
 			{0, func(s *sim) { s.loadDefs(false, scriptWeb("v1", nil)) }},
 			{4 * time.Second, func(s *sim) { s.hold(s.serving(0), false, 60*time.Second) }}, // the drain lasts
 			{5 * time.Second, func(s *sim) {
-				jobs := &Process{Name: "jobs", Command: []string{"sh", "-c", "exec jobs"}, Env: map[string]string{"RELEASE": "v1"},
-					Ready: &ReadyProbe{TCP: ptr("127.0.0.1:9")}, ReadyTimeout: Duration(10 * time.Second)}
+				jobs := scriptJobs("v1", 10*time.Second)
 				s.loadDefs(false, scriptWeb("v1", nil), jobs)
 			}},
 			{6 * time.Second, func(s *sim) { s.sigterm() }},
@@ -530,9 +549,9 @@ func TestSimTraceAddedPoolLeavesNothingWhenItFails(t *testing.T) {
 			return simFate{boot: time.Second}
 		},
 		actions: []simAction{
-			{0, func(s *sim) { s.loadDefs(false, &Process{Name: "jobs", Command: []string{"sh", "-c", "exec jobs"}}) }},
+			{0, func(s *sim) { s.loadDefs(false, scriptJobs("v1", 0)) }},
 			{time.Second, func(s *sim) {
-				s.loadDefs(false, &Process{Name: "jobs", Command: []string{"sh", "-c", "exec jobs"}},
+				s.loadDefs(false, scriptJobs("v1", 0),
 					scriptWeb("v1", func(p *Process) { p.Instances = 3 }))
 			}},
 		},
@@ -633,8 +652,7 @@ func reloadWhileAnotherBoots(ok bool, check func(t *testing.T, s *sim)) simScrip
 		actions: []simAction{
 			{0, func(s *sim) { s.loadDefs(false, scriptWeb("v1", nil)) }},
 			{5 * time.Second, func(s *sim) {
-				jobs := &Process{Name: "jobs", Command: []string{"sh", "-c", "exec jobs"}, Env: map[string]string{"RELEASE": "v1"},
-					Ready: &ReadyProbe{TCP: ptr("127.0.0.1:9")}, ReadyTimeout: Duration(10 * time.Second)}
+				jobs := scriptJobs("v1", 10*time.Second)
 				s.loadDefs(false, scriptWeb("v2", nil), jobs)
 			}},
 			{7 * time.Second, func(s *sim) { s.exitProc(s.procs[s.serving(0)], 137, "killed by SIGKILL") }},
@@ -647,7 +665,7 @@ func reloadWhileAnotherBoots(ok bool, check func(t *testing.T, s *sim)) simScrip
 // addedPool: config 1 runs jobs; config 2 adds web, a pool of two with a
 // health check (the roll: slot 0, then slot 1).
 func addedPool(s *sim) {
-	jobs := &Process{Name: "jobs", Command: []string{"sh", "-c", "exec jobs"}, Env: map[string]string{"RELEASE": "v1"}}
+	jobs := scriptJobs("v1", 0)
 	s.loadDefs(false, jobs)
 	s.at(s.now.Add(5*time.Second), "script", func() {
 		s.loadDefs(false, jobs, scriptWeb("v1", func(p *Process) {
@@ -740,27 +758,8 @@ func TestSimTraceYieldedPortIsFreeBeforeTheComeback(t *testing.T) {
 // response's headers) instead of ending: the roll goes on at once too
 // (it fails without stream.open's wake-up).
 func TestSimTraceRollWakesWhenARequestBecomesAStream(t *testing.T) {
-	runScript(t, simScript{
-		fate: boots,
-		actions: []simAction{
-			{0, func(s *sim) {
-				s.loadDefs(false, scriptWeb("v1", func(p *Process) { p.Instances, p.RollBatch = 2, 2 }))
-			}},
-			{3 * time.Second, func(s *sim) {
-				for slot := range 2 {
-					s.hold(s.serving(slot), true, 10*time.Minute)                       // a stream
-					s.holdOpening(s.serving(slot), true, 6*time.Second, 10*time.Minute) // a stream in 6 s
-				}
-				s.restart("web")
-			}},
-			{5 * time.Second, func(s *sim) { s.restart("web") }}, // waits for the old ones
-		},
-		checkAt: 15 * time.Second, // (drain_timeout: 30 s)
-		check: func(t *testing.T, s *sim) {
-			if j := s.svcs["web"].job; j != nil {
-				t.Errorf("the second restart still runs (%s): it did not go on when the requests became streams", jobKindName(j.kind))
-			}
-		},
+	rollWaitsForOldInstances(t, func(s *sim, in *instance) {
+		s.holdOpening(in, true, 6*time.Second, 10*time.Minute) // a stream in 6 s
 	})
 }
 
@@ -773,7 +772,7 @@ func TestSimTraceReaddedProcessGetsAFreePort(t *testing.T) {
 	web := func(release string, n Instances) *Process {
 		return scriptWeb(release, func(p *Process) { p.Instances, p.Restart, p.OnEnd = n, RestartNever, OnEndKeepRunning })
 	}
-	jobs := &Process{Name: "jobs", Command: []string{"sh", "-c", "exec jobs"}, Env: map[string]string{"RELEASE": "v1"}}
+	jobs := scriptJobs("v1", 0)
 	runScript(t, simScript{
 		fate: func(s *sim, in *instance) simFate {
 			if in.def.Name == "web" && in.def.Env["RELEASE"] == "v2" && in.slot == 1 {
@@ -819,8 +818,7 @@ func TestSimTraceRestartFailsWhileTheOldReleaseIsKept(t *testing.T) {
 		actions: []simAction{
 			{0, func(s *sim) { s.loadDefs(false, scriptWeb("v1", nil)) }},
 			{5 * time.Second, func(s *sim) {
-				jobs := &Process{Name: "jobs", Command: []string{"sh", "-c", "exec jobs"}, Env: map[string]string{"RELEASE": "v1"},
-					Ready: &ReadyProbe{TCP: ptr("127.0.0.1:9")}, ReadyTimeout: Duration(20 * time.Second)}
+				jobs := scriptJobs("v1", 20*time.Second)
 				s.loadDefs(false, scriptWeb("v2", nil), jobs)
 			}},
 			{7 * time.Second, func(s *sim) { s.restart("web") }},

@@ -86,12 +86,7 @@ func serveStreams(t testing.TB, cfg map[string]any, httpPort int, loadPath strin
 	// checked below, and all but one of Caddy's own fail the test
 	c := startCaddyFile(t, path, "", "GORACE=atexit_sleep_ms=0 exitcode=0")
 	t.Cleanup(func() {
-		select {
-		case <-c.done:
-		default:
-			_ = c.cmd.Process.Kill()
-			<-c.done
-		}
+		c.killNow()
 		onlyCaddysOwnRace(t, c)
 	})
 	c.waitLog(`"to":"ready"`, 30*time.Second)

@@ -145,12 +145,7 @@ time.sleep(120)
 			onTerminal := newLogBuf()
 			go func() { _, _ = io.Copy(onTerminal, master) }()
 			t.Cleanup(func() {
-				select {
-				case <-c.done:
-				default:
-					_ = c.cmd.Process.Kill()
-					<-c.done
-				}
+				c.killNow()
 				if t.Failed() {
 					t.Logf("caddy log:\n%s\nterminal:\n%s", c.logs.String(), onTerminal.String())
 				}
