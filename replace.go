@@ -244,14 +244,16 @@ func (s *service) nextBatch() {
 	// instances that failed their health check are replaced first (the
 	// pool is short of them); a batch waits for the old instances of the
 	// previous one, but those are replaced at once, alone (they count no
-	// more): the bound holds either way
+	// more), unless more than roll_batch old instances are left (a failed
+	// reload's put-back retires some beside a roll's last batch): the bound
+	// holds either way
 	sick := slices.DeleteFunc(slices.Clone(j.todo), func(slot int) bool {
 		in := s.servingAt(slot)
 		return in == nil || in.cond.unhealthy == ""
 	})
 	j.todo = append(slices.Clone(sick), slices.DeleteFunc(j.todo, func(slot int) bool { return slices.Contains(sick, slot) })...)
 	if s.oldsLeft() {
-		if j.waiting = len(sick) == 0; j.waiting {
+		if j.waiting = len(sick) == 0 || s.olds(false) > max(j.def.RollBatch, 1); j.waiting {
 			return // the loop calls again after each event
 		}
 		n = min(n, len(sick))
@@ -294,20 +296,27 @@ func (s *service) nextBatch() {
 // streams (bounded by stream_drain_timeout). So a roll, or a recycle,
 // never runs more than instances + roll_batch instances besides those.
 // One instance (instances 1) waits for nothing, as it always did.
-func (s *service) oldsLeft() bool {
+func (s *service) oldsLeft() bool { return s.olds(true) > 0 }
+
+// olds counts the old instances a batch waits for (see oldsLeft); with
+// sick false, not those that failed their health check (killed once
+// replaced, they count no more toward the bound).
+func (s *service) olds(sick bool) int {
 	if len(s.slots) <= 1 && s.job.def.count <= 1 {
-		return false
+		return 0
 	}
+	n := 0
 	for _, in := range s.live {
 		switch {
 		case slices.Contains(s.slots, in) || s.jobStep(in) != nil:
 		case s.keptForConfig(in):
 		case in.state == stateRetiring && in.cond.keepStreams && in.inflight.Load() <= in.streams.Load():
+		case !sick && in.cond.unhealthy != "":
 		case in.state == stateRetiring || in.state == stateStopping:
-			return true
+			n++
 		}
 	}
-	return false
+	return n
 }
 
 // slotsOf is the slots of the batch that runs.
@@ -521,6 +530,13 @@ func (j *job) fail(s *service, st *step, err error) {
 	}
 	if j.kind == reviveJob && j.aborted == nil && !j.exitMode {
 		s.putBackFailed()
+	}
+	if j.holder != nil && j.held {
+		// a reload that took over at an earlier batch failed: Caddy lets
+		// its config go, and that release puts the old definition back;
+		// a put-back called meanwhile (an unhealthy instance of it) would
+		// run against the failing release
+		s.reconcile = false
 	}
 	if err != nil && j.total > 1 {
 		err = fmt.Errorf("%w; the roll stopped at instance %d: %d of %d replaced, those it had not reached untouched", err, st.slot, j.done, j.total)

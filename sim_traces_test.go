@@ -914,3 +914,56 @@ func TestSimTraceYieldedPortIsFreeAfterAnEndedProcessComesBack(t *testing.T) {
 		t.Errorf("ended: %v, want api alone (at 2 s)", s.ended)
 	}
 }
+
+// Found by the long run (seed 740 273 313): a reload's roll took over at
+// its first batch; an instance of the old release fails its health check
+// (a put-back is called for once the roll is over); the roll then fails:
+// the put-back waits for Caddy to let the failed config go, instead of
+// starting the failing release again. (The same seed then found a health
+// replacement that started beside two old instances: an unhealthy
+// instance is replaced at once only while at most roll_batch old
+// instances are left; that schedule replays with its seed.)
+func TestSimTraceUnhealthyOldInstanceDuringAFailingRoll(t *testing.T) {
+	v2 := 0
+	var hung *instance
+	runScript(t, simScript{
+		fate: func(s *sim, in *instance) simFate {
+			if in.def.Env["RELEASE"] == "v2" {
+				if v2++; in.slot == 1 {
+					return simFate{boot: -1, crash: 3 * time.Second, code: 3}
+				}
+			}
+			return simFate{boot: time.Second}
+		},
+		actions: []simAction{
+			{0, func(s *sim) { s.loadDefs(false, healthyPool("v1")) }},
+			{5 * time.Second, func(s *sim) { s.loadDefs(false, healthyPool("v2")) }},
+			{6500 * time.Millisecond, func(s *sim) {
+				hung = s.serving(1)
+				s.hangProc(s.procs[hung])
+			}},
+		},
+		checkAt: 60 * time.Second,
+		check: func(t *testing.T, s *sim) {
+			if v2 != 2 {
+				t.Errorf("v2 started %d times, want 2 (its roll's first two instances)", v2)
+			}
+			for i, in := range s.svcs["web"].slots {
+				if in == nil || in.def.Env["RELEASE"] != "v1" || in.state != stateReady {
+					t.Errorf("slot %d does not serve v1 again: %v", i, in)
+				}
+			}
+			if !s.procs[hung].exited {
+				t.Errorf("the hung instance still runs")
+			}
+		},
+	})
+}
+
+// healthyPool is web, a pool of 3 with a health check, of a release.
+func healthyPool(release string) *Process {
+	return scriptWeb(release, func(p *Process) {
+		p.Instances = 3
+		p.Health = &HealthCheck{Interval: Duration(time.Second), Timeout: Duration(500 * time.Millisecond), Fails: 2}
+	})
+}
