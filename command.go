@@ -99,6 +99,11 @@ func cmdSupervise(cmd *cobra.Command, args []string) (int, error) {
 		caddy.Log().Info("admin endpoint (/supervise/ and /metrics) on a unix socket only Caddy's user can use",
 			zap.String("address", c.AdminAddr), zap.String("try", "curl --unix-socket "+path+" http://localhost/supervise/"))
 	}
+	if c.AdminAddr != "off" && !strings.HasPrefix(c.AdminAddr, "unix/") {
+		// (Caddy itself warns only of a non-loopback address)
+		caddy.Log().Warn("the admin endpoint is on TCP: every local user (and every container sharing the network) can reach it, and it can restart and signal the app and load any config; leave --admin out for a unix socket only Caddy's user can use",
+			zap.String("address", c.AdminAddr))
+	}
 	for _, w := range warnings {
 		caddy.Log().Warn(w.String())
 	}

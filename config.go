@@ -18,6 +18,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/dustin/go-humanize"
+	"go.uber.org/zap"
 )
 
 // Defaults for the optional fields of a [Process].
@@ -782,4 +783,20 @@ func (p *Process) UnmarshalJSON(b []byte) error {
 		}
 	}
 	return nil
+}
+
+// warnEmptiedVariables warns of an argument of the command that ends in
+// ":" or "=" (`tcp://127.0.0.1:`, `--port=`): the mark of a `$PORT` that
+// the shell replaced with nothing where the command was typed. The
+// process gets its port in $PORT and `{supervise.port}`.
+func (p *Process) warnEmptiedVariables(logger *zap.Logger) {
+	if p.Port == "" || len(p.Command) == 0 {
+		return
+	}
+	for i, arg := range p.Command[1:] {
+		if strings.HasSuffix(arg, ":") || strings.HasSuffix(arg, "=") {
+			logger.Warn(fmt.Sprintf("process %s: argument %d of its command (%q) ends in %q: a $PORT that the shell emptied where the command was typed? "+
+				"write {supervise.port} there instead (in a shell, in single quotes)", p.Name, i+1, arg, arg[len(arg)-1:]))
+		}
+	}
 }

@@ -10,6 +10,7 @@ import (
 	"runtime"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -498,10 +499,14 @@ func (in *instance) probe(ctx context.Context, def *Process) {
 			nextProgress = nextProgress.Add(readyProgressEvery)
 			hint := def.listeningHint(in.getPID(), in.port)
 			msg := fmt.Sprintf("waiting for %s: %s: %v (%s of %s)", def.Name, name, lastErr, now.Sub(began).Round(time.Second), timeout)
+			log := in.svc.log().Info // (it boots)
 			if hint != "" {
 				msg += "; " + hint
+				if strings.HasPrefix(hint, "the app listens on ") && !strings.HasPrefix(hint, "the app listens on no ") {
+					log = in.svc.log().Warn // it listens elsewhere: the fix is the user's
+				}
 			}
-			in.svc.log().Info(msg, zap.Int("pid", in.getPID()), zap.String("probe", name), zap.String("error", lastErr.Error()))
+			log(msg, zap.Int("pid", in.getPID()), zap.String("probe", name), zap.String("error", lastErr.Error()))
 		}
 		select {
 		case <-ctx.Done():

@@ -85,6 +85,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 			return fmt.Errorf("process %d: name %q: already used by process %d; give each process a distinct name", i, p.Name, j)
 		}
 		names[p.Name] = i
+		p.warnEmptiedVariables(a.logger)
 	}
 	bound := make(map[string]string)
 	for _, p := range a.Processes {

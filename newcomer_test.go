@@ -29,13 +29,23 @@ func TestReadinessExplainsItself(t *testing.T) {
 	c := superviseCaddy(t, dir, []string{"--admin", "off", "--ready", "/up", "--ready-timeout", "7s"},
 		[]string{upstreamBin, "-listen", fmt.Sprintf("127.0.0.1:%d", otherPort)},
 		"HTTP_PORT="+strconv.Itoa(httpPort), "TARGET_PORT="+strconv.Itoa(targetPort))
-	want := fmt.Sprintf(`waiting for app: GET http://127.0.0.1:%d/up: connection refused (5s of 7s); the app listens on 127.0.0.1:%d`, targetPort, otherPort)
-	c.waitLog(want, 10*time.Second)
-	line := c.waitLog("process not ready within ready_timeout; stopping it as failed", 10*time.Second)
-	if !strings.Contains(line, fmt.Sprintf(`"probe":"GET http://127.0.0.1:%d/up: connection refused; the app listens on 127.0.0.1:%d"`, targetPort, otherPort)) {
-		t.Errorf("the final error does not name the probe, its error and where the app listens: %s", line)
+	fix := fmt.Sprintf(`: make it listen on the port in $PORT (%d), or put {supervise.port} in its command`, targetPort)
+	want := fmt.Sprintf(`waiting for app: GET http://127.0.0.1:%d/up: connection refused (5s of 7s); the app listens on 127.0.0.1:%d`, targetPort, otherPort) + fix
+	if line := c.waitLog(want, 10*time.Second); !strings.Contains(line, `"level":"warn"`) {
+		t.Errorf("the progress line of an app that listens elsewhere is not a warning: %s", line)
 	}
-	c.wait(20 * time.Second)
+	line := c.waitLog("process not ready within ready_timeout; stopping it as failed", 10*time.Second)
+	if !strings.Contains(line, fmt.Sprintf(`"probe":"GET http://127.0.0.1:%d/up: connection refused; the app listens on 127.0.0.1:%d`, targetPort, otherPort)+fix+`"`) {
+		t.Errorf("the final error does not name the probe, its error, where the app listens and the fix: %s", line)
+	}
+	// (before: "process exited unexpectedly", and 143, as if killed by someone else)
+	c.waitLog("process was not ready within ready_timeout; it was stopped, and counts as failed with exit status 124", 10*time.Second)
+	if code := c.wait(20 * time.Second); code != ExitNotReady {
+		t.Errorf("Caddy exited %d, want %d (not ready within ready_timeout)", code, ExitNotReady)
+	}
+	if n := len(c.logs.lines("process exited unexpectedly")); n > 0 {
+		t.Errorf("%d lines say the process exited unexpectedly: Caddy stopped it", n)
+	}
 }
 
 // `port auto` without `ready` is probed on its port by default: a reload
@@ -183,6 +193,30 @@ http://127.0.0.1:%d {
 	}
 	if out := validate(strings.Replace(site("supervise_streams", "stream_close_delay 2m"), "\tsupervise_streams", "\tsupervise_sendfile\n\tsupervise_streams", 1)); strings.Contains(out, rewriteWarn) || strings.Contains(out, "Error") {
 		t.Errorf("caddy validate with supervise_sendfile: %s", out)
+	}
+
+	// a wait as long as the write timeout, without supervise_streams to
+	// restart it (issue 30)
+	waitWarn := "process web: `dynamic supervise web` waits up to 30s for the app, and the server's write timeout is 20s"
+	timeouts := func(src string) string {
+		return strings.Replace(src, "\tadmin off\n", "\tadmin off\n\tservers {\n\t\ttimeouts {\n\t\t\twrite 20s\n\t\t}\n\t}\n", 1)
+	}
+	if out := validate(timeouts(site("", ""))); !strings.Contains(out, waitWarn) || strings.Contains(out, "Error") {
+		t.Errorf("caddy validate with a write timeout below the wait: %s\nwant %q", out, waitWarn)
+	}
+	if out := validate(timeouts(site("supervise_streams", "stream_close_delay 2m"))); strings.Contains(out, "write timeout") || strings.Contains(out, "Error") {
+		t.Errorf("caddy validate with supervise_streams: %s\nwant no warning of the write timeout", out)
+	}
+
+	// an argument that a shell emptied `$PORT` out of (issue 30)
+	out = validate(strings.Replace(site("supervise_streams", "stream_close_delay 2m"), "supervise sleep 62", "supervise puma -b tcp://127.0.0.1: --port= 62", 1))
+	for _, want := range []string{
+		`process web: argument 2 of its command (\"tcp://127.0.0.1:\") ends in \":\": a $PORT that the shell emptied`,
+		`process web: argument 3 of its command (\"--port=\") ends in \"=\"`,
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("caddy validate with an emptied $PORT: %s\nwant %q", out, want)
+		}
 	}
 }
 

@@ -66,7 +66,8 @@ func pumaUnderLoad(t *testing.T, cfg map[string]any, httpPort int) (*caddyProc, 
 // the app's env under load; a reload to a release that exits at boot; an
 // admin restart whose new instance exits at boot; a reload that fails
 // elsewhere (a busy port), until both app orders ran. Zero failed
-// requests, no request slower than the app's 20 ms + 0.5 s, the old PID
+// requests, no request slower than the app's 20 ms + 1.2 s (well below a
+// boot), the old PID
 // serves after each failure, and Caddy keeps running.
 func TestPumaBlueGreen(t *testing.T) {
 	needPuma(t)
@@ -129,7 +130,10 @@ func TestPumaBlueGreen(t *testing.T) {
 	})
 	assertGet(t, url, fmt.Sprintf("pid %d release v2", v2.PID))
 
-	finishUnderLoad(t, c, l, 20*time.Millisecond+500*time.Millisecond, 20*time.Second)
+	// (no request waited for a boot: Puma takes over 2 s to boot here; the
+	// margin is for a loaded 2-core machine under the race detector, where
+	// 0.5 s was exceeded once in a while)
+	finishUnderLoad(t, c, l, 20*time.Millisecond+1200*time.Millisecond, 20*time.Second)
 }
 
 // A fixed port (the first row of issue 10's table): the old Puma must stop

@@ -277,11 +277,15 @@ func (p *Process) listeningHint(pgid, port int) string {
 			return "" // it listens where it is probed: it does not answer yet
 		}
 	}
+	fix := ""
+	if port != 0 && p.Socket == "" {
+		fix = fmt.Sprintf(": make it listen on the port in $PORT (%d), or put {supervise.port} in its command", port)
+	}
 	switch {
 	case len(addrs) > 5:
-		return "the app listens on " + strings.Join(addrs[:5], ", ") + fmt.Sprintf(" and %d more", len(addrs)-5)
+		return "the app listens on " + strings.Join(addrs[:5], ", ") + fmt.Sprintf(" and %d more", len(addrs)-5) + fix
 	case len(addrs) > 0:
-		return "the app listens on " + strings.Join(addrs, ", ")
+		return "the app listens on " + strings.Join(addrs, ", ") + fix
 	case known:
 		return "the app listens on no TCP port or unix socket yet"
 	}

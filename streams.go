@@ -163,6 +163,19 @@ func streamOf(r *http.Request) *stream {
 	return st
 }
 
+// waitedForApp: the request waited for the app (it booted or restarted):
+// the server's write timeout counts again from now, when the request goes
+// to the app (or gets its 503), so that the time it waited does not cut
+// its response — an empty reply that the access log would show with the
+// app's status. (HTTP/3 has no write deadline to move.)
+func (st *stream) waitedForApp() {
+	srv, _ := st.ctx.Value(http.ServerContextKey).(*http.Server)
+	if srv == nil || srv.WriteTimeout <= 0 {
+		return
+	}
+	_ = http.NewResponseController(st.ResponseWriter).SetWriteDeadline(time.Now().Add(srv.WriteTimeout))
+}
+
 // WriteHeader notices an SSE response, and a WebSocket over HTTP/2 or
 // HTTP/3.
 func (st *stream) WriteHeader(code int) {

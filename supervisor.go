@@ -825,6 +825,13 @@ func (s *service) spawn(def *Process, port, slot int) (*instance, error) {
 
 // instanceExited is the one place that decides what an exit means.
 func (s *service) instanceExited(in *instance) {
+	stoppedAt := in.result.code
+	notReady := in.notReady != "" && s.servingAt(in.slot) == in && (s.job == nil || !s.job.owns(in))
+	if notReady {
+		// it did not exit by itself: it was stopped for not being ready in
+		// time; that is what its end says (and Caddy's exit status)
+		in.result.code, in.result.how = ExitNotReady, "stopped: not ready within ready_timeout"
+	}
 	r := in.result
 	if s.history.exits == nil {
 		s.history.exits = make(map[int]int)
@@ -843,6 +850,12 @@ func (s *service) instanceExited(in *instance) {
 	switch {
 	case s.job != nil && s.job.owns(in):
 		s.job.instanceExited(s, in, fields)
+	case notReady:
+		s.slots[in.slot] = nil
+		s.log().Error("process was not ready within ready_timeout; it was stopped, and counts as failed with exit status 124",
+			zap.Int("pid", in.getPID()), zap.Int("instance", in.slot), zap.Duration("ready_timeout", time.Duration(in.def.ReadyTimeout)),
+			zap.String("probe", in.notReady), zap.Int("stopped_with_status", stoppedAt))
+		s.crashed(in)
 	case s.servingAt(in.slot) == in:
 		s.slots[in.slot] = nil
 		s.log().Error("process exited unexpectedly", append(fields, zap.Int("instance", in.slot))...)
@@ -909,6 +922,12 @@ func (s *service) endForGood(def *Process, why string, code int) {
 	s.log().Error("process ended for good", zap.String("why", why), zap.Int("exit_status", code))
 	s.w.ended(def, s.log(), code)
 }
+
+// ExitNotReady is the exit status of a process that was stopped because it
+// was not ready within its ready_timeout (as timeout(1) reports a command
+// that timed out): its restart policy sees it, and, if the process ends
+// for good with on_end stop_caddy, Caddy exits with it.
+const ExitNotReady = 124
 
 // booting reports whether a job's new instance boots to serve.
 func (s *service) booting() bool {

@@ -92,6 +92,29 @@ type thrusterConfig struct {
 	warnings []string // variables accepted that change nothing here
 }
 
+// Quiet lists Caddy's own warnings that this config makes on purpose and
+// that its user cannot act on, which its log leaves out (QuietStderr);
+// nothing with --debug. A warning about something the user chose stays:
+// an admin endpoint on TCP gets Caddy's "open interface" warning.
+func (c *thrusterConfig) Quiet() []string {
+	if c.Debug {
+		return nil
+	}
+	var drop []string
+	if strings.HasPrefix(c.AdminAddr, "unix/") {
+		drop = append(drop, "admin endpoint on open interface; host checking disabled") // (a 0600 socket)
+	}
+	if len(c.TLSDomains) == 0 {
+		drop = append(drop, "server is listening only on the HTTP port, so no automatic HTTPS will be applied to this server",
+			"HTTP/2 skipped because it requires TLS", "HTTP/3 skipped because it requires TLS")
+	}
+	return drop
+}
+
+// Console reports whether Caddy's log goes to a terminal: it is written
+// for people then, as Caddy's default log would be.
+func (c *thrusterConfig) Console() bool { return isTerminal(os.Stderr) }
+
 // StreamCloseDelay is how long a reload lets the old config's WebSockets
 // run: as long as the old instance keeps its streams.
 func (c *thrusterConfig) StreamCloseDelay() time.Duration { return DefaultStreamDrainTimeout }
@@ -345,6 +368,19 @@ var caddyfileTemplate = template.Must(template.New("Caddyfile").Funcs(template.F
 {{- if .Debug}}
 	debug
 {{- end}}
+{{- with .Quiet}}
+	# Caddy's log, without the warnings this config makes on purpose
+	log {
+		output supervise_quiet {
+{{- range .}}
+			drop {{q .}}
+{{- end}}
+		}
+{{- if $.Console}}
+		format console
+{{- end}}
+	}
+{{- end}}
 	http_port {{.HTTPPort}}
 {{- if .ShutdownDelay}}
 	shutdown_delay {{.ShutdownDelay}}
@@ -419,7 +455,15 @@ var caddyfileTemplate = template.Must(template.New("Caddyfile").Funcs(template.F
 
 {{if .TLSDomains}}{{join .TLSDomains ", "}}{{else}}http://:{{.HTTPPort}}{{end}} {
 {{- if .LogRequests}}
-	log
+	log {
+		# a short line a request: its headers and TLS details left out
+		format filter {
+			wrap {{if .Console}}console{{else}}json{{end}}
+			request>headers delete
+			request>tls delete
+			resp_headers delete
+		}
+	}
 {{- end}}
 {{- if .MaxRequestBody}}
 	request_body {

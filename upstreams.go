@@ -8,6 +8,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 )
 
@@ -48,6 +49,10 @@ type Upstreams struct {
 
 // DefaultUpstreamWait is how long a request waits for a ready instance.
 const DefaultUpstreamWait = 30 * time.Second
+
+// waitedVar is the request variable that keeps how long the request
+// waited for the app so far, over reverse_proxy's retries.
+const waitedVar = "supervise.waited"
 
 // CaddyModule returns the Caddy module information.
 func (Upstreams) CaddyModule() caddy.ModuleInfo {
@@ -93,9 +98,20 @@ func (u *Upstreams) checkName(a *App) error {
 
 // GetUpstreams returns the addresses of the process's ready instances,
 // waiting for one while the process starts, restarts or is replaced.
+//
+// The wait is one budget per request: reverse_proxy's retries (lb_retries)
+// call again, and wait only for what is left of it, so the client gets
+// its 503 once `wait` has passed, not `wait` times the retries. A request
+// that waited gets the server's write timeout anew (supervise_streams in
+// front: see waitedForApp), so that the wait does not cut the response.
 func (u *Upstreams) GetUpstreams(r *http.Request) ([]*reverseproxy.Upstream, error) {
 	for {
-		targets := u.readyTargets(r)
+		targets, waited := u.readyTargets(r)
+		if waited {
+			if st := streamOf(r); st != nil {
+				st.waitedForApp()
+			}
+		}
 		if len(targets) == 0 {
 			return nil, nil
 		}
@@ -117,8 +133,19 @@ func (u *Upstreams) GetUpstreams(r *http.Request) ([]*reverseproxy.Upstream, err
 // client is gone. A request keeps waiting when its own config is unloaded
 // meanwhile (a reload that failed, say): its server still finishes it, and
 // the process, which another config holds, serves it.
-func (u *Upstreams) readyTargets(r *http.Request) []*instance {
-	deadline := time.NewTimer(time.Duration(u.Wait))
+func (u *Upstreams) readyTargets(r *http.Request) (targets []*instance, waited bool) {
+	began := time.Now()
+	left := time.Duration(u.Wait)
+	if w, ok := caddyhttp.GetVar(r.Context(), waitedVar).(time.Duration); ok {
+		left -= w // (a retry of the same request)
+	}
+	defer func() {
+		if d := time.Since(began); waited {
+			w, _ := caddyhttp.GetVar(r.Context(), waitedVar).(time.Duration)
+			caddyhttp.SetVar(r.Context(), waitedVar, w+d)
+		}
+	}()
+	deadline := time.NewTimer(max(left, 0))
 	defer deadline.Stop()
 	for {
 		var changed <-chan struct{}
@@ -127,28 +154,29 @@ func (u *Upstreams) readyTargets(r *http.Request) []*instance {
 		case s != nil:
 			v := s.view.Load()
 			if len(v.targets) > 0 {
-				return v.targets
+				return v.targets, waited
 			}
-			if !v.pending {
-				return nil
+			if !v.pending || left <= 0 {
+				return nil, waited
 			}
 			changed = v.changed
 		case a != nil && !isClosed(a.started):
 			changed = a.started // the config's processes start (Caddy may start its apps in any order)
 		default:
-			return nil
+			return nil, waited
 		}
 		var ended <-chan struct{}
 		if s != nil {
 			ended = s.done
 		}
+		waited = true
 		select {
 		case <-changed:
 		case <-ended:
 		case <-r.Context().Done():
-			return nil
+			return nil, waited
 		case <-deadline.C:
-			return nil
+			return nil, waited
 		}
 	}
 }

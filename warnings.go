@@ -27,6 +27,9 @@ import (
 //     warnStreams);
 //   - an `lb_policy` on the proxy of a pool: the dynamic upstream chooses
 //     the instance, so it has no effect;
+//   - a `dynamic supervise` wait as long as its server's write timeout,
+//     without `supervise_streams` before it (which restarts the write
+//     timeout once a request that waited goes to the app);
 //   - a `handle_response` that rewrites to a header of the app's response
 //     (`rewrite * {rp.header.X-Sendfile}`): rewrite reads it as a URL, so
 //     a file name the app's users chose can reach another file; use
@@ -42,8 +45,10 @@ func (a *App) warnUnsafe(httpApp *caddyhttp.App) error {
 		return nil
 	}
 	var proxies []*reverseproxy.Handler
-	var files []caddyhttp.MiddlewareHandler               // supervise_sendfile and supervise_public
-	streamsBefore := make(map[*reverseproxy.Handler]bool) // supervise_streams comes before it
+	var files []caddyhttp.MiddlewareHandler                       // supervise_sendfile and supervise_public
+	streamsBefore := make(map[*reverseproxy.Handler]bool)         // supervise_streams comes before it
+	writeTimeout := make(map[*reverseproxy.Handler]time.Duration) // its server's
+	var serverWriteTimeout time.Duration
 	var walk func(routes caddyhttp.RouteList, covered bool) bool
 	walk = func(routes caddyhttp.RouteList, covered bool) bool {
 		for _, r := range routes {
@@ -56,6 +61,7 @@ func (a *App) warnUnsafe(httpApp *caddyhttp.App) error {
 				case *reverseproxy.Handler:
 					proxies = append(proxies, h)
 					streamsBefore[h] = covered
+					writeTimeout[h] = serverWriteTimeout
 					for _, hr := range h.HandleResponse {
 						a.warnHeaderRewrites(hr.Routes)
 						walk(hr.Routes, covered)
@@ -72,6 +78,7 @@ func (a *App) warnUnsafe(httpApp *caddyhttp.App) error {
 		return covered
 	}
 	for _, srv := range httpApp.Servers {
+		serverWriteTimeout = time.Duration(srv.WriteTimeout)
 		walk(srv.Routes, false)
 		if srv.Errors != nil {
 			walk(srv.Errors.Routes, false)
@@ -94,6 +101,15 @@ func (a *App) warnUnsafe(httpApp *caddyhttp.App) error {
 			}
 		}
 		a.warnStreams(p, named, streamsBefore)
+		for _, h := range named {
+			wait, wt := time.Duration(h.DynamicUpstreams.(*Upstreams).Wait), writeTimeout[h]
+			if !streamsBefore[h] && wt > 0 && wait >= wt {
+				a.logger.Warn(fmt.Sprintf("process %s: `dynamic supervise %s` waits up to %s for the app, and the server's write timeout is %s: "+
+					"a request that waits that long while the app boots is cut (the client gets an empty reply, logged with the app's status); "+
+					"add `supervise_streams` to the site (the write timeout then counts from when the request goes to the app), or set `wait` below the write timeout",
+					p.Name, p.Name, wait, wt))
+			}
+		}
 		for _, h := range named {
 			switch h.LoadBalancing.SelectionPolicy.(type) {
 			case nil, reverseproxy.RandomSelection, *reverseproxy.RandomSelection:

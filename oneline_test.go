@@ -1,0 +1,109 @@
+// Tests against a real Caddy binary and real processes: Linux only.
+
+//go:build linux
+
+package supervise
+
+// Issue 30: the one line's waits. `--wait` is the whole time a request
+// waits for the app, reverse_proxy's retries included, and a request that
+// waited is never cut by the write timeout because it waited: the client
+// gets a complete response, and the access log shows what it got.
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+func TestOneLineWaitIsOneDeadline(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		wait    string
+		boot    string // the app's boot (-delay); "" never gets ready
+		status  int
+		atLeast time.Duration // when the answer comes
+		atMost  time.Duration
+	}{
+		// (before: 503 after 4 × 3 s; with Thruster's write timeout below
+		// the wait, an empty reply)
+		{"never ready", "3s", "", http.StatusServiceUnavailable, 3 * time.Second, 4 * time.Second},
+		{"boots later than the wait", "3s", "5s", http.StatusServiceUnavailable, 3 * time.Second, 4 * time.Second},
+		// (before: an empty reply at the write timeout, logged as 200)
+		// (atLeast: it waited longer than the write timeout)
+		{"boots within the wait, after the write timeout", "8s", "4s", http.StatusOK, 2500 * time.Millisecond, 7 * time.Second},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			httpPort := freePort(t)
+			command := []string{"sleep", "60"}
+			if tc.boot != "" {
+				command = []string{upstreamBin, "-delay", tc.boot}
+			}
+			c := superviseCaddy(t, t.TempDir(), []string{"--admin", "off", "--ready", "/up", "--wait", tc.wait}, command,
+				"HTTP_PORT="+strconv.Itoa(httpPort), "TARGET_PORT="+strconv.Itoa(freePort(t)),
+				"HTTP_WRITE_TIMEOUT=2") // (shorter than any wait here)
+			c.waitLog(`"msg":"server running"`, 20*time.Second)
+			sent := time.Now()
+			resp, err := rawClient.Get(fmt.Sprintf("http://127.0.0.1:%d/", httpPort))
+			if err != nil {
+				t.Fatalf("GET after %s: %v (an empty reply?)", time.Since(sent), err)
+			}
+			body, err := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			took := time.Since(sent)
+			if err != nil {
+				t.Fatalf("the response (%s) was cut after %s: %v", resp.Status, took, err)
+			}
+			if resp.StatusCode != tc.status {
+				t.Errorf("got %s (%q), want %d", resp.Status, body, tc.status)
+			}
+			if took < tc.atLeast || took > tc.atMost {
+				t.Errorf("the answer came after %s, want within [%s, %s] (--wait %s, the app's boot %q)", took, tc.atLeast, tc.atMost, tc.wait, tc.boot)
+			}
+			c.waitLog(fmt.Sprintf(`"status":%d`, resp.StatusCode), 5*time.Second) // the access log agrees
+		})
+	}
+}
+
+// The one line's start says where it serves, where the admin socket is
+// and what it waits for, and no warning its user cannot act on (Caddy's
+// about a unix socket admin endpoint, plain HTTP, HTTP/2 and HTTP/3
+// without TLS); a request's log line is short. An admin endpoint on TCP
+// gets a warning.
+func TestOneLineStartsQuietly(t *testing.T) {
+	httpPort := freePort(t)
+	c := superviseCaddy(t, t.TempDir(), []string{"--ready", "/up"}, []string{upstreamBin},
+		"HTTP_PORT="+strconv.Itoa(httpPort), "TARGET_PORT="+strconv.Itoa(freePort(t)))
+	c.waitLog(`"msg":"admin endpoint (/supervise/ and /metrics) on a unix socket only Caddy's user can use"`, 20*time.Second)
+	c.waitLog(`"msg":"server running"`, 20*time.Second)
+	c.waitLog(`"to":"ready"`, 20*time.Second)
+	resp, _ := httpGet(t, fmt.Sprintf("http://127.0.0.1:%d/", httpPort))
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("got %s", resp.Status)
+	}
+	line := c.waitLog(`"logger":"http.log.access`, 5*time.Second)
+	if len(line) > 500 {
+		t.Errorf("a request's log line has %d bytes: %s", len(line), line)
+	}
+	for _, l := range strings.Split(c.logs.String(), "\n") {
+		if strings.Contains(l, `"level":"warn"`) || strings.Contains(l, `"level":"error"`) {
+			t.Errorf("a warning at a plain start: %s", l)
+		}
+	}
+	c.signal(syscall.SIGTERM)
+	c.wait(20 * time.Second)
+
+	admin := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	c = superviseCaddy(t, t.TempDir(), []string{"--admin", admin, "--ready", "/up"}, []string{upstreamBin},
+		"HTTP_PORT="+strconv.Itoa(freePort(t)), "TARGET_PORT="+strconv.Itoa(freePort(t)))
+	if line := c.waitLog("the admin endpoint is on TCP", 20*time.Second); !strings.Contains(line, `"level":"warn"`) {
+		t.Errorf("not a warning: %s", line)
+	}
+	c.signal(syscall.SIGTERM)
+	c.wait(20 * time.Second)
+}
