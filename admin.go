@@ -69,6 +69,9 @@ type Status struct {
 	// check, by reason: `max_memory`, `max_lifetime`,
 	// `max_lifetime_requests`, `health`.
 	Recycles map[string]int `json:"recycles,omitempty"`
+	// Waiting is how many requests wait in the dynamic upstream for an
+	// instance to be ready.
+	Waiting int64 `json:"waiting"`
 }
 
 // InstanceStatus is one running instance of a process.

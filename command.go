@@ -8,8 +8,10 @@ import (
 	"io/fs"
 	"net"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -111,6 +113,17 @@ func cmdSupervise(cmd *cobra.Command, args []string) (int, error) {
 		caddy.Log().Warn("variable accepted, nothing to do", zap.String("why", w))
 	}
 	caddy.TrapSignals()
+	go func() {
+		// a second Ctrl-C: Caddy exits at once ("force quit"), without its
+		// exit callbacks; the admin socket's directory goes first (best
+		// effort: Caddy's handler runs beside this one; a directory left
+		// behind is removed by the next start, removeStaleAdminDirs)
+		sigint := make(chan os.Signal, 2)
+		signal.Notify(sigint, os.Interrupt)
+		<-sigint
+		<-sigint
+		cleanup()
+	}()
 	if err := caddy.Load(cfgJSON, true); err != nil {
 		cleanup()
 		return caddy.ExitCodeFailedStartup, err
@@ -228,6 +241,35 @@ func (c *thrusterConfig) check(publicDirGiven bool) error {
 // cleanup removes; when it is not (--print-caddyfile, which changes
 // nothing), the endpoint is off. A socket another Caddy serves there is an
 // error: it would be taken from it.
+// removeStaleAdminDirs removes the private directories that `caddy
+// supervise` made in the temporary directory for its admin socket and that
+// a Caddy forced to exit (a second Ctrl-C, SIGKILL) left behind: each one
+// of Caddy's user, mode 0700, holding at most admin.sock, on which nothing
+// listens any more.
+func removeStaleAdminDirs() {
+	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), "caddy-supervise-*"))
+	for _, dir := range dirs {
+		if !isPrivateDir(dir) {
+			continue
+		}
+		entries, err := os.ReadDir(dir)
+		if err != nil || len(entries) > 1 || len(entries) == 1 && entries[0].Name() != "admin.sock" {
+			continue
+		}
+		if len(entries) == 1 {
+			conn, err := net.Dial("unix", filepath.Join(dir, "admin.sock"))
+			if err == nil {
+				conn.Close()
+				continue // a Caddy serves there
+			}
+			if !errors.Is(err, syscall.ECONNREFUSED) {
+				continue
+			}
+		}
+		os.RemoveAll(dir)
+	}
+}
+
 func (c *thrusterConfig) resolveAdmin(create bool) (cleanup func(), err error) {
 	cleanup = func() {}
 	if c.AdminAddr != "" {
@@ -252,6 +294,7 @@ func (c *thrusterConfig) resolveAdmin(create bool) (cleanup func(), err error) {
 			path = filepath.Join(dir, "admin.sock")
 		}
 	} else if create {
+		removeStaleAdminDirs()
 		dir, err := os.MkdirTemp("", "caddy-supervise-")
 		if err != nil {
 			return cleanup, fmt.Errorf("a private directory for the admin endpoint's socket: %v", err)

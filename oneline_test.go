@@ -10,9 +10,14 @@ package supervise
 // gets a complete response, and the access log shows what it got.
 
 import (
+	"context"
+	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -106,4 +111,67 @@ func TestOneLineStartsQuietly(t *testing.T) {
 	}
 	c.signal(syscall.SIGTERM)
 	c.wait(20 * time.Second)
+}
+
+// Ctrl-C while a request waits for an app that is not ready: Caddy says
+// how many wait, and that a second Ctrl-C exits at once; it does. The
+// admin socket's directory that the forced exit may leave behind is gone
+// after the next start; a normal exit removes its own.
+func TestOneLineCtrlCWhileRequestsWait(t *testing.T) {
+	tmp := t.TempDir()
+	env := func() []string {
+		return []string{"TMPDIR=" + tmp, "XDG_RUNTIME_DIR=", "HTTP_PORT=" + strconv.Itoa(freePort(t)), "TARGET_PORT=" + strconv.Itoa(freePort(t))}
+	}
+	adminDirs := func() []string {
+		dirs, _ := filepath.Glob(filepath.Join(tmp, "caddy-supervise-*"))
+		return dirs
+	}
+	e := env()
+	c := superviseCaddy(t, t.TempDir(), []string{"--ready", "/up", "--wait", "1m"}, []string{"sleep", "60"}, e...)
+	line := c.waitLog(`"msg":"admin endpoint (/supervise/ and /metrics) on a unix socket only Caddy's user can use"`, 20*time.Second)
+	m := regexp.MustCompile(`curl --unix-socket (\S+) `).FindStringSubmatch(line)
+	if m == nil {
+		t.Fatalf("no socket in %s", line)
+	}
+	admin := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", m[1])
+	}}}
+	c.waitLog(`"msg":"server running"`, 20*time.Second)
+	go func() {
+		if resp, err := rawClient.Get("http://127.0.0.1:" + strings.TrimPrefix(e[2], "HTTP_PORT=") + "/"); err == nil {
+			resp.Body.Close()
+		}
+	}()
+	// the request waits: the admin API counts it
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		var st Status
+		if resp, err := admin.Get("http://localhost/supervise/app"); err == nil {
+			_ = json.NewDecoder(resp.Body).Decode(&st)
+			resp.Body.Close()
+		}
+		if st.Waiting == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the admin API does not count the waiting request: %+v", st)
+		}
+		time.Sleep(20 * time.Millisecond) // (polling the admin API: no event tells of a request that waits)
+	}
+	c.signal(syscall.SIGINT)
+	c.waitLog("Caddy is exiting while 1 requests wait for app, which is not ready", 10*time.Second)
+	c.signal(syscall.SIGINT)
+	if code := c.wait(10 * time.Second); code != 2 {
+		t.Errorf("a second Ctrl-C: Caddy exited %d, want 2 (force quit)", code)
+	}
+
+	c = superviseCaddy(t, t.TempDir(), []string{"--ready", "/up"}, []string{"sleep", "60"}, env()...)
+	c.waitLog(`"msg":"server running"`, 20*time.Second)
+	if dirs := adminDirs(); len(dirs) != 1 {
+		t.Errorf("admin directories once the next Caddy runs: %v, want its own alone", dirs)
+	}
+	c.signal(syscall.SIGTERM)
+	c.wait(20 * time.Second)
+	if dirs := adminDirs(); len(dirs) != 0 {
+		t.Errorf("admin directories after a normal exit: %v", dirs)
+	}
 }

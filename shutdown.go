@@ -2,6 +2,7 @@ package supervise
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"sync"
 	"time"
@@ -55,6 +56,13 @@ func (a *App) endDrain(why string) {
 // Meanwhile Caddy goes on stopping its apps; at the very end of its exit,
 // waitForChildren holds the process until every group is gone.
 func exitSequence(final *App, began time.Time) {
+	for _, s := range allServices() {
+		if n := waitingFor(s.name).Load(); n > 0 {
+			// (waiting is never silent: the drain waits for them)
+			s.log().Warn(fmt.Sprintf("Caddy is exiting while %d requests wait for %s, which is not ready: they wait until it is, "+
+				"or until their wait or drain_timeout ends; a second Ctrl-C (SIGINT) exits at once", n, s.name))
+		}
+	}
 	go func() {
 		select {
 		case <-final.drainBegan:

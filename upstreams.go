@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -49,6 +51,15 @@ type Upstreams struct {
 
 // DefaultUpstreamWait is how long a request waits for a ready instance.
 const DefaultUpstreamWait = 30 * time.Second
+
+// waiting counts, by process name, the requests that wait for an app that
+// is not ready (the admin API shows it; Caddy's exit says so).
+var waiting sync.Map // name → *atomic.Int64
+
+func waitingFor(name string) *atomic.Int64 {
+	n, _ := waiting.LoadOrStore(name, new(atomic.Int64))
+	return n.(*atomic.Int64)
+}
 
 // waitedVar is the request variable that keeps how long the request
 // waited for the app so far, over reverse_proxy's retries.
@@ -168,6 +179,11 @@ func (u *Upstreams) readyTargets(r *http.Request) (targets []*instance, waited b
 		var ended <-chan struct{}
 		if s != nil {
 			ended = s.done
+		}
+		if !waited {
+			n := waitingFor(u.Name)
+			n.Add(1)
+			defer n.Add(-1)
 		}
 		waited = true
 		select {

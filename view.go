@@ -144,6 +144,7 @@ func (s *service) status() Status {
 // in: each instance's open streams and memory.
 func (v *view) statusNow() Status {
 	st := v.status
+	st.Waiting = waitingFor(st.Name).Load()
 	st.Instances = slices.Clone(st.Instances)
 	for i, in := range v.live {
 		st.Instances[i].Streams = in.openStreamCounts()
