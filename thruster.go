@@ -165,6 +165,8 @@ func (c *thrusterConfig) readThrusterEnv(getenv func(string) (string, bool)) err
 		case !ok:
 		case v.name == "GZIP_COMPRESSION_JITTER" && val != "0":
 			c.warnings = append(c.warnings, from+": Caddy adds no jitter to compressed responses; use GZIP_COMPRESSION_DISABLE_ON_AUTH against BREACH")
+		case v.name == "TARGET_PORT" && (c.BlueGreen || c.Socket != ""):
+			c.warnings = append(c.warnings, from+": not used with --blue-green or --socket, which give the app its own port or socket (in $PORT, {supervise.port})")
 		}
 	}
 	if len(errs) > 0 {

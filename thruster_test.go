@@ -102,6 +102,12 @@ func TestThrusterEnvErrors(t *testing.T) {
 	if err != nil || len(c.warnings) != 1 {
 		t.Errorf("an accepted variable that changes nothing: %v, warnings %q", err, c.warnings)
 	}
+	// TARGET_PORT with --blue-green (issue 30: it was silently ignored)
+	c = &thrusterConfig{BlueGreen: true}
+	if err := c.readThrusterEnv(func(k string) (string, bool) { return "4000", k == "TARGET_PORT" }); err != nil ||
+		len(c.warnings) != 1 || !strings.Contains(c.warnings[0], "TARGET_PORT: not used with --blue-green") {
+		t.Errorf("TARGET_PORT with --blue-green: %v, warnings %q", err, c.warnings)
+	}
 	// Thruster's cache sizes are supervise_public's
 	c, err = thrusterFor(t, map[string]string{"CACHE_SIZE": "1000", "MAX_CACHE_ITEM_SIZE": "10"})
 	c.PublicDir = "public"
