@@ -8,6 +8,13 @@ echo "building bin/caddy and bin/upstream..." >&2
 go build -o bin/caddy ./cmd/caddy
 go build -o bin/upstream ./examples/upstream
 export UPSTREAM="$PWD/bin/upstream"
+# the demo's ports must be free: say which is not, and how to move it
+for p in "DEMO_PORT:${DEMO_PORT:-8080}" "DEMO_UPSTREAM_PORT:${DEMO_UPSTREAM_PORT:-3000}"; do
+	if (exec 3<>"/dev/tcp/127.0.0.1/${p#*:}") 2>/dev/null; then
+		echo "port ${p#*:} is in use by another program: stop it, or run with ${p%%:*}=<another port>" >&2
+		exit 1
+	fi
+done
 cat >&2 <<MSG
 
 Demo: http://localhost:${DEMO_PORT:-8080}/ is proxied to the supervised upstream.
