@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/deps.sh
-go test -race -count=1 ./...
+go test -race -count=1 -timeout 40m ./...
 for target in FuzzCaddyfile FuzzProcessJSON FuzzEnvFile FuzzWSFrames; do
 	go test -run '^$' -fuzz "^${target}\$" -fuzztime "${FUZZTIME:-10s}" .
 done
