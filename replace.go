@@ -310,7 +310,9 @@ func (s *service) olds(sick bool) int {
 		switch {
 		case slices.Contains(s.slots, in) || s.jobStep(in) != nil:
 		case s.keptForConfig(in):
-		case in.state == stateRetiring && in.cond.keepStreams && in.inflight.Load() <= in.streams.Load():
+		case in.state == stateRetiring && in.cond.keepStreams && in.streams.Load() > 0 && in.inflight.Load() <= in.streams.Load():
+			// (one with nothing in flight is no stream keeper: it stops now,
+			// and its exit wakes the batch)
 		case !sick && in.cond.unhealthy != "":
 		case in.state == stateRetiring || in.state == stateStopping:
 			n++

@@ -1596,8 +1596,8 @@ func (s *sim) checkBound(svc *service, starting *instance) {
 		case strings.HasPrefix(in.retireReason, "instances went down") && (in.state == stateRetiring || in.state == stateStopping):
 			// fewer instances: not replaced, leaving (a resize up does not
 			// wait for them either)
-		case in.state == stateRetiring && in.inflight.Load() <= in.streams.Load():
-			s.keepers[in] = true
+		case in.state == stateRetiring && in.streams.Load() > 0 && in.inflight.Load() <= in.streams.Load():
+			s.keepers[in] = true // (an idle one is no keeper: it runs until it exits)
 		case in.state == stateStopping && s.keepers[in]:
 		case in.cond.unhealthy != "":
 		case count <= 1 && (in.state == stateRetiring || in.state == stateStopping):
