@@ -376,7 +376,7 @@ func TestSimTraceUnhealthyInstanceOfAnotherDefinition(t *testing.T) {
 	pool := func(release string) *Process {
 		return scriptWeb(release, func(p *Process) {
 			p.Instances = 2
-			p.Health = &HealthCheck{Interval: Duration(time.Second), Timeout: Duration(500 * time.Millisecond), Fails: 2}
+			p.Health = quickHealth()
 		})
 	}
 	runScript(t, simScript{
@@ -584,7 +584,7 @@ func TestSimTraceUnhealthyInstanceIsReplacedAlone(t *testing.T) {
 			{0, func(s *sim) {
 				s.loadDefs(false, scriptWeb("v1", func(p *Process) {
 					p.Instances, p.RollBatch = 4, 2
-					p.Health = &HealthCheck{Interval: Duration(time.Second), Timeout: Duration(500 * time.Millisecond), Fails: 2}
+					p.Health = quickHealth()
 				}))
 			}},
 			{5 * time.Second, func(s *sim) {
@@ -670,7 +670,7 @@ func addedPool(s *sim) {
 	s.at(s.now.Add(5*time.Second), "script", func() {
 		s.loadDefs(false, jobs, scriptWeb("v1", func(p *Process) {
 			p.Instances = 2
-			p.Health = &HealthCheck{Interval: Duration(time.Second), Timeout: Duration(500 * time.Millisecond), Fails: 2}
+			p.Health = quickHealth()
 		}))
 	})
 }
@@ -960,10 +960,15 @@ func TestSimTraceUnhealthyOldInstanceDuringAFailingRoll(t *testing.T) {
 	})
 }
 
+// quickHealth is a health check that catches a hang in about 2 s.
+func quickHealth() *HealthCheck {
+	return &HealthCheck{Interval: Duration(time.Second), Timeout: Duration(500 * time.Millisecond), Fails: 2}
+}
+
 // healthyPool is web, a pool of 3 with a health check, of a release.
 func healthyPool(release string) *Process {
 	return scriptWeb(release, func(p *Process) {
 		p.Instances = 3
-		p.Health = &HealthCheck{Interval: Duration(time.Second), Timeout: Duration(500 * time.Millisecond), Fails: 2}
+		p.Health = quickHealth()
 	})
 }

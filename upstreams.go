@@ -151,9 +151,9 @@ func (u *Upstreams) readyTargets(r *http.Request) (targets []*instance, waited b
 		left -= w // (a retry of the same request)
 	}
 	defer func() {
-		if d := time.Since(began); waited {
+		if waited {
 			w, _ := caddyhttp.GetVar(r.Context(), waitedVar).(time.Duration)
-			caddyhttp.SetVar(r.Context(), waitedVar, w+d)
+			caddyhttp.SetVar(r.Context(), waitedVar, w+time.Since(began))
 		}
 	}()
 	deadline := time.NewTimer(max(left, 0))
