@@ -28,7 +28,7 @@ func init() {
 //		literal_args
 //		dir            <path>
 //		env            <key> <value>
-//		env_file       <path>
+//		env_file       <path> [optional]
 //		unset_env      <name...>
 //		user           <name|uid>
 //		group          <name|gid>
@@ -120,10 +120,16 @@ var subdirectives = map[string]subdirective{
 		p.LiteralArgs = true
 		return nil
 	}},
-	"dir":      {args: 1, set: stringSetter(func(p *Process) *string { return &p.Dir })},
-	"env_file": {args: 1, set: stringSetter(func(p *Process) *string { return &p.EnvFile })},
-	"user":     {args: 1, set: stringSetter(func(p *Process) *string { return &p.User })},
-	"group":    {args: 1, set: stringSetter(func(p *Process) *string { return &p.Group })},
+	"dir": {args: 1, set: stringSetter(func(p *Process) *string { return &p.Dir })},
+	"env_file": {args: -1, set: func(p *Process, a []string) error {
+		if len(a) == 0 || len(a) > 2 || (len(a) == 2 && a[1] != "optional") {
+			return fmt.Errorf("%q: want PATH [optional]", a)
+		}
+		p.EnvFile, p.EnvFileOptional = a[0], len(a) == 2
+		return nil
+	}},
+	"user":  {args: 1, set: stringSetter(func(p *Process) *string { return &p.User })},
+	"group": {args: 1, set: stringSetter(func(p *Process) *string { return &p.Group })},
 	"env": {args: 2, repeatable: true, set: func(p *Process, a []string) error {
 		if _, dup := p.Env[a[0]]; dup {
 			return fmt.Errorf("%s: set twice", a[0])

@@ -44,6 +44,15 @@ func TestCaddyfileAdapt(t *testing.T) {
 			want: `{"processes":[{"name":"web","command":["bundle","exec","puma","-p","3000"],"dir":"/app","env":{"RAILS_ENV":"production"},"stop_signal":"SIGTERM","drain_timeout":"30s","stop_timeout":"10s"}]}`,
 		},
 		{
+			name: "optional env_file",
+			src: `{
+	supervise app {
+		env_file /rails/.env optional
+	}
+}`,
+			want: `{"processes":[{"command":["app"],"env_file":"/rails/.env","env_file_optional":true}]}`,
+		},
+		{
 			name: "no block; repeated option; durations normalised",
 			src: `{
 	supervise node server.js
@@ -110,6 +119,7 @@ func TestCaddyfileAdapt(t *testing.T) {
 func TestCaddyfileErrors(t *testing.T) {
 	for _, tc := range []struct{ name, src, want string }{
 		{"no command", "supervise", "a command is required"},
+		{"env_file, a third word", "supervise app {\n\tenv_file .env maybe\n}", `env_file [".env" "maybe"]: want PATH [optional]`},
 		{"no command, block", "supervise {\n\tname x\n}", "a command is required"},
 		{"unknown subdirective", "supervise app {\n\tusr nobody\n}", `unknown subdirective "usr" (known: dir, drain_timeout, env, env_file, group, health, instances, literal_args, max_lifetime, max_lifetime_requests, max_memory, max_restarts`},
 		{"bad signal", "supervise app {\n\tstop_signal SIGFOO\n}", `stop_signal "SIGFOO": unknown signal`},

@@ -109,6 +109,14 @@ type Process struct {
 	// Default: none.
 	EnvFile string `json:"env_file,omitempty"`
 
+	// EnvFileOptional lets `env_file` be missing: a file that does not
+	// exist adds no variables (and says so in the log at load); any other
+	// error reading it (a directory, no permission) is still an error. As
+	// systemd's `EnvironmentFile=-PATH`: one config for a machine that
+	// keeps secrets in the file and a container that gets them from its
+	// environment. Caddyfile: `env_file PATH optional`. Default: false.
+	EnvFileOptional bool `json:"env_file_optional,omitempty"`
+
 	// User runs the child as this user, by name or numeric UID: its UID, its
 	// primary group (unless `group` is set) and its supplementary groups, with
 	// HOME, USER and LOGNAME set to the user's (unless `env` or `env_file`
@@ -290,19 +298,20 @@ type Process struct {
 	Health *HealthCheck `json:"health,omitempty"`
 
 	// resolved at provision time
-	args         []string          // Command with {env.*} expanded
-	dir          string            // Dir with {env.*} expanded
-	vars         map[string]string // env_file and env, expanded: what the child gets on top of Caddy's
-	id           *identity         // user and group, if set
-	path         string            // absolute path of args[0]
-	env          []string          // the child's complete environment
-	envHasPort   bool              // {supervise.port} is in an env or env_file value
-	readyDefault bool              // Ready is the default probe of a process with a port
-	signal       syscall.Signal
-	sockAddr     caddy.NetworkAddress // Socket, parsed
-	sockMode     fs.FileMode          // a unix socket's mode
-	count        int                  // Instances, resolved
-	envHasIndex  bool                 // {supervise.instance} is in an env or env_file value
+	args           []string          // Command with {env.*} expanded
+	dir            string            // Dir with {env.*} expanded
+	vars           map[string]string // env_file and env, expanded: what the child gets on top of Caddy's
+	envFileMissing bool              // env_file is optional and does not exist
+	id             *identity         // user and group, if set
+	path           string            // absolute path of args[0]
+	env            []string          // the child's complete environment
+	envHasPort     bool              // {supervise.port} is in an env or env_file value
+	readyDefault   bool              // Ready is the default probe of a process with a port
+	signal         syscall.Signal
+	sockAddr       caddy.NetworkAddress // Socket, parsed
+	sockMode       fs.FileMode          // a unix socket's mode
+	count          int                  // Instances, resolved
+	envHasIndex    bool                 // {supervise.instance} is in an env or env_file value
 }
 
 // provision checks the definition, fills in defaults and resolves the
@@ -459,15 +468,22 @@ func (p *Process) resolveSpawn() error {
 			return fmt.Errorf("env_file %q: %v", p.EnvFile, err)
 		}
 		var data []byte
-		if data, envFileInfo, err = readFileInfo(path); err != nil {
+		data, envFileInfo, err = readFileInfo(path)
+		switch {
+		case err != nil && p.EnvFileOptional && errors.Is(err, fs.ErrNotExist):
+			p.envFileMissing = true
+		case err != nil:
 			return fmt.Errorf("env_file %q: %v", p.EnvFile, err)
+		default:
+			envFile = path
+			fileVars, err := parseEnvFile(string(data))
+			if err != nil {
+				return fmt.Errorf("env_file %q: %v", p.EnvFile, err)
+			}
+			maps.Copy(p.vars, fileVars)
 		}
-		envFile = path
-		fileVars, err := parseEnvFile(string(data))
-		if err != nil {
-			return fmt.Errorf("env_file %q: %v", p.EnvFile, err)
-		}
-		maps.Copy(p.vars, fileVars)
+	} else if p.EnvFileOptional {
+		return errors.New("env_file_optional: needs env_file")
 	}
 	for k, v := range p.Env {
 		if !possibleEnvName(k) {

@@ -56,6 +56,9 @@ func TestJSONErrors(t *testing.T) {
 		{"unset variable in dir", `{"processes":[{"command":["sleep"],"dir":"{env.SUPERVISE_UNSET_X}/x"}]}`, `dir "{env.SUPERVISE_UNSET_X}/x": {env.SUPERVISE_UNSET_X}: environment variable SUPERVISE_UNSET_X is not set`},
 		{"missing env_file", `{"processes":[{"command":["sleep"],"env_file":"/no/such.env"}]}`, `env_file "/no/such.env": open /no/such.env: no such file or directory`},
 		{"bad env_file", `{"processes":[{"command":["sleep"],"env_file":"` + badEnv + `"}]}`, `env_file "` + badEnv + `": line 2: not KEY=VALUE (no =)`},
+		{"optional env_file, a directory", `{"processes":[{"command":["sleep"],"env_file":"` + dir + `","env_file_optional":true}]}`, `env_file "` + dir + `": not a regular file`},
+		{"optional env_file, a bad one", `{"processes":[{"command":["sleep"],"env_file":"` + badEnv + `","env_file_optional":true}]}`, `env_file "` + badEnv + `": line 2: not KEY=VALUE (no =)`},
+		{"env_file_optional alone", `{"processes":[{"command":["sleep"],"env_file_optional":true}]}`, `env_file_optional: needs env_file`},
 		{"unknown user", `{"processes":[{"command":["sleep"],"user":"no-such-user-xyz"}]}`, `user "no-such-user-xyz": user: unknown user no-such-user-xyz`},
 		{"bare uid without group", `{"processes":[{"command":["sleep"],"user":"54321"}]}`, `user "54321": no such user in the user database; with a bare UID, set group too`},
 		{"unknown group", `{"processes":[{"command":["sleep"],"user":"nobody","group":"no-such-group-xyz"}]}`, `group "no-such-group-xyz": group: unknown group no-such-group-xyz`},
@@ -184,6 +187,32 @@ func TestEnvFile(t *testing.T) {
 				t.Errorf("got %q, want %q", got, tc.want)
 			}
 		})
+	}
+}
+
+// An optional env_file that does not exist adds nothing; once it exists,
+// its variables are read (a reload reads it again).
+func TestEnvFileOptional(t *testing.T) {
+	path := filepath.Join(t.TempDir(), ".env")
+	provision := func() *Process {
+		t.Helper()
+		var a App
+		if err := json.Unmarshal([]byte(`{"processes":[{"command":["sleep"],"env_file":"`+path+`","env_file_optional":true}]}`), &a); err != nil {
+			t.Fatal(err)
+		}
+		if err := a.Processes[0].provision(0); err != nil {
+			t.Fatal(err)
+		}
+		return a.Processes[0]
+	}
+	if p := provision(); !p.envFileMissing || len(p.vars) != 0 {
+		t.Errorf("missing optional env_file: missing=%v vars=%v", p.envFileMissing, p.vars)
+	}
+	if err := os.WriteFile(path, []byte("SECRET=1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if p := provision(); p.envFileMissing || p.vars["SECRET"] != "1" {
+		t.Errorf("optional env_file once there: missing=%v vars=%v", p.envFileMissing, p.vars)
 	}
 }
 

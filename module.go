@@ -86,6 +86,9 @@ func (a *App) Provision(ctx caddy.Context) error {
 		}
 		names[p.Name] = i
 		p.warnEmptiedVariables(a.logger)
+		if p.envFileMissing {
+			a.logger.Info(fmt.Sprintf("process %s: env_file %q does not exist; it is optional, so the process gets no variables from it", p.Name, p.EnvFile))
+		}
 	}
 	bound := make(map[string]string)
 	for _, p := range a.Processes {
