@@ -10,6 +10,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -129,7 +130,7 @@ func TestExampleDeploymentBudgets(t *testing.T) {
 	if d := seconds(docker, `--stop-timeout (\d+)`); d < rails {
 		t.Errorf("Dockerfile: --stop-timeout %s < the Caddyfile's drain + stop %s", d, rails)
 	}
-	for _, want := range []string{"STOPSIGNAL SIGTERM", `ENTRYPOINT ["tini", "--"]`, "COPY examples/rails/Caddyfile",
+	for _, want := range []string{"STOPSIGNAL SIGTERM", `ENTRYPOINT ["tini", "--"]`, "COPY --from=supervise go.mod go.sum",
 		"go build -trimpath -o /usr/local/bin/caddy ./cmd/caddy", "USER 1000:1000", "setcap cap_net_bind_service=+ep /usr/local/bin/caddy",
 		"VOLUME /rails/storage"} {
 		if !strings.Contains(docker, want) {
@@ -150,28 +151,104 @@ func TestExampleDeploymentBudgets(t *testing.T) {
 		t.Errorf("systemd unit: TimeoutStopSec %s < drain + stop %s", d, rails)
 	}
 
-	k8s := read("examples/kubernetes/deployment.yaml")
-	var cf []string
-	in := false
-	for _, l := range strings.Split(k8s, "\n") {
-		switch {
-		case strings.HasSuffix(l, "Caddyfile: |"):
-			in = true
-		case in && strings.HasPrefix(l, "    "):
-			cf = append(cf, l[4:])
-		case in:
-			in = false
+	// Kubernetes runs the image's Caddyfile with SHUTDOWN_DELAY from the
+	// Deployment; Kamal runs the image
+	k8s := yamlDocs(t, "examples/kubernetes/deployment.yaml")[0]
+	pod := dig(t, k8s, "spec", "template", "spec").(map[string]any)
+	if d := time.Duration(pod["terminationGracePeriodSeconds"].(float64)) * time.Second; d < rails {
+		t.Errorf("kubernetes: terminationGracePeriodSeconds %s < drain + stop %s", d, rails)
+	}
+	ctr := pod["containers"].([]any)[0].(map[string]any)
+	env := map[string]string{}
+	for _, e := range ctr["env"].([]any) {
+		e := e.(map[string]any)
+		if v, ok := e["value"].(string); ok {
+			env[e["name"].(string)] = v
 		}
 	}
-	k8sBudget, apps := budget(t, []byte(strings.Join(cf, "\n")))
-	if d := seconds(k8s, `terminationGracePeriodSeconds: (\d+)`); d < k8sBudget {
-		t.Errorf("kubernetes: terminationGracePeriodSeconds %s < drain + stop %s", d, k8sBudget)
+	if env["SHUTDOWN_DELAY"] == "" || env["SITE_ADDRESS"] == "" {
+		t.Fatalf("kubernetes: SHUTDOWN_DELAY and SITE_ADDRESS must be set: %v", env)
 	}
-	var httpApp struct {
-		ShutdownDelay int64 `json:"shutdown_delay"`
+	if probe := dig(t, ctr, "readinessProbe", "httpGet", "path"); probe != "/up" {
+		t.Errorf("kubernetes: readinessProbe path %v", probe)
 	}
-	_ = json.Unmarshal(apps["http"], &httpApp)
-	if httpApp.ShutdownDelay == 0 || time.Duration(httpApp.ShutdownDelay) >= k8sBudget {
-		t.Errorf("kubernetes: shutdown_delay %s must be set and shorter than the drain", time.Duration(httpApp.ShutdownDelay))
+	for name, vars := range map[string]map[string]string{"docker": nil, "kubernetes": env} {
+		for k, v := range vars {
+			t.Setenv(k, v)
+		}
+		_, apps := budget(t, []byte(read("examples/rails/Caddyfile")))
+		var httpApp struct {
+			ShutdownDelay int64 `json:"shutdown_delay"`
+			GracePeriod   int64 `json:"grace_period"`
+		}
+		_ = json.Unmarshal(apps["http"], &httpApp)
+		var app App
+		_ = json.Unmarshal(apps["supervise"], &app)
+		if name == "kubernetes" && httpApp.ShutdownDelay == 0 {
+			t.Errorf("kubernetes: shutdown_delay is not set")
+		}
+		for _, p := range app.Processes {
+			if p.Name == "web" && httpApp.ShutdownDelay+httpApp.GracePeriod > int64(p.DrainTimeout) {
+				t.Errorf("%s: shutdown_delay + grace_period (%s) > the web's drain_timeout %s", name,
+					time.Duration(httpApp.ShutdownDelay+httpApp.GracePeriod), time.Duration(p.DrainTimeout))
+			}
+		}
 	}
+
+	kamal := yamlDocs(t, "examples/kamal/deploy.yml")[0]
+	if d := time.Duration(kamal["stop_timeout"].(float64)) * time.Second; d < rails {
+		t.Errorf("kamal: stop_timeout %s < drain + stop %s", d, rails)
+	}
+	if path := dig(t, kamal, "proxy", "healthcheck", "path"); path != "/up" {
+		t.Errorf("kamal: proxy.healthcheck.path %v", path)
+	}
+	if site := dig(t, kamal, "env", "clear", "SITE_ADDRESS"); site != ":80" || dig(t, kamal, "proxy", "app_port") != float64(80) {
+		t.Errorf("kamal: SITE_ADDRESS %v and proxy.app_port %v must agree (Caddy's plain HTTP site on 80)", site, dig(t, kamal, "proxy", "app_port"))
+	}
+	if _, old := kamal["stop_wait_time"]; old {
+		t.Error("kamal: stop_wait_time is Kamal 1's key; Kamal 2 refuses it")
+	}
+
+	// one set: the image's paths everywhere
+	for path, want := range map[string][]string{
+		"examples/docker/Dockerfile":          {"/rails/config/Caddyfile"},
+		"examples/systemd/caddy.service":      {"--config /rails/config/Caddyfile", "--address unix//rails/tmp/caddy-admin.sock", "WorkingDirectory=/rails"},
+		"examples/kubernetes/deployment.yaml": {"--config /rails/config/Caddyfile", "unix//rails/tmp/caddy-admin.sock"},
+		"examples/rails/Caddyfile":            {"admin unix//rails/tmp/caddy-admin.sock|0600", "dir /rails\n", "env_file /rails/.env optional"},
+	} {
+		src := read(path)
+		for _, w := range want {
+			if !strings.Contains(src, w) {
+				t.Errorf("%s lacks %q", path, w)
+			}
+		}
+	}
+}
+
+// yamlDocs reads the YAML documents of a file, with Ruby's YAML (Psych):
+// no YAML library in this module for a test.
+func yamlDocs(t *testing.T, path string) []map[string]any {
+	t.Helper()
+	out, err := exec.Command("ruby", "-ryaml", "-rjson", "-e", "print JSON.generate(YAML.load_stream(File.read(ARGV[0])))", path).Output()
+	if err != nil {
+		t.Skipf("ruby reads %s's YAML here (scripts/deps.sh installs it): %v", path, err)
+	}
+	var docs []map[string]any
+	if err := json.Unmarshal(out, &docs); err != nil || len(docs) == 0 {
+		t.Fatalf("%s: %v", path, err)
+	}
+	return docs
+}
+
+// dig follows keys into nested maps.
+func dig(t *testing.T, v any, keys ...string) any {
+	t.Helper()
+	for _, k := range keys {
+		m, ok := v.(map[string]any)
+		if !ok {
+			t.Fatalf("%v: not a map at %q", keys, k)
+		}
+		v = m[k]
+	}
+	return v
 }

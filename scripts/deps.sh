@@ -5,7 +5,10 @@
 # Action Cable (ruby-actioncable), python3-websockets for uvicorn's
 # WebSockets, Node's ws (node-ws, and nodejs if there is no node), and
 # setcap (libcap2-bin) for the capability tests, strace to see which
-# system calls send files; `deps.sh bench` adds wrk for scripts/bench.sh.
+# system calls send files; `deps.sh bench` adds wrk for scripts/bench.sh;
+# `deps.sh containers` adds podman (with its recommended packages: the
+# pause image of a pod needs catatonit), runc and debootstrap for
+# scripts/e2e-containers.sh.
 # Needs root (or sudo) and
 # apt-get; elsewhere the tests that need a package skip and say which.
 set -euo pipefail
@@ -21,14 +24,21 @@ ruby -e 'require "action_cable/engine"' >/dev/null 2>&1 || need+=(ruby-actioncab
 command -v setcap >/dev/null 2>&1 || [ -x /usr/sbin/setcap ] || need+=(libcap2-bin)
 command -v strace >/dev/null 2>&1 || need+=(strace)
 [ "${1:-}" != bench ] || command -v wrk >/dev/null 2>&1 || need+=(wrk)
-[ ${#need[@]} -eq 0 ] && exit 0
+containers=()
+if [ "${1:-}" = containers ]; then
+	command -v podman >/dev/null 2>&1 || containers+=(podman)
+	command -v runc >/dev/null 2>&1 || containers+=(runc)
+	command -v debootstrap >/dev/null 2>&1 || containers+=(debootstrap)
+fi
+[ ${#need[@]} -eq 0 ] && [ ${#containers[@]} -eq 0 ] && exit 0
 if ! command -v apt-get >/dev/null 2>&1; then
-	echo "deps: no apt-get; tests that need ${need[*]} will skip" >&2
+	echo "deps: no apt-get; tests that need ${need[*]} ${containers[*]} will skip" >&2
 	exit 0
 fi
 sudo=()
 [ "$(id -u)" -eq 0 ] || sudo=(sudo -n)
-echo "deps: installing ${need[*]}" >&2
+echo "deps: installing ${need[*]} ${containers[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
 "${sudo[@]}" apt-get update -qq
-"${sudo[@]}" apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+[ ${#need[@]} -eq 0 ] || "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+[ ${#containers[@]} -eq 0 ] || "${sudo[@]}" apt-get install -y -qq "${containers[@]}" >/dev/null
