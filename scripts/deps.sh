@@ -7,8 +7,8 @@
 # setcap (libcap2-bin) for the capability tests, strace to see which
 # system calls send files; `deps.sh bench` adds wrk for scripts/bench.sh;
 # `deps.sh containers` adds podman (with its recommended packages: the
-# pause image of a pod needs catatonit), runc and debootstrap for
-# scripts/e2e-containers.sh.
+# pause image of a pod needs catatonit), runc, debootstrap, and
+# systemd-analyze, ss and curl where missing, for scripts/e2e-containers.sh.
 # Needs root (or sudo) and
 # apt-get; elsewhere the tests that need a package skip and say which.
 set -euo pipefail
@@ -29,6 +29,9 @@ if [ "${1:-}" = containers ]; then
 	command -v podman >/dev/null 2>&1 || containers+=(podman)
 	command -v runc >/dev/null 2>&1 || containers+=(runc)
 	command -v debootstrap >/dev/null 2>&1 || containers+=(debootstrap)
+	command -v systemd-analyze >/dev/null 2>&1 || containers+=(systemd)
+	command -v ss >/dev/null 2>&1 || containers+=(iproute2)
+	command -v curl >/dev/null 2>&1 || containers+=(curl)
 fi
 [ ${#need[@]} -eq 0 ] && [ ${#containers[@]} -eq 0 ] && exit 0
 if ! command -v apt-get >/dev/null 2>&1; then

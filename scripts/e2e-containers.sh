@@ -49,7 +49,7 @@ if [ "$(id -u)" -ne 0 ]; then
 	exit 0
 fi
 bash scripts/deps.sh containers
-for tool in podman runc debootstrap systemd-analyze; do
+for tool in podman runc debootstrap systemd-analyze ss curl; do
 	command -v "$tool" >/dev/null 2>&1 && continue
 	[ "${CI:-}" != true ] || die "$tool is missing"
 	say "skipped: $tool is missing"
