@@ -229,23 +229,12 @@ func (c *thrusterConfig) check(publicDirGiven bool) error {
 	return nil
 }
 
-// resolveAdmin picks the admin endpoint when --admin was not given: a unix
-// socket with mode 0600 in a directory only Caddy's user can enter, so
-// that only that user (not a sidecar, not another user of the host, not
-// the app if it runs as another user) can reach an API that can start
-// programs: $XDG_RUNTIME_DIR (a private directory of the user) if set,
-// named after the process and the working directory; else
-// tmp/caddy-supervise/ (0700) in a Rails app's tmp, if tmp and the
-// directories above it are Caddy's user's or root's and no one else may
-// write them; else, when create is set, a new private directory that
-// cleanup removes; when it is not (--print-caddyfile, which changes
-// nothing), the endpoint is off. A socket another Caddy serves there is an
-// error: it would be taken from it.
 // removeStaleAdminDirs removes the private directories that `caddy
 // supervise` made in the temporary directory for its admin socket and that
 // a Caddy forced to exit (a second Ctrl-C, SIGKILL) left behind: each one
 // of Caddy's user, mode 0700, holding at most admin.sock, on which nothing
-// listens any more.
+// listens any more (an empty one only once it is a minute old: another
+// `caddy supervise` may be about to listen there).
 func removeStaleAdminDirs() {
 	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), "caddy-supervise-*"))
 	for _, dir := range dirs {
@@ -255,6 +244,9 @@ func removeStaleAdminDirs() {
 		entries, err := os.ReadDir(dir)
 		if err != nil || len(entries) > 1 || len(entries) == 1 && entries[0].Name() != "admin.sock" {
 			continue
+		}
+		if fi, err := os.Lstat(dir); len(entries) == 0 && (err != nil || time.Since(fi.ModTime()) < time.Minute) {
+			continue // another `caddy supervise` may be starting: its Caddy has yet to listen there
 		}
 		if len(entries) == 1 {
 			conn, err := net.Dial("unix", filepath.Join(dir, "admin.sock"))
@@ -270,6 +262,18 @@ func removeStaleAdminDirs() {
 	}
 }
 
+// resolveAdmin picks the admin endpoint when --admin was not given: a unix
+// socket with mode 0600 in a directory only Caddy's user can enter, so
+// that only that user (not a sidecar, not another user of the host, not
+// the app if it runs as another user) can reach an API that can start
+// programs: $XDG_RUNTIME_DIR (a private directory of the user) if set,
+// named after the process and the working directory; else
+// tmp/caddy-supervise/ (0700) in a Rails app's tmp, if tmp and the
+// directories above it are Caddy's user's or root's and no one else may
+// write them; else, when create is set, a new private directory that
+// cleanup removes; when it is not (--print-caddyfile, which changes
+// nothing), the endpoint is off. A socket another Caddy serves there is an
+// error: it would be taken from it.
 func (c *thrusterConfig) resolveAdmin(create bool) (cleanup func(), err error) {
 	cleanup = func() {}
 	if c.AdminAddr != "" {

@@ -111,7 +111,8 @@ type Process struct {
 
 	// EnvFileOptional lets `env_file` be missing: a file that does not
 	// exist adds no variables (and says so in the log at load); any other
-	// error reading it (a directory, no permission) is still an error. As
+	// error reading it (a directory, no permission, a link to nothing)
+	// still fails the load. As
 	// systemd's `EnvironmentFile=-PATH`: one config for a machine that
 	// keeps secrets in the file and a container that gets them from its
 	// environment. Caddyfile: `env_file PATH optional`. Default: false.
@@ -471,6 +472,14 @@ func (p *Process) resolveSpawn() error {
 		data, envFileInfo, err = readFileInfo(path)
 		switch {
 		case err != nil && p.EnvFileOptional && errors.Is(err, fs.ErrNotExist):
+			if path == "" {
+				return fmt.Errorf("env_file %q: the path is empty", p.EnvFile)
+			}
+			if _, lerr := os.Lstat(path); lerr == nil {
+				// a link to a secret that is not there (a volume not
+				// mounted): not what optional means
+				return fmt.Errorf("env_file %q: a symbolic link to a file that does not exist", p.EnvFile)
+			}
 			p.envFileMissing = true
 		case err != nil:
 			return fmt.Errorf("env_file %q: %v", p.EnvFile, err)

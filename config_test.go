@@ -45,6 +45,11 @@ func TestJSONErrors(t *testing.T) {
 	if err := os.WriteFile(nulEnv, []byte("A=1\nB=\"x\x00y\"\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	dangling := filepath.Join(dir, "dangling.env")
+	if err := os.Symlink(filepath.Join(dir, "not-mounted", ".env"), dangling); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("SUPERVISE_EMPTY_X", "")
 	badEnv := filepath.Join(dir, "bad.env")
 	if err := os.WriteFile(badEnv, []byte("A=1\noops\n"), 0o644); err != nil {
 		t.Fatal(err)
@@ -58,6 +63,8 @@ func TestJSONErrors(t *testing.T) {
 		{"bad env_file", `{"processes":[{"command":["sleep"],"env_file":"` + badEnv + `"}]}`, `env_file "` + badEnv + `": line 2: not KEY=VALUE (no =)`},
 		{"optional env_file, a directory", `{"processes":[{"command":["sleep"],"env_file":"` + dir + `","env_file_optional":true}]}`, `env_file "` + dir + `": not a regular file`},
 		{"optional env_file, a bad one", `{"processes":[{"command":["sleep"],"env_file":"` + badEnv + `","env_file_optional":true}]}`, `env_file "` + badEnv + `": line 2: not KEY=VALUE (no =)`},
+		{"optional env_file, a dangling link", `{"processes":[{"command":["sleep"],"env_file":"` + dangling + `","env_file_optional":true}]}`, `env_file "` + dangling + `": a symbolic link to a file that does not exist`},
+		{"optional env_file, an empty path", `{"processes":[{"command":["sleep"],"env_file":"{env.SUPERVISE_EMPTY_X}","env_file_optional":true}]}`, `env_file "{env.SUPERVISE_EMPTY_X}": the path is empty`},
 		{"env_file_optional alone", `{"processes":[{"command":["sleep"],"env_file_optional":true}]}`, `env_file_optional: needs env_file`},
 		{"unknown user", `{"processes":[{"command":["sleep"],"user":"no-such-user-xyz"}]}`, `user "no-such-user-xyz": user: unknown user no-such-user-xyz`},
 		{"bare uid without group", `{"processes":[{"command":["sleep"],"user":"54321"}]}`, `user "54321": no such user in the user database; with a bare UID, set group too`},

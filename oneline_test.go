@@ -33,14 +33,18 @@ func TestOneLineWaitIsOneDeadline(t *testing.T) {
 		status  int
 		atLeast time.Duration // when the answer comes
 		atMost  time.Duration
+		h2c     bool // HTTP/2 without TLS (H2C_ENABLED): a stream's write timer starts when it opens
 	}{
 		// (before: 503 after 4 × 3 s; with Thruster's write timeout below
 		// the wait, an empty reply)
-		{"never ready", "3s", "", http.StatusServiceUnavailable, 3 * time.Second, 4 * time.Second},
-		{"boots later than the wait", "3s", "5s", http.StatusServiceUnavailable, 3 * time.Second, 4 * time.Second},
+		{"never ready", "3s", "", http.StatusServiceUnavailable, 3 * time.Second, 4 * time.Second, false},
+		{"boots later than the wait", "3s", "5s", http.StatusServiceUnavailable, 3 * time.Second, 4 * time.Second, false},
 		// (before: an empty reply at the write timeout, logged as 200)
 		// (atLeast: it waited longer than the write timeout)
-		{"boots within the wait, after the write timeout", "8s", "4s", http.StatusOK, 2500 * time.Millisecond, 7 * time.Second},
+		{"boots within the wait, after the write timeout", "8s", "4s", http.StatusOK, 2500 * time.Millisecond, 7 * time.Second, false},
+		// (before: HTTP/2 reset the stream at the write timeout, INTERNAL_ERROR)
+		{"never ready, HTTP/2", "3s", "", http.StatusServiceUnavailable, 3 * time.Second, 4 * time.Second, true},
+		{"boots within the wait, after the write timeout, HTTP/2", "8s", "4s", http.StatusOK, 2500 * time.Millisecond, 7 * time.Second, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -49,12 +53,19 @@ func TestOneLineWaitIsOneDeadline(t *testing.T) {
 			if tc.boot != "" {
 				command = []string{upstreamBin, "-delay", tc.boot}
 			}
-			c := superviseCaddy(t, t.TempDir(), []string{"--admin", "off", "--ready", "/up", "--wait", tc.wait}, command,
-				"HTTP_PORT="+strconv.Itoa(httpPort), "TARGET_PORT="+strconv.Itoa(freePort(t)),
-				"HTTP_WRITE_TIMEOUT=2") // (shorter than any wait here)
+			env := []string{"HTTP_PORT=" + strconv.Itoa(httpPort), "TARGET_PORT=" + strconv.Itoa(freePort(t)),
+				"HTTP_WRITE_TIMEOUT=2"} // (shorter than any wait here)
+			client := rawClient
+			if tc.h2c {
+				env = append(env, "H2C_ENABLED=1")
+				var protocols http.Protocols
+				protocols.SetUnencryptedHTTP2(true)
+				client = &http.Client{Transport: &http.Transport{Protocols: &protocols}, Timeout: 20 * time.Second}
+			}
+			c := superviseCaddy(t, t.TempDir(), []string{"--admin", "off", "--ready", "/up", "--wait", tc.wait}, command, env...)
 			c.waitLog(`"msg":"server running"`, 20*time.Second)
 			sent := time.Now()
-			resp, err := rawClient.Get(fmt.Sprintf("http://127.0.0.1:%d/", httpPort))
+			resp, err := client.Get(fmt.Sprintf("http://127.0.0.1:%d/", httpPort))
 			if err != nil {
 				t.Fatalf("GET after %s: %v (an empty reply?)", time.Since(sent), err)
 			}
@@ -63,6 +74,9 @@ func TestOneLineWaitIsOneDeadline(t *testing.T) {
 			took := time.Since(sent)
 			if err != nil {
 				t.Fatalf("the response (%s) was cut after %s: %v", resp.Status, took, err)
+			}
+			if tc.h2c && resp.ProtoMajor != 2 {
+				t.Fatalf("%s, not HTTP/2", resp.Proto)
 			}
 			if resp.StatusCode != tc.status {
 				t.Errorf("got %s (%q), want %d", resp.Status, body, tc.status)

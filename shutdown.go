@@ -60,7 +60,7 @@ func exitSequence(final *App, began time.Time) {
 		if n := waitingFor(s.name).Load(); n > 0 {
 			// (waiting is never silent: the drain waits for them)
 			s.log().Warn(fmt.Sprintf("Caddy is exiting while %d requests wait for %s, which is not ready: they wait until it is, "+
-				"or until their wait or drain_timeout ends; a second Ctrl-C (SIGINT) exits at once", n, s.name))
+				"or until their wait or drain_timeout ends (at a terminal, a second Ctrl-C exits at once)", n, s.name))
 		}
 	}
 	go func() {

@@ -163,6 +163,16 @@ func streamOf(r *http.Request) *stream {
 	return st
 }
 
+// waitingForApp: the request is about to wait for the app, up to left:
+// the write deadline moves past the wait now, before the wait, because
+// HTTP/2 resets a stream whose write timer fired, and a deadline set after
+// that cannot undo it (HTTP/1 would take it later, as waitedForApp sets it).
+func (st *stream) waitingForApp(left time.Duration) {
+	if srv, _ := st.ctx.Value(http.ServerContextKey).(*http.Server); srv != nil && srv.WriteTimeout > 0 {
+		_ = http.NewResponseController(st.ResponseWriter).SetWriteDeadline(time.Now().Add(max(left, 0) + srv.WriteTimeout))
+	}
+}
+
 // waitedForApp: the request waited for the app (it booted or restarted):
 // the server's write timeout counts again from now, when the request goes
 // to the app (or gets its 503), so that the time it waited does not cut

@@ -95,14 +95,17 @@ type thrusterConfig struct {
 // Quiet lists Caddy's own warnings that this config makes on purpose and
 // that its user cannot act on, which its log leaves out (QuietStderr);
 // nothing with --debug. A warning about something the user chose stays:
-// an admin endpoint on TCP gets Caddy's "open interface" warning.
+// an admin endpoint on TCP, or on a unix socket without a mode that keeps
+// other users out, gets Caddy's "open interface" warning.
 func (c *thrusterConfig) Quiet() []string {
 	if c.Debug {
 		return nil
 	}
 	var drop []string
-	if strings.HasPrefix(c.AdminAddr, "unix/") {
-		drop = append(drop, "admin endpoint on open interface; host checking disabled") // (a 0600 socket)
+	if addr, mode, err := splitSocketMode(c.AdminAddr); err == nil && strings.HasPrefix(addr, "unix/") && mode != 0 && mode&0o022 == 0 {
+		// a socket that no other user may write to (the default's |0600);
+		// one without a mode, or that others may use, keeps the warning
+		drop = append(drop, "admin endpoint on open interface; host checking disabled")
 	}
 	if len(c.TLSDomains) == 0 {
 		drop = append(drop, "server is listening only on the HTTP port, so no automatic HTTPS will be applied to this server",

@@ -358,3 +358,22 @@ func TestThrusterPublicDirAbsolute(t *testing.T) {
 		t.Errorf("the public directory is not the handler's root:\n%s", out)
 	}
 }
+
+// Caddy's "open interface" warning is left out of the one line's log only
+// for an admin socket that no other user may write to (the default's
+// |0600): on TCP, or on a socket without such a mode, it stays.
+func TestQuietKeepsAdminWarning(t *testing.T) {
+	for addr, dropped := range map[string]bool{
+		"unix//tmp/app/admin.sock|0600": true,
+		"unix//tmp/app/admin.sock|0700": true,
+		"unix//tmp/app/admin.sock":      false,
+		"unix//tmp/app/admin.sock|0660": false,
+		"unix//tmp/app/admin.sock|0666": false,
+		"127.0.0.1:2019":                false,
+	} {
+		c := &thrusterConfig{AdminAddr: addr}
+		if got := slices.Contains(c.Quiet(), "admin endpoint on open interface; host checking disabled"); got != dropped {
+			t.Errorf("admin %s: the warning dropped %v, want %v", addr, got, dropped)
+		}
+	}
+}

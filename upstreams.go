@@ -62,8 +62,10 @@ func waitingFor(name string) *atomic.Int64 {
 }
 
 // waitedVar is the request variable that keeps how long the request
-// waited for the app so far, over reverse_proxy's retries.
-const waitedVar = "supervise.waited"
+// waited for the process so far, over reverse_proxy's retries (one per
+// process: a handle_errors that proxies to another process has its own
+// budget).
+func waitedVar(name string) string { return "supervise.waited." + name }
 
 // CaddyModule returns the Caddy module information.
 func (Upstreams) CaddyModule() caddy.ModuleInfo {
@@ -113,8 +115,9 @@ func (u *Upstreams) checkName(a *App) error {
 // The wait is one budget per request: reverse_proxy's retries (lb_retries)
 // call again, and wait only for what is left of it, so the client gets
 // its 503 once `wait` has passed, not `wait` times the retries. A request
-// that waited gets the server's write timeout anew (supervise_streams in
-// front: see waitedForApp), so that the wait does not cut the response.
+// that waits gets the server's write timeout anew (supervise_streams in
+// front: see waitingForApp and waitedForApp), so that the wait does not
+// cut the response.
 func (u *Upstreams) GetUpstreams(r *http.Request) ([]*reverseproxy.Upstream, error) {
 	for {
 		targets, waited := u.readyTargets(r)
@@ -147,13 +150,13 @@ func (u *Upstreams) GetUpstreams(r *http.Request) ([]*reverseproxy.Upstream, err
 func (u *Upstreams) readyTargets(r *http.Request) (targets []*instance, waited bool) {
 	began := time.Now()
 	left := time.Duration(u.Wait)
-	if w, ok := caddyhttp.GetVar(r.Context(), waitedVar).(time.Duration); ok {
+	if w, ok := caddyhttp.GetVar(r.Context(), waitedVar(u.Name)).(time.Duration); ok {
 		left -= w // (a retry of the same request)
 	}
 	defer func() {
 		if waited {
-			w, _ := caddyhttp.GetVar(r.Context(), waitedVar).(time.Duration)
-			caddyhttp.SetVar(r.Context(), waitedVar, w+time.Since(began))
+			w, _ := caddyhttp.GetVar(r.Context(), waitedVar(u.Name)).(time.Duration)
+			caddyhttp.SetVar(r.Context(), waitedVar(u.Name), w+time.Since(began))
 		}
 	}()
 	deadline := time.NewTimer(max(left, 0))
@@ -184,6 +187,9 @@ func (u *Upstreams) readyTargets(r *http.Request) (targets []*instance, waited b
 			n := waitingFor(u.Name)
 			n.Add(1)
 			defer n.Add(-1)
+			if st := streamOf(r); st != nil {
+				st.waitingForApp(left)
+			}
 		}
 		waited = true
 		select {

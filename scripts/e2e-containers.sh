@@ -66,16 +66,17 @@ runtime = "runc"
 EOF
 export CONTAINERS_CONF=$work/containers.conf
 
+# every object this script makes is named supervise-e2e-*: it touches no other
 web=supervise-e2e-web
 pod_yaml=$work/deployment.yaml
 loader=
 cleanup() {
 	set +e
 	[ -z "$loader" ] || kill "$loader" 2>/dev/null
-	podman rm -f -t 0 "$web" >/dev/null 2>&1
+	podman rm -f -v -t 0 "$web" supervise-e2e-copy >/dev/null 2>&1
 	[ ! -f "$pod_yaml" ] || podman kube down "$pod_yaml" >/dev/null 2>&1
 	podman volume rm -f supervise-e2e-storage >/dev/null 2>&1
-	rm -rf "$work"
+	rm -rf --one-file-system "$work"
 }
 trap cleanup EXIT
 
@@ -96,8 +97,9 @@ waitfor() {
 freeport() {
 	local low p
 	low=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range)
+	[ "$low" -gt 11000 ] || die "the ephemeral port range starts at $low: no room below it"
 	while :; do
-		p=$((20000 + RANDOM % (low - 20000)))
+		p=$((10000 + RANDOM % (low - 10000)))
 		ss -Hltn "sport = :$p" | grep -q . || { echo "$p"; return; }
 	done
 }
@@ -160,14 +162,17 @@ podman build --network host \
 build_s=$((SECONDS - t1))
 say "images ready: base images ${images_s}s, the example's build ${build_s}s"
 
-# run CONTAINER_URL STOP_COMMAND...: load on URL, a forced reload through
-# the admin socket, a slow request in flight, then STOP_COMMAND.
-# LOGS_COMMAND (a global) prints the container's output.
+go build -o "$work/loadcheck" ./internal/loadcheck
+
+# under_load URL CONTAINER LABEL ACCEPT_FOR STOP_COMMAND...: load on URL, a
+# forced reload through the admin socket, a slow request in flight, then
+# STOP_COMMAND; Caddy must accept connections for ACCEPT_FOR after the
+# stop began (its shutdown_delay).
 under_load() {
-	local url=$1 ctr=$2 label=$3
-	shift 3
+	local url=$1 ctr=$2 label=$3 accept=$4
+	shift 4
 	mkfifo "$work/ctl.$label"
-	go run ./internal/loadcheck -url "$url" -clients 16 -want "hello from rails" -slow "/slow?ms=3000" \
+	"$work/loadcheck" -url "$url" -clients 16 -want "hello from rails" -slow "/slow?ms=3000" -accept-for "$accept" \
 		<"$work/ctl.$label" >"$work/load.$label" 2>&1 &
 	loader=$!
 	exec 3>"$work/ctl.$label"
@@ -211,7 +216,7 @@ done
 say "podman run --name $web ${run[*]}"
 RAILS_MASTER_KEY=unused podman run -d --name "$web" "${run[@]}" >/dev/null
 waitfor "the app behind Caddy to answer /up (the container)" 120 curl -fsS "http://127.0.0.1:$port/up"
-under_load "http://127.0.0.1:$port" "$web" docker podman stop "$web"
+under_load "http://127.0.0.1:$port" "$web" docker 0s podman stop "$web"
 status=$(podman inspect -f '{{.State.ExitCode}}' "$web")
 podman logs "$web" >"$work/docker.log" 2>&1
 [ "$status" = 0 ] || { tail -n 30 "$work/docker.log" >&2; die "the container exited with status $status"; }
@@ -220,13 +225,15 @@ say "docker example: exit status 0"
 # --- 3. the Kubernetes example -------------------------------------------
 kport=$(freeport)
 sed -e "s|image: registry.example.com/web:latest|image: localhost/supervise-e2e/web:latest|" \
+	-e 's/name: web$/name: supervise-e2e-web/' -e 's/{app: web}/{app: supervise-e2e-web}/' \
 	-e '/name: RAILS_MASTER_KEY/,/secretKeyRef/d' -e 's/replicas: 2/replicas: 1/' \
 	-e "s|- containerPort: 8080|- containerPort: 8080\n              hostPort: $kport\n              hostIP: 127.0.0.1|" \
 	examples/kubernetes/deployment.yaml >"$pod_yaml"
 podman kube play --network bridge "$pod_yaml" >"$work/kube.log" 2>&1 || { cat "$work/kube.log" >&2; die "podman kube play"; }
-kctr=$(podman ps --format '{{.Names}}' --filter label=app=web | grep -v infra | head -n1)
-[ -n "$kctr" ] || kctr=$(podman ps --format '{{.Names}}' | grep -- '-web$' | head -n1)
-[ -n "$kctr" ] || die "podman kube play made no web container"
+kpod=$(podman pod ps --format '{{.Name}}' --filter name='^supervise-e2e-web-pod')
+[ "$(printf '%s\n' "$kpod" | grep -c .)" = 1 ] || die "podman kube play made pods: ${kpod:-none}"
+kctr=$(podman ps --format '{{.Names}}' --filter pod="$kpod" | grep -v -- '-infra$')
+[ "$(printf '%s\n' "$kctr" | grep -c .)" = 1 ] || die "the pod $kpod has containers: ${kctr:-none}"
 grace=$(podman inspect -f '{{.Config.StopTimeout}}' "$kctr")
 say "kubernetes example: container $kctr, stop timeout ${grace}s (terminationGracePeriodSeconds)"
 [ "$grace" = 30 ] || say "podman $(podman version -f '{{.Client.Version}}') does not map terminationGracePeriodSeconds to the container's stop timeout (${grace}s): the stop below passes it as stop -t 30"
@@ -239,7 +246,7 @@ waitfor "the app behind Caddy to answer /up (the pod)" 120 curl -fsS "http://127
 # the infra container (the network) beside the app, cutting requests in
 # flight: neither is what Kubernetes does, so the container is stopped
 # first, with the YAML's grace period, then the pod.
-under_load "http://127.0.0.1:$kport" "$kctr" kubernetes podman stop -t 30 "$kctr"
+under_load "http://127.0.0.1:$kport" "$kctr" kubernetes 4s podman stop -t 30 "$kctr"
 status=$(podman inspect -f '{{.State.ExitCode}}' "$kctr")
 [ "$status" = 0 ] || { podman logs "$kctr" 2>&1 | tail -n 30 >&2; die "the pod's container exited with status $status"; }
 podman kube down "$pod_yaml" >/dev/null
@@ -251,7 +258,7 @@ mkdir -p "$root/usr/local/bin" "$root/etc/systemd/system" "$root/usr/lib/systemd
 cp -a /usr/lib/systemd/system "$root/usr/lib/systemd/" # the units it names (sysinit.target…)
 podman create --name supervise-e2e-copy localhost/supervise-e2e/web:latest >/dev/null
 podman cp supervise-e2e-copy:/usr/local/bin/caddy "$root/usr/local/bin/caddy"
-podman rm supervise-e2e-copy >/dev/null
+podman rm -v supervise-e2e-copy >/dev/null
 cp examples/systemd/caddy.service "$root/etc/systemd/system/"
 systemd-analyze verify --root="$root" /etc/systemd/system/caddy.service >"$work/verify.log" 2>&1 ||
 	{ cat "$work/verify.log" >&2; die "systemd-analyze verify"; }

@@ -5,8 +5,10 @@
 // (or the end) comes on stdin, the stop has begun: "stop: N requests in
 // flight" is printed, and from then on a
 // connection that cannot be made (the listener is closed, the container is
-// gone) ends a client quietly — no server is there to fail it. Every other
-// error, any error before the stop, and any status but 200 is a failed
+// gone) ends a client quietly — no server is there to fail it — once
+// ACCEPT_FOR has passed since the stop (the server's shutdown_delay, when
+// it must go on accepting). Every other error, any error before the stop
+// (or within ACCEPT_FOR), and any status but 200 is a failed
 // request. When every client has ended and SLOW has its answer, it prints
 // "N ok, M failed" with the details, and exits 1 if anything failed.
 package main
@@ -34,6 +36,7 @@ func main() {
 	slow := flag.String("slow", "", "a slow request, sent once WARM requests succeeded (e.g. /slow?ms=4000)")
 	warm := flag.Int64("warm", 200, "successful requests before SLOW is sent")
 	limit := flag.Duration("limit", 2*time.Minute, "give up after this long")
+	acceptFor := flag.Duration("accept-for", 0, "how long after the stop the server must still accept connections")
 	flag.Parse()
 	if *base == "" {
 		fmt.Fprintln(os.Stderr, "loadcheck: -url is required")
@@ -42,6 +45,7 @@ func main() {
 
 	var (
 		stopping  atomic.Bool
+		stoppedAt atomic.Int64 // unix nanoseconds
 		ok, fails atomic.Int64
 		inFlight  atomic.Int64
 		mu        sync.Mutex
@@ -70,6 +74,9 @@ func main() {
 		if err != nil {
 			var op *net.OpError
 			if stopping.Load() && errors.As(err, &op) && op.Op == "dial" {
+				if since := time.Since(time.Unix(0, stoppedAt.Load())); since < *acceptFor {
+					fail(fmt.Sprintf("a connection refused %s after the stop began, within -accept-for %s", since.Round(time.Millisecond), *acceptFor))
+				}
 				return "", false // no listener any more: the stop has begun
 			}
 			if ctx.Err() != nil {
@@ -141,6 +148,7 @@ func main() {
 	go func() {
 		_, _ = io.ReadAll(io.LimitReader(os.Stdin, 1)) // a line, or the end
 		atStop.Store(inFlight.Load())
+		stoppedAt.Store(time.Now().UnixNano())
 		stopping.Store(true)
 		fmt.Printf("stop: %d requests in flight\n", atStop.Load())
 	}()
