@@ -92,6 +92,13 @@ type InstanceStatus struct {
 	MemoryBytes int64 `json:"memory_bytes,omitempty"`
 	// Requests is how many requests the dynamic upstream sent it.
 	Requests int64 `json:"requests"`
+	// Responses is how those requests ended, as `supervise_streams` saw
+	// them: "ok" (the app answered, below 500), "5xx" (it answered 5xx),
+	// "failed" (no answer: the connection was refused or cut, or timed
+	// out; an attempt reverse_proxy retried elsewhere counts here). A
+	// request whose client went away, or that is still in flight, is in
+	// none of them.
+	Responses map[string]int64 `json:"responses,omitempty"`
 	// Unhealthy is why it failed its health check, if it did.
 	Unhealthy string `json:"unhealthy,omitempty"`
 	// Recycle is why it is being recycled, if it is.

@@ -5,9 +5,11 @@
 package supervise
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -233,6 +235,68 @@ func TestAdminRestartBrokenRelease(t *testing.T) {
 	case <-c.done:
 		t.Fatal("Caddy exited")
 	default:
+	}
+	c.signal(syscall.SIGTERM)
+	c.wait(10 * time.Second)
+}
+
+// How an instance's requests ended, as supervise_streams sees them: the
+// app answered (below 500), answered 5xx, or gave no answer (a connection
+// cut: each attempt, reverse_proxy's retry included); a client that went
+// away counts as none. In the admin API and the metrics.
+func TestInstanceResponses(t *testing.T) {
+	httpPort := freePort(t)
+	web := map[string]any{"name": "web", "command": []string{upstreamBin}, "port": "auto", "ready": map[string]any{"http": ""}}
+	cfg := proxyToSupervised(t, httpPort, "web", web)
+	srv := cfg["apps"].(map[string]any)["http"].(map[string]any)["servers"].(map[string]any)["srv"].(map[string]any)
+	srv["logs"] = map[string]any{} // access log: each request's end
+	route := srv["routes"].([]any)[0].(map[string]any)
+	handlers := route["handle"].([]any)
+	handlers[0].(map[string]any)["load_balancing"] = map[string]any{"retries": 1}
+	route["handle"] = append([]any{map[string]any{"handler": "supervise_streams"}}, handlers...)
+	c := startCaddy(t, cfg)
+	c.waitLog(`"to":"ready"`, 10*time.Second)
+	base := fmt.Sprintf("http://127.0.0.1:%d", httpPort)
+	for path, want := range map[string]int{"/": 200, "/status?code=404": 404, "/status?code=503": 503, "/drop": 502} {
+		n := 2
+		if path == "/" {
+			n = 3
+		}
+		for range n {
+			if resp, _ := httpGet(t, base+path); resp.StatusCode != want {
+				t.Errorf("GET %s: %s, want %d", path, resp.Status, want)
+			}
+		}
+	}
+	// a client that goes away while the app works
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	req, _ := http.NewRequestWithContext(ctx, "GET", base+"/sleep?d=2s", nil)
+	if _, err := http.DefaultClient.Do(req); err == nil {
+		t.Error("a request whose client left after 300 ms got an answer")
+	}
+	cancel()
+	c.waitLog(`"uri":"/sleep?d=2s"`, 5*time.Second) // its access line: the request has ended
+	st := status(t, cfg, "web")
+	if len(st.Instances) != 1 {
+		t.Fatalf("instances: %+v", st.Instances)
+	}
+	got := st.Instances[0].Responses
+	// /drop: two attempts each (lb_retries 1), both without an answer
+	if want := map[string]int64{"ok": 5, "5xx": 2, "failed": 4}; !maps.Equal(got, want) {
+		t.Errorf("responses %v, want %v (requests %d)", got, want, st.Instances[0].Requests)
+	}
+	resp, err := http.Get("http://" + cfg["admin"].(map[string]any)["listen"].(string) + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	pid := st.Instances[0].PID
+	for outcome, n := range got {
+		want := fmt.Sprintf(`caddy_supervise_instance_responses_total{instance="0",name="web",outcome="%s",pid="%d"} %d`, outcome, pid, n)
+		if !strings.Contains(string(metrics), want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
 	}
 	c.signal(syscall.SIGTERM)
 	c.wait(10 * time.Second)

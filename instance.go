@@ -59,12 +59,13 @@ type instance struct {
 	restarts        int           // the service's restarts when it started, for its log
 
 	// the dynamic upstream's requests (see admit)
-	accepting atomic.Bool  // it serves: requests may be sent to it
-	inflight  atomic.Int64 // requests sent to it that have not ended (streams included)
-	streams   atomic.Int64 // those of them that are open streams (see streams.go)
-	wsStreams atomic.Int64 // those of them that are WebSockets
-	served    atomic.Int64 // requests sent to it, ever (max_lifetime_requests)
-	countDue  atomic.Bool  // it reached max_lifetime_requests and said so
+	accepting atomic.Bool               // it serves: requests may be sent to it
+	inflight  atomic.Int64              // requests sent to it that have not ended (streams included)
+	streams   atomic.Int64              // those of them that are open streams (see streams.go)
+	wsStreams atomic.Int64              // those of them that are WebSockets
+	served    atomic.Int64              // requests sent to it, ever (max_lifetime_requests)
+	countDue  atomic.Bool               // it reached max_lifetime_requests and said so
+	outcomes  [numOutcomes]atomic.Int64 // how its requests ended (supervise_streams sees them; see stream.outcome)
 
 	streamsEnding bool // its streams end as they open; guarded by openStreams
 
@@ -186,13 +187,33 @@ func (in *instance) admit(r *http.Request) bool {
 	}
 	stop := context.AfterFunc(r.Context(), in.requestEnded)
 	if st := streamOf(r); st != nil {
-		// a retry: the request left the instance it was sent to before
+		// a retry: the request left the instance it was sent to before,
+		// which failed it (reverse_proxy retries an attempt that got no
+		// answer, or an answer its lb_retry_match rejects)
+		if st.inst != nil {
+			st.inst.outcomes[noAnswer].Add(1)
+		}
 		if st.uncount != nil && st.uncount() {
 			st.inst.requestEnded()
 		}
 		st.inst, st.uncount = in, stop // if it becomes a stream, it is this instance's
 	}
 	return true
+}
+
+// responseCounts is how the instance's requests ended, by outcome name
+// (nil if none was counted: no supervise_streams in front).
+func (in *instance) responseCounts() map[string]int64 {
+	var counts map[string]int64
+	for o := range numOutcomes {
+		if n := in.outcomes[o].Load(); n > 0 {
+			if counts == nil {
+				counts = make(map[string]int64, numOutcomes)
+			}
+			counts[outcomeNames[o]] = n
+		}
+	}
+	return counts
 }
 
 // enter counts a request sent to the instance, unless it left service: the

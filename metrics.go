@@ -25,10 +25,11 @@ var (
 	descServing   = prometheus.NewDesc("caddy_supervise_process_instances_serving", "Instances of the process that are ready and in the dynamic upstream.", []string{"name"}, nil)
 	descRecycles  = prometheus.NewDesc("caddy_supervise_recycles_total", "Instances replaced by a recycling limit or a failed health check, by reason: max_memory, max_lifetime, max_lifetime_requests, health.", []string{"name", "reason"}, nil)
 	descRequests  = prometheus.NewDesc("caddy_supervise_instance_requests_total", "Requests the dynamic upstream sent to an instance.", []string{"name", "pid", "instance"}, nil)
+	descResponses = prometheus.NewDesc("caddy_supervise_instance_responses_total", "How an instance's requests ended, as supervise_streams saw them: ok (below 500), 5xx, failed (no answer).", []string{"name", "pid", "instance", "outcome"}, nil)
 )
 
 func (collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descUp, descReady, descRestarts, descExits, descStartTime, descStop, descDrain, descRetired, descStreams, descMemory, descServing, descRecycles, descRequests} {
+	for _, d := range []*prometheus.Desc{descUp, descReady, descRestarts, descExits, descStartTime, descStop, descDrain, descRetired, descStreams, descMemory, descServing, descRecycles, descRequests, descResponses} {
 		ch <- d
 	}
 }
@@ -66,6 +67,9 @@ func (collector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(descStreams, prometheus.GaugeValue, float64(in.Streams.WebSockets), name, pid, state, "websocket")
 			ch <- prometheus.MustNewConstMetric(descStreams, prometheus.GaugeValue, float64(in.Streams.SSE), name, pid, state, "sse")
 			ch <- prometheus.MustNewConstMetric(descRequests, prometheus.CounterValue, float64(in.Requests), name, pid, strconv.Itoa(in.Instance))
+			for outcome, n := range in.Responses {
+				ch <- prometheus.MustNewConstMetric(descResponses, prometheus.CounterValue, float64(n), name, pid, strconv.Itoa(in.Instance), outcome)
+			}
 			if in.MemoryBytes > 0 {
 				ch <- prometheus.MustNewConstMetric(descMemory, prometheus.GaugeValue, float64(in.MemoryBytes), name, pid, state)
 			}

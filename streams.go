@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/binary"
+	"errors"
 	"net"
 	"net/http"
 	"strings"
@@ -88,9 +89,45 @@ func (Streams) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 			}
 			err = nil
 		}
+		st.outcome(err)
 		st.finish()
 	}()
 	return next.ServeHTTP(st, r.WithContext(&st.ctx))
+}
+
+// outcome is how a request ended, for its instance's count: the app
+// answered (any status below 500), answered 5xx, or failed to answer (a
+// connection refused or cut, a timeout: reverse_proxy's error). A client
+// that went away fails nothing; an attempt that reverse_proxy retried
+// elsewhere failed (see admit).
+type outcome uint8
+
+const (
+	answered outcome = iota
+	serverError
+	noAnswer
+	numOutcomes
+)
+
+// outcomeNames are the outcomes' names in the admin API and metrics.
+var outcomeNames = [numOutcomes]string{"ok", "5xx", "failed"}
+
+// outcome counts how the request ended on the instance that took it last.
+func (st *stream) outcome(err error) {
+	if st.inst == nil {
+		return
+	}
+	var he caddyhttp.HandlerError
+	switch {
+	case st.status == 499, err != nil && errors.As(err, &he) && he.StatusCode == 499, err != nil && st.ctx.Context.Err() != nil && st.status == 0:
+		// the client went away (reverse_proxy writes 499 then)
+	case err != nil && st.status == 0:
+		st.inst.outcomes[noAnswer].Add(1)
+	case st.status >= 500:
+		st.inst.outcomes[serverError].Add(1)
+	case st.status != 0 || err == nil:
+		st.inst.outcomes[answered].Add(1)
+	}
 }
 
 // wantsWebSocket reports whether r asks for a WebSocket: an HTTP/1.1
@@ -138,6 +175,7 @@ type stream struct {
 	ws      *wsTunnel // an upgraded WebSocket's way to the client
 	ended   atomic.Bool
 	picked  bool // endStreams chose it: its end is on its way; guarded by openStreams
+	status  int  // the response's final status, once written (0 before)
 }
 
 // streamCtx is the request's context: it can be cancelled (an SSE
@@ -189,6 +227,9 @@ func (st *stream) waitedForApp() {
 // WriteHeader notices an SSE response, and a WebSocket over HTTP/2 or
 // HTTP/3.
 func (st *stream) WriteHeader(code int) {
+	if st.status == 0 && code >= 200 {
+		st.status = code
+	}
 	if st.kind == notStream && code >= 200 && code < 300 {
 		switch {
 		case st.connect && code == http.StatusOK:

@@ -149,6 +149,7 @@ func (v *view) statusNow() Status {
 	for i, in := range v.live {
 		st.Instances[i].Streams = in.openStreamCounts()
 		st.Instances[i].Requests = in.served.Load()
+		st.Instances[i].Responses = in.responseCounts()
 		if st.Instances[i].State != stateExited {
 			st.Instances[i].MemoryBytes = groupMemory(st.Instances[i].PID)
 		}

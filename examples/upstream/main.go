@@ -8,6 +8,8 @@
 //	GET /hang        never answers (until the process ends)
 //	GET /events      server-sent events: "data: pid N" every 200 ms, until the client goes
 //	GET /exit?code=N exits at once with status N, like a crash
+//	GET /status?code=N answers with status N
+//	GET /drop        closes the connection without an answer
 //
 // Given a listening socket by the socket-activation protocol (LISTEN_FDS=1,
 // LISTEN_PID its PID, descriptor 3), it serves on that socket.
@@ -95,6 +97,19 @@ func main() {
 	})
 	inflight := &requests{}
 	inflight.cond = sync.NewCond(&inflight.mu)
+	mux.HandleFunc("/status", func(w http.ResponseWriter, r *http.Request) {
+		code, err := strconv.Atoi(r.URL.Query().Get("code"))
+		if err != nil || code < 200 || code > 599 {
+			code = http.StatusBadRequest
+		}
+		http.Error(w, "status as asked", code)
+	})
+	mux.HandleFunc("/drop", func(w http.ResponseWriter, r *http.Request) {
+		// test hook: the connection closes without an answer
+		if conn, _, err := http.NewResponseController(w).Hijack(); err == nil {
+			conn.Close()
+		}
+	})
 	mux.HandleFunc("/exit", func(w http.ResponseWriter, r *http.Request) {
 		code, _ := strconv.Atoi(r.URL.Query().Get("code"))
 		log.Printf("upstream: exiting with status %d as asked", code)
