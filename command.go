@@ -233,8 +233,9 @@ func (c *thrusterConfig) check(publicDirGiven bool) error {
 // supervise` made in the temporary directory for its admin socket and that
 // a Caddy forced to exit (a second Ctrl-C, SIGKILL) left behind: each one
 // of Caddy's user, mode 0700, holding at most admin.sock, on which nothing
-// listens any more (an empty one only once it is a minute old: another
-// `caddy supervise` may be about to listen there).
+// listens any more, and that no running `caddy supervise` holds locked
+// (one that has yet to listen there). (Only between a new directory's
+// creation and its lock, two system calls apart, could a sweep take it.)
 func removeStaleAdminDirs() {
 	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), "caddy-supervise-*"))
 	for _, dir := range dirs {
@@ -245,21 +246,26 @@ func removeStaleAdminDirs() {
 		if err != nil || len(entries) > 1 || len(entries) == 1 && entries[0].Name() != "admin.sock" {
 			continue
 		}
-		if fi, err := os.Lstat(dir); len(entries) == 0 && (err != nil || time.Since(fi.ModTime()) < time.Minute) {
-			continue // another `caddy supervise` may be starting: its Caddy has yet to listen there
+		lock, err := lockDir(dir)
+		if err != nil {
+			continue // a running `caddy supervise` holds it (see resolveAdmin)
 		}
-		if len(entries) == 1 {
-			conn, err := net.Dial("unix", filepath.Join(dir, "admin.sock"))
-			if err == nil {
-				conn.Close()
-				continue // a Caddy serves there
-			}
-			if !errors.Is(err, syscall.ECONNREFUSED) {
-				continue
-			}
+		if len(entries) == 0 || refusesConnections(filepath.Join(dir, "admin.sock")) {
+			os.RemoveAll(dir)
 		}
-		os.RemoveAll(dir)
+		lock.Close()
 	}
+}
+
+// refusesConnections reports whether nothing listens on a unix socket
+// (a Caddy that serves there accepts).
+func refusesConnections(path string) bool {
+	conn, err := net.Dial("unix", path)
+	if err == nil {
+		conn.Close()
+		return false
+	}
+	return errors.Is(err, syscall.ECONNREFUSED)
 }
 
 // resolveAdmin picks the admin endpoint when --admin was not given: a unix
@@ -303,7 +309,12 @@ func (c *thrusterConfig) resolveAdmin(create bool) (cleanup func(), err error) {
 		if err != nil {
 			return cleanup, fmt.Errorf("a private directory for the admin endpoint's socket: %v", err)
 		}
-		cleanup = func() { os.RemoveAll(dir) }
+		lock, err := lockDir(dir) // held until the exit, whatever ends it
+		if err != nil {
+			os.RemoveAll(dir)
+			return cleanup, fmt.Errorf("a private directory for the admin endpoint's socket: %s: %v", dir, err)
+		}
+		cleanup = func() { os.RemoveAll(dir); lock.Close() }
 		path = filepath.Join(dir, "admin.sock")
 	} else {
 		c.AdminAddr = "off"

@@ -16,8 +16,10 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -178,14 +180,48 @@ func TestOneLineCtrlCWhileRequestsWait(t *testing.T) {
 		t.Errorf("a second Ctrl-C: Caddy exited %d, want 2 (force quit)", code)
 	}
 
+	// what a forced exit may leave besides (an empty directory, or one with
+	// a socket nothing listens on), and the directory of a `caddy
+	// supervise` that has yet to listen there (locked): the sweep takes the
+	// first two, not the third
+	empty, err := os.MkdirTemp(tmp, "caddy-supervise-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadSocket, err := os.MkdirTemp(tmp, "caddy-supervise-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: filepath.Join(deadSocket, "admin.sock"), Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln.SetUnlinkOnClose(false)
+	ln.Close()
+	held, err := os.MkdirTemp(tmp, "caddy-supervise-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lock, err := lockDir(held)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lock.Close()
+	others := func() []string {
+		return slices.DeleteFunc(adminDirs(), func(d string) bool { return d == held })
+	}
+
 	c = superviseCaddy(t, t.TempDir(), []string{"--ready", "/up"}, []string{"sleep", "60"}, env()...)
 	c.waitLog(`"msg":"server running"`, 20*time.Second)
-	if dirs := adminDirs(); len(dirs) != 1 {
-		t.Errorf("admin directories once the next Caddy runs: %v, want its own alone", dirs)
+	if dirs := others(); len(dirs) != 1 || dirs[0] == empty || dirs[0] == deadSocket {
+		t.Errorf("admin directories once the next Caddy runs: %v, want its own alone (and the locked one)", dirs)
+	}
+	if _, err := os.Stat(held); err != nil {
+		t.Errorf("the sweep took a directory a running caddy supervise holds: %v", err)
 	}
 	c.signal(syscall.SIGTERM)
 	c.wait(20 * time.Second)
-	if dirs := adminDirs(); len(dirs) != 0 {
+	if dirs := others(); len(dirs) != 0 {
 		t.Errorf("admin directories after a normal exit: %v", dirs)
 	}
 }

@@ -170,3 +170,6 @@ func fileID(fi os.FileInfo) ([4]int64, bool) { return [4]int64{}, false }
 
 // usableCPUs is what `instances auto` means: the CPUs this process may use.
 func usableCPUs() int { return runtime.NumCPU() }
+
+// lockDir: no flock here; an open handle stands for the lock.
+func lockDir(dir string) (*os.File, error) { return os.Open(dir) }

@@ -287,3 +287,21 @@ func fileID(fi os.FileInfo) ([4]int64, bool) {
 	sec, nsec := statCtime(st)
 	return [4]int64{int64(st.Dev), int64(st.Ino), sec, nsec}, true
 }
+
+// lockDir takes an exclusive lock (flock) on a directory, without waiting,
+// and holds it until the returned file is closed or the process ends,
+// however it ends: a directory that `caddy supervise` uses for its admin
+// socket is locked for as long as it runs, so that another start's sweep
+// (removeStaleAdminDirs) tells a directory in use from one a forced exit
+// left behind.
+func lockDir(dir string) (*os.File, error) {
+	f, err := os.Open(dir) // (close-on-exec: no child holds the lock)
+	if err != nil {
+		return nil, err
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
+}
