@@ -225,3 +225,71 @@ func TestOneLineCtrlCWhileRequestsWait(t *testing.T) {
 		t.Errorf("admin directories after a normal exit: %v", dirs)
 	}
 }
+
+// A hand-written Caddyfile of the README's pattern, with Caddy's write_idle
+// on (its default): its writer keeps the write timeout, counted from the
+// request's arrival, as a ceiling for every write, so a body written after
+// a wait longer than the write timeout failed at its first write. Over
+// HTTP/1.1 and h2c, a request that waits 4 s for a boot, with a write
+// timeout of 2 s, gets the whole page.
+func TestWaitOutlastsWriteIdleCeiling(t *testing.T) {
+	for _, h2c := range []bool{false, true} {
+		t.Run(fmt.Sprintf("h2c=%v", h2c), func(t *testing.T) {
+			t.Parallel()
+			httpPort, admin := freePort(t), freePort(t)
+			protocols, client := "h1", rawClient
+			if h2c {
+				protocols = "h1 h2c"
+				var p http.Protocols
+				p.SetUnencryptedHTTP2(true)
+				client = &http.Client{Transport: &http.Transport{Protocols: &p}, Timeout: 20 * time.Second}
+			}
+			src := fmt.Sprintf(`{
+	admin 127.0.0.1:%d
+	servers {
+		protocols %s
+		timeouts {
+			write 2s
+		}
+	}
+	supervise %s -delay 4s {
+		name app
+		port auto
+		ready http /up
+	}
+}
+http://127.0.0.1:%d {
+	supervise_streams
+	reverse_proxy {
+		dynamic supervise app {
+			wait 8s
+		}
+	}
+}
+`, admin, protocols, upstreamBin, httpPort)
+			path := filepath.Join(t.TempDir(), "Caddyfile")
+			if err := os.WriteFile(path, []byte(src), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			c := startCaddyFile(t, path, "caddyfile")
+			sent := time.Now()
+			resp, err := client.Get(fmt.Sprintf("http://127.0.0.1:%d/sleep?d=10ms", httpPort))
+			if err != nil {
+				t.Fatalf("GET after %s: %v", time.Since(sent), err)
+			}
+			body, err := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if err != nil || resp.StatusCode != http.StatusOK || string(body) != "slept 10ms\n" {
+				t.Errorf("after %s: %s %q, %v (cut by the write timeout?)", time.Since(sent), resp.Status, body, err)
+			}
+			if took := time.Since(sent); took < 2500*time.Millisecond {
+				t.Errorf("the answer came after %s: it did not wait past the write timeout", took)
+			}
+			if h2c && resp.ProtoMajor != 2 {
+				t.Errorf("%s, not HTTP/2", resp.Proto)
+			}
+			c.signal(syscall.SIGTERM)
+			c.wait(20 * time.Second)
+		})
+	}
+}

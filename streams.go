@@ -206,22 +206,41 @@ func streamOf(r *http.Request) *stream {
 // HTTP/2 resets a stream whose write timer fired, and a deadline set after
 // that cannot undo it (HTTP/1 would take it later, as waitedForApp sets it).
 func (st *stream) waitingForApp(left time.Duration) {
-	if srv, _ := st.ctx.Value(http.ServerContextKey).(*http.Server); srv != nil && srv.WriteTimeout > 0 {
-		_ = http.NewResponseController(st.ResponseWriter).SetWriteDeadline(time.Now().Add(max(left, 0) + srv.WriteTimeout))
-	}
+	st.moveWriteDeadline(max(left, 0), 0)
 }
 
-// waitedForApp: the request waited for the app (it booted or restarted):
-// the server's write timeout counts again from now, when the request goes
-// to the app (or gets its 503), so that the time it waited does not cut
-// its response — an empty reply that the access log would show with the
-// app's status. (HTTP/3 has no write deadline to move.)
-func (st *stream) waitedForApp() {
-	srv, _ := st.ctx.Value(http.ServerContextKey).(*http.Server)
+// waitedForApp: the request waited for the app (it booted or restarted),
+// for waited: the server's write timeout counts again from now, when the
+// request goes to the app (or gets its 503), so that the time it waited
+// does not cut its response — an empty reply that the access log would
+// show with the app's status.
+func (st *stream) waitedForApp(waited time.Duration) {
+	st.moveWriteDeadline(0, waited)
+}
+
+// moveWriteDeadline sets the response's write deadline to the server's
+// write timeout from now, plus wait, on every layer that holds one: the
+// connection or stream (HTTP/1, HTTP/2, HTTP/3), and the ceiling that
+// Caddy's write_idle writer keeps (its hard deadline, counted from the
+// request's arrival, capped every write's idle deadline: a body written
+// after a wait longer than the write timeout failed at its first write).
+// waited moves the start of its write_min_rate allowance by as much.
+func (st *stream) moveWriteDeadline(wait, waited time.Duration) {
+	srv, _ := st.ctx.Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server)
 	if srv == nil || srv.WriteTimeout <= 0 {
 		return
 	}
-	_ = http.NewResponseController(st.ResponseWriter).SetWriteDeadline(time.Now().Add(srv.WriteTimeout))
+	deadline := time.Now().Add(wait + time.Duration(srv.WriteTimeout))
+	if _, iw := caddyhttp.IdleTimeoutsFromContext(&st.ctx); iw != nil {
+		// (the handler's goroutine, before any write: nothing else uses it)
+		if !iw.Deadline.HardDeadline.IsZero() {
+			iw.Deadline.HardDeadline = deadline
+		}
+		if iw.Deadline.MinRate > 0 {
+			iw.Deadline.Start = iw.Deadline.Start.Add(waited)
+		}
+	}
+	_ = http.NewResponseController(st.ResponseWriter).SetWriteDeadline(deadline)
 }
 
 // WriteHeader notices an SSE response, and a WebSocket over HTTP/2 or

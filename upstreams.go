@@ -120,10 +120,11 @@ func (u *Upstreams) checkName(a *App) error {
 // cut the response.
 func (u *Upstreams) GetUpstreams(r *http.Request) ([]*reverseproxy.Upstream, error) {
 	for {
+		began := time.Now()
 		targets, waited := u.readyTargets(r)
 		if waited {
 			if st := streamOf(r); st != nil {
-				st.waitedForApp()
+				st.waitedForApp(time.Since(began))
 			}
 		}
 		if len(targets) == 0 {
