@@ -17,7 +17,9 @@ import (
 //     of their own does not fail every deploy), counted with one failure
 //     more — a cautious estimate while the old release has served few
 //     requests, which keeps the noise of a good release's first requests
-//     from rejecting it — and at least 1%;
+//     from rejecting it — at least 1% and at most 30% (an old release
+//     without requests, or failing more, still leaves a bad one rejected
+//     after five failures);
 //   - the rejected rate p1 is max(p0 + 15 points, 3 × p0), at most 99%:
 //     a release that fails 50% of its requests, or every one, is far
 //     above it;
@@ -86,7 +88,7 @@ func (v verdict) String() string {
 // release's counts.
 func canaryRates(old canaryCounts) (p0, p1 float64) {
 	p0 = (float64(old.Failed) + 1) / (float64(old.Requests) + 1)
-	p0 = min(max(p0, 0.01), 0.9)
+	p0 = min(max(p0, 0.01), 0.3)
 	p1 = min(max(p0+0.15, 3*p0), 0.99)
 	return p0, p1
 }

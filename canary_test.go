@@ -34,6 +34,10 @@ func TestCanaryVerdict(t *testing.T) {
 		{"quiet but failing", canaryCounts{4, 3}, canaryCounts{16, 0}, 3 * w, reject},
 		{"quiet, one failure in three", canaryCounts{3, 1}, canaryCounts{12, 0}, 3 * w, promoteQuiet},
 		{"nothing at all", canaryCounts{}, canaryCounts{}, 3 * w, promoteQuiet},
+		// the old release has served nothing (down, or the canary took all)
+		{"fails five, the old has no requests", canaryCounts{5, 5}, canaryCounts{}, time.Second, reject},
+		{"fails 20 of 20 at the end, the old has none", canaryCounts{20, 20}, canaryCounts{}, w, reject},
+		{"quiet and failing, the old has none", canaryCounts{5, 5}, canaryCounts{}, 3 * w, reject},
 	} {
 		if got := judge(tc.canary, tc.old, tc.elapsed, w); got != tc.want {
 			t.Errorf("%s: %s (score %.2f), want %s", tc.name, got, canaryScore(tc.canary, tc.old), tc.want)

@@ -257,6 +257,16 @@ func removeStaleAdminDirs() {
 	}
 }
 
+// stillAt reports whether f is still what path names.
+func stillAt(f *os.File, path string) bool {
+	a, err := f.Stat()
+	if err != nil {
+		return false
+	}
+	b, err := os.Lstat(path)
+	return err == nil && os.SameFile(a, b)
+}
+
 // refusesConnections reports whether nothing listens on a unix socket
 // (a Caddy that serves there accepts).
 func refusesConnections(path string) bool {
@@ -310,6 +320,11 @@ func (c *thrusterConfig) resolveAdmin(create bool) (cleanup func(), err error) {
 			return cleanup, fmt.Errorf("a private directory for the admin endpoint's socket: %v", err)
 		}
 		lock, err := lockDir(dir) // held until the exit, whatever ends it
+		if err == nil && !stillAt(lock, dir) {
+			// another start's sweep took it between MkdirTemp and the lock
+			lock.Close()
+			err = errors.New("removed as it was made")
+		}
 		if err != nil {
 			os.RemoveAll(dir)
 			return cleanup, fmt.Errorf("a private directory for the admin endpoint's socket: %s: %v", dir, err)

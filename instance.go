@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 )
 
@@ -190,6 +191,9 @@ func (in *instance) admit(r *http.Request) bool {
 		// a retry: the request left the instance it was sent to before,
 		// which failed it (reverse_proxy retries an attempt that got no
 		// answer, or an answer its lb_retry_match rejects)
+		if r.Context().Value(caddy.CtxKey("reverse_proxy_handle_response_context")) != nil {
+			return true // a reverse_proxy inside handle_response: the request's own attempt is not over
+		}
 		if st.inst != nil {
 			st.inst.outcomes[noAnswer].Add(1)
 		}
