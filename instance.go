@@ -195,7 +195,7 @@ func (in *instance) admit(r *http.Request) bool {
 			return true // a reverse_proxy inside handle_response: the request's own attempt is not over
 		}
 		if st.inst != nil {
-			st.inst.outcomes[noAnswer].Add(1)
+			st.inst.outcomes[st.attemptOutcome(true)].Add(1)
 		}
 		if st.uncount != nil && st.uncount() {
 			st.inst.requestEnded()

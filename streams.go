@@ -122,12 +122,36 @@ func (st *stream) outcome(err error) {
 	case st.status == 499, err != nil && errors.As(err, &he) && he.StatusCode == 499, err != nil && st.ctx.Context.Err() != nil && st.status == 0:
 		// the client went away (reverse_proxy writes 499 then)
 	case err != nil && st.status == 0:
-		st.inst.outcomes[noAnswer].Add(1)
+		st.inst.outcomes[st.attemptOutcome(false)].Add(1)
 	case st.status >= 500:
 		st.inst.outcomes[serverError].Add(1)
 	case st.status != 0 || err == nil:
 		st.inst.outcomes[answered].Add(1)
 	}
+}
+
+// attemptOutcome is how reverse_proxy's last attempt ended when it wrote
+// no response: with the app's status if the app answered (an answer its
+// lb_retry_match rejected, or a handle_response route that failed), else
+// no answer. forget clears that status for the next attempt (a retry):
+// reverse_proxy leaves it set.
+func (st *stream) attemptOutcome(forget bool) outcome {
+	repl, _ := st.ctx.Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	if repl == nil {
+		return noAnswer
+	}
+	const key = "http.reverse_proxy.status_code"
+	code, ok := repl.Get(key)
+	if forget {
+		repl.Delete(key)
+	}
+	switch n, _ := code.(int); {
+	case !ok || n == 0:
+		return noAnswer
+	case n >= 500:
+		return serverError
+	}
+	return answered
 }
 
 // wantsWebSocket reports whether r asks for a WebSocket: an HTTP/1.1
