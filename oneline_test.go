@@ -60,9 +60,7 @@ func TestOneLineWaitIsOneDeadline(t *testing.T) {
 			client := rawClient
 			if tc.h2c {
 				env = append(env, "H2C_ENABLED=1")
-				var protocols http.Protocols
-				protocols.SetUnencryptedHTTP2(true)
-				client = &http.Client{Transport: &http.Transport{Protocols: &protocols}, Timeout: 20 * time.Second}
+				client = h2cClient()
 			}
 			c := superviseCaddy(t, t.TempDir(), []string{"--admin", "off", "--ready", "/up", "--wait", tc.wait}, command, env...)
 			c.waitLog(`"msg":"server running"`, 20*time.Second)
@@ -239,10 +237,7 @@ func TestWaitOutlastsWriteIdleCeiling(t *testing.T) {
 			httpPort, admin := freePort(t), freePort(t)
 			protocols, client := "h1", rawClient
 			if h2c {
-				protocols = "h1 h2c"
-				var p http.Protocols
-				p.SetUnencryptedHTTP2(true)
-				client = &http.Client{Transport: &http.Transport{Protocols: &p}, Timeout: 20 * time.Second}
+				protocols, client = "h1 h2c", h2cClient()
 			}
 			src := fmt.Sprintf(`{
 	admin 127.0.0.1:%d
@@ -292,4 +287,12 @@ http://127.0.0.1:%d {
 			c.wait(20 * time.Second)
 		})
 	}
+}
+
+// h2cClient speaks HTTP/2 without TLS (prior knowledge), and gives up
+// after 20 s.
+func h2cClient() *http.Client {
+	var protocols http.Protocols
+	protocols.SetUnencryptedHTTP2(true)
+	return &http.Client{Transport: &http.Transport{Protocols: &protocols}, Timeout: 20 * time.Second}
 }
