@@ -67,6 +67,25 @@ func waitingFor(name string) *atomic.Int64 {
 // budget).
 func waitedVar(name string) string { return "supervise.waited." + name }
 
+// waitedTime is the value of waitedVar: set in the request's variables at
+// the first attempt, before reverse_proxy dials anything, and added to in
+// place after that. (Caddy's request variables are a plain map, which a
+// dial of an earlier attempt, still running in the transport's
+// background, may read while a retry waits: a retry must not write it.)
+type waitedTime struct{ ns atomic.Int64 }
+
+func (w *waitedTime) String() string { return time.Duration(w.ns.Load()).String() }
+
+// waitedOf is the request's waitedTime for the process.
+func waitedOf(r *http.Request, name string) *waitedTime {
+	if w, ok := caddyhttp.GetVar(r.Context(), waitedVar(name)).(*waitedTime); ok {
+		return w
+	}
+	w := new(waitedTime)
+	caddyhttp.SetVar(r.Context(), waitedVar(name), w)
+	return w
+}
+
 // CaddyModule returns the Caddy module information.
 func (Upstreams) CaddyModule() caddy.ModuleInfo {
 	return caddy.ModuleInfo{
@@ -150,14 +169,11 @@ func (u *Upstreams) GetUpstreams(r *http.Request) ([]*reverseproxy.Upstream, err
 // the process, which another config holds, serves it.
 func (u *Upstreams) readyTargets(r *http.Request) (targets []*instance, waited bool) {
 	began := time.Now()
-	left := time.Duration(u.Wait)
-	if w, ok := caddyhttp.GetVar(r.Context(), waitedVar(u.Name)).(time.Duration); ok {
-		left -= w // (a retry of the same request)
-	}
+	spent := waitedOf(r, u.Name)
+	left := time.Duration(u.Wait) - time.Duration(spent.ns.Load()) // (less on a retry of the same request)
 	defer func() {
 		if waited {
-			w, _ := caddyhttp.GetVar(r.Context(), waitedVar(u.Name)).(time.Duration)
-			caddyhttp.SetVar(r.Context(), waitedVar(u.Name), w+time.Since(began))
+			spent.ns.Add(int64(time.Since(began)))
 		}
 	}()
 	deadline := time.NewTimer(max(left, 0))
