@@ -22,6 +22,8 @@ func init() {
 //	GET  /supervise/                 every process's status, by name
 //	GET  /supervise/<name>           one process's status
 //	POST /supervise/<name>/restart   a graceful restart (see restart)
+//	POST /supervise/<name>/canary/promote  end the canary window: the new release takes over
+//	POST /supervise/<name>/canary/abort    end it: the new release is rejected
 //	POST /supervise/<name>/signal/<SIG>  send a signal to the process group
 //
 // Errors are JSON, {"error": "..."}, with 400 (bad signal), 404 (no such
@@ -72,6 +74,9 @@ type Status struct {
 	// Waiting is how many requests wait in the dynamic upstream for an
 	// instance to be ready.
 	Waiting int64 `json:"waiting"`
+	// Canary is the deploy's canary window in progress, or the last one's
+	// verdict (a process with `canary`).
+	Canary *CanaryStatus `json:"canary,omitempty"`
 }
 
 // InstanceStatus is one running instance of a process.
@@ -149,6 +154,18 @@ func (a *AdminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 			return apiError(statusOf(answer.err), answer.err)
 		}
 		return writeJSONResponse(w, answer.view.statusNow())
+	case len(parts) == 3 && parts[1] == "canary" && (parts[2] == "promote" || parts[2] == "abort"):
+		if err := method(http.MethodPost); err != nil {
+			return err
+		}
+		reply := make(chan error, 1)
+		if !s.post(canaryEv{promote: parts[2] == "promote", reply: reply}) {
+			return apiError(http.StatusConflict, fmt.Errorf("process %q: %w", s.name, errNotRunning))
+		}
+		if err := <-reply; err != nil {
+			return apiError(statusOf(err), err)
+		}
+		return writeJSONResponse(w, s.fresh().statusNow())
 	case len(parts) == 3 && parts[1] == "signal":
 		if err := method(http.MethodPost); err != nil {
 			return err

@@ -50,6 +50,7 @@ func init() {
 //		max_lifetime   <duration>
 //		max_lifetime_requests <count>
 //		health         [tcp [<host:port>] | http [<url>]] [interval <duration>] [timeout <duration>] [fails <count>]
+//		canary         [<share>%] [<window>]
 //	}
 //
 // The block is optional. Values are checked here, so that `caddy adapt`
@@ -223,6 +224,32 @@ var subdirectives = map[string]subdirective{
 		return nil
 	}},
 	"health": {args: -1, set: parseHealth},
+	"canary": {args: -1, set: parseCanary},
+}
+
+// parseCanary reads `canary [SHARE%] [WINDOW]`.
+func parseCanary(p *Process, a []string) error {
+	c := new(Canary)
+	if len(a) > 2 {
+		return fmt.Errorf("%q: want [SHARE%%] [WINDOW], as in: canary 10%% 30s", a)
+	}
+	for _, v := range a {
+		if pct, ok := strings.CutSuffix(v, "%"); ok {
+			n, err := strconv.Atoi(pct)
+			if err != nil || n < 1 || n > maxCanaryShare || c.Share != 0 {
+				return fmt.Errorf("share %q: want one percentage between 1%% and %d%%, as in: canary 10%% 30s", v, maxCanaryShare)
+			}
+			c.Share = n
+			continue
+		}
+		d, err := parseDuration(v)
+		if err != nil || d <= 0 || c.Window != 0 {
+			return fmt.Errorf("%q: want [SHARE%%] [WINDOW] (a share ends with %%, the window is a duration), as in: canary 10%% 30s", v)
+		}
+		c.Window = Duration(d)
+	}
+	p.Canary = c
+	return nil
 }
 
 // parseHealth reads `health [tcp [ADDR] | http [URL]] [interval D]

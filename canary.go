@@ -2,8 +2,16 @@ package supervise
 
 import (
 	"fmt"
+	"maps"
 	"math"
+	"math/rand/v2"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
 	"time"
+
+	"go.uber.org/zap"
 )
 
 // The canary's verdict (issue 31): during a deploy's window, the new
@@ -125,4 +133,440 @@ func judge(canary, old canaryCounts, elapsed, window time.Duration) verdict {
 func canaryReason(v verdict, canary, old canaryCounts) string {
 	return fmt.Sprintf("%s: %d of %d requests failed (5xx or no answer) on the new release vs %d of %d on the old",
 		v, canary.Failed, canary.Requests, old.Failed, old.Requests)
+}
+
+// Canary is a process's canary for its deploys (Process.Canary).
+type Canary struct {
+	// Share is the percentage of new requests that go to the new release
+	// during the window, between 1 and 50 (the old release keeps the rest,
+	// which the verdict compares it with). Default: 10.
+	Share int `json:"share,omitempty"`
+
+	// Window is how long the new release takes its share before the
+	// verdict, which comes sooner when the evidence is clear. A window
+	// with fewer than 20 requests on the new release goes on, up to three
+	// windows, then promotes it ("not enough traffic to judge"). A reload
+	// waits for the verdict (Caddy loads one config at a time). Default:
+	// `30s`.
+	Window Duration `json:"window,omitempty"`
+}
+
+// Canary defaults.
+const (
+	DefaultCanaryShare  = 10
+	DefaultCanaryWindow = 30 * time.Second
+	maxCanaryShare      = 50
+)
+
+// provisionCanary checks the canary's options; that a dynamic upstream
+// names the process is checked with the config (checkCanaries).
+func (p *Process) provisionCanary() error {
+	c := p.Canary
+	if c == nil {
+		return nil
+	}
+	switch {
+	case c.Share < 0 || c.Share > maxCanaryShare:
+		return fmt.Errorf("canary share %d%%: must be between 1%% and %d%% (the old release keeps the rest, and the verdict compares the two)", c.Share, maxCanaryShare)
+	case c.Window < 0:
+		return fmt.Errorf("canary window %q: must be positive", c.Window)
+	case p.Socket != "":
+		return fmt.Errorf("canary: not with socket %q: one socket has one queue, which cannot be split between two releases; use port auto", p.Socket)
+	case !p.blueGreen():
+		return fmt.Errorf("canary: needs port auto and a readiness probe (port %q): the new release runs beside the old one, once ready", p.Port)
+	}
+	if c.Share == 0 {
+		c.Share = DefaultCanaryShare
+	}
+	if c.Window == 0 {
+		c.Window = Duration(DefaultCanaryWindow)
+	}
+	return nil
+}
+
+// checkCanaries checks, once the config's http app is provisioned, that a
+// dynamic upstream sends requests to each process with a canary: the
+// canary's share is chosen there, and nothing else would send it any.
+func (a *App) checkCanaries(named map[string]bool) error {
+	for _, p := range a.Processes {
+		if p.Canary != nil && !named[p.Name] {
+			return fmt.Errorf("process %q: canary: needs a reverse_proxy with `dynamic supervise %s` in this config: the new release's share of requests is chosen there (a fixed upstream address would send it nothing)", p.Name, p.Name)
+		}
+	}
+	return nil
+}
+
+// ---- the canary's window in a deploy (see replace.go) ----
+//
+// The rules, in one place:
+//
+//   - Which deploys: a reload that changes the definition, an admin
+//     restart, and a pool's roll, of a definition with a canary, replaced
+//     beside the old one, while an old instance serves (there is something
+//     to compare with, and to fall back to). The window opens once the
+//     first batch's new instances are all ready; later batches of the roll
+//     follow without one. A recycle, a health failure's replacement, a
+//     put-back, and a reload that adds the process have none.
+//   - During the window the new instances are ready but outside the
+//     serving set: the dynamic upstream sends them `share` of the new
+//     requests (a client that carries the window's cookie stays on its
+//     release), the old ones serve the rest. Nothing else changes: the
+//     old instances' crash restarts, health checks and limits apply; a
+//     second reload or an admin restart waits for the job, as for any
+//     deploy.
+//   - The verdict (judge) is taken every canaryCheckEvery, and at once by
+//     the admin API's promote or abort. Promoted: the batch switches as
+//     without a canary, and the roll goes on. Rejected: the new instances
+//     retire — their requests in flight finish, their streams end at once
+//     (clients reconnect to the old release) — the old ones serve on, and
+//     the deploy fails with the verdict's figures. A new instance that
+//     exits during the window rejects its release.
+//   - Caddy's exit during the window calls it off: the deploy fails at
+//     once, the new instances retire, the old ones serve the drain (they
+//     served most requests, and are the release in force).
+
+// canaryCheckEvery is how often the verdict is taken during a window.
+const canaryCheckEvery = 50 * time.Millisecond
+
+// calledOff is the verdict of a window that ended without one: Caddy's
+// exit, the process leaving the config.
+const calledOff verdict = 100
+
+// canaryWindow is a deploy's canary in progress. Set when it opens, then
+// read only (by the loop, the admin API and the metrics): the counts are
+// the instances' own atomics.
+type canaryWindow struct {
+	def      *Canary
+	id       string // the window's cookie value prefix: a cookie of another window means nothing
+	cookie   string // the cookie's name
+	began    time.Time
+	cands    []*instance
+	olds     []*instance // the old release's instances that served when it opened
+	base     [][numOutcomes]int64
+	checking timer
+}
+
+// canaryView is what the dynamic upstream needs of an open window.
+type canaryView struct {
+	w       *canaryWindow
+	targets []*instance // its new instances that serve
+}
+
+// counts are the window's figures so far: the new release's requests,
+// and the old one's since the window opened.
+func (w *canaryWindow) counts() (canary, old canaryCounts) {
+	add := func(c *canaryCounts, in *instance, base [numOutcomes]int64) {
+		ok := in.outcomes[answered].Load() - base[answered]
+		failed := in.outcomes[serverError].Load() - base[serverError] + in.outcomes[noAnswer].Load() - base[noAnswer]
+		c.Requests += ok + failed
+		c.Failed += failed
+	}
+	for _, in := range w.cands {
+		add(&canary, in, [numOutcomes]int64{})
+	}
+	for i, in := range w.olds {
+		add(&old, in, w.base[i])
+	}
+	return canary, old
+}
+
+// canaryDue reports whether the job's batch, all ready, opens a window
+// rather than switching.
+func (s *service) canaryDue() bool {
+	j := s.job
+	return j.def.Canary != nil && j.canary == nil && !j.canaryDone && j.done == 0 && j.beside && !j.adds && !j.exitMode &&
+		(j.kind == reloadJob || j.kind == restartJob) && slices.ContainsFunc(s.slots, func(in *instance) bool { return in != nil && in.serves() })
+}
+
+// openCanary opens the window: the batch's new instances take their share.
+func (s *service) openCanary() {
+	j := s.job
+	w := &canaryWindow{def: j.def.Canary, began: s.w.now(), cookie: canaryCookieName(s.name)}
+	w.id = strconv.FormatInt(w.began.UnixNano(), 36)
+	for _, st := range j.steps {
+		st.cand.canary, st.cand.servedCanary = true, true
+		w.cands = append(w.cands, st.cand)
+	}
+	for _, in := range s.slots {
+		if in != nil && in.serves() {
+			w.olds = append(w.olds, in)
+			var b [numOutcomes]int64
+			for o := range numOutcomes {
+				b[o] = in.outcomes[o].Load()
+			}
+			w.base = append(w.base, b)
+		}
+	}
+	j.canary = w
+	s.canaryLast = nil
+	s.log().Info("canary window opens: the new release takes a share of new requests before the verdict",
+		zap.String("why", j.why), zap.Ints("new_pids", pidsOf(w.cands)), zap.Ints("old_pids", pidsOf(w.olds)),
+		zap.Int("share_percent", w.def.Share), zap.Duration("window", time.Duration(w.def.Window)))
+	w.checking = s.w.after(s, canaryCheckEvery, canaryCheck{w})
+}
+
+func pidsOf(ins []*instance) []int {
+	pids := make([]int, len(ins))
+	for i, in := range ins {
+		pids[i] = in.getPID()
+	}
+	return pids
+}
+
+// canaryCheck: time to take the window's verdict.
+type canaryCheck struct{ w *canaryWindow }
+
+// canaryEv: the admin API ends the window by hand.
+type canaryEv struct {
+	promote bool
+	reply   chan error
+}
+
+// checkCanary takes the verdict of the window that runs, if ev is its.
+func (s *service) checkCanary(ev canaryCheck) {
+	j := s.job
+	if j == nil || j.canary != ev.w {
+		return
+	}
+	w := ev.w
+	canary, old := w.counts()
+	v := judge(canary, old, s.w.now().Sub(w.began), time.Duration(w.def.Window))
+	if v == judging {
+		w.checking = s.w.after(s, canaryCheckEvery, canaryCheck{w})
+		return
+	}
+	s.endCanary(v, "rule", canaryReason(v, canary, old))
+}
+
+// adminCanary ends the window by hand.
+func (s *service) adminCanary(ev canaryEv) {
+	j := s.job
+	if j == nil || j.canary == nil {
+		ev.reply <- fmt.Errorf("process %q: no canary window is open: %w", s.name, errNotRunning)
+		return
+	}
+	canary, old := j.canary.counts()
+	v, what := reject, "aborted through the admin API"
+	if ev.promote {
+		v, what = promote, "promoted through the admin API"
+	}
+	s.log().Info("canary window ended through the admin API", zap.Bool("promote", ev.promote))
+	s.endCanary(v, "admin", fmt.Sprintf("%s: %d of %d requests failed (5xx or no answer) on the new release vs %d of %d on the old",
+		what, canary.Failed, canary.Requests, old.Failed, old.Requests))
+	ev.reply <- nil
+}
+
+// endCanary closes the window with verdict v: the switch goes on, or the
+// release retires and the deploy fails.
+func (s *service) endCanary(v verdict, by, reason string) {
+	j := s.job
+	s.closeCanary(v, by, reason)
+	switch v {
+	case promote, promoteQuiet:
+		s.stepDone()
+	case reject:
+		j.fail(s, j.steps[0], fmt.Errorf("process %q: release rejected by its canary (%s)", s.name, reason))
+	}
+}
+
+// closeCanary ends the window that runs with verdict v, and keeps it for
+// the admin API, the metrics and the log.
+func (s *service) closeCanary(v verdict, by, reason string) {
+	j := s.job
+	w := j.canary
+	j.canary, j.canaryDone = nil, true
+	if w.checking != nil {
+		w.checking.Stop()
+	}
+	canary, old := w.counts()
+	now := s.w.now()
+	s.canaryLast = &CanaryStatus{State: v.state(), Reason: reason, By: by, Share: w.def.Share, Window: w.def.Window,
+		Began: w.began, Ended: &now, PIDs: pidsOf(w.cands), New: canary, Old: old}
+	if s.history.canaries == nil {
+		s.history.canaries = make(map[string]int)
+	}
+	s.history.canaries[v.state()]++
+	for _, in := range w.cands {
+		in.canary = false
+	}
+	switch v {
+	case promote, promoteQuiet:
+		s.log().Info("canary verdict: the new release takes over", zap.String("verdict", reason), zap.Ints("new_pids", pidsOf(w.cands)))
+	case calledOff:
+		s.log().Warn("canary window called off; the old release serves on", zap.String("why", reason), zap.Ints("new_pids", pidsOf(w.cands)))
+	default:
+		s.log().Warn("canary verdict: the new release is rejected; the old one serves on", zap.String("verdict", reason), zap.Ints("new_pids", pidsOf(w.cands)))
+	}
+}
+
+// dropCandidate ends a new instance the job will not switch to: one that
+// served a canary's share retires (its requests in flight finish, its
+// streams end at once: see retire), any other stops. A window still open
+// is called off.
+func (s *service) dropCandidate(in *instance, why string) {
+	if s.job != nil && s.job.canary != nil {
+		s.closeCanary(calledOff, "engine", why)
+	}
+	if in.state == stateRetiring {
+		return // (it leaves already)
+	}
+	if in.servedCanary && in.state == stateReady {
+		s.retire(in, nil, why)
+		return
+	}
+	s.stopInstance(in, why)
+}
+
+// state is the verdict's name in the admin API and the metrics.
+func (v verdict) state() string {
+	switch v {
+	case promote:
+		return "promoted"
+	case promoteQuiet:
+		return "promoted_quiet"
+	case reject:
+		return "rejected"
+	case calledOff:
+		return "called_off"
+	}
+	return "judging"
+}
+
+// CanaryStatus is a process's canary in the admin API: the window in
+// progress, or the last verdict.
+type CanaryStatus struct {
+	// State is `judging` while the window lasts, then the verdict:
+	// `promoted`, `promoted_quiet` (not enough traffic to judge, after
+	// three windows), `rejected`, or `called_off` (Caddy's exit, or the
+	// deploy ended otherwise).
+	State string `json:"state"`
+	// Reason is why, with the figures.
+	Reason string `json:"reason,omitempty"`
+	// By is who decided: `rule`, `admin`, or `engine` (called off).
+	By string `json:"by,omitempty"`
+	// Share is the new release's share of new requests, in percent.
+	Share int `json:"share_percent"`
+	// Window is the window's length (a quiet one lasts up to three).
+	Window Duration   `json:"window"`
+	Began  time.Time  `json:"began"`
+	Ended  *time.Time `json:"ended,omitempty"`
+	// PIDs are the new release's instances.
+	PIDs []int `json:"pids"`
+	// New and Old are the requests that ended on each release during the
+	// window, and how many of them failed (5xx or no answer).
+	New canaryCounts `json:"new"`
+	Old canaryCounts `json:"old"`
+}
+
+// canaryStatus is the window in progress, with its figures now.
+func (w *canaryWindow) status() *CanaryStatus {
+	canary, old := w.counts()
+	return &CanaryStatus{State: judging.state(), Share: w.def.Share, Window: w.def.Window, Began: w.began, PIDs: pidsOf(w.cands), New: canary, Old: old}
+}
+
+// canaryCookieName is the cookie that keeps a client on one release
+// during a window of the process: a cookie name is a token, so other
+// characters of the process's name become '_'.
+func canaryCookieName(name string) string {
+	b := []byte("supervise_canary_" + name)
+	for i, c := range b {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-' || c == '.') {
+			b[i] = '_'
+		}
+	}
+	return string(b)
+}
+
+// ---- the window on a request's path (dynamic upstream, supervise_streams) ----
+
+// choose is where a request goes during the window: to the release its
+// cookie names, else to the new one with the share's chance, with the
+// cookie that keeps its client there; a retry of an attempt that failed
+// on the new release, and a request sent again (see resendable), to the
+// old one. Without supervise_streams in front, no cookie is set: each
+// request is drawn on its own.
+func (c *canaryView) choose(r *http.Request, st *stream, old []*instance) ([]*instance, bool) {
+	var onNew, drawn bool
+	switch ck := cookieValue(r, c.w.cookie); {
+	case st != nil && (st.onCanary || st.replayed):
+	case ck == c.w.id+".n":
+		onNew = true
+	case ck == c.w.id+".o":
+	default:
+		onNew, drawn = rand.Uint32N(100) < uint32(c.w.def.Share), true
+	}
+	if len(old) == 0 {
+		onNew = true // (the old instances crashed meanwhile: what serves, serves)
+	}
+	if drawn && st != nil {
+		side := "o"
+		if onNew {
+			side = "n"
+		}
+		secure := ""
+		if r.TLS != nil {
+			secure = "; Secure"
+		}
+		maxAge := int(canaryExtend*time.Duration(c.w.def.Window)/time.Second) + 1
+		st.setCookie = fmt.Sprintf("%s=%s.%s; Path=/; Max-Age=%d; HttpOnly; SameSite=Lax%s", c.w.cookie, c.w.id, side, maxAge, secure)
+	}
+	if onNew {
+		return c.targets, true
+	}
+	return old, false
+}
+
+// cookieValue is the value of the request's cookie name, "" if none.
+func cookieValue(r *http.Request, name string) string {
+	if _, has := r.Header["Cookie"]; !has {
+		return ""
+	}
+	c, err := r.Cookie(name)
+	if err != nil {
+		return ""
+	}
+	return c.Value
+}
+
+// resendable reports whether a request may be sent again to the old
+// release after the new one failed it: a safe method, without a body.
+func resendable(r *http.Request) bool {
+	switch r.Method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions:
+		return (r.Body == nil || r.Body == http.NoBody) && r.ContentLength == 0 && len(r.TransferEncoding) == 0
+	}
+	return false
+}
+
+// attemptOnCanary: reverse_proxy's attempt that begins goes to the new
+// release of a canary window (onNew), or not. A resendable request's
+// attempt there keeps the response's headers as they are, so that a 5xx
+// or no answer can be taken back and the request sent to the old release.
+func (st *stream) attemptOnCanary(r *http.Request, onNew bool) {
+	st.onCanary = onNew
+	st.resend = nil
+	if onNew && !st.replayed && st.status == 0 && resendable(r) {
+		st.resend = st.Header().Clone()
+	}
+}
+
+// mustResend reports whether the attempt that ended went to a canary's
+// new release, which answered 5xx (the response was held back: see
+// WriteHeader) or not at all, for a request that may be sent again and
+// whose client still waits.
+func (st *stream) mustResend(err error) bool {
+	return st.resend != nil && (st.heldBack || err != nil && st.status == 0) && st.ctx.Context.Err() == nil &&
+		!st.ended.Load() && st.kind == notStream
+}
+
+// sendAgain makes the response as it was before the attempt, for the
+// request to go to the old release.
+func (st *stream) sendAgain() {
+	h := st.Header()
+	clear(h)
+	maps.Copy(h, st.resend)
+	st.resend, st.heldBack, st.status, st.replayed = nil, false, 0, true
+	// a client drawn for the new release goes to the old one, as this
+	// request does
+	st.setCookie = strings.Replace(st.setCookie, ".n;", ".o;", 1)
 }

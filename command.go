@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -28,7 +29,7 @@ import (
 func init() {
 	caddycmd.RegisterCommand(caddycmd.Command{
 		Name:  "supervise",
-		Usage: "[--ready <path>] [--blue-green | --socket <address>] [--drain-timeout <d>] [--stop-timeout <d>] [--wait <d>] [--ready-timeout <d>] [--shutdown-delay <d>] [--output inherit|log|discard] [--public-dir <dir>] [--admin <address>|off] [--metrics <address>] [--print-caddyfile] -- <command> [<args>...]",
+		Usage: "[--ready <path>] [--blue-green [--canary <share>%:<window>] | --socket <address>] [--drain-timeout <d>] [--stop-timeout <d>] [--wait <d>] [--ready-timeout <d>] [--shutdown-delay <d>] [--output inherit|log|discard] [--public-dir <dir>] [--admin <address>|off] [--metrics <address>] [--print-caddyfile] -- <command> [<args>...]",
 		Short: "Runs an app server behind Caddy, configured like Thruster",
 		Long: `
 Starts COMMAND as a supervised process (PORT set to TARGET_PORT, default
@@ -46,6 +47,7 @@ when the app ends.
 		CobraFunc: func(cmd *cobra.Command) {
 			cmd.Flags().String("ready", "", "HTTP path that answers 2xx once the app is ready, e.g. /up (default: a TCP connect to its port)")
 			cmd.Flags().Bool("blue-green", false, "restarts start the new instance on a free port beside the old one (needs --ready)")
+			cmd.Flags().String("canary", "", "with --blue-green: a restart's or reload's new release first takes this share of new requests for up to this window, and is rolled back if it fails more than the old one, e.g. 10%:30s (default: off)")
 			cmd.Flags().String("socket", "", "a listening socket Caddy holds for the app (e.g. unix//run/app.sock), instead of TARGET_PORT")
 			cmd.Flags().Duration("drain-timeout", 30*time.Second, "how long requests in flight may take after SIGTERM before the app is signalled")
 			cmd.Flags().Duration("stop-timeout", 10*time.Second, "how long the app may take to exit after its signal before it is killed")
@@ -141,6 +143,10 @@ func thrusterFromFlags(cmd *cobra.Command, args []string) (*thrusterConfig, erro
 	c.Ready, _ = f.GetString("ready")
 	c.BlueGreen, _ = f.GetBool("blue-green")
 	c.Socket, _ = f.GetString("socket")
+	canary, _ := f.GetString("canary")
+	if err := c.parseCanary(canary); err != nil {
+		return nil, err
+	}
 	c.DrainTimeout, _ = f.GetDuration("drain-timeout")
 	c.StopTimeout, _ = f.GetDuration("stop-timeout")
 	c.Wait, _ = f.GetDuration("wait")
@@ -157,6 +163,22 @@ func thrusterFromFlags(cmd *cobra.Command, args []string) (*thrusterConfig, erro
 	return c, c.readThrusterEnv(os.LookupEnv)
 }
 
+// parseCanary reads --canary SHARE%:WINDOW.
+func (c *thrusterConfig) parseCanary(v string) error {
+	if v == "" {
+		return nil
+	}
+	share, window, ok := strings.Cut(v, ":")
+	pct, pctOK := strings.CutSuffix(share, "%")
+	n, err := strconv.Atoi(pct)
+	d, derr := time.ParseDuration(window)
+	if !ok || !pctOK || err != nil || n < 1 || n > maxCanaryShare || derr != nil || d <= 0 {
+		return fmt.Errorf("--canary %q: want SHARE%%:WINDOW, a share between 1%% and %d%% and a duration, as in 10%%:30s", v, maxCanaryShare)
+	}
+	c.CanaryShare, c.CanaryWindow = n, d
+	return nil
+}
+
 // check checks the flags. The generated Caddyfile is checked again by its
 // adapter and by the supervise app.
 func (c *thrusterConfig) check(publicDirGiven bool) error {
@@ -167,6 +189,8 @@ func (c *thrusterConfig) check(publicDirGiven bool) error {
 		return fmt.Errorf("--blue-green and --socket %q: choose one", c.Socket)
 	case c.BlueGreen && c.Ready == "":
 		return fmt.Errorf("--blue-green: needs --ready PATH, to know when the new instance serves")
+	case c.CanaryShare > 0 && !c.BlueGreen:
+		return fmt.Errorf("--canary %d%%:%s: needs --blue-green (the new release runs beside the old one)", c.CanaryShare, c.CanaryWindow)
 	case c.DrainTimeout <= 0:
 		return fmt.Errorf("--drain-timeout %s: must be positive", c.DrainTimeout)
 	case c.StopTimeout <= 0:

@@ -298,6 +298,22 @@ type Process struct {
 	// it failed the check. Default: none.
 	Health *HealthCheck `json:"health,omitempty"`
 
+	// Canary makes each deploy of the process — a reload that changes its
+	// definition, an admin restart, a pool's roll (its first batch) — send
+	// a share of new requests to the new release for a window, beside the
+	// old one, and decide from how their requests ended whether it takes
+	// over: promoted, the switch goes on; rejected, the new release
+	// retires, the old one serves on, and the reload (or restart) fails
+	// with the figures. Safe requests (GET, HEAD, OPTIONS without a body)
+	// that fail on the new release during the window are sent again to the
+	// old one. Needs `port auto`, a readiness probe, and a `reverse_proxy`
+	// with `dynamic supervise NAME` in the same config (the canary's share
+	// is chosen there); `supervise_streams` in front keeps each client on
+	// one release (a cookie) and counts the responses the verdict needs.
+	// See canary.go for the verdict's rule. Default: none (a deploy
+	// switches once the new release is ready).
+	Canary *Canary `json:"canary,omitempty"`
+
 	// resolved at provision time
 	args           []string          // Command with {env.*} expanded
 	dir            string            // Dir with {env.*} expanded
@@ -405,6 +421,9 @@ func (p *Process) provision(index int) error {
 		return fmt.Errorf("%s: %v", where, err)
 	}
 	if err := p.provisionPool(); err != nil {
+		return fmt.Errorf("%s: %v", where, err)
+	}
+	if err := p.provisionCanary(); err != nil {
 		return fmt.Errorf("%s: %v", where, err)
 	}
 	return nil

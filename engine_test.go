@@ -228,7 +228,7 @@ func TestUpstreamNeverMissesReady(t *testing.T) {
 		for range 50 {
 			wg.Go(func() {
 				began := time.Now()
-				if targets, _ := u.readyTargets(req); len(targets) == 0 {
+				if v, _ := u.readyTargets(req); v == nil || len(v.targets) == 0 {
 					t.Errorf("round %d: no address", round)
 				}
 				mu.Lock()

@@ -58,6 +58,8 @@ type instance struct {
 	recycleRetryAt  time.Time     // no retry before (a failed health check does not wait)
 	recycled        bool          // its recycle was logged and counted
 	restarts        int           // the service's restarts when it started, for its log
+	canary          bool          // a new release's instance that takes a canary's share (see canary.go)
+	servedCanary    bool          // it took one
 
 	// the dynamic upstream's requests (see admit)
 	accepting atomic.Bool               // it serves: requests may be sent to it
@@ -246,10 +248,10 @@ func (in *instance) requestEnded() {
 }
 
 // serves reports whether requests may be sent to the instance: it is
-// ready, in the serving set, and did not fail its health check. Called by
+// ready, in the serving set (or takes a canary's share), and did not fail its health check. Called by
 // the service's loop only.
 func (in *instance) serves() bool {
-	return in.state == stateReady && in.cond.unhealthy == "" && slices.Contains(in.svc.slots, in)
+	return in.state == stateReady && in.cond.unhealthy == "" && (in.canary || slices.Contains(in.svc.slots, in))
 }
 
 // live reports whether the instance's group may still exist.

@@ -25,11 +25,13 @@ var (
 	descServing   = prometheus.NewDesc("caddy_supervise_process_instances_serving", "Instances of the process that are ready and in the dynamic upstream.", []string{"name"}, nil)
 	descRecycles  = prometheus.NewDesc("caddy_supervise_recycles_total", "Instances replaced by a recycling limit or a failed health check, by reason: max_memory, max_lifetime, max_lifetime_requests, health.", []string{"name", "reason"}, nil)
 	descRequests  = prometheus.NewDesc("caddy_supervise_instance_requests_total", "Requests the dynamic upstream sent to an instance.", []string{"name", "pid", "instance"}, nil)
+	descCanary    = prometheus.NewDesc("caddy_supervise_canary_verdicts_total", "Canary windows of deploys, by verdict: promoted, promoted_quiet (not enough traffic to judge), rejected, called_off.", []string{"name", "verdict"}, nil)
+	descCanaryReq = prometheus.NewDesc("caddy_supervise_canary_requests", "Requests that ended on each release during the canary window in progress, or the last one: release new or old, outcome total or failed (5xx or no answer).", []string{"name", "release", "outcome"}, nil)
 	descResponses = prometheus.NewDesc("caddy_supervise_instance_responses_total", "How an instance's requests ended, as supervise_streams saw them: ok (below 500), 5xx, failed (no answer).", []string{"name", "pid", "instance", "outcome"}, nil)
 )
 
 func (collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descUp, descReady, descRestarts, descExits, descStartTime, descStop, descDrain, descRetired, descStreams, descMemory, descServing, descRecycles, descRequests, descResponses} {
+	for _, d := range []*prometheus.Desc{descUp, descReady, descRestarts, descExits, descStartTime, descStop, descDrain, descRetired, descStreams, descMemory, descServing, descRecycles, descRequests, descResponses, descCanary, descCanaryReq} {
 		ch <- d
 	}
 }
@@ -62,7 +64,17 @@ func (collector) Collect(ch chan<- prometheus.Metric) {
 		for reason, n := range m.recycles {
 			ch <- prometheus.MustNewConstMetric(descRecycles, prometheus.CounterValue, float64(n), name, reason)
 		}
-		for _, in := range v.statusNow().Instances {
+		for verdict, n := range m.canaries {
+			ch <- prometheus.MustNewConstMetric(descCanary, prometheus.CounterValue, float64(n), name, verdict)
+		}
+		status := v.statusNow()
+		if c := status.Canary; c != nil {
+			for release, n := range map[string]canaryCounts{"new": c.New, "old": c.Old} {
+				ch <- prometheus.MustNewConstMetric(descCanaryReq, prometheus.GaugeValue, float64(n.Requests), name, release, "total")
+				ch <- prometheus.MustNewConstMetric(descCanaryReq, prometheus.GaugeValue, float64(n.Failed), name, release, "failed")
+			}
+		}
+		for _, in := range status.Instances {
 			pid, state := strconv.Itoa(in.PID), string(in.State)
 			ch <- prometheus.MustNewConstMetric(descStreams, prometheus.GaugeValue, float64(in.Streams.WebSockets), name, pid, state, "websocket")
 			ch <- prometheus.MustNewConstMetric(descStreams, prometheus.GaugeValue, float64(in.Streams.SSE), name, pid, state, "sse")

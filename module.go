@@ -123,6 +123,11 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if err := a.hookHTTP(ctx); err != nil {
 		return err
 	}
+	// (the http app is provisioned now: every dynamic upstream of the
+	// config is linked)
+	if err := a.checkCanaries(a.link.upstreamNames()); err != nil {
+		return err
+	}
 
 	// The "stopping" event is emitted before any app's Stop: it tells us when
 	// the exit began, even when the http app is stopped (and blocks) first.
@@ -355,7 +360,8 @@ type configLink struct {
 	mu        sync.Mutex
 	key       *prometheus.Registry
 	app       *App
-	upstreams []*Upstreams // provisioned before the app: checked once it is
+	upstreams []*Upstreams    // provisioned before the app: checked once it is
+	named     map[string]bool // the processes the config's dynamic upstreams name
 	refs      int
 }
 
@@ -408,11 +414,22 @@ func (l *configLink) setApp(a *App) error {
 func (l *configLink) addUpstream(u *Upstreams) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if l.named == nil {
+		l.named = make(map[string]bool)
+	}
+	l.named[u.Name] = true
 	if l.app != nil {
 		return u.checkName(l.app)
 	}
 	l.upstreams = append(l.upstreams, u)
 	return nil
+}
+
+// upstreamNames are the processes the config's dynamic upstreams name.
+func (l *configLink) upstreamNames() map[string]bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.named
 }
 
 // getApp is the config's supervise app, or nil if it has none.

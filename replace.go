@@ -68,9 +68,11 @@ type job struct {
 	held        bool      // the holder holds it: the first batch switched
 	retireUntil *App      // beside, a reload: the last batch's old instances stay until this config is gone
 	answer      func(error)
-	aborted     error // the process stops altogether (no config, Caddy's exit, a yield)
-	adds        bool  // a reload adds the process: its failures are the reload's, never an end (see crashed)
-	exitMode    bool  // Caddy exits: the new instance boots on to serve the drain
+	aborted     error         // the process stops altogether (no config, Caddy's exit, a yield)
+	adds        bool          // a reload adds the process: its failures are the reload's, never an end (see crashed)
+	exitMode    bool          // Caddy exits: the new instance boots on to serve the drain
+	canary      *canaryWindow // the first batch's canary window, while it is open (canary.go)
+	canaryDone  bool          // the window was open and closed: no other for this job
 }
 
 // step is the replacement of one slot.
@@ -399,6 +401,10 @@ func (s *service) stepDone() {
 	if slices.ContainsFunc(j.steps, func(st *step) bool { return !st.ready }) {
 		return
 	}
+	if s.canaryDue() {
+		s.openCanary() // the switch waits for its verdict (canary.go)
+		return
+	}
 	last := len(j.todo) == 0
 	for _, st := range j.steps {
 		in := st.cand
@@ -506,9 +512,17 @@ func (j *job) instanceExited(s *service, in *instance, fields []zap.Field) {
 		return
 	}
 	st.cand = nil
+	if j.canary != nil {
+		s.closeCanary(reject, "engine", fmt.Sprintf("a new instance (pid %d) exited during the window", in.getPID()))
+	}
 	if j.aborted != nil || j.exitMode {
 		s.log().Info("process exited", fields...)
 		j.fail(s, st, j.aborted)
+		return
+	}
+	if in.servedCanary {
+		s.log().Error("the new instance exited during its canary window", fields...)
+		j.fail(s, st, s.candidateError(in))
 		return
 	}
 	s.log().Error("the new instance exited before it was ready", fields...)
@@ -520,9 +534,13 @@ func (j *job) instanceExited(s *service, in *instance, fields []zap.Field) {
 // old instances serve on; in place, the definition that ran before starts
 // again.
 func (j *job) fail(s *service, st *step, err error) {
+	why := "another new instance of its batch failed"
+	if j.canaryDone && j.done == 0 {
+		why = "its release did not take over"
+	}
 	for _, o := range j.steps {
 		if o.cand != nil {
-			s.stopInstance(o.cand, "another new instance of its batch failed")
+			s.dropCandidate(o.cand, why)
 			o.cand = nil
 		}
 	}
@@ -605,7 +623,7 @@ func (j *job) abort(s *service, err error) {
 	for _, st := range j.steps {
 		switch {
 		case st.cand != nil:
-			s.stopInstance(st.cand, "the transition was called off")
+			s.dropCandidate(st.cand, "the transition was called off")
 			waits = true
 		case !j.beside && st.old != nil && st.old.live():
 			waits = true // the old one stops already; its exit ends the job
@@ -718,6 +736,9 @@ func (s *service) endJob() {
 // last output lines.
 func (s *service) candidateError(in *instance) error {
 	what, probe := "exited before it was ready", ""
+	if in.servedCanary {
+		what = "exited during its canary window"
+	}
 	if in.notReady != "" {
 		what = fmt.Sprintf("was not ready within ready_timeout %s", in.def.ReadyTimeout)
 		probe = "; its probe: " + in.notReady

@@ -50,6 +50,8 @@ func (s *service) retire(in *instance, until *App, reason string) {
 	s.publish() // out of service before its counts are read
 	in.cond.keepStreams = false
 	switch now := s.servingAt(in.slot); {
+	case s.job != nil && s.job.stepOf(in) != nil && s.job.stepOf(in).cand == in:
+		s.closeStreams(in, "its release did not take over", 0) // (a canary's: see canary.go)
 	case now == nil || now == in:
 		s.closeStreams(in, "nothing serves in its place", 0)
 	case s.job != nil && len(s.job.todo) > 0:

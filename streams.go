@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"io"
 	"net"
 	"net/http"
 	"strings"
@@ -92,7 +93,15 @@ func (Streams) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 		st.outcome(err)
 		st.finish()
 	}()
-	return next.ServeHTTP(st, r.WithContext(&st.ctx))
+	r = r.WithContext(&st.ctx)
+	err = next.ServeHTTP(st, r)
+	if st.mustResend(err) {
+		// the new release of a canary window failed a safe request: the
+		// old one gets it (see canary.go)
+		st.sendAgain()
+		err = next.ServeHTTP(st, r)
+	}
+	return err
 }
 
 // outcome is how a request ended, for its instance's count: the app
@@ -200,6 +209,13 @@ type stream struct {
 	ended   atomic.Bool
 	picked  bool // endStreams chose it: its end is on its way; guarded by openStreams
 	status  int  // the response's final status, once written (0 before)
+
+	// a canary window (see canary.go)
+	setCookie string      // the cookie that keeps the client on the release it was sent to
+	onCanary  bool        // the attempt that runs went to the new release
+	resend    http.Header // the response's headers before that attempt, if the request may be sent again
+	heldBack  bool        // that attempt answered 5xx: its response is dropped, and the request sent again
+	replayed  bool        // it was
 }
 
 // streamCtx is the request's context: it can be cancelled (an SSE
@@ -270,6 +286,14 @@ func (st *stream) moveWriteDeadline(wait, waited time.Duration) {
 // WriteHeader notices an SSE response, and a WebSocket over HTTP/2 or
 // HTTP/3.
 func (st *stream) WriteHeader(code int) {
+	if st.resend != nil && code >= 500 && st.status == 0 {
+		st.heldBack = true // (see canary.go)
+		return
+	}
+	if st.setCookie != "" && (code >= 200 || code == http.StatusSwitchingProtocols) {
+		st.Header().Add("Set-Cookie", st.setCookie)
+		st.setCookie = ""
+	}
 	if st.status == 0 && code >= 200 {
 		st.status = code
 	}
@@ -282,6 +306,31 @@ func (st *stream) WriteHeader(code int) {
 		}
 	}
 	st.ResponseWriter.WriteHeader(code)
+}
+
+// Write writes the response's body, unless it is held back (see
+// WriteHeader).
+func (st *stream) Write(p []byte) (int, error) {
+	if st.heldBack {
+		return len(p), nil
+	}
+	return st.ResponseWriter.Write(p)
+}
+
+// ReadFrom is Write's, from a reader.
+func (st *stream) ReadFrom(r io.Reader) (int64, error) {
+	if st.heldBack {
+		return io.Copy(io.Discard, r)
+	}
+	return st.ResponseWriterWrapper.ReadFrom(r)
+}
+
+// FlushError flushes the response, unless it is held back.
+func (st *stream) FlushError() error {
+	if st.heldBack {
+		return nil
+	}
+	return http.NewResponseController(st.ResponseWriter).Flush()
 }
 
 // Hijack hands over the client's connection, for a WebSocket through a

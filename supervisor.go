@@ -51,25 +51,26 @@ type service struct {
 	logger atomic.Pointer[zap.Logger] // the logger in force
 
 	// owned by the loop
-	holders   []holder
-	slots     []*instance // the serving set: nil while no instance serves
-	live      []*instance // every instance whose process group may exist
-	job       *job        // the transition that runs (replace.go)
-	queue     []acquireEv // configs waiting for the job
-	reconcile bool        // once the job is over, the definition in force changed
-	ports     map[int]int // by slot: the port auto of the slot's last instance, which one started in place takes again
-	history   history
-	backoff   backoff
-	ended     bool   // ended for good: no instance runs, none will start by itself
-	yieldedTo *App   // a new config took this process's port: it stays stopped
-	exiting   bool   // Caddy exits: nothing new starts
-	stopAll   string // every instance stops, for this reason: no config holds the process, or Caddy exits
-	gone      []chan struct{}
-	lastSeen  *instance // the instance the status shows while none serves
-	exitTick  ticker
-	unborn    bool        // made for an event it has not taken yet
-	endLater  *pendingEnd // the last instance ended for good while its replacement boots (see crashed)
-	putBacks  retries     // put-backs that failed, and the next try
+	holders    []holder
+	slots      []*instance // the serving set: nil while no instance serves
+	live       []*instance // every instance whose process group may exist
+	job        *job        // the transition that runs (replace.go)
+	queue      []acquireEv // configs waiting for the job
+	reconcile  bool        // once the job is over, the definition in force changed
+	ports      map[int]int // by slot: the port auto of the slot's last instance, which one started in place takes again
+	history    history
+	backoff    backoff
+	ended      bool   // ended for good: no instance runs, none will start by itself
+	yieldedTo  *App   // a new config took this process's port: it stays stopped
+	exiting    bool   // Caddy exits: nothing new starts
+	stopAll    string // every instance stops, for this reason: no config holds the process, or Caddy exits
+	gone       []chan struct{}
+	lastSeen   *instance // the instance the status shows while none serves
+	exitTick   ticker
+	unborn     bool          // made for an event it has not taken yet
+	canaryLast *CanaryStatus // the last canary window's verdict
+	endLater   *pendingEnd   // the last instance ended for good while its replacement boots (see crashed)
+	putBacks   retries       // put-backs that failed, and the next try
 }
 
 // pendingEnd is the end for good of a process, put off while a new
@@ -148,6 +149,7 @@ type history struct {
 	lastDrain   time.Duration  // at Caddy's exit: how long it served while Caddy drained
 	retirements map[string]int // how retirements ended, by outcome (see retire.go)
 	recycles    map[string]int // instances recycled, by reason (see watch.go)
+	canaries    map[string]int // canary verdicts, by name (see canary.go)
 	window      []time.Time    // restarts within restart_window (max_restarts)
 }
 
@@ -358,6 +360,10 @@ func (s *service) handle(ev any) {
 		s.whenGone(ev.reply)
 	case restartEv:
 		s.adminRestart(ev.reply)
+	case canaryEv:
+		s.adminCanary(ev)
+	case canaryCheck:
+		s.checkCanary(ev)
 	case signalEv:
 		ev.reply <- s.adminSignal(ev)
 	case exitEv:

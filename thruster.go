@@ -77,9 +77,11 @@ type thrusterConfig struct {
 	Metrics       string // --metrics: an address that serves /metrics, or ""
 	MetricsHost   string // its host ("": every interface)
 	MetricsPort   int
-	Ready         string // HTTP readiness path; "" probes the port with TCP
-	BlueGreen     bool   // port auto: restarts start the new instance beside the old one
-	Socket        string // a socket Caddy holds for the app, instead of a port
+	Ready         string        // HTTP readiness path; "" probes the port with TCP
+	BlueGreen     bool          // port auto: restarts start the new instance beside the old one
+	CanaryShare   int           // --canary: the new release's share of requests (0: no canary)
+	CanaryWindow  time.Duration // and its window
+	Socket        string        // a socket Caddy holds for the app, instead of a port
 	DrainTimeout  time.Duration
 	StopTimeout   time.Duration
 	Wait          time.Duration // how long a request waits for the app
@@ -441,6 +443,9 @@ var caddyfileTemplate = template.Must(template.New("Caddyfile").Funcs(template.F
 		# two instances run side by side: Rails' server must not find the
 		# other's pidfile (a Puma config may read PIDFILE too)
 		env PIDFILE tmp/pids/server.{supervise.port}.pid
+{{- if .CanaryShare}}
+		canary {{.CanaryShare}}% {{.CanaryWindow}}
+{{- end}}
 {{- else}}
 		port {{.TargetPort}}
 {{- end}}

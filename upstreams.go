@@ -140,34 +140,41 @@ func (u *Upstreams) checkName(a *App) error {
 func (u *Upstreams) GetUpstreams(r *http.Request) ([]*reverseproxy.Upstream, error) {
 	for {
 		began := time.Now()
-		targets, waited := u.readyTargets(r)
-		if waited {
-			if st := streamOf(r); st != nil {
-				st.waitedForApp(time.Since(began))
-			}
+		v, waited := u.readyTargets(r)
+		st := streamOf(r)
+		if waited && st != nil {
+			st.waitedForApp(time.Since(began))
 		}
-		if len(targets) == 0 {
+		if v == nil {
 			return nil, nil
+		}
+		targets, onCanary := v.targets, false
+		if v.canary != nil {
+			targets, onCanary = v.canary.choose(r, st, v.targets)
 		}
 		// counted until the request ends: an instance that leaves service
 		// gets its stop signal once its requests ended (see retire)
 		var avoid *instance
-		if st := streamOf(r); st != nil {
+		if st != nil {
 			avoid = st.inst // a retry: not the instance it failed on, if there is another
 		}
 		if in := pick(targets, avoid); in.admit(r) {
+			if st != nil {
+				st.attemptOnCanary(r, onCanary)
+			}
 			return []*reverseproxy.Upstream{{Dial: in.address()}}, nil
 		}
 	}
 }
 
 // readyTargets waits, up to wait, until the process has a ready
-// instance, and returns them; nothing if none will come by
+// instance, and returns the view that has it (its ready instances, and a
+// canary window's); nil if none will come by
 // itself (the process ended for good, or no config has it), or once the
 // client is gone. A request keeps waiting when its own config is unloaded
 // meanwhile (a reload that failed, say): its server still finishes it, and
 // the process, which another config holds, serves it.
-func (u *Upstreams) readyTargets(r *http.Request) (targets []*instance, waited bool) {
+func (u *Upstreams) readyTargets(r *http.Request) (ready *view, waited bool) {
 	began := time.Now()
 	spent := waitedOf(r, u.Name)
 	left := time.Duration(u.Wait) - time.Duration(spent.ns.Load()) // (less on a retry of the same request)
@@ -184,8 +191,8 @@ func (u *Upstreams) readyTargets(r *http.Request) (targets []*instance, waited b
 		switch a := u.link.getApp(); {
 		case s != nil:
 			v := s.view.Load()
-			if len(v.targets) > 0 {
-				return v.targets, waited
+			if len(v.targets) > 0 || v.canary != nil {
+				return v, waited
 			}
 			if !v.pending || left <= 0 {
 				return nil, waited

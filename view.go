@@ -16,6 +16,7 @@ type view struct {
 	targets []*instance // the ready instances of the serving set
 	addrs   []string    // where they serve
 	pending bool        // none is ready now, but one will be by itself (starting, restarting, replaced)
+	canary  *canaryView // a deploy's canary window that is open (canary.go)
 	status  Status
 	live    []*instance // status.Instances' instances, in order
 	metrics viewMetrics
@@ -32,6 +33,7 @@ type viewMetrics struct {
 	lastDrain   time.Duration
 	retirements map[string]int
 	recycles    map[string]int
+	canaries    map[string]int
 }
 
 // fresh returns a view that includes every event the loop took before the
@@ -66,6 +68,17 @@ func (s *service) publish() {
 			v.addrs = append(v.addrs, in.address())
 		}
 	}
+	if j := s.job; j != nil && j.canary != nil {
+		v.canary = &canaryView{w: j.canary}
+		for _, in := range j.canary.cands {
+			if in.serves() {
+				v.canary.targets = append(v.canary.targets, in)
+			}
+		}
+		if len(v.canary.targets) == 0 {
+			v.canary = nil
+		}
+	}
 	v.pending = len(v.addrs) == 0 && (s.unborn || len(s.holders) > 0 && s.stopAll == "" && s.yieldedTo == nil && !s.ended &&
 		(serving || s.job != nil || len(s.backoff.due) > 0))
 	v.metrics = viewMetrics{
@@ -77,6 +90,7 @@ func (s *service) publish() {
 		lastDrain:   s.history.lastDrain,
 		retirements: maps.Clone(s.history.retirements),
 		recycles:    maps.Clone(s.history.recycles),
+		canaries:    maps.Clone(s.history.canaries),
 	}
 	if shown := s.shown(); shown != nil {
 		v.metrics.startedAt = shown.startedAt
@@ -126,6 +140,10 @@ func (s *service) status() Status {
 	if len(s.history.recycles) > 0 {
 		st.Recycles = maps.Clone(s.history.recycles)
 	}
+	st.Canary = s.canaryLast
+	if s.job != nil && s.job.canary != nil {
+		st.Canary = s.job.canary.status() // (its figures now: see statusNow)
+	}
 	in := s.shown()
 	if in == nil {
 		return st
@@ -145,6 +163,9 @@ func (s *service) status() Status {
 func (v *view) statusNow() Status {
 	st := v.status
 	st.Waiting = waitingFor(st.Name).Load()
+	if v.canary != nil {
+		st.Canary = v.canary.w.status()
+	}
 	st.Instances = slices.Clone(st.Instances)
 	for i, in := range v.live {
 		st.Instances[i].Streams = in.openStreamCounts()

@@ -4,6 +4,10 @@
 #   BROKEN_FILE  if this file exists, exit at boot too (a restart of the
 #                same definition that breaks)
 #   BOOT_DELAY   seconds the app takes to load before Puma listens
+#   FAIL_RATE    the share of requests (0 to 1, spread evenly) the release
+#                answers with 500 once it serves: a release that boots and
+#                answers its readiness probe (GET /?probe) but fails on real
+#                traffic
 #   GET /?ms=N   answers after N milliseconds: "pid PID release RELEASE"
 release = ENV.fetch("RELEASE", "v1")
 if release == "broken" || (ENV["BROKEN_FILE"] && File.exist?(ENV["BROKEN_FILE"]))
@@ -12,8 +16,17 @@ if release == "broken" || (ENV["BROKEN_FILE"] && File.exist?(ENV["BROKEN_FILE"])
 end
 sleep Float(ENV.fetch("BOOT_DELAY", "0"))
 
+fail_rate = Float(ENV.fetch("FAIL_RATE", "0"))
+served = 0
+lock = Mutex.new
+
 run lambda { |env|
-  ms = env["QUERY_STRING"].to_s[/(?:\A|&)ms=(\d+)/, 1]
+  query = env["QUERY_STRING"].to_s
+  ms = query[/(?:\A|&)ms=(\d+)/, 1]
   sleep(ms.to_i / 1000.0) if ms
+  if fail_rate > 0 && query != "probe"
+    fail = lock.synchronize { served += 1; (served * fail_rate).floor > ((served - 1) * fail_rate).floor }
+    return [500, { "content-type" => "text/plain" }, ["pid #{Process.pid} release #{release} failed\n"]] if fail
+  end
   [200, { "content-type" => "text/plain" }, ["pid #{Process.pid} release #{release}\n"]]
 }

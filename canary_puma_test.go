@@ -1,0 +1,280 @@
+// Tests against a real Caddy binary and real processes: Linux only.
+
+//go:build linux
+
+package supervise
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/cookiejar"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// canaryConfig is Caddy in front of Puma serving release, with a canary of
+// share% over window, supervise_streams in front of reverse_proxy (the
+// cookie, the counts), and no reverse_proxy retries of its own: what the
+// client sees of a failed request is what the canary let through.
+func canaryConfig(t *testing.T, httpPort int, release, failRate string, share int, window string) map[string]any {
+	t.Helper()
+	web := pumaProc(t, release, "auto", map[string]string{"FAIL_RATE": failRate})
+	web["canary"] = map[string]any{"share": share, "window": window}
+	cfg := proxyToSupervised(t, httpPort, "web", web)
+	srv := cfg["apps"].(map[string]any)["http"].(map[string]any)["servers"].(map[string]any)["srv"].(map[string]any)
+	route := srv["routes"].([]any)[0].(map[string]any)
+	route["handle"] = append([]any{map[string]any{"handler": "supervise_streams"}}, route["handle"].([]any)...)
+	return cfg
+}
+
+// reloadTo loads cfg with web's release and failure rate changed (the
+// admin address kept), and returns the answer.
+func reloadTo(t *testing.T, c *caddyProc, cfg map[string]any, httpPort int, release, failRate string, share int, window string) (int, string) {
+	t.Helper()
+	next := canaryConfig(t, httpPort, release, failRate, share, window)
+	next["admin"] = cfg["admin"]
+	return c.tryLoad(t, next)
+}
+
+// A deploy with a canary, under 16 clients: a release that fails every
+// request, and one that fails half of them, are rejected (the reload
+// fails with the figures, the old release serves on) and cost the clients
+// at most 2% of their requests (GETs that failed on the new release are
+// sent again to the old one: none, in practice); a good release is
+// promoted with none failed. The admin API shows each verdict, and the
+// metrics count them.
+func TestPumaCanaryVerdicts(t *testing.T) {
+	needPuma(t)
+	httpPort := freePort(t)
+	cfg := canaryConfig(t, httpPort, "v1", "0", 20, "10s")
+	c, l := pumaUnderLoad(t, cfg, httpPort)
+	url := fmt.Sprintf("http://127.0.0.1:%d/", httpPort)
+	v1 := status(t, cfg, "web")
+
+	for _, bad := range []struct{ release, rate string }{{"bad", "1"}, {"half", "0.5"}} {
+		before := l.ok.Load()
+		began := time.Now()
+		code, body := reloadTo(t, c, cfg, httpPort, bad.release, bad.rate, 20, "10s")
+		took := time.Since(began)
+		if code == 200 || !strings.Contains(body, "release rejected by its canary") || !strings.Contains(body, "the old instance still serves") {
+			t.Fatalf("reload to %s (fails %s): %d %s", bad.release, bad.rate, code, body)
+		}
+		st := status(t, cfg, "web")
+		if st.PID != v1.PID || st.Canary == nil || st.Canary.State != "rejected" || st.Canary.New.Failed == 0 {
+			t.Fatalf("after %s: pid %d, canary %+v; want pid %d and a rejection", bad.release, st.PID, st.Canary, v1.PID)
+		}
+		var failed int
+		l.count(func(s *loadStats) { failed = len(s.failures) })
+		served := l.ok.Load() - before
+		t.Logf("%s (fails %s): rejected after %s: %s; clients: %d ok, %d failed", bad.release, bad.rate, took.Round(time.Millisecond), st.Canary.Reason, served, failed)
+		if float64(failed) > 0.02*float64(served) {
+			t.Errorf("%s: %d of %d requests failed during the deploy, more than 2%%", bad.release, failed, served)
+		}
+		assertGet(t, url, fmt.Sprintf("pid %d release v1", v1.PID))
+		c.waitLog(fmt.Sprintf(`"msg":"process exited","pid":%d`, st.Canary.PIDs[0]), 20*time.Second)
+	}
+
+	code, body := reloadTo(t, c, cfg, httpPort, "v2", "0", 20, "10s")
+	if code != 200 {
+		t.Fatalf("reload to a good release: %d %s", code, body)
+	}
+	v2 := status(t, cfg, "web")
+	if v2.PID == v1.PID || v2.Canary == nil || v2.Canary.State != "promoted" || v2.Canary.New.Failed != 0 || v2.Canary.New.Requests < minCanaryRequests {
+		t.Fatalf("after the good release: pid %d, canary %+v", v2.PID, v2.Canary)
+	}
+	t.Logf("v2: %s", v2.Canary.Reason)
+	assertGet(t, url, fmt.Sprintf("pid %d release v2", v2.PID))
+	metrics := getBody(t, "http://"+cfg["admin"].(map[string]any)["listen"].(string)+"/metrics")
+	for _, want := range []string{`caddy_supervise_canary_verdicts_total{name="web",verdict="rejected"} 2`, `caddy_supervise_canary_verdicts_total{name="web",verdict="promoted"} 1`} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
+	finishUnderLoad(t, c, l, 0, 20*time.Second)
+}
+
+// getBody GETs url and returns its body (200 only).
+func getBody(t testing.TB, url string) string {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 {
+		t.Fatalf("GET %s: %s", url, resp.Status)
+	}
+	return string(b)
+}
+
+// releaseOf GETs url with client and returns the release that answered.
+func releaseOf(t testing.TB, client *http.Client, url string) string {
+	t.Helper()
+	resp, err := client.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("GET %s: %s %s", url, resp.Status, b)
+	}
+	_, rel, _ := strings.Cut(strings.TrimSpace(string(b)), " release ")
+	return rel
+}
+
+// During a window without load (it stays open: too few requests to
+// judge), clients with cookies stay on the release they were sent to,
+// both releases get some; promote through the admin API moves everyone to
+// the new one. Then a second window is aborted through the admin API: the
+// reload fails, and everyone is on the old release again. A second reload
+// sent while a window is open waits for its verdict.
+func TestPumaCanaryStickyAndByHand(t *testing.T) {
+	needPuma(t)
+	httpPort := freePort(t)
+	cfg := canaryConfig(t, httpPort, "v1", "0", 50, "30s")
+	c := startCaddy(t, cfg)
+	c.waitLog(`"to":"ready"`, 30*time.Second)
+	url := fmt.Sprintf("http://127.0.0.1:%d/", httpPort)
+
+	reload := func(release string) chan string {
+		done := make(chan string, 1)
+		go func() {
+			code, body := reloadTo(t, c, cfg, httpPort, release, "0", 50, "30s")
+			done <- fmt.Sprintf("%d %s", code, body)
+		}()
+		return done
+	}
+	awaitWindow := func(n int) {
+		c.waitLogCount(`"msg":"canary window opens`, n, 30*time.Second)
+	}
+
+	first := reload("v2")
+	awaitWindow(1)
+	seen := map[string]int{}
+	for i := range 12 {
+		jar, _ := cookiejar.New(nil)
+		client := &http.Client{Jar: jar}
+		rel := releaseOf(t, client, url)
+		seen[rel]++
+		for range 5 {
+			if again := releaseOf(t, client, url); again != rel {
+				t.Fatalf("client %d: first %s, then %s: not sticky", i, rel, again)
+			}
+		}
+	}
+	if seen["v1"] == 0 || seen["v2"] == 0 {
+		t.Errorf("12 clients at 50%%: %v, want some on each release", seen)
+	}
+	// a second reload waits for the verdict of the first (Caddy loads one
+	// config at a time)
+	second := reload("v3")
+	select {
+	case got := <-first:
+		t.Fatalf("the reload ended before its verdict: %s", got)
+	case got := <-second:
+		t.Fatalf("the second reload ended while the first one's window was open: %s", got)
+	case <-time.After(500 * time.Millisecond):
+	}
+	if code := adminDo(t, cfg, "POST", "/supervise/web/canary/promote", nil); code != 200 {
+		t.Fatalf("promote: %d", code)
+	}
+	if got := <-first; !strings.HasPrefix(got, "200 ") {
+		t.Fatalf("the promoted reload: %s", got)
+	}
+	// the second reload's window: abort it
+	awaitWindow(2)
+	jar, _ := cookiejar.New(nil)
+	client := &http.Client{Jar: jar}
+	for rel := ""; rel != "v3"; {
+		rel = releaseOf(t, &http.Client{}, url) // until one request went to v3
+	}
+	if code := adminDo(t, cfg, "POST", "/supervise/web/canary/abort", nil); code != 200 {
+		t.Fatalf("abort: %d", code)
+	}
+	if got := <-second; !strings.Contains(got, "release rejected by its canary (aborted through the admin API") {
+		t.Fatalf("the aborted reload: %s", got)
+	}
+	for range 10 {
+		if rel := releaseOf(t, client, url); rel != "v2" {
+			t.Fatalf("after the abort: release %s answered, want v2", rel)
+		}
+	}
+	var apiErr struct{ Error string }
+	if code := adminDo(t, cfg, "POST", "/supervise/web/canary/promote", &apiErr); code != 409 || !strings.Contains(apiErr.Error, "no canary window is open") {
+		t.Errorf("promote without a window: %d %q", code, apiErr.Error)
+	}
+	c.signal(syscall.SIGTERM)
+	if code := c.wait(20 * time.Second); code != 0 {
+		t.Errorf("caddy exit code %d", code)
+	}
+}
+
+// SIGTERM while a window is open: the reload fails at once, the new
+// release's request in flight finishes (it retires, it is not killed), the
+// old release serves the drain, and Caddy exits 0.
+func TestPumaCanarySIGTERMDuringWindow(t *testing.T) {
+	needPuma(t)
+	httpPort := freePort(t)
+	cfg := canaryConfig(t, httpPort, "v1", "0", 50, "30s")
+	c := startCaddy(t, cfg)
+	c.waitLog(`"to":"ready"`, 30*time.Second)
+	url := fmt.Sprintf("http://127.0.0.1:%d/", httpPort)
+	reloaded := make(chan string, 1)
+	go func() {
+		code, body := reloadTo(t, c, cfg, httpPort, "v2", "0", 50, "30s")
+		reloaded <- fmt.Sprintf("%d %s", code, body)
+	}()
+	c.waitLog(`"msg":"canary window opens`, 30*time.Second)
+
+	// a slow request on each release
+	var wg sync.WaitGroup
+	results := make(chan string, 2)
+	onRelease := map[string]*http.Client{}
+	for len(onRelease) < 2 {
+		jar, _ := cookiejar.New(nil)
+		client := &http.Client{Jar: jar}
+		onRelease[releaseOf(t, client, url)] = client
+	}
+	for rel, client := range onRelease {
+		wg.Go(func() {
+			resp, err := client.Get(url + "?ms=3000")
+			if err != nil {
+				results <- fmt.Sprintf("%s: %v", rel, err)
+				return
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			results <- fmt.Sprintf("%s: %d %s", rel, resp.StatusCode, strings.TrimSpace(string(b)))
+		})
+	}
+	// once both reached their instances (the dynamic upstream counted them)
+	for sent := 0; sent < 2; {
+		sent = 0
+		for _, in := range status(t, cfg, "web").Instances {
+			if in.Requests > in.Responses["ok"]+in.Responses["5xx"]+in.Responses["failed"] { // one in flight
+				sent++
+			}
+		}
+	}
+	c.signal(syscall.SIGTERM)
+	if got := <-reloaded; strings.HasPrefix(got, "200 ") || !strings.Contains(got, "exiting") {
+		t.Errorf("the reload during the exit: %s", got)
+	}
+	wg.Wait()
+	close(results)
+	for r := range results {
+		if !strings.Contains(r, ": 200 pid") {
+			t.Errorf("a request in flight at SIGTERM: %s", r)
+		}
+	}
+	if code := c.wait(30 * time.Second); code != 0 {
+		t.Errorf("caddy exit code %d", code)
+	}
+	c.waitLog(`"msg":"canary window called off`, time.Second)
+}
