@@ -43,9 +43,11 @@ import (
 //   - the window's end, when neither came: with at least
 //     minCanaryRequests on the new release, a sum past half the rejecting
 //     bound rejects and any other promotes; with fewer, the window goes on
-//     up to three windows, then the same half bound rejects, and anything
-//     else is promoted with "not enough traffic to judge" (a site nobody
-//     visits is not hurt by its canary).
+//     up to three windows, then the same half bound rejects, and so does
+//     a release that failed every request it got (one of one, against an
+//     old release that fails often), and anything else is promoted with
+//     "not enough traffic to judge" (a site nobody visits is not hurt by
+//     its canary).
 //
 // Replayed with releases of known failure rates (TestCanaryVerdictRates,
 // a share of 20%): every request failing or half of them, always
@@ -120,7 +122,7 @@ func judge(canary, old canaryCounts, elapsed, window time.Duration) verdict {
 		return promote
 	case elapsed < window, canary.Requests < minCanaryRequests && elapsed < canaryExtend*window:
 		return judging
-	case score >= math.Log((1-canaryBeta)/canaryAlpha)/2:
+	case score >= math.Log((1-canaryBeta)/canaryAlpha)/2, canary.Failed > 0 && canary.Failed == canary.Requests:
 		return reject
 	case canary.Requests >= minCanaryRequests:
 		return promote

@@ -21,6 +21,7 @@ package supervise
 import (
 	"container/heap"
 	"fmt"
+	"maps"
 	"math"
 	"math/rand/v2"
 	"os"
@@ -96,6 +97,9 @@ type sim struct {
 	ended     []string                   // processes that ended for good, with what Caddy was asked
 	noLoad    bool                       // a scripted run makes its own requests
 	jobSince  map[*job]time.Time
+	verdicts  map[*CanaryStatus]bool // canary verdicts checked
+	rejected  map[*instance]bool     // instances of releases a canary rejected
+	tally     map[string]int         // canary verdicts, by verdict and kind of release
 }
 
 func newSim(seed uint64) *sim {
@@ -105,6 +109,7 @@ func newSim(seed uint64) *sim {
 		open: make(map[*instance][]*simRequest), reporting: make(map[*instance]int), keepers: make(map[*instance]bool), boundChecked: make(map[*instance]bool),
 		pid: 1000, nextPort: 20000}
 	s.fate = s.randomFate
+	s.verdicts, s.rejected, s.tally = make(map[*CanaryStatus]bool), make(map[*instance]bool), make(map[string]int)
 	s.caddy.acquiring = make(map[string]bool)
 	return s
 }
@@ -653,6 +658,7 @@ type simRequest struct {
 	stream bool
 	since  time.Time
 	ended  bool
+	failed bool // its process went away: no answer
 	end    *simEvent
 	st     *simStream
 
@@ -680,10 +686,17 @@ func (s *sim) route(r *simRequest) {
 	}
 	v := svc.view.Load()
 	for range 8 {
-		if len(v.targets) == 0 {
+		if len(v.targets) == 0 && v.canary == nil {
 			break
 		}
-		in := v.targets[s.rng.IntN(len(v.targets))]
+		targets := v.targets
+		if c := v.canary; c != nil && (len(targets) == 0 || s.rng.IntN(100) < c.w.def.Share) {
+			targets = c.targets // (the cookie that keeps a client on one release is HTTP's: the real tests)
+		}
+		if len(targets) == 0 {
+			break
+		}
+		in := targets[s.rng.IntN(len(targets))]
 		if p := s.procs[in]; p != nil && p.stopping && in.accepting.Load() {
 			s.fail("the upstream offers pid %d, which got its stop signal", p.pid)
 		}
@@ -789,8 +802,22 @@ func (s *sim) finish(r *simRequest) {
 		in.countStream(wsStream, -1) // before the request's end: streams ≤ requests
 		s.streams = slices.DeleteFunc(s.streams, func(x *simStream) bool { return x == r.st })
 	}
+	in.outcomes[s.outcomeOf(r)].Add(1) // (as supervise_streams counts it)
 	in.requestEnded()
 	s.checkWakeUps(in.svc)
+}
+
+// outcomeOf is how a request ended: no answer if its process went away; a
+// 5xx from a "bad" release, and from half of a "flaky" one's.
+func (s *sim) outcomeOf(r *simRequest) outcome {
+	release := r.in.def.Env["RELEASE"]
+	switch {
+	case r.failed || r.in.state == stateExited:
+		return noAnswer
+	case strings.HasPrefix(release, "bad"), strings.HasPrefix(release, "flaky") && s.chance(0.5):
+		return serverError
+	}
+	return answered
 }
 
 // failRequestsOf: the instance's process is gone; what it served fails.
@@ -799,6 +826,7 @@ func (s *sim) failRequestsOf(in *instance) {
 		if r.end != nil {
 			r.end.fn = nil
 		}
+		r.failed = true
 		s.after(0, "a request fails with its process", func() { s.finish(r) })
 	}
 }
@@ -1225,6 +1253,7 @@ type simSpec struct {
 	jobs                           bool
 	jobsRelease                    string
 	jobsReady                      bool
+	canary                         *Canary // the deploys' canary (blue-green and pool), if any
 }
 
 var simVariants = []string{"blue-green", "fixed", "socket", "none", "pool"}
@@ -1260,6 +1289,10 @@ func (s *sim) changeOptions(sp *simSpec) {
 	if recycles && s.chance(0.2) {
 		sp.maxRequests = 50 + s.rng.Int64N(400)
 	}
+	sp.canary = nil
+	if recycles && s.chance(0.4) {
+		sp.canary = &Canary{Share: 1 + s.rng.IntN(maxCanaryShare), Window: Duration(s.dur(500*time.Millisecond, 15*time.Second))}
+	}
 }
 
 // nextSpec is what a reload changes: a new release (good, or one that
@@ -1276,6 +1309,10 @@ func (s *sim) nextSpec(sp simSpec) simSpec {
 		sp.release = "hang" + n
 	case r < 73:
 		sp.release = "nostart" + n
+	case r < 80:
+		sp.release = "bad" + n // boots, answers its probe, fails every request (5xx)
+	case r < 83:
+		sp.release = "flaky" + n // fails half of its requests
 	}
 	if sp.variant == "pool" && s.chance(0.15) {
 		sp.instances = 1 + s.rng.IntN(4)
@@ -1322,6 +1359,10 @@ func (s *sim) config(sp simSpec) *simConfig {
 		web.MaxMemory = 200 << 20
 	}
 	web.MaxLifetimeRequests = sp.maxRequests
+	if sp.canary != nil {
+		c := *sp.canary
+		web.Canary = &c
+	}
 	defs := []*Process{web}
 	if sp.jobs {
 		jobs := &Process{Name: "jobs", Command: []string{"sh", "-c", "exec jobs"}, Env: map[string]string{"RELEASE": sp.jobsRelease},
@@ -1560,6 +1601,82 @@ func (s *sim) checkService(svc *service) {
 	s.checkWatches(svc)
 	s.checkWakeUps(svc)
 	s.checkDefinition(svc)
+	s.checkCanary(svc)
+}
+
+// checkCanary: a window that is open has its new instances ready, taking
+// their share, outside the serving set, and ends within its bound (three
+// windows, and a check); a release that fails every request is never
+// promoted by the rule once it failed a few, a release without a failure
+// never rejected by it, one that fails far more often than the old one
+// never promoted by it; a rejected release's instances never serve.
+func (s *sim) checkCanary(svc *service) {
+	if j := svc.job; j != nil && j.canary != nil {
+		w := j.canary
+		if !j.beside || j.done != 0 || j.adds || j.kind != reloadJob && j.kind != restartJob {
+			s.fail("%s: a canary window in a %v job (beside %v, done %d, adds %v)", svc.name, j.kind, j.beside, j.done, j.adds)
+		}
+		if d := s.now.Sub(w.began); d > canaryExtend*time.Duration(w.def.Window)+canaryCheckEvery+2*simJitter {
+			s.fail("%s: the canary window is open for %s (window %s)", svc.name, d, w.def.Window)
+		}
+		for _, in := range w.cands {
+			if in.state != stateReady || !in.canary || slices.Contains(svc.slots, in) {
+				s.fail("%s: canary pid %d: %s, canary %v, in the serving set %v", svc.name, in.getPID(), in.state, in.canary, slices.Contains(svc.slots, in))
+			}
+		}
+		if v := svc.view.Load(); v.canary == nil || v.canary.w != w {
+			s.fail("%s: a canary window is open, and the view has none", svc.name)
+		}
+	}
+	last := svc.canaryLast
+	if last == nil || s.verdicts[last] {
+		if last == nil {
+			for _, in := range svc.slots {
+				if in != nil && s.rejected[in] {
+					s.fail("%s: pid %d serves, and its release was rejected", svc.name, in.getPID())
+				}
+			}
+		}
+		return
+	}
+	s.verdicts[last] = true
+	release := ""
+	if p := s.pidProc(last.PIDs[0]); p != nil {
+		release = p.in.def.Env["RELEASE"]
+	}
+	s.log("canary verdict %s by %s, release %s: %s", last.State, last.By, release, last.Reason)
+	s.tally[last.State+" "+strings.TrimRight(release, "0123456789")+" by "+last.By]++
+	switch {
+	case last.By == "rule" && strings.HasPrefix(last.State, "promoted") && last.New.Requests > 0 && last.New.Failed == last.New.Requests:
+		s.fail("%s: the canary promoted release %s, which failed every request (%s)", svc.name, release, last.Reason)
+	case last.By == "rule" && strings.HasPrefix(last.State, "promoted") && last.New.Requests >= minCanaryRequests && last.Old.Requests >= minCanaryRequests &&
+		float64(last.New.Failed) >= 0.4*float64(last.New.Requests) && float64(last.Old.Failed) < 0.1*float64(last.Old.Requests):
+		s.fail("%s: the canary promoted release %s, which failed far more than the old one (%s)", svc.name, release, last.Reason)
+	case last.By == "rule" && last.State == "rejected" && last.New.Failed == 0:
+		s.fail("%s: the canary rejected a release without a failed request (%s)", svc.name, last.Reason)
+	}
+	if last.State == "rejected" || last.State == "called_off" {
+		for _, pid := range last.PIDs {
+			if p := s.pidProc(pid); p != nil {
+				s.rejected[p.in] = true
+			}
+		}
+	}
+	for _, in := range svc.slots {
+		if in != nil && s.rejected[in] {
+			s.fail("%s: pid %d serves, and its release was rejected", svc.name, in.getPID())
+		}
+	}
+}
+
+// pidProc is the process of pid, if the sim started it.
+func (s *sim) pidProc(pid int) *simProc {
+	for _, p := range s.procs {
+		if p.pid == pid {
+			return p
+		}
+	}
+	return nil
 }
 
 // checkBound: no transition starts an instance while `instances` +
@@ -1774,10 +1891,14 @@ func TestSimulation(t *testing.T) {
 	}
 	t.Logf("first seed %d (SUPERVISE_SIM_SEED=%d repeats this run)", first, first)
 	steps, seeds, violations := 0, 0, 0
+	verdicts := make(map[string]int)
 	for seed := first; steps < total && (until.IsZero() || time.Now().Before(until)); seed++ {
 		s := runSim(seed, simStepsPerSeed)
 		steps += s.steps
 		seeds++
+		for k, n := range s.tally {
+			verdicts[k] += n
+		}
 		if s.violation != "" {
 			violations++
 			t.Errorf("seed %d: %s\nreplay: SUPERVISE_SIM_SEED=%d SUPERVISE_SIM_STEPS=1 go test -run '^TestSimulation$' -v .\nthe last events:\n%s",
@@ -1788,6 +1909,11 @@ func TestSimulation(t *testing.T) {
 		}
 	}
 	fmt.Printf("simulation: %d steps, %d seeds, %d violations\n", steps, seeds, violations)
+	kinds := slices.Sorted(maps.Keys(verdicts))
+	for i, k := range kinds {
+		kinds[i] = fmt.Sprintf("%s %d", k, verdicts[k])
+	}
+	t.Logf("canary verdicts, by release kind: %s", strings.Join(kinds, ", "))
 }
 
 // runSim runs one seed's scenario, of about steps events before SIGTERM,
