@@ -9,6 +9,9 @@ import (
 	"io"
 	"net/http"
 	"net/http/cookiejar"
+	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -277,4 +280,107 @@ func TestPumaCanarySIGTERMDuringWindow(t *testing.T) {
 		t.Errorf("caddy exit code %d", code)
 	}
 	c.waitLog(`"msg":"canary window called off`, time.Second)
+}
+
+// A pool of two Puma instances under load, a canary of its first batch:
+// a release that fails every request is rejected (the pool's instances are
+// the old ones, none failed), a good one is promoted and the roll replaces
+// the second instance without a window of its own.
+func TestPumaCanaryPool(t *testing.T) {
+	needPuma(t)
+	httpPort := freePort(t)
+	pool := func(cfg map[string]any) map[string]any {
+		procs := cfg["apps"].(map[string]any)["supervise"].(map[string]any)["processes"].([]map[string]any)
+		procs[0]["instances"] = 2
+		return cfg
+	}
+	cfg := pool(canaryConfig(t, httpPort, "v1", "0", 20, "10s"))
+	c, l := pumaUnderLoad(t, cfg, httpPort)
+	pids := func() []int {
+		var p []int
+		for _, in := range status(t, cfg, "web").Instances {
+			if in.Serving {
+				p = append(p, in.PID)
+			}
+		}
+		return p
+	}
+	v1 := pids()
+	if len(v1) != 2 {
+		t.Fatalf("serving: %v", v1)
+	}
+	next := pool(canaryConfig(t, httpPort, "bad", "1", 20, "10s"))
+	next["admin"] = cfg["admin"]
+	code, body := c.tryLoad(t, next)
+	if code == 200 || !strings.Contains(body, "release rejected by its canary") || !strings.Contains(body, "the roll stopped at instance") {
+		t.Fatalf("reload of the pool to a failing release: %d %s", code, body)
+	}
+	if got := pids(); fmt.Sprint(got) != fmt.Sprint(v1) {
+		t.Errorf("after the rejection: serving %v, want %v", got, v1)
+	}
+	next = pool(canaryConfig(t, httpPort, "v2", "0", 20, "10s"))
+	next["admin"] = cfg["admin"]
+	c.load(t, next)
+	got := pids()
+	if len(got) != 2 || got[0] == v1[0] || got[0] == v1[1] || got[1] == v1[0] || got[1] == v1[1] {
+		t.Errorf("after the good release: serving %v (before %v)", got, v1)
+	}
+	if n := len(c.logs.lines(`"msg":"canary window opens`)); n != 2 {
+		t.Errorf("%d canary windows for two deploys of the pool", n)
+	}
+	if st := status(t, cfg, "web"); st.Canary == nil || st.Canary.State != "promoted" {
+		t.Errorf("canary: %+v", st.Canary)
+	}
+	finishUnderLoad(t, c, l, 0, 20*time.Second)
+}
+
+// The one line: `caddy supervise --blue-green --ready /up --canary
+// 20%:10s -- puma …`, under load; an admin restart whose new instance
+// fails every request (the same definition: a file the app reads at boot
+// says so) is rejected — the restart answers 500 with the figures, the old
+// instance serves on, no client request fails — and one that does not is
+// promoted.
+func TestOneLineCanary(t *testing.T) {
+	needPuma(t)
+	dir := t.TempDir()
+	failFile := dir + "/fail"
+	ru, err := filepath.Abs("testdata/puma/config.ru")
+	if err != nil {
+		t.Fatal(err)
+	}
+	httpPort, adminPort := freePort(t), freePort(t)
+	admin := fmt.Sprintf("127.0.0.1:%d", adminPort)
+	c := superviseCaddy(t, dir,
+		[]string{"--admin", admin, "--blue-green", "--ready", "/up", "--canary", "20%:10s", "--name", "web", "--public-dir", ""},
+		[]string{"puma", "-b", "tcp://127.0.0.1:{supervise.port}", "-t", "16:16", "-e", "production", ru},
+		"HTTP_PORT="+strconv.Itoa(httpPort), "FAIL_FILE="+failFile, "BOOT_DELAY="+pumaBoot)
+	c.waitLog(`"to":"ready"`, 30*time.Second)
+	l := startLoad(fmt.Sprintf("http://127.0.0.1:%d/?ms=20", httpPort), 16)
+	l.waitOK(t, 100, 10*time.Second)
+	cfg := map[string]any{"admin": map[string]any{"listen": admin}}
+	first := status(t, cfg, "web")
+
+	if err := os.WriteFile(failFile, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var apiErr struct{ Error string }
+	if code := adminDo(t, cfg, "POST", "/supervise/web/restart", &apiErr); code != 500 || !strings.Contains(apiErr.Error, "release rejected by its canary") {
+		t.Fatalf("restart of a release that fails: %d %q", code, apiErr.Error)
+	}
+	t.Logf("rejected: %s", apiErr.Error)
+	if st := status(t, cfg, "web"); st.PID != first.PID {
+		t.Errorf("after the rejection: pid %d serves, want %d", st.PID, first.PID)
+	}
+	os.Remove(failFile)
+	if code := adminDo(t, cfg, "POST", "/supervise/web/restart", nil); code != 200 {
+		t.Fatalf("restart of a good release: %d", code)
+	}
+	if st := status(t, cfg, "web"); st.PID == first.PID || st.Canary == nil || st.Canary.State != "promoted" {
+		t.Errorf("after the good restart: pid %d, canary %+v", st.PID, st.Canary)
+	}
+	l.stopNoFailures(t)
+	c.signal(syscall.SIGTERM)
+	if code := c.wait(20 * time.Second); code != 0 {
+		t.Errorf("caddy exit code %d", code)
+	}
 }

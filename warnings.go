@@ -39,7 +39,8 @@ import (
 // `handle`, `route` and the like are subroutes).
 //
 // And it refuses what would let an app of another user read with Caddy's
-// rights (guardFiles).
+// rights (guardFiles), and a canary without supervise_streams before each
+// of its proxies (the verdict would see no request).
 func (a *App) warnUnsafe(httpApp *caddyhttp.App) error {
 	if httpApp == nil {
 		return nil
@@ -98,6 +99,13 @@ func (a *App) warnUnsafe(httpApp *caddyhttp.App) error {
 		for _, h := range proxies {
 			if u, ok := h.DynamicUpstreams.(*Upstreams); ok && u.Name == p.Name {
 				named = append(named, h)
+			}
+		}
+		if p.Canary != nil {
+			for _, h := range named {
+				if !streamsBefore[h] {
+					return fmt.Errorf("process %q: canary: needs supervise_streams before the reverse_proxy with `dynamic supervise %s`: it counts how each request ends, which the verdict reads, keeps each client on one release, and sends a failed GET again to the old release; add `supervise_streams` to the site (it sorts itself before reverse_proxy)", p.Name, p.Name)
+				}
 			}
 		}
 		a.warnStreams(p, named, streamsBefore)

@@ -8,6 +8,9 @@
 #                answers with 500 once it serves: a release that boots and
 #                answers its readiness probe (GET /?probe) but fails on real
 #                traffic
+#   FAIL_FILE    if this file exists at boot, FAIL_RATE is 1 (a restart of
+#                the same definition that fails every request)
+#   GET /up      the readiness path: never fails
 #   GET /?ms=N   answers after N milliseconds: "pid PID release RELEASE"
 release = ENV.fetch("RELEASE", "v1")
 if release == "broken" || (ENV["BROKEN_FILE"] && File.exist?(ENV["BROKEN_FILE"]))
@@ -17,6 +20,7 @@ end
 sleep Float(ENV.fetch("BOOT_DELAY", "0"))
 
 fail_rate = Float(ENV.fetch("FAIL_RATE", "0"))
+fail_rate = 1.0 if ENV["FAIL_FILE"] && File.exist?(ENV["FAIL_FILE"])
 served = 0
 lock = Mutex.new
 
@@ -24,7 +28,7 @@ run lambda { |env|
   query = env["QUERY_STRING"].to_s
   ms = query[/(?:\A|&)ms=(\d+)/, 1]
   sleep(ms.to_i / 1000.0) if ms
-  if fail_rate > 0 && query != "probe"
+  if fail_rate > 0 && query != "probe" && env["PATH_INFO"] != "/up"
     fail = lock.synchronize { served += 1; (served * fail_rate).floor > ((served - 1) * fail_rate).floor }
     return [500, { "content-type" => "text/plain" }, ["pid #{Process.pid} release #{release} failed\n"]] if fail
   end
