@@ -121,7 +121,7 @@ func TestCaddyfileErrors(t *testing.T) {
 		{"no command", "supervise", "a command is required"},
 		{"env_file, a third word", "supervise app {\n\tenv_file .env maybe\n}", `env_file [".env" "maybe"]: want PATH [optional]`},
 		{"no command, block", "supervise {\n\tname x\n}", "a command is required"},
-		{"unknown subdirective", "supervise app {\n\tusr nobody\n}", `unknown subdirective "usr" (known: dir, drain_timeout, env, env_file, group, health, instances, literal_args, max_lifetime, max_lifetime_requests, max_memory, max_restarts`},
+		{"unknown subdirective", "supervise app {\n\tusr nobody\n}", `unknown subdirective "usr" (known: canary, dir, drain_timeout, env, env_file, group, health, instances, literal_args, max_lifetime, max_lifetime_requests, max_memory, max_restarts`},
 		{"bad signal", "supervise app {\n\tstop_signal SIGFOO\n}", `stop_signal "SIGFOO": unknown signal`},
 		{"unitless duration", "supervise app {\n\tdrain_timeout 30\n}", `drain_timeout "30": `},
 		{"zero stream_drain_timeout", "supervise app {\n\tstream_drain_timeout 0s\n}", `stream_drain_timeout "0s": must be positive`},

@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/deps.sh bench
 go test -run '^$' -benchtime 1x -timeout 30m \
-	-bench '^Benchmark(ShutdownUnderLoad|ProxyThroughput|Respawn|RSSPerProcess|ReloadsUnderLoad|BlueGreenReload|Socket|StreamsThroughRestart|PoolThroughput|PoolRollingRestart)$' .
+	-bench '^Benchmark(ShutdownUnderLoad|ProxyThroughput|Respawn|RSSPerProcess|ReloadsUnderLoad|BlueGreenReload|Socket|StreamsThroughRestart|PoolThroughput|PoolRollingRestart|Canary)$' .
 go test -run '^$' -benchtime 5x -bench '^BenchmarkOutputLines$' .
 # the one line against hand-written configs and Go's proxy, with wrk (issue 20)
 go test -run '^$' -benchtime 1x -timeout 30m -bench '^BenchmarkOneLine$' . | tr '\t' '\n' | sed 's/^ *//'
