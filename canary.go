@@ -1,7 +1,10 @@
 package supervise
 
 import (
+	"context"
 	"fmt"
+	"hash/fnv"
+	"io"
 	"maps"
 	"math"
 	"math/rand/v2"
@@ -9,8 +12,10 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 )
 
@@ -120,7 +125,7 @@ func judge(canary, old canaryCounts, elapsed, window time.Duration) verdict {
 		return reject
 	case score <= math.Log(canaryBeta/(1-canaryAlpha)) && canary.Requests >= minCanaryRequests:
 		return promote
-	case elapsed < window, canary.Requests < minCanaryRequests && elapsed < canaryExtend*window:
+	case elapsed < window, canary.Requests < minCanaryRequests && elapsed < canaryBound(window):
 		return judging
 	case score >= math.Log((1-canaryBeta)/canaryAlpha)/2, canary.Failed > 0 && canary.Failed == canary.Requests:
 		return reject
@@ -245,7 +250,31 @@ type canaryWindow struct {
 	cands    []*instance
 	olds     []*instance // the old release's instances that served when it opened
 	base     [][numOutcomes]int64
+	baseSent []int64 // what the dynamic upstream had sent them then
 	checking timer
+
+	// requests that have no answer after canaryOverdue(window), counted as
+	// failed (a release that hangs answers nothing): the loop's figures
+	samples    []canarySample
+	overdueNew atomic.Int64
+	overdueOld atomic.Int64
+}
+
+// canarySample is what the dynamic upstream had sent each release at a
+// check.
+type canarySample struct {
+	at            time.Time
+	sentNew, sent int64
+}
+
+// canaryOverdue is how long a request of the window may go without an
+// answer before it counts as failed.
+const canaryOverdue = 10 * time.Second
+
+// canaryBound is how long a window may last at most: three windows, and
+// at least one and canaryOverdue (a release that hangs has time to show it).
+func canaryBound(window time.Duration) time.Duration {
+	return max(canaryExtend*window, window+canaryOverdue)
 }
 
 // canaryView is what the dynamic upstream needs of an open window.
@@ -269,7 +298,46 @@ func (w *canaryWindow) counts() (canary, old canaryCounts) {
 	for i, in := range w.olds {
 		add(&old, in, w.base[i])
 	}
+	n, o := w.overdueNew.Load(), w.overdueOld.Load()
+	canary.Requests, canary.Failed = canary.Requests+n, canary.Failed+n
+	old.Requests, old.Failed = old.Requests+o, old.Failed+o
 	return canary, old
+}
+
+// sampleOverdue counts, at a check, the requests of each release that
+// have gone without an answer for canaryOverdue: at least those the
+// dynamic upstream had sent by then, less those that ended since and the
+// streams open now (a stream's request lasts as long as the stream).
+func (w *canaryWindow) sampleOverdue(now time.Time) {
+	total := func(ins []*instance, base [][numOutcomes]int64, baseSent []int64) (sent, ended, streams int64) {
+		for i, in := range ins {
+			sent += in.served.Load()
+			streams += in.streams.Load()
+			for o := range numOutcomes {
+				ended += in.outcomes[o].Load()
+			}
+			if base != nil {
+				sent -= baseSent[i]
+				for o := range numOutcomes {
+					ended -= base[i][o]
+				}
+			}
+		}
+		return sent, ended, streams
+	}
+	sentNew, endedNew, streamsNew := total(w.cands, nil, nil)
+	sent, ended, streams := total(w.olds, w.base, w.baseSent)
+	w.samples = append(w.samples, canarySample{now, sentNew, sent})
+	due := now.Add(-canaryOverdue)
+	i := 0
+	for i+1 < len(w.samples) && !w.samples[i+1].at.After(due) {
+		i++
+	}
+	w.samples = w.samples[i:] // (the first is the latest at or before due, if any)
+	if then := w.samples[0]; !then.at.After(due) {
+		w.overdueNew.Store(max(0, then.sentNew-endedNew-streamsNew))
+		w.overdueOld.Store(max(0, then.sent-ended-streams))
+	}
 }
 
 // canaryDue reports whether the job's batch, all ready, opens a window
@@ -297,10 +365,12 @@ func (s *service) openCanary() {
 				b[o] = in.outcomes[o].Load()
 			}
 			w.base = append(w.base, b)
+			w.baseSent = append(w.baseSent, in.served.Load())
 		}
 	}
 	j.canary = w
 	s.canaryLast = nil
+	openWindows.Add(1)
 	s.log().Info("canary window opens: the new release takes a share of new requests before the verdict",
 		zap.String("why", j.why), zap.Ints("new_pids", pidsOf(w.cands)), zap.Ints("old_pids", pidsOf(w.olds)),
 		zap.Int("share_percent", w.def.Share), zap.Duration("window", time.Duration(w.def.Window)))
@@ -331,6 +401,7 @@ func (s *service) checkCanary(ev canaryCheck) {
 		return
 	}
 	w := ev.w
+	w.sampleOverdue(s.w.now())
 	canary, old := w.counts()
 	v := judge(canary, old, s.w.now().Sub(w.began), time.Duration(w.def.Window))
 	if v == judging {
@@ -362,6 +433,12 @@ func (s *service) adminCanary(ev canaryEv) {
 // release retires and the deploy fails.
 func (s *service) endCanary(v verdict, by, reason string) {
 	j := s.job
+	if v == reject && !s.oldWillServe() {
+		// rejecting would leave nothing to serve (the old instances ended
+		// for good during the window), and end the process
+		v, by = promote, "engine"
+		reason = "the old release no longer serves and will not restart, so the new one takes over despite its verdict (" + reason + ")"
+	}
 	s.closeCanary(v, by, reason)
 	switch v {
 	case promote, promoteQuiet:
@@ -371,12 +448,19 @@ func (s *service) endCanary(v verdict, by, reason string) {
 	}
 }
 
+// oldWillServe reports whether an old instance serves, or will by itself
+// (it starts again, or a crash restart is due).
+func (s *service) oldWillServe() bool {
+	return slices.ContainsFunc(s.slots, func(in *instance) bool { return in != nil && in.live() }) || len(s.backoff.due) > 0
+}
+
 // closeCanary ends the window that runs with verdict v, and keeps it for
 // the admin API, the metrics and the log.
 func (s *service) closeCanary(v verdict, by, reason string) {
 	j := s.job
 	w := j.canary
 	j.canary, j.canaryDone = nil, true
+	openWindows.Add(-1)
 	if w.checking != nil {
 		w.checking.Stop()
 	}
@@ -413,6 +497,7 @@ func (s *service) dropCandidate(in *instance, why string) {
 		return // (it leaves already)
 	}
 	if in.servedCanary && in.state == stateReady {
+		in.rejected = true
 		s.retire(in, nil, why)
 		return
 	}
@@ -468,13 +553,20 @@ func (w *canaryWindow) status() *CanaryStatus {
 
 // canaryCookieName is the cookie that keeps a client on one release
 // during a window of the process: a cookie name is a token, so other
-// characters of the process's name become '_'.
+// characters of the process's name become '_', and a hash of the name
+// follows.
 func canaryCookieName(name string) string {
 	b := []byte("supervise_canary_" + name)
+	changed := false
 	for i, c := range b {
 		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-' || c == '.') {
-			b[i] = '_'
+			b[i], changed = '_', true
 		}
+	}
+	if changed { // (two names that differ there get two cookies)
+		h := fnv.New32a()
+		h.Write([]byte(name))
+		b = fmt.Appendf(b, "_%08x", h.Sum32())
 	}
 	return string(b)
 }
@@ -491,6 +583,8 @@ func (c *canaryView) choose(r *http.Request, st *stream, old []*instance) ([]*in
 	var onNew, drawn bool
 	switch ck := cookieValue(r, c.w.cookie); {
 	case st != nil && (st.onCanary || st.replayed):
+		// a retry: the new release failed it; its client goes to the old one
+		st.setCookie = strings.Replace(st.setCookie, ".n;", ".o;", 1)
 	case ck == c.w.id+".n":
 		onNew = true
 	case ck == c.w.id+".o":
@@ -509,7 +603,7 @@ func (c *canaryView) choose(r *http.Request, st *stream, old []*instance) ([]*in
 		if r.TLS != nil {
 			secure = "; Secure"
 		}
-		maxAge := int(canaryExtend*time.Duration(c.w.def.Window)/time.Second) + 1
+		maxAge := int(canaryBound(time.Duration(c.w.def.Window))/time.Second) + 1
 		st.setCookie = fmt.Sprintf("%s=%s.%s; Path=/; Max-Age=%d; HttpOnly; SameSite=Lax%s", c.w.cookie, c.w.id, side, maxAge, secure)
 	}
 	if onNew {
@@ -530,45 +624,77 @@ func cookieValue(r *http.Request, name string) string {
 	return c.Value
 }
 
-// resendable reports whether a request may be sent again to the old
-// release after the new one failed it: a safe method, without a body.
-func resendable(r *http.Request) bool {
-	switch r.Method {
-	case http.MethodGet, http.MethodHead, http.MethodOptions:
-		return (r.Body == nil || r.Body == http.NoBody) && r.ContentLength == 0 && len(r.TransferEncoding) == 0
+// openWindows counts the canary windows open in this Caddy: while there
+// is one, supervise_streams keeps each safe request as it came in, to send
+// it again if the new release fails it (see keepForResend).
+var openWindows atomic.Int64
+
+// keepForResend keeps r as it reached supervise_streams — a copy of it, and
+// of the response's headers — while a canary window is open, if r may be
+// sent again: a safe method (GET, HEAD, OPTIONS) without a body (one that
+// could have one — HTTP/3 gives every request a body of unknown length —
+// is sent again only if the first attempt read nothing of it). The handlers
+// between supervise_streams and reverse_proxy then work on r, and a second
+// pass starts again from the copy.
+func (st *stream) keepForResend(r *http.Request) *http.Request {
+	if openWindows.Load() == 0 || r.ContentLength > 0 ||
+		r.Method != http.MethodGet && r.Method != http.MethodHead && r.Method != http.MethodOptions {
+		return r
 	}
-	return false
+	if r.Body != nil && r.Body != http.NoBody {
+		st.body = &countedBody{ReadCloser: r.Body}
+		r.Body = st.body
+	}
+	st.entry = r.Clone(r.Context())
+	st.entryHeader = st.Header().Clone()
+	return r
+}
+
+// countedBody counts what was read of a request's body.
+type countedBody struct {
+	io.ReadCloser
+	n int64
+}
+
+func (b *countedBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	b.n += int64(n)
+	return n, err
 }
 
 // attemptOnCanary: reverse_proxy's attempt that begins goes to the new
-// release of a canary window (onNew), or not. A resendable request's
-// attempt there keeps the response's headers as they are, so that a 5xx
-// or no answer can be taken back and the request sent to the old release.
-func (st *stream) attemptOnCanary(r *http.Request, onNew bool) {
+// release of a canary window (onNew), or not. An attempt there of a request
+// kept for a resend may be taken back (see WriteHeader) if it answers 5xx
+// or not at all.
+func (st *stream) attemptOnCanary(onNew bool) {
 	st.onCanary = onNew
-	st.resend = nil
-	if onNew && !st.replayed && st.status == 0 && resendable(r) {
-		st.resend = st.Header().Clone()
-	}
+	st.armed = onNew && st.entry != nil && !st.replayed && st.status == 0
 }
 
-// mustResend reports whether the attempt that ended went to a canary's
-// new release, which answered 5xx (the response was held back: see
-// WriteHeader) or not at all, for a request that may be sent again and
-// whose client still waits.
+// mustResend reports whether the attempt that ended went to a canary's new
+// release, which answered 5xx (the response was held back) or not at all,
+// for a request that may be sent again and whose client still waits.
 func (st *stream) mustResend(err error) bool {
-	return st.resend != nil && (st.heldBack || err != nil && st.status == 0) && st.ctx.Context.Err() == nil &&
-		!st.ended.Load() && st.kind == notStream
+	return st.armed && (st.heldBack || err != nil && st.status == 0) && st.ctx.Context.Err() == nil &&
+		!st.ended.Load() && st.kind == notStream && (st.body == nil || st.body.n == 0)
 }
 
-// sendAgain makes the response as it was before the attempt, for the
-// request to go to the old release.
-func (st *stream) sendAgain() {
+// sendAgain returns the request as it reached supervise_streams, for a
+// second pass to the old release, with the response as it was then. The
+// second pass gets a copy of the request's variables: Caddy's are a plain
+// map, which a dial of the first attempt, still running in the transport's
+// background, may read while reverse_proxy writes it again.
+func (st *stream) sendAgain() *http.Request {
 	h := st.Header()
 	clear(h)
-	maps.Copy(h, st.resend)
-	st.resend, st.heldBack, st.status, st.replayed = nil, false, 0, true
+	maps.Copy(h, st.entryHeader)
+	st.armed, st.heldBack, st.status, st.replayed = false, false, 0, true
 	// a client drawn for the new release goes to the old one, as this
 	// request does
 	st.setCookie = strings.Replace(st.setCookie, ".n;", ".o;", 1)
+	ctx := context.Context(&st.ctx)
+	if vars, ok := st.ctx.Value(caddyhttp.VarsCtxKey).(map[string]any); ok {
+		ctx = context.WithValue(ctx, caddyhttp.VarsCtxKey, maps.Clone(vars))
+	}
+	return st.entry.WithContext(ctx)
 }

@@ -14,7 +14,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -24,7 +23,7 @@ import (
 // share% over window, supervise_streams in front of reverse_proxy (the
 // cookie, the counts), and no reverse_proxy retries of its own: what the
 // client sees of a failed request is what the canary let through.
-func canaryConfig(t *testing.T, httpPort int, release, failRate string, share int, window string) map[string]any {
+func canaryConfig(t testing.TB, httpPort int, release, failRate string, share int, window string) map[string]any {
 	t.Helper()
 	web := pumaProc(t, release, "auto", map[string]string{"FAIL_RATE": failRate})
 	web["canary"] = map[string]any{"share": share, "window": window}
@@ -37,7 +36,7 @@ func canaryConfig(t *testing.T, httpPort int, release, failRate string, share in
 
 // reloadTo loads cfg with web's release and failure rate changed (the
 // admin address kept), and returns the answer.
-func reloadTo(t *testing.T, c *caddyProc, cfg map[string]any, httpPort int, release, failRate string, share int, window string) (int, string) {
+func reloadTo(t testing.TB, c *caddyProc, cfg map[string]any, httpPort int, release, failRate string, share int, window string) (int, string) {
 	t.Helper()
 	next := canaryConfig(t, httpPort, release, failRate, share, window)
 	next["admin"] = cfg["admin"]
@@ -101,24 +100,29 @@ func TestPumaCanaryVerdicts(t *testing.T) {
 	finishUnderLoad(t, c, l, 0, 20*time.Second)
 }
 
-// loadAsync posts cfg to Caddy's /load in the background; the channel
-// gets "STATUS BODY", or the error.
-func loadAsync(t testing.TB, cfg map[string]any) chan string {
+// reloadAsync reloads to web's release (of canaryConfig, 50% 30s) in the
+// background; the channel gets "STATUS BODY", or the error.
+func reloadAsync(t testing.TB, cfg map[string]any, httpPort int, release string) <-chan string {
 	t.Helper()
+	next := canaryConfig(t, httpPort, release, "0", 50, "30s")
+	next["admin"] = cfg["admin"]
 	var buf bytes.Buffer
-	writeJSONTo(t, &buf, cfg)
-	done := make(chan string, 1)
-	go func() {
-		resp, err := http.Post("http://"+cfg["admin"].(map[string]any)["listen"].(string)+"/load", "application/json", &buf)
-		if err != nil {
-			done <- err.Error()
-			return
-		}
-		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		done <- fmt.Sprintf("%d %s", resp.StatusCode, body)
-	}()
-	return done
+	writeJSONTo(t, &buf, next)
+	return inBackground(func() (*http.Response, error) {
+		return http.Post("http://"+cfg["admin"].(map[string]any)["listen"].(string)+"/load", "application/json", &buf)
+	})
+}
+
+// canaryIdle starts Caddy in front of Puma v1 with a canary of 50% over
+// 30s, without load (a window stays open: too few requests to judge).
+func canaryIdle(t *testing.T) (cfg map[string]any, c *caddyProc, httpPort int, url string) {
+	t.Helper()
+	needPuma(t)
+	httpPort = freePort(t)
+	cfg = canaryConfig(t, httpPort, "v1", "0", 50, "30s")
+	c = startCaddy(t, cfg)
+	c.waitLog(`"to":"ready"`, 30*time.Second)
+	return cfg, c, httpPort, fmt.Sprintf("http://127.0.0.1:%d/", httpPort)
 }
 
 // getBody GETs url and returns its body (200 only).
@@ -159,18 +163,8 @@ func releaseOf(t testing.TB, client *http.Client, url string) string {
 // reload fails, and everyone is on the old release again. A second reload
 // sent while a window is open waits for its verdict.
 func TestPumaCanaryStickyAndByHand(t *testing.T) {
-	needPuma(t)
-	httpPort := freePort(t)
-	cfg := canaryConfig(t, httpPort, "v1", "0", 50, "30s")
-	c := startCaddy(t, cfg)
-	c.waitLog(`"to":"ready"`, 30*time.Second)
-	url := fmt.Sprintf("http://127.0.0.1:%d/", httpPort)
-
-	reload := func(release string) chan string {
-		next := canaryConfig(t, httpPort, release, "0", 50, "30s")
-		next["admin"] = cfg["admin"]
-		return loadAsync(t, next)
-	}
+	cfg, c, httpPort, url := canaryIdle(t)
+	reload := func(release string) <-chan string { return reloadAsync(t, cfg, httpPort, release) }
 	awaitWindow := func(n int) {
 		c.waitLogCount(`"msg":"canary window opens`, n, 30*time.Second)
 	}
@@ -241,37 +235,20 @@ func TestPumaCanaryStickyAndByHand(t *testing.T) {
 // release's request in flight finishes (it retires, it is not killed), the
 // old release serves the drain, and Caddy exits 0.
 func TestPumaCanarySIGTERMDuringWindow(t *testing.T) {
-	needPuma(t)
-	httpPort := freePort(t)
-	cfg := canaryConfig(t, httpPort, "v1", "0", 50, "30s")
-	c := startCaddy(t, cfg)
-	c.waitLog(`"to":"ready"`, 30*time.Second)
-	url := fmt.Sprintf("http://127.0.0.1:%d/", httpPort)
-	next := canaryConfig(t, httpPort, "v2", "0", 50, "30s")
-	next["admin"] = cfg["admin"]
-	reloaded := loadAsync(t, next)
+	cfg, c, httpPort, url := canaryIdle(t)
+	reloaded := reloadAsync(t, cfg, httpPort, "v2")
 	c.waitLog(`"msg":"canary window opens`, 30*time.Second)
 
 	// a slow request on each release
-	var wg sync.WaitGroup
-	results := make(chan string, 2)
 	onRelease := map[string]*http.Client{}
 	for len(onRelease) < 2 {
 		jar, _ := cookiejar.New(nil)
 		client := &http.Client{Jar: jar}
 		onRelease[releaseOf(t, client, url)] = client
 	}
-	for rel, client := range onRelease {
-		wg.Go(func() {
-			resp, err := client.Get(url + "?ms=3000")
-			if err != nil {
-				results <- fmt.Sprintf("%s: %v", rel, err)
-				return
-			}
-			b, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			results <- fmt.Sprintf("%s: %d %s", rel, resp.StatusCode, strings.TrimSpace(string(b)))
-		})
+	var slow []<-chan string
+	for _, client := range onRelease {
+		slow = append(slow, inBackground(func() (*http.Response, error) { return client.Get(url + "?ms=3000") }))
 	}
 	// once both reached their instances (the dynamic upstream counted them)
 	for sent := 0; sent < 2; {
@@ -286,10 +263,8 @@ func TestPumaCanarySIGTERMDuringWindow(t *testing.T) {
 	if got := <-reloaded; strings.HasPrefix(got, "200 ") || !strings.Contains(got, "exiting") {
 		t.Errorf("the reload during the exit: %s", got)
 	}
-	wg.Wait()
-	close(results)
-	for r := range results {
-		if !strings.Contains(r, ": 200 pid") {
+	for _, answer := range slow {
+		if r := <-answer; !strings.HasPrefix(r, "200 pid") {
 			t.Errorf("a request in flight at SIGTERM: %s", r)
 		}
 	}

@@ -60,6 +60,7 @@ type instance struct {
 	restarts        int           // the service's restarts when it started, for its log
 	canary          bool          // a new release's instance that takes a canary's share (see canary.go)
 	servedCanary    bool          // it took one
+	rejected        bool          // it retires because its release did not take over: nothing puts it back
 
 	// the dynamic upstream's requests (see admit)
 	accepting atomic.Bool               // it serves: requests may be sent to it
@@ -212,7 +213,7 @@ func (in *instance) admit(r *http.Request) bool {
 func (in *instance) responseCounts() map[string]int64 {
 	var counts map[string]int64
 	for o := range numOutcomes {
-		if n := in.outcomes[o].Load(); n > 0 {
+		if n := in.outcomes[o].Load(); n > 0 && outcomeNames[o] != "" {
 			if counts == nil {
 				counts = make(map[string]int64, numOutcomes)
 			}

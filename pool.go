@@ -257,7 +257,7 @@ func (s *service) retiree(slot int, key string) *instance {
 		newest = s.holders[len(s.holders)-1].app
 	}
 	for _, c := range s.live {
-		if c.state == stateRetiring && c.key == key && c.slot == slot && (r == nil || r.cond.keptFor != newest) {
+		if c.state == stateRetiring && c.key == key && c.slot == slot && !c.rejected && (r == nil || r.cond.keptFor != newest) {
 			r = c
 		}
 	}

@@ -416,6 +416,11 @@ func (s *service) stepDone() {
 		s.keepPort(in)
 		s.cancelRestartOf(st.slot) // the old one's crash restart, if one is due: this one serves now
 		in.watch()                 // from now on what its watch finds counts (watch.go)
+		if in.countDue.Load() {
+			// it reached max_lifetime_requests as a canary, before it served
+			// (the recycle it asked for then was dropped: see recycle)
+			s.w.postLater(s, instanceRecycle{in: in, reason: "max_lifetime_requests", gen: -1})
+		}
 		st.cand = nil
 		oldPID := 0
 		if st.old != nil {
@@ -644,6 +649,17 @@ func (j *job) callerExits(s *service) {
 	// (a job between two batches has nothing booting: it stops here; so
 	// does a reload that adds the process: no config will hold it)
 	calledOff := len(j.steps) == 0 || j.adds || j.beside && !slices.ContainsFunc(j.steps, func(st *step) bool { return s.slots[st.slot] == nil })
+	if j.canary != nil && !calledOff {
+		// an old instance is gone (its crash restart will not come now):
+		// the new release, which serves already, serves the drain
+		j.exitMode = true
+		s.closeCanary(promote, "engine", "Caddy is exiting, and an old instance no longer serves: the new release serves the drain")
+		if j.answer != nil {
+			j.reply(s, fmt.Errorf("process %q: %w; the new release of the canary window serves the drain", s.name, errExiting))
+		}
+		s.stepDone()
+		return
+	}
 	if j.answer == nil { // a recycle or a revive: nobody waits
 		if calledOff {
 			j.abort(s, fmt.Errorf("process %q: %w", s.name, errExiting))

@@ -749,7 +749,7 @@ func (s *sim) admitted(r *simRequest, in *instance) {
 	if p := s.procs[in]; p != nil && p.exited {
 		r.end = s.after(0, "a request to a process that is gone fails", func() { s.finish(r) })
 		return
-	} else if p != nil && p.hung {
+	} else if p != nil && (p.hung || strings.HasPrefix(in.def.Env["RELEASE"], "stall")) {
 		return // it never answers; it fails when the process goes
 	}
 	if r.stream {
@@ -1313,6 +1313,8 @@ func (s *sim) nextSpec(sp simSpec) simSpec {
 		sp.release = "bad" + n // boots, answers its probe, fails every request (5xx)
 	case r < 83:
 		sp.release = "flaky" + n // fails half of its requests
+	case r < 85:
+		sp.release = "stall" + n // boots, answers its probe, never answers a request
 	}
 	if sp.variant == "pool" && s.chance(0.15) {
 		sp.instances = 1 + s.rng.IntN(4)
@@ -1616,7 +1618,7 @@ func (s *sim) checkCanary(svc *service) {
 		if !j.beside || j.done != 0 || j.adds || j.kind != reloadJob && j.kind != restartJob {
 			s.fail("%s: a canary window in a %v job (beside %v, done %d, adds %v)", svc.name, j.kind, j.beside, j.done, j.adds)
 		}
-		if d := s.now.Sub(w.began); d > canaryExtend*time.Duration(w.def.Window)+canaryCheckEvery+2*simJitter {
+		if d := s.now.Sub(w.began); d > canaryBound(time.Duration(w.def.Window))+canaryCheckEvery+2*simJitter {
 			s.fail("%s: the canary window is open for %s (window %s)", svc.name, d, w.def.Window)
 		}
 		for _, in := range w.cands {
@@ -1628,15 +1630,13 @@ func (s *sim) checkCanary(svc *service) {
 			s.fail("%s: a canary window is open, and the view has none", svc.name)
 		}
 	}
+	for _, in := range svc.slots {
+		if in != nil && s.rejected[in] {
+			s.fail("%s: pid %d serves, and its release was rejected", svc.name, in.getPID())
+		}
+	}
 	last := svc.canaryLast
 	if last == nil || s.verdicts[last] {
-		if last == nil {
-			for _, in := range svc.slots {
-				if in != nil && s.rejected[in] {
-					s.fail("%s: pid %d serves, and its release was rejected", svc.name, in.getPID())
-				}
-			}
-		}
 		return
 	}
 	s.verdicts[last] = true
@@ -1652,6 +1652,8 @@ func (s *sim) checkCanary(svc *service) {
 	case last.By == "rule" && strings.HasPrefix(last.State, "promoted") && last.New.Requests >= minCanaryRequests && last.Old.Requests >= minCanaryRequests &&
 		float64(last.New.Failed) >= 0.4*float64(last.New.Requests) && float64(last.Old.Failed) < 0.1*float64(last.Old.Requests):
 		s.fail("%s: the canary promoted release %s, which failed far more than the old one (%s)", svc.name, release, last.Reason)
+	case last.By == "rule" && last.State == "promoted" && strings.HasPrefix(release, "stall"):
+		s.fail("%s: the canary promoted release %s, which answers nothing (%s)", svc.name, release, last.Reason)
 	case last.By == "rule" && last.State == "rejected" && last.New.Failed == 0:
 		s.fail("%s: the canary rejected a release without a failed request (%s)", svc.name, last.Reason)
 	}
@@ -1660,11 +1662,6 @@ func (s *sim) checkCanary(svc *service) {
 			if p := s.pidProc(pid); p != nil {
 				s.rejected[p.in] = true
 			}
-		}
-	}
-	for _, in := range svc.slots {
-		if in != nil && s.rejected[in] {
-			s.fail("%s: pid %d serves, and its release was rejected", svc.name, in.getPID())
 		}
 	}
 }

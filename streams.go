@@ -93,13 +93,12 @@ func (Streams) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 		st.outcome(err)
 		st.finish()
 	}()
-	r = r.WithContext(&st.ctx)
+	r = st.keepForResend(r.WithContext(&st.ctx))
 	err = next.ServeHTTP(st, r)
 	if st.mustResend(err) {
 		// the new release of a canary window failed a safe request: the
 		// old one gets it (see canary.go)
-		st.sendAgain()
-		err = next.ServeHTTP(st, r)
+		err = next.ServeHTTP(st, st.sendAgain())
 	}
 	return err
 }
@@ -115,11 +114,12 @@ const (
 	answered outcome = iota
 	serverError
 	noAnswer
+	clientGone // (not shown: a canary's count of the requests that ended needs it)
 	numOutcomes
 )
 
 // outcomeNames are the outcomes' names in the admin API and metrics.
-var outcomeNames = [numOutcomes]string{"ok", "5xx", "failed"}
+var outcomeNames = [numOutcomes]string{"ok", "5xx", "failed", ""}
 
 // outcome counts how the request ended on the instance that took it last.
 func (st *stream) outcome(err error) {
@@ -129,7 +129,7 @@ func (st *stream) outcome(err error) {
 	var he caddyhttp.HandlerError
 	switch {
 	case st.status == 499, err != nil && errors.As(err, &he) && he.StatusCode == 499, err != nil && st.ctx.Context.Err() != nil && st.status == 0:
-		// the client went away (reverse_proxy writes 499 then)
+		st.inst.outcomes[clientGone].Add(1) // the client went away (reverse_proxy writes 499 then)
 	case err != nil && st.status == 0:
 		st.inst.outcomes[st.attemptOutcome(false)].Add(1)
 	case st.status >= 500:
@@ -211,11 +211,14 @@ type stream struct {
 	status  int  // the response's final status, once written (0 before)
 
 	// a canary window (see canary.go)
-	setCookie string      // the cookie that keeps the client on the release it was sent to
-	onCanary  bool        // the attempt that runs went to the new release
-	resend    http.Header // the response's headers before that attempt, if the request may be sent again
-	heldBack  bool        // that attempt answered 5xx: its response is dropped, and the request sent again
-	replayed  bool        // it was
+	setCookie   string        // the cookie that keeps the client on the release it was sent to
+	onCanary    bool          // the attempt that runs went to the new release
+	entry       *http.Request // the request as it came, while a window is open, if it may be sent again
+	entryHeader http.Header   // and the response's headers then
+	body        *countedBody  // its body, if it has one of unknown length
+	armed       bool          // the attempt that runs may be taken back, and the request sent again
+	heldBack    bool          // that attempt answered 5xx: its response is dropped
+	replayed    bool          // it was sent again
 }
 
 // streamCtx is the request's context: it can be cancelled (an SSE
@@ -286,7 +289,7 @@ func (st *stream) moveWriteDeadline(wait, waited time.Duration) {
 // WriteHeader notices an SSE response, and a WebSocket over HTTP/2 or
 // HTTP/3.
 func (st *stream) WriteHeader(code int) {
-	if st.resend != nil && code >= 500 && st.status == 0 {
+	if st.armed && code >= 500 && st.status == 0 {
 		st.heldBack = true // (see canary.go)
 		return
 	}

@@ -159,8 +159,8 @@ func (u *Upstreams) GetUpstreams(r *http.Request) ([]*reverseproxy.Upstream, err
 			avoid = st.inst // a retry: not the instance it failed on, if there is another
 		}
 		if in := pick(targets, avoid); in.admit(r) {
-			if st != nil {
-				st.attemptOnCanary(r, onCanary)
+			if st != nil && r.Context().Value(caddy.CtxKey("reverse_proxy_handle_response_context")) == nil {
+				st.attemptOnCanary(onCanary) // (not a reverse_proxy inside handle_response: see admit)
 			}
 			return []*reverseproxy.Upstream{{Dial: in.address()}}, nil
 		}

@@ -58,7 +58,7 @@ func (a *App) warnUnsafe(httpApp *caddyhttp.App) error {
 				case *Sendfile, *Public:
 					files = append(files, h.(caddyhttp.MiddlewareHandler))
 				case *Streams:
-					covered = true
+					covered = covered || len(r.MatcherSets) == 0 // (with matchers, only some requests)
 				case *reverseproxy.Handler:
 					proxies = append(proxies, h)
 					streamsBefore[h] = covered
