@@ -21,7 +21,9 @@ import (
 
 // The canary's verdict (issue 31): during a deploy's window, the new
 // release takes a share of the requests beside the old one, and the
-// verdict compares how their requests ended (see outcome). The rule is
+// verdict compares how their requests ended (see outcome; a request that
+// has gone canaryOverdue without an answer counts as failed: see
+// sampleOverdue). The rule is
 // Wald's sequential probability ratio test on the new release's failure
 // rate, a failure being a 5xx or no answer:
 //
@@ -48,7 +50,9 @@ import (
 //   - the window's end, when neither came: with at least
 //     minCanaryRequests on the new release, a sum past half the rejecting
 //     bound rejects and any other promotes; with fewer, the window goes on
-//     up to three windows, then the same half bound rejects, and so does
+//     up to three windows (at least the window and canaryOverdue: a
+//     release that hangs has time to show it), then the same half bound
+//     rejects, and so does
 //     a release that failed every request it got (one of one, against an
 //     old release that fails often), and anything else is promoted with
 //     "not enough traffic to judge" (a site nobody visits is not hurt by

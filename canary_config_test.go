@@ -73,6 +73,8 @@ func TestCanaryValidate(t *testing.T) {
 			{"reverse_proxy 127.0.0.1:3000", "process \"web\": canary: needs a reverse_proxy with `dynamic supervise web` in this config"},
 			{"reverse_proxy {\n\t\tdynamic supervise web\n\t}", "process \"web\": canary: needs supervise_streams before the reverse_proxy with `dynamic supervise web`"},
 			{"supervise_streams\n\treverse_proxy {\n\t\tdynamic supervise web\n\t}", ""},
+			// supervise_streams for some requests only: not for the proxy's
+			{"@ws header Upgrade websocket\n\tsupervise_streams @ws\n\treverse_proxy {\n\t\tdynamic supervise web\n\t}", "canary: needs supervise_streams before the reverse_proxy"},
 		} {
 			out, _, err := caddyfile.Adapter{ServerType: httpcaddyfile.ServerType{}}.Adapt([]byte(site(tc.proxy)), nil)
 			if err != nil {
@@ -128,4 +130,26 @@ func TestThrusterCanaryFlag(t *testing.T) {
 func jsonQuote(v string) string {
 	b, _ := json.Marshal(v)
 	return strings.ReplaceAll(string(b), `\u003c`, "<")
+}
+
+// The canary's cookie name is a token whatever the process's name, and
+// two names that differ only where they are not get two cookies.
+func TestCanaryCookieName(t *testing.T) {
+	for _, tc := range []struct{ name, want string }{
+		{"web", "supervise_canary_web"},
+		{"my-app.v2", "supervise_canary_my-app.v2"},
+	} {
+		if got := canaryCookieName(tc.name); got != tc.want {
+			t.Errorf("%q: %q, want %q", tc.name, got, tc.want)
+		}
+	}
+	a, b := canaryCookieName("a:b"), canaryCookieName("a;b")
+	for _, n := range []string{a, b} {
+		if strings.Trim(n, "abcdefghijklmnopqrstuvwxyz0123456789_-.") != "" {
+			t.Errorf("%q is not a cookie name token", n)
+		}
+	}
+	if a == b {
+		t.Errorf("a:b and a;b share the cookie %q", a)
+	}
 }

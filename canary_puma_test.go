@@ -153,6 +153,7 @@ func releaseOf(t testing.TB, client *http.Client, url string) string {
 		t.Fatalf("GET %s: %s %s", url, resp.Status, b)
 	}
 	_, rel, _ := strings.Cut(strings.TrimSpace(string(b)), " release ")
+	rel, _, _ = strings.Cut(rel, " ")
 	return rel
 }
 
@@ -371,6 +372,143 @@ func TestOneLineCanary(t *testing.T) {
 		t.Errorf("after the good restart: pid %d, canary %+v", st.PID, st.Canary)
 	}
 	l.stopNoFailures(t)
+	c.signal(syscall.SIGTERM)
+	if code := c.wait(20 * time.Second); code != 0 {
+		t.Errorf("caddy exit code %d", code)
+	}
+}
+
+// The second pass of a GET that the new release failed starts from the
+// request as it reached supervise_streams, with the response as it was
+// then: handlers between supervise_streams and reverse_proxy (a rewrite
+// that strips a prefix, a response header added) act once, not twice.
+// Every GET sent during the window answers 200; a POST that the new
+// release fails is not sent again (the client gets the 500).
+func TestPumaCanaryResendsAsItCame(t *testing.T) {
+	needPuma(t)
+	httpPort := freePort(t)
+	conf := func(release, failRate string) map[string]any {
+		cfg := canaryConfig(t, httpPort, release, failRate, 50, "30s")
+		route := cfg["apps"].(map[string]any)["http"].(map[string]any)["servers"].(map[string]any)["srv"].(map[string]any)["routes"].([]any)[0].(map[string]any)
+		handle := route["handle"].([]any) // supervise_streams, reverse_proxy
+		route["handle"] = []any{handle[0],
+			map[string]any{"handler": "headers", "response": map[string]any{"add": map[string]any{"X-Test": []string{"once"}}}},
+			map[string]any{"handler": "rewrite", "strip_path_prefix": "/api"},
+			handle[1]}
+		return cfg
+	}
+	cfg := conf("v1", "0")
+	c := startCaddy(t, cfg)
+	c.waitLog(`"to":"ready"`, 30*time.Second)
+	base := fmt.Sprintf("http://127.0.0.1:%d", httpPort)
+	deploy := func(n int) <-chan string {
+		next := conf("bad", "1")
+		next["admin"] = cfg["admin"]
+		var buf bytes.Buffer
+		writeJSONTo(t, &buf, next)
+		done := inBackground(func() (*http.Response, error) {
+			return http.Post("http://"+cfg["admin"].(map[string]any)["listen"].(string)+"/load", "application/json", &buf)
+		})
+		c.waitLogCount(`"msg":"canary window opens`, n, 30*time.Second)
+		return done
+	}
+
+	done := deploy(1)
+	gets := 0
+	for reloaded := ""; reloaded == ""; gets++ {
+		resp, err := http.Get(base + "/api/api/x")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || !strings.Contains(string(b), "release v1 path /api/x") || len(resp.Header.Values("X-Test")) != 1 {
+			t.Fatalf("GET %d during the window: %s %q, X-Test %q", gets, resp.Status, b, resp.Header.Values("X-Test"))
+		}
+		select {
+		case reloaded = <-done:
+		default:
+		}
+		if gets > 200 {
+			t.Fatal("no verdict after 200 requests")
+		}
+	}
+	st := status(t, cfg, "web")
+	if st.Canary == nil || st.Canary.State != "rejected" || st.Canary.New.Failed == 0 {
+		t.Fatalf("canary after the GETs: %+v", st.Canary)
+	}
+	t.Logf("%d GETs, all 200 with one X-Test; %s", gets, st.Canary.Reason)
+
+	done = deploy(2)
+	failedPosts := 0
+	for reloaded := ""; reloaded == ""; {
+		resp, err := http.Post(base+"/api/x", "text/plain", strings.NewReader("a form"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode == 500 {
+			failedPosts++
+		}
+		select {
+		case reloaded = <-done:
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	if st := status(t, cfg, "web"); failedPosts == 0 || st.Canary.New.Failed < int64(failedPosts) {
+		t.Errorf("%d POSTs failed on the new release; its canary: %+v", failedPosts, st.Canary)
+	}
+	c.signal(syscall.SIGTERM)
+	if code := c.wait(20 * time.Second); code != 0 {
+		t.Errorf("caddy exit code %d", code)
+	}
+}
+
+// A release that boots and answers its probe but never answers a request
+// (a deadlock on real traffic): its requests count as failed once 10 s
+// went by without an answer, and it is rejected; the GETs it held are
+// sent again to the old release once it stops (drain_timeout), and answer
+// 200.
+func TestPumaCanaryHungRelease(t *testing.T) {
+	needPuma(t)
+	httpPort := freePort(t)
+	conf := func(release string, hang string) map[string]any {
+		web := pumaProc(t, release, "auto", map[string]string{"HANG": hang})
+		web["canary"] = map[string]any{"share": 50, "window": "5s"}
+		web["drain_timeout"] = "2s"
+		cfg := proxyToSupervised(t, httpPort, "web", web)
+		route := cfg["apps"].(map[string]any)["http"].(map[string]any)["servers"].(map[string]any)["srv"].(map[string]any)["routes"].([]any)[0].(map[string]any)
+		route["handle"] = append([]any{map[string]any{"handler": "supervise_streams"}}, route["handle"].([]any)...)
+		return cfg
+	}
+	cfg := conf("v1", "0")
+	c := startCaddy(t, cfg)
+	c.waitLog(`"to":"ready"`, 30*time.Second)
+	url := fmt.Sprintf("http://127.0.0.1:%d/", httpPort)
+	next := conf("hung", "1")
+	next["admin"] = cfg["admin"]
+	var buf bytes.Buffer
+	writeJSONTo(t, &buf, next)
+	began := time.Now()
+	done := inBackground(func() (*http.Response, error) {
+		return http.Post("http://"+cfg["admin"].(map[string]any)["listen"].(string)+"/load", "application/json", &buf)
+	})
+	c.waitLog(`"msg":"canary window opens`, 30*time.Second)
+	var answers []<-chan string
+	for range 8 {
+		answers = append(answers, inBackground(func() (*http.Response, error) { return http.Get(url) }))
+	}
+	got := <-done
+	if strings.HasPrefix(got, "200") || !strings.Contains(got, "release rejected by its canary") {
+		t.Fatalf("reload to a release that hangs: %s", got)
+	}
+	t.Logf("rejected %s after the reload: %s", time.Since(began).Round(100*time.Millisecond), got)
+	for i, a := range answers {
+		if r := <-a; !strings.HasPrefix(r, "200 pid") || !strings.Contains(r, "release v1") {
+			t.Errorf("GET %d: %s", i, r)
+		}
+	}
 	c.signal(syscall.SIGTERM)
 	if code := c.wait(20 * time.Second); code != 0 {
 		t.Errorf("caddy exit code %d", code)

@@ -10,8 +10,10 @@
 #                traffic
 #   FAIL_FILE    if this file exists at boot, FAIL_RATE is 1 (a restart of
 #                the same definition that fails every request)
+#   HANG         "1": requests other than the probes never get an answer
+#                (a release that deadlocks on real traffic)
 #   GET /up      the readiness path: never fails
-#   GET /?ms=N   answers after N milliseconds: "pid PID release RELEASE"
+#   GET /?ms=N   answers after N milliseconds: "pid PID release RELEASE path PATH"
 release = ENV.fetch("RELEASE", "v1")
 if release == "broken" || (ENV["BROKEN_FILE"] && File.exist?(ENV["BROKEN_FILE"]))
   warn "boom: release #{release} does not boot"
@@ -28,9 +30,11 @@ run lambda { |env|
   query = env["QUERY_STRING"].to_s
   ms = query[/(?:\A|&)ms=(\d+)/, 1]
   sleep(ms.to_i / 1000.0) if ms
-  if fail_rate > 0 && query != "probe" && env["PATH_INFO"] != "/up"
+  probe = query == "probe" || env["PATH_INFO"] == "/up"
+  sleep if ENV["HANG"] == "1" && !probe
+  if fail_rate > 0 && !probe
     fail = lock.synchronize { served += 1; (served * fail_rate).floor > ((served - 1) * fail_rate).floor }
     return [500, { "content-type" => "text/plain" }, ["pid #{Process.pid} release #{release} failed\n"]] if fail
   end
-  [200, { "content-type" => "text/plain" }, ["pid #{Process.pid} release #{release}\n"]]
+  [200, { "content-type" => "text/plain" }, ["pid #{Process.pid} release #{release} path #{env["PATH_INFO"]}\n"]]
 }
