@@ -9,12 +9,14 @@ import (
 	"math"
 	"math/rand/v2"
 	"net/http"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 )
@@ -254,7 +256,6 @@ type canaryWindow struct {
 	cands    []*instance
 	olds     []*instance // the old release's instances that served when it opened
 	base     [][numOutcomes]int64
-	baseSent []int64 // what the dynamic upstream had sent them then
 	checking timer
 
 	// requests that have no answer after canaryOverdue(window), counted as
@@ -264,11 +265,11 @@ type canaryWindow struct {
 	overdueOld atomic.Int64
 }
 
-// canarySample is what the dynamic upstream had sent each release at a
-// check.
+// canarySample is how many requests had begun to wait for each release's
+// status at a check.
 type canarySample struct {
 	at            time.Time
-	sentNew, sent int64
+	sentNew, sent int64 // new release, old release
 }
 
 // canaryOverdue is how long a request of the window may go without an
@@ -309,29 +310,22 @@ func (w *canaryWindow) counts() (canary, old canaryCounts) {
 }
 
 // sampleOverdue counts, at a check, the requests of each release that
-// have gone without an answer for canaryOverdue: at least those the
-// dynamic upstream had sent by then, less those that ended since and the
-// streams open now (a stream's request lasts as long as the stream).
+// have waited canaryOverdue or longer for their response's status: at
+// least those that had begun to wait by then (awaited, at the latest
+// sample that old), less all that got a status or ended since (answered,
+// now). A response that streams for long, or a stream, has its status: it
+// is not waiting.
 func (w *canaryWindow) sampleOverdue(now time.Time) {
-	total := func(ins []*instance, base [][numOutcomes]int64, baseSent []int64) (sent, ended, streams int64) {
-		for i, in := range ins {
-			sent += in.served.Load()
-			streams += in.streams.Load()
-			for o := range numOutcomes {
-				ended += in.outcomes[o].Load()
-			}
-			if base != nil {
-				sent -= baseSent[i]
-				for o := range numOutcomes {
-					ended -= base[i][o]
-				}
-			}
+	total := func(ins []*instance) (awaited, answered int64) {
+		for _, in := range ins {
+			awaited += in.awaited.Load()
+			answered += in.answered.Load()
 		}
-		return sent, ended, streams
+		return awaited, answered
 	}
-	sentNew, endedNew, streamsNew := total(w.cands, nil, nil)
-	sent, ended, streams := total(w.olds, w.base, w.baseSent)
-	w.samples = append(w.samples, canarySample{now, sentNew, sent})
+	awaitedNew, answeredNew := total(w.cands)
+	awaited, answered := total(w.olds)
+	w.samples = append(w.samples, canarySample{now, awaitedNew, awaited})
 	due := now.Add(-canaryOverdue)
 	i := 0
 	for i+1 < len(w.samples) && !w.samples[i+1].at.After(due) {
@@ -339,8 +333,8 @@ func (w *canaryWindow) sampleOverdue(now time.Time) {
 	}
 	w.samples = w.samples[i:] // (the first is the latest at or before due, if any)
 	if then := w.samples[0]; !then.at.After(due) {
-		w.overdueNew.Store(max(0, then.sentNew-endedNew-streamsNew))
-		w.overdueOld.Store(max(0, then.sent-ended-streams))
+		w.overdueNew.Store(max(0, then.sentNew-answeredNew))
+		w.overdueOld.Store(max(0, then.sent-answered))
 	}
 }
 
@@ -369,7 +363,6 @@ func (s *service) openCanary() {
 				b[o] = in.outcomes[o].Load()
 			}
 			w.base = append(w.base, b)
-			w.baseSent = append(w.baseSent, in.served.Load())
 		}
 	}
 	j.canary = w
@@ -633,36 +626,60 @@ func cookieValue(r *http.Request, name string) string {
 // it again if the new release fails it (see keepForResend).
 var openWindows atomic.Int64
 
-// keepForResend keeps r as it reached supervise_streams — a copy of it, and
-// of the response's headers — while a canary window is open, if r may be
-// sent again: a safe method (GET, HEAD, OPTIONS) without a body (one that
-// could have one — HTTP/3 gives every request a body of unknown length —
-// is sent again only if the first attempt read nothing of it). The handlers
-// between supervise_streams and reverse_proxy then work on r, and a second
-// pass starts again from the copy.
-func (st *stream) keepForResend(r *http.Request) *http.Request {
+// keepForResend keeps what a second pass of r needs — r as it reached
+// supervise_streams, the response's headers, the route groups and the
+// request's variables then — while a canary window is open, if r may be
+// sent again: a safe method (GET, HEAD, OPTIONS) without a body (one of
+// unknown length — HTTP/3 gives every request one — only if the first
+// attempt read it to its end and found nothing).
+func (st *stream) keepForResend(r *http.Request) {
 	if openWindows.Load() == 0 || r.ContentLength > 0 ||
 		r.Method != http.MethodGet && r.Method != http.MethodHead && r.Method != http.MethodOptions {
-		return r
+		return
 	}
-	if r.Body != nil && r.Body != http.NoBody {
+	if r.ContentLength < 0 && r.Body != nil && r.Body != http.NoBody {
 		st.body = &countedBody{ReadCloser: r.Body}
 		r.Body = st.body
 	}
-	st.entry = r.Clone(r.Context())
-	st.entryHeader = st.Header().Clone()
-	return r
+	e := &entryState{req: r, url: r.URL, urlWas: *r.URL, header: r.Header, headerWas: r.Header.Clone(),
+		method: r.Method, host: r.Host, requestURI: r.RequestURI, response: st.Header().Clone()}
+	if groups, ok := r.Context().Value(caddy.CtxKey("route_group")).(map[string]struct{}); ok {
+		e.groups = maps.Clone(groups)
+	}
+	if vars, ok := r.Context().Value(caddyhttp.VarsCtxKey).(map[string]any); ok {
+		e.vars = maps.Clone(vars)
+	}
+	st.entry = e
 }
 
-// countedBody counts what was read of a request's body.
+// entryState is a request as it reached supervise_streams. The handlers
+// after it change the request in place (a rewrite changes its URL, which
+// Caddy's placeholders read too), so a second pass puts it back in place.
+type entryState struct {
+	req                      *http.Request
+	url                      *url.URL
+	urlWas                   url.URL
+	header, headerWas        http.Header
+	method, host, requestURI string
+	response                 http.Header
+	groups                   map[string]struct{}
+	vars                     map[string]any
+}
+
+// countedBody tells whether a request's body of unknown length was read
+// to its end without a byte (the transport may read it on a goroutine of
+// its own).
 type countedBody struct {
 	io.ReadCloser
-	n int64
+	read  atomic.Int64
+	empty atomic.Bool // it ended, and nothing was read
 }
 
 func (b *countedBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
-	b.n += int64(n)
+	if b.read.Add(int64(n)) == 0 && err == io.EOF {
+		b.empty.Store(true)
+	}
 	return n, err
 }
 
@@ -680,25 +697,43 @@ func (st *stream) attemptOnCanary(onNew bool) {
 // for a request that may be sent again and whose client still waits.
 func (st *stream) mustResend(err error) bool {
 	return st.armed && (st.heldBack || err != nil && st.status == 0) && st.ctx.Context.Err() == nil &&
-		!st.ended.Load() && st.kind == notStream && (st.body == nil || st.body.n == 0)
+		!st.ended.Load() && st.kind == notStream && (st.body == nil || st.body.empty.Load())
 }
 
-// sendAgain returns the request as it reached supervise_streams, for a
-// second pass to the old release, with the response as it was then. The
-// second pass gets a copy of the request's variables: Caddy's are a plain
-// map, which a dial of the first attempt, still running in the transport's
-// background, may read while reverse_proxy writes it again.
+// sendAgain puts the request back as it reached supervise_streams, for a
+// second pass to the old release, with the response, the route groups
+// and the request's variables as they were then (a copy of them: Caddy's
+// variables are a plain map, which a dial of the first attempt, still
+// running in the transport's background, may read while reverse_proxy
+// writes it again), and the time the request waited for the app so far.
 func (st *stream) sendAgain() *http.Request {
+	e := st.entry
 	h := st.Header()
 	clear(h)
-	maps.Copy(h, st.entryHeader)
+	maps.Copy(h, e.response)
+	*e.url = e.urlWas
+	clear(e.header)
+	maps.Copy(e.header, e.headerWas)
+	r := e.req
+	r.URL, r.Header, r.Method, r.Host, r.RequestURI = e.url, e.header, e.method, e.host, e.requestURI
 	st.armed, st.heldBack, st.status, st.replayed = false, false, 0, true
 	// a client drawn for the new release goes to the old one, as this
 	// request does
 	st.setCookie = strings.Replace(st.setCookie, ".n;", ".o;", 1)
 	ctx := context.Context(&st.ctx)
-	if vars, ok := st.ctx.Value(caddyhttp.VarsCtxKey).(map[string]any); ok {
-		ctx = context.WithValue(ctx, caddyhttp.VarsCtxKey, maps.Clone(vars))
+	if e.groups != nil {
+		ctx = context.WithValue(ctx, caddy.CtxKey("route_group"), maps.Clone(e.groups))
 	}
-	return st.entry.WithContext(ctx)
+	if e.vars != nil {
+		vars := maps.Clone(e.vars)
+		if now, ok := st.ctx.Value(caddyhttp.VarsCtxKey).(map[string]any); ok {
+			for k, v := range now { // (read only: a dial may read it too)
+				if strings.HasPrefix(k, "supervise.waited.") {
+					vars[k] = v
+				}
+			}
+		}
+		ctx = context.WithValue(ctx, caddyhttp.VarsCtxKey, vars)
+	}
+	return r.WithContext(ctx)
 }

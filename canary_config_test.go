@@ -75,6 +75,10 @@ func TestCanaryValidate(t *testing.T) {
 			{"supervise_streams\n\treverse_proxy {\n\t\tdynamic supervise web\n\t}", ""},
 			// supervise_streams for some requests only: not for the proxy's
 			{"@ws header Upgrade websocket\n\tsupervise_streams @ws\n\treverse_proxy {\n\t\tdynamic supervise web\n\t}", "canary: needs supervise_streams before the reverse_proxy"},
+			// the same matcher on both: one route, covered
+			{"@app path /*\n\tsupervise_streams @app\n\treverse_proxy @app {\n\t\tdynamic supervise web\n\t}", ""},
+			// inside a handle (a subroute)
+			{"handle {\n\t\tsupervise_streams\n\t\treverse_proxy {\n\t\t\tdynamic supervise web\n\t\t}\n\t}", ""},
 		} {
 			out, _, err := caddyfile.Adapter{ServerType: httpcaddyfile.ServerType{}}.Adapt([]byte(site(tc.proxy)), nil)
 			if err != nil {

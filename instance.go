@@ -70,6 +70,8 @@ type instance struct {
 	served    atomic.Int64              // requests sent to it, ever (max_lifetime_requests)
 	countDue  atomic.Bool               // it reached max_lifetime_requests and said so
 	outcomes  [numOutcomes]atomic.Int64 // how its requests ended (supervise_streams sees them; see stream.outcome)
+	awaited   atomic.Int64              // requests sent to it that began to wait for its response's status (supervise_streams)
+	answered  atomic.Int64              // those of them that got one, or ended without one (see awaitStatus)
 
 	streamsEnding bool // its streams end as they open; guarded by openStreams
 
@@ -200,10 +202,12 @@ func (in *instance) admit(r *http.Request) bool {
 		if st.inst != nil {
 			st.inst.outcomes[st.attemptOutcome(true)].Add(1)
 		}
+		st.statusCame() // (of the attempt before, if it waited)
 		if st.uncount != nil && st.uncount() {
 			st.inst.requestEnded()
 		}
 		st.inst, st.uncount = in, stop // if it becomes a stream, it is this instance's
+		st.awaitStatus()
 	}
 	return true
 }

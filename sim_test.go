@@ -659,6 +659,8 @@ type simRequest struct {
 	since  time.Time
 	ended  bool
 	failed bool // its process went away: no answer
+	waits  bool // it waits for its response's status (the instance counts it: see awaitStatus)
+	sentAt time.Time
 	end    *simEvent
 	st     *simStream
 
@@ -744,6 +746,8 @@ func (s *sim) holdOpening(in *instance, stream bool, opensAfter, d time.Duration
 
 func (s *sim) admitted(r *simRequest, in *instance) {
 	r.in = in
+	r.waits, r.sentAt = true, s.now
+	in.awaited.Add(1)
 	s.reqs++
 	s.open[in] = append(s.open[in], r)
 	if p := s.procs[in]; p != nil && p.exited {
@@ -763,6 +767,7 @@ func (s *sim) admitted(r *simRequest, in *instance) {
 			}
 			st := &simStream{req: r}
 			r.st = st
+			r.statusCame()
 			s.streams = append(s.streams, st)
 			in.countStream(wsStream, 1)
 			in.becameStream()
@@ -802,9 +807,18 @@ func (s *sim) finish(r *simRequest) {
 		in.countStream(wsStream, -1) // before the request's end: streams ≤ requests
 		s.streams = slices.DeleteFunc(s.streams, func(x *simStream) bool { return x == r.st })
 	}
+	r.statusCame()
 	in.outcomes[s.outcomeOf(r)].Add(1) // (as supervise_streams counts it)
 	in.requestEnded()
 	s.checkWakeUps(in.svc)
+}
+
+// statusCame: the request got its response's status (or ended).
+func (r *simRequest) statusCame() {
+	if r.waits {
+		r.waits = false
+		r.in.answered.Add(1)
+	}
 }
 
 // outcomeOf is how a request ended: no answer if its process went away; a
@@ -1646,16 +1660,30 @@ func (s *sim) checkCanary(svc *service) {
 	}
 	s.log("canary verdict %s by %s, release %s: %s", last.State, last.By, release, last.Reason)
 	s.tally[last.State+" "+strings.TrimRight(release, "0123456789")+" by "+last.By]++
+	var failed int64         // requests of the new release that ended failed
+	var oldest time.Duration // the longest a request of it waits for its status now
+	for _, pid := range last.PIDs {
+		if p := s.pidProc(pid); p != nil {
+			failed += p.in.outcomes[serverError].Load() + p.in.outcomes[noAnswer].Load()
+			for _, r := range s.open[p.in] {
+				if r.waits {
+					oldest = max(oldest, s.now.Sub(r.sentAt))
+				}
+			}
+		}
+	}
 	switch {
 	case last.By == "rule" && strings.HasPrefix(last.State, "promoted") && last.New.Requests > 0 && last.New.Failed == last.New.Requests:
 		s.fail("%s: the canary promoted release %s, which failed every request (%s)", svc.name, release, last.Reason)
 	case last.By == "rule" && strings.HasPrefix(last.State, "promoted") && last.New.Requests >= minCanaryRequests && last.Old.Requests >= minCanaryRequests &&
 		float64(last.New.Failed) >= 0.4*float64(last.New.Requests) && float64(last.Old.Failed) < 0.1*float64(last.Old.Requests):
 		s.fail("%s: the canary promoted release %s, which failed far more than the old one (%s)", svc.name, release, last.Reason)
-	case last.By == "rule" && last.State == "promoted" && strings.HasPrefix(release, "stall"):
-		s.fail("%s: the canary promoted release %s, which answers nothing (%s)", svc.name, release, last.Reason)
-	case last.By == "rule" && last.State == "rejected" && last.New.Failed == 0:
-		s.fail("%s: the canary rejected a release without a failed request (%s)", svc.name, last.Reason)
+	case last.By == "rule" && strings.HasPrefix(last.State, "promoted") && strings.HasPrefix(release, "stall") &&
+		oldest >= canaryOverdue+canaryCheckEvery+simJitter && last.Old.Failed*10 < last.Old.Requests:
+		// (a release that answers nothing, against an old one that answers)
+		s.fail("%s: the canary promoted release %s while a request waited %s for it (%s)", svc.name, release, oldest, last.Reason)
+	case last.By == "rule" && last.State == "rejected" && failed == 0 && oldest < canaryOverdue:
+		s.fail("%s: the canary rejected release %s without a failed request, or one that waited %s (%s)", svc.name, release, canaryOverdue, last.Reason)
 	}
 	if last.State == "rejected" || last.State == "called_off" {
 		for _, pid := range last.PIDs {

@@ -93,7 +93,8 @@ func (Streams) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 		st.outcome(err)
 		st.finish()
 	}()
-	r = st.keepForResend(r.WithContext(&st.ctx))
+	r = r.WithContext(&st.ctx)
+	st.keepForResend(r)
 	err = next.ServeHTTP(st, r)
 	if st.mustResend(err) {
 		// the new release of a canary window failed a safe request: the
@@ -126,6 +127,7 @@ func (st *stream) outcome(err error) {
 	if st.inst == nil {
 		return
 	}
+	st.statusCame()
 	var he caddyhttp.HandlerError
 	switch {
 	case st.status == 499, err != nil && errors.As(err, &he) && he.StatusCode == 499, err != nil && st.ctx.Context.Err() != nil && st.status == 0:
@@ -161,6 +163,24 @@ func (st *stream) attemptOutcome(forget bool) outcome {
 		return serverError
 	}
 	return answered
+}
+
+// awaitStatus: the request's attempt that begins waits for the status of
+// the instance it was sent to; statusCame: it got one, or the attempt
+// ended without one. Each instance counts both (awaited, answered), so
+// that a canary's verdict can tell a request that has waited long for an
+// answer (a release that hangs) from one that streams a long response: see
+// canaryWindow.sampleOverdue.
+func (st *stream) awaitStatus() {
+	st.waits = st.inst
+	st.inst.awaited.Add(1)
+}
+
+func (st *stream) statusCame() {
+	if st.waits != nil {
+		st.waits.answered.Add(1)
+		st.waits = nil
+	}
 }
 
 // wantsWebSocket reports whether r asks for a WebSocket: an HTTP/1.1
@@ -207,18 +227,18 @@ type stream struct {
 	kind    streamKind
 	ws      *wsTunnel // an upgraded WebSocket's way to the client
 	ended   atomic.Bool
-	picked  bool // endStreams chose it: its end is on its way; guarded by openStreams
-	status  int  // the response's final status, once written (0 before)
+	picked  bool      // endStreams chose it: its end is on its way; guarded by openStreams
+	status  int       // the response's final status, once written (0 before)
+	waits   *instance // the instance whose status the request waits for (see awaitStatus)
 
 	// a canary window (see canary.go)
-	setCookie   string        // the cookie that keeps the client on the release it was sent to
-	onCanary    bool          // the attempt that runs went to the new release
-	entry       *http.Request // the request as it came, while a window is open, if it may be sent again
-	entryHeader http.Header   // and the response's headers then
-	body        *countedBody  // its body, if it has one of unknown length
-	armed       bool          // the attempt that runs may be taken back, and the request sent again
-	heldBack    bool          // that attempt answered 5xx: its response is dropped
-	replayed    bool          // it was sent again
+	setCookie string       // the cookie that keeps the client on the release it was sent to
+	onCanary  bool         // the attempt that runs went to the new release
+	entry     *entryState  // the request as it came, while a window is open, if it may be sent again
+	body      *countedBody // its body, if it has one of unknown length
+	armed     bool         // the attempt that runs may be taken back, and the request sent again
+	heldBack  bool         // that attempt answered 5xx: its response is dropped
+	replayed  bool         // it was sent again
 }
 
 // streamCtx is the request's context: it can be cancelled (an SSE
@@ -289,6 +309,9 @@ func (st *stream) moveWriteDeadline(wait, waited time.Duration) {
 // WriteHeader notices an SSE response, and a WebSocket over HTTP/2 or
 // HTTP/3.
 func (st *stream) WriteHeader(code int) {
+	if code >= 200 || code == http.StatusSwitchingProtocols {
+		st.statusCame()
+	}
 	if st.armed && code >= 500 && st.status == 0 {
 		st.heldBack = true // (see canary.go)
 		return

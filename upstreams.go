@@ -148,9 +148,14 @@ func (u *Upstreams) GetUpstreams(r *http.Request) ([]*reverseproxy.Upstream, err
 		if v == nil {
 			return nil, nil
 		}
+		inner := r.Context().Value(caddy.CtxKey("reverse_proxy_handle_response_context")) != nil // (see admit)
 		targets, onCanary := v.targets, false
 		if v.canary != nil {
-			targets, onCanary = v.canary.choose(r, st, v.targets)
+			attempt := st
+			if inner {
+				attempt = nil // a reverse_proxy inside handle_response: the request's own attempt is not this one
+			}
+			targets, onCanary = v.canary.choose(r, attempt, v.targets)
 		}
 		// counted until the request ends: an instance that leaves service
 		// gets its stop signal once its requests ended (see retire)
@@ -159,8 +164,8 @@ func (u *Upstreams) GetUpstreams(r *http.Request) ([]*reverseproxy.Upstream, err
 			avoid = st.inst // a retry: not the instance it failed on, if there is another
 		}
 		if in := pick(targets, avoid); in.admit(r) {
-			if st != nil && r.Context().Value(caddy.CtxKey("reverse_proxy_handle_response_context")) == nil {
-				st.attemptOnCanary(onCanary) // (not a reverse_proxy inside handle_response: see admit)
+			if st != nil && !inner {
+				st.attemptOnCanary(onCanary)
 			}
 			return []*reverseproxy.Upstream{{Dial: in.address()}}, nil
 		}

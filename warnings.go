@@ -53,24 +53,28 @@ func (a *App) warnUnsafe(httpApp *caddyhttp.App) error {
 	var walk func(routes caddyhttp.RouteList, covered bool) bool
 	walk = func(routes caddyhttp.RouteList, covered bool) bool {
 		for _, r := range routes {
+			local := covered // in this route: what comes after a supervise_streams of it is covered
 			for _, h := range r.Handlers {
 				switch h := h.(type) {
 				case *Sendfile, *Public:
 					files = append(files, h.(caddyhttp.MiddlewareHandler))
 				case *Streams:
-					covered = covered || len(r.MatcherSets) == 0 // (with matchers, only some requests)
+					local = true
+					covered = covered || len(r.MatcherSets) == 0 // (with matchers, only some requests go on through it)
 				case *reverseproxy.Handler:
 					proxies = append(proxies, h)
-					streamsBefore[h] = covered
+					streamsBefore[h] = local
 					writeTimeout[h] = serverWriteTimeout
 					for _, hr := range h.HandleResponse {
 						a.warnHeaderRewrites(hr.Routes)
-						walk(hr.Routes, covered)
+						walk(hr.Routes, local)
 					}
 				case *caddyhttp.Subroute:
 					// what it covers goes on after it only if every request
 					// goes through it (a site or a `handle` has matchers)
-					if inner := walk(h.Routes, covered); len(r.MatcherSets) == 0 {
+					inner := walk(h.Routes, local)
+					local = inner
+					if len(r.MatcherSets) == 0 {
 						covered = inner
 					}
 				}
