@@ -633,8 +633,7 @@ var openWindows atomic.Int64
 // unknown length — HTTP/3 gives every request one — only if the first
 // attempt read it to its end and found nothing).
 func (st *stream) keepForResend(r *http.Request) {
-	if openWindows.Load() == 0 || r.ContentLength > 0 ||
-		r.Method != http.MethodGet && r.Method != http.MethodHead && r.Method != http.MethodOptions {
+	if openWindows.Load() == 0 || r.ContentLength > 0 || !safeMethod(r.Method) {
 		return
 	}
 	if r.ContentLength < 0 && r.Body != nil && r.Body != http.NoBody {
@@ -664,6 +663,12 @@ type entryState struct {
 	response                 http.Header
 	groups                   map[string]struct{}
 	vars                     map[string]any
+}
+
+// safeMethod reports whether a request of this method may be sent twice,
+// and is not an upload: GET, HEAD, OPTIONS.
+func safeMethod(m string) bool {
+	return m == http.MethodGet || m == http.MethodHead || m == http.MethodOptions
 }
 
 // countedBody tells whether a request's body of unknown length was read
@@ -698,6 +703,18 @@ func (st *stream) attemptOnCanary(onNew bool) {
 func (st *stream) mustResend(err error) bool {
 	return st.armed && (st.heldBack || err != nil && st.status == 0) && st.ctx.Context.Err() == nil &&
 		!st.ended.Load() && st.kind == notStream && (st.body == nil || st.body.empty.Load())
+}
+
+// heldBackError is what the client gets for a 5xx of the new release that
+// was held back and could not be sent again (the client went away, or a
+// body was read): the status, as Caddy's error, and the response's headers
+// as they were before the attempt.
+func (st *stream) heldBackError() error {
+	h := st.Header()
+	clear(h)
+	maps.Copy(h, st.entry.response)
+	st.heldBack = false
+	return caddyhttp.Error(st.heldCode, fmt.Errorf("the new release of a canary window answered %d, and the request could not be sent again", st.heldCode))
 }
 
 // sendAgain puts the request back as it reached supervise_streams, for a

@@ -6,6 +6,7 @@ package supervise
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -512,5 +513,98 @@ func TestPumaCanaryHungRelease(t *testing.T) {
 	c.signal(syscall.SIGTERM)
 	if code := c.wait(20 * time.Second); code != 0 {
 		t.Errorf("caddy exit code %d", code)
+	}
+}
+
+// WebSockets opened during a window (uvicorn's app, testdata/streams): a
+// client's cookie takes its WebSocket to the release it was drawn for. An
+// abort ends the new release's WebSocket cleanly at once (close 1001: the
+// client reconnects, to the old release) and keeps the old release's; a
+// promotion keeps the new release's WebSocket open and serving.
+func TestCanaryStreamsAtTheVerdict(t *testing.T) {
+	needStreamsApp(t)
+	httpPort := freePort(t)
+	conf := func(release string) map[string]any {
+		return streamsConfig(t, httpPort, streamsApp(t, "auto", release, "", map[string]any{"canary": map[string]any{"share": 50, "window": "30s"}}))
+	}
+	cfg := conf("v1")
+	c, addr, _ := serveStreams(t, cfg, httpPort, "")
+	reload := func(release string, n int) <-chan string {
+		next := conf(release)
+		next["admin"] = cfg["admin"]
+		var buf bytes.Buffer
+		writeJSONTo(t, &buf, next)
+		done := inBackground(func() (*http.Response, error) {
+			return http.Post("http://"+cfg["admin"].(map[string]any)["listen"].(string)+"/load", "application/json", &buf)
+		})
+		c.waitLogCount(`"msg":"canary window opens`, n, 30*time.Second)
+		return done
+	}
+	// onEach opens a WebSocket on each release of the window: the cookie of
+	// a client drawn for the new one, and the same for the old one
+	onEach := func(oldPID int) (onNew, onOld *wsClient) {
+		for {
+			jar, _ := cookiejar.New(nil)
+			client := &http.Client{Jar: jar}
+			resp, err := client.Get("http://" + addr + "/")
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if strings.TrimSpace(string(b)) == fmt.Sprintf("pid %d", oldPID) {
+				continue
+			}
+			ck := resp.Header.Get("Set-Cookie")
+			pair, _, _ := strings.Cut(ck, ";")
+			if !strings.HasSuffix(pair, ".n") {
+				t.Fatalf("a client on the new release got the cookie %q", ck)
+			}
+			var ws [2]*wsClient
+			for i, v := range []string{pair, strings.TrimSuffix(pair, ".n") + ".o"} {
+				if ws[i], err = dialWS(addr, "/ws", "Cookie: "+v); err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { ws[i].Close() })
+				hello, err := ws[i].read(5 * time.Second)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if i == 0 && hello == fmt.Sprintf("pid %d", oldPID) || i == 1 && hello != fmt.Sprintf("pid %d", oldPID) {
+					t.Fatalf("WebSocket %d with cookie %s: %q (old pid %d)", i, v, hello, oldPID)
+				}
+			}
+			return ws[0], ws[1]
+		}
+	}
+
+	v1 := status(t, cfg, "web")
+	done := reload("v2", 1)
+	onNew, onOld := onEach(v1.PID)
+	if code := adminDo(t, cfg, "POST", "/supervise/web/canary/abort", nil); code != 200 {
+		t.Fatalf("abort: %d", code)
+	}
+	if got := <-done; !strings.Contains(got, "release rejected by its canary") {
+		t.Fatalf("the aborted reload: %s", got)
+	}
+	var ce *wsCloseError
+	if _, err := onNew.read(5 * time.Second); !errors.As(err, &ce) || ce.code != 1001 {
+		t.Errorf("the new release's WebSocket at the abort: %v, want close 1001", err)
+	}
+	if got, err := onOld.ask("still", 5*time.Second); err != nil || got != fmt.Sprintf("pid %d: still", v1.PID) {
+		t.Errorf("the old release's WebSocket after the abort: %q %v", got, err)
+	}
+
+	done = reload("v3", 2)
+	onNew, _ = onEach(v1.PID)
+	if code := adminDo(t, cfg, "POST", "/supervise/web/canary/promote", nil); code != 200 {
+		t.Fatalf("promote: %d", code)
+	}
+	if got := <-done; !strings.HasPrefix(got, "200") {
+		t.Fatalf("the promoted reload: %s", got)
+	}
+	v3 := status(t, cfg, "web")
+	if got, err := onNew.ask("kept", 5*time.Second); err != nil || got != fmt.Sprintf("pid %d: kept", v3.PID) {
+		t.Errorf("the new release's WebSocket after the promotion: %q %v (pid %d serves)", got, err, v3.PID)
 	}
 }

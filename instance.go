@@ -16,7 +16,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 )
 
@@ -196,8 +195,9 @@ func (in *instance) admit(r *http.Request) bool {
 		// a retry: the request left the instance it was sent to before,
 		// which failed it (reverse_proxy retries an attempt that got no
 		// answer, or an answer its lb_retry_match rejects)
-		if r.Context().Value(caddy.CtxKey("reverse_proxy_handle_response_context")) != nil {
-			return true // a reverse_proxy inside handle_response: the request's own attempt is not over
+		if st.innerProxy(r) {
+			st.statusCame() // (the request's own attempt has its response: handle_response handles it)
+			return true     // a reverse_proxy inside handle_response: the request's own attempt is not over
 		}
 		if st.inst != nil {
 			st.inst.outcomes[st.attemptOutcome(true)].Add(1)
@@ -207,7 +207,9 @@ func (in *instance) admit(r *http.Request) bool {
 			st.inst.requestEnded()
 		}
 		st.inst, st.uncount = in, stop // if it becomes a stream, it is this instance's
-		st.awaitStatus()
+		if safeMethod(r.Method) {
+			st.awaitStatus() // (not an upload, which the app may take long to read)
+		}
 	}
 	return true
 }

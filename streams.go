@@ -93,13 +93,17 @@ func (Streams) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 		st.outcome(err)
 		st.finish()
 	}()
+	st.handleResponse = r.Context().Value(handleResponseKey)
 	r = r.WithContext(&st.ctx)
 	st.keepForResend(r)
 	err = next.ServeHTTP(st, r)
 	if st.mustResend(err) {
 		// the new release of a canary window failed a safe request: the
 		// old one gets it (see canary.go)
+		st.statusCame()
 		err = next.ServeHTTP(st, st.sendAgain())
+	} else if st.heldBack {
+		err = st.heldBackError() // it could not be sent again: the client gets the status
 	}
 	return err
 }
@@ -165,8 +169,22 @@ func (st *stream) attemptOutcome(forget bool) outcome {
 	return answered
 }
 
-// awaitStatus: the request's attempt that begins waits for the status of
-// the instance it was sent to; statusCame: it got one, or the attempt
+// handleResponseKey is the context key reverse_proxy sets for the routes
+// of its handle_response.
+var handleResponseKey = caddy.CtxKey("reverse_proxy_handle_response_context")
+
+// innerProxy reports whether the dynamic upstream is asked by a
+// reverse_proxy inside a handle_response of the request's own proxy (not
+// by the request's own attempt): its context has a handle_response context
+// other than the one the request reached supervise_streams with (that of
+// a forward_auth before it, say).
+func (st *stream) innerProxy(r *http.Request) bool {
+	v := r.Context().Value(handleResponseKey)
+	return v != nil && v != st.handleResponse
+}
+
+// awaitStatus: the request's attempt that begins (GET, HEAD, OPTIONS)
+// waits for the status of the instance it was sent to; statusCame: it got one, or the attempt
 // ended without one. Each instance counts both (awaited, answered), so
 // that a canary's verdict can tell a request that has waited long for an
 // answer (a release that hangs) from one that streams a long response: see
@@ -231,6 +249,8 @@ type stream struct {
 	status  int       // the response's final status, once written (0 before)
 	waits   *instance // the instance whose status the request waits for (see awaitStatus)
 
+	handleResponse any // reverse_proxy's handle_response context the request came with (forward_auth's), if any
+
 	// a canary window (see canary.go)
 	setCookie string       // the cookie that keeps the client on the release it was sent to
 	onCanary  bool         // the attempt that runs went to the new release
@@ -238,6 +258,7 @@ type stream struct {
 	body      *countedBody // its body, if it has one of unknown length
 	armed     bool         // the attempt that runs may be taken back, and the request sent again
 	heldBack  bool         // that attempt answered 5xx: its response is dropped
+	heldCode  int          // with that status
 	replayed  bool         // it was sent again
 }
 
@@ -313,7 +334,7 @@ func (st *stream) WriteHeader(code int) {
 		st.statusCame()
 	}
 	if st.armed && code >= 500 && st.status == 0 {
-		st.heldBack = true // (see canary.go)
+		st.heldBack, st.heldCode = true, code // (see canary.go)
 		return
 	}
 	if st.setCookie != "" && (code >= 200 || code == http.StatusSwitchingProtocols) {

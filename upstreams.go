@@ -148,7 +148,10 @@ func (u *Upstreams) GetUpstreams(r *http.Request) ([]*reverseproxy.Upstream, err
 		if v == nil {
 			return nil, nil
 		}
-		inner := r.Context().Value(caddy.CtxKey("reverse_proxy_handle_response_context")) != nil // (see admit)
+		inner := st != nil && st.innerProxy(r) // (see admit)
+		if st != nil && !inner {
+			st.statusCame() // an attempt before this one waits no more
+		}
 		targets, onCanary := v.targets, false
 		if v.canary != nil {
 			attempt := st

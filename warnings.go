@@ -60,7 +60,7 @@ func (a *App) warnUnsafe(httpApp *caddyhttp.App) error {
 					files = append(files, h.(caddyhttp.MiddlewareHandler))
 				case *Streams:
 					local = true
-					covered = covered || len(r.MatcherSets) == 0 // (with matchers, only some requests go on through it)
+					covered = covered || len(r.MatcherSets) == 0 && r.Group == "" // (with matchers, or in a group, only some requests go on through it)
 				case *reverseproxy.Handler:
 					proxies = append(proxies, h)
 					streamsBefore[h] = local
@@ -74,7 +74,7 @@ func (a *App) warnUnsafe(httpApp *caddyhttp.App) error {
 					// goes through it (a site or a `handle` has matchers)
 					inner := walk(h.Routes, local)
 					local = inner
-					if len(r.MatcherSets) == 0 {
+					if len(r.MatcherSets) == 0 && r.Group == "" {
 						covered = inner
 					}
 				}
