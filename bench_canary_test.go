@@ -33,9 +33,7 @@ func BenchmarkCanary(b *testing.B) {
 				if canary {
 					web["canary"] = map[string]any{"share": 10, "window": "30s"}
 				}
-				cfg := proxyToSupervised(b, httpPort, "web", web)
-				route := cfg["apps"].(map[string]any)["http"].(map[string]any)["servers"].(map[string]any)["srv"].(map[string]any)["routes"].([]any)[0].(map[string]any)
-				route["handle"] = append([]any{map[string]any{"handler": "supervise_streams"}}, route["handle"].([]any)...)
+				cfg := withStreams(proxyToSupervised(b, httpPort, "web", web))
 				cfg["logging"] = map[string]any{"logs": map[string]any{"default": map[string]any{"level": "INFO"}}}
 				return cfg
 			}

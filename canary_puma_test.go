@@ -28,9 +28,13 @@ func canaryConfig(t testing.TB, httpPort int, release, failRate string, share in
 	t.Helper()
 	web := pumaProc(t, release, "auto", map[string]string{"FAIL_RATE": failRate})
 	web["canary"] = map[string]any{"share": share, "window": window}
-	cfg := proxyToSupervised(t, httpPort, "web", web)
-	srv := cfg["apps"].(map[string]any)["http"].(map[string]any)["servers"].(map[string]any)["srv"].(map[string]any)
-	route := srv["routes"].([]any)[0].(map[string]any)
+	return withStreams(proxyToSupervised(t, httpPort, "web", web))
+}
+
+// withStreams puts supervise_streams before the reverse_proxy of
+// proxyToSupervised's config.
+func withStreams(cfg map[string]any) map[string]any {
+	route := cfg["apps"].(map[string]any)["http"].(map[string]any)["servers"].(map[string]any)["srv"].(map[string]any)["routes"].([]any)[0].(map[string]any)
 	route["handle"] = append([]any{map[string]any{"handler": "supervise_streams"}}, route["handle"].([]any)...)
 	return cfg
 }
@@ -124,6 +128,15 @@ func canaryIdle(t *testing.T) (cfg map[string]any, c *caddyProc, httpPort int, u
 	c = startCaddy(t, cfg)
 	c.waitLog(`"to":"ready"`, 30*time.Second)
 	return cfg, c, httpPort, fmt.Sprintf("http://127.0.0.1:%d/", httpPort)
+}
+
+// exitsCleanly sends Caddy SIGTERM and expects it to exit 0.
+func exitsCleanly(t testing.TB, c *caddyProc) {
+	t.Helper()
+	c.signal(syscall.SIGTERM)
+	if code := c.wait(20 * time.Second); code != 0 {
+		t.Errorf("caddy exit code %d", code)
+	}
 }
 
 // getBody GETs url and returns its body (200 only).
@@ -227,10 +240,7 @@ func TestPumaCanaryStickyAndByHand(t *testing.T) {
 	if code := adminDo(t, cfg, "POST", "/supervise/web/canary/promote", &apiErr); code != 409 || !strings.Contains(apiErr.Error, "no canary window is open") {
 		t.Errorf("promote without a window: %d %q", code, apiErr.Error)
 	}
-	c.signal(syscall.SIGTERM)
-	if code := c.wait(20 * time.Second); code != 0 {
-		t.Errorf("caddy exit code %d", code)
-	}
+	exitsCleanly(t, c)
 }
 
 // SIGTERM while a window is open: the reload fails at once, the new
@@ -373,10 +383,7 @@ func TestOneLineCanary(t *testing.T) {
 		t.Errorf("after the good restart: pid %d, canary %+v", st.PID, st.Canary)
 	}
 	l.stopNoFailures(t)
-	c.signal(syscall.SIGTERM)
-	if code := c.wait(20 * time.Second); code != 0 {
-		t.Errorf("caddy exit code %d", code)
-	}
+	exitsCleanly(t, c)
 }
 
 // The second pass of a GET that the new release failed starts from the
@@ -460,10 +467,7 @@ func TestPumaCanaryResendsAsItCame(t *testing.T) {
 	if st := status(t, cfg, "web"); failedPosts == 0 || st.Canary.New.Failed < int64(failedPosts) {
 		t.Errorf("%d POSTs failed on the new release; its canary: %+v", failedPosts, st.Canary)
 	}
-	c.signal(syscall.SIGTERM)
-	if code := c.wait(20 * time.Second); code != 0 {
-		t.Errorf("caddy exit code %d", code)
-	}
+	exitsCleanly(t, c)
 }
 
 // A release that boots and answers its probe but never answers a request
@@ -478,10 +482,7 @@ func TestPumaCanaryHungRelease(t *testing.T) {
 		web := pumaProc(t, release, "auto", map[string]string{"HANG": hang})
 		web["canary"] = map[string]any{"share": 50, "window": "5s"}
 		web["drain_timeout"] = "2s"
-		cfg := proxyToSupervised(t, httpPort, "web", web)
-		route := cfg["apps"].(map[string]any)["http"].(map[string]any)["servers"].(map[string]any)["srv"].(map[string]any)["routes"].([]any)[0].(map[string]any)
-		route["handle"] = append([]any{map[string]any{"handler": "supervise_streams"}}, route["handle"].([]any)...)
-		return cfg
+		return withStreams(proxyToSupervised(t, httpPort, "web", web))
 	}
 	cfg := conf("v1", "0")
 	c := startCaddy(t, cfg)
@@ -510,10 +511,7 @@ func TestPumaCanaryHungRelease(t *testing.T) {
 			t.Errorf("GET %d: %s", i, r)
 		}
 	}
-	c.signal(syscall.SIGTERM)
-	if code := c.wait(20 * time.Second); code != 0 {
-		t.Errorf("caddy exit code %d", code)
-	}
+	exitsCleanly(t, c)
 }
 
 // WebSockets opened during a window (uvicorn's app, testdata/streams): a
