@@ -588,6 +588,12 @@ func (c *canaryView) choose(r *http.Request, st *stream, old []*instance) ([]*in
 	default:
 		onNew, drawn = rand.Uint32N(100) < uint32(c.w.def.Share), true
 	}
+	if onNew && st != nil && st.entry == nil && !st.replayed && safeMethod(r.Method) {
+		// a GET that reached supervise_streams before the window opened
+		// (or with a body) could not be sent again if the new release
+		// failed it: the old release takes it
+		onNew, drawn = false, false
+	}
 	if len(old) == 0 {
 		onNew = true // (the old instances crashed meanwhile: what serves, serves)
 	}
