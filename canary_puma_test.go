@@ -452,12 +452,15 @@ func TestPumaCanaryResendsAsItCame(t *testing.T) {
 	for reloaded := ""; reloaded == ""; {
 		resp, err := http.Post(base+"/api/x", "text/plain", strings.NewReader("a form"))
 		if err != nil {
-			t.Fatal(err)
-		}
-		io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode == 500 {
-			failedPosts++
+			// (a kept-alive connection that the reload's listener swap reset:
+			// Go's client does not send a POST again; Caddy never saw it)
+			t.Logf("POST: %v", err)
+		} else {
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode == 500 {
+				failedPosts++
+			}
 		}
 		select {
 		case reloaded = <-done:
