@@ -111,8 +111,15 @@ func reloadAsync(t testing.TB, cfg map[string]any, httpPort int, release string)
 	t.Helper()
 	next := canaryConfig(t, httpPort, release, "0", 50, "30s")
 	next["admin"] = cfg["admin"]
+	return loadInBackground(t, next)
+}
+
+// loadInBackground posts cfg to its admin endpoint's /load in the
+// background; the channel gets "STATUS BODY", or the error.
+func loadInBackground(t testing.TB, cfg map[string]any) <-chan string {
+	t.Helper()
 	var buf bytes.Buffer
-	writeJSONTo(t, &buf, next)
+	writeJSONTo(t, &buf, cfg)
 	return inBackground(func() (*http.Response, error) {
 		return http.Post("http://"+cfg["admin"].(map[string]any)["listen"].(string)+"/load", "application/json", &buf)
 	})
@@ -412,11 +419,7 @@ func TestPumaCanaryResendsAsItCame(t *testing.T) {
 	deploy := func(n int) <-chan string {
 		next := conf("bad", "1")
 		next["admin"] = cfg["admin"]
-		var buf bytes.Buffer
-		writeJSONTo(t, &buf, next)
-		done := inBackground(func() (*http.Response, error) {
-			return http.Post("http://"+cfg["admin"].(map[string]any)["listen"].(string)+"/load", "application/json", &buf)
-		})
+		done := loadInBackground(t, next)
 		c.waitLogCount(`"msg":"canary window opens`, n, 30*time.Second)
 		return done
 	}
@@ -493,12 +496,8 @@ func TestPumaCanaryHungRelease(t *testing.T) {
 	url := fmt.Sprintf("http://127.0.0.1:%d/", httpPort)
 	next := conf("hung", "1")
 	next["admin"] = cfg["admin"]
-	var buf bytes.Buffer
-	writeJSONTo(t, &buf, next)
 	began := time.Now()
-	done := inBackground(func() (*http.Response, error) {
-		return http.Post("http://"+cfg["admin"].(map[string]any)["listen"].(string)+"/load", "application/json", &buf)
-	})
+	done := loadInBackground(t, next)
 	c.waitLog(`"msg":"canary window opens`, 30*time.Second)
 	var answers []<-chan string
 	for range 8 {
@@ -533,11 +532,7 @@ func TestCanaryStreamsAtTheVerdict(t *testing.T) {
 	reload := func(release string, n int) <-chan string {
 		next := conf(release)
 		next["admin"] = cfg["admin"]
-		var buf bytes.Buffer
-		writeJSONTo(t, &buf, next)
-		done := inBackground(func() (*http.Response, error) {
-			return http.Post("http://"+cfg["admin"].(map[string]any)["listen"].(string)+"/load", "application/json", &buf)
-		})
+		done := loadInBackground(t, next)
 		c.waitLogCount(`"msg":"canary window opens`, n, 30*time.Second)
 		return done
 	}
